@@ -1,0 +1,32 @@
+//! Compiles `proto/fleet.proto` into Rust types with a pure-Rust protobuf
+//! compiler (protox), so no system `protoc` is needed, and gives the types the
+//! serde derives of the JSON contract.
+
+use std::error::Error;
+
+/// Messages that are requests: unknown fields are a person's typo, so an error.
+const STRICT: &[&str] = &[
+    ".fleet.v1.DiscoverRequest",
+    ".fleet.v1.GetRequest",
+    ".fleet.v1.TaskRequest",
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed=proto/fleet.proto");
+    let descriptors = protox::compile(["proto/fleet.proto"], ["proto"])?;
+    let mut config = prost_build::Config::new();
+    config.type_attribute(
+        ".fleet.v1",
+        "#[serde_with::skip_serializing_none] #[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+    );
+    for message in STRICT {
+        config.type_attribute(message, "#[serde(deny_unknown_fields)]");
+    }
+    config.field_attribute(
+        ".fleet.v1.DiscoverRequest.capability",
+        "#[serde(deserialize_with = \"crate::json::one_or_many\")]",
+    );
+    config.btree_map(["."]);
+    config.compile_fds(descriptors)?;
+    Ok(())
+}

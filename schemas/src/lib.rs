@@ -1,0 +1,35 @@
+//! The fleet registry's messages: one contract, two encodings.
+//!
+//! `proto/fleet.proto` is the one source of truth; [`v1`] holds the types
+//! generated from it, which also carry the serde derives of the JSON form.
+//! The tour:
+//! - [`codec`]: JSON ⇄ protobuf by `Content-Type`, size limits, strict
+//!   decoding of requests.
+//! - [`validate`]: checks an inbound event and turns it into a typed
+//!   [`validate::ValidEvent`].
+//! - [`status`]: the lowercase strings of statuses, alert and event types as
+//!   enums.
+//! - [`error`]: coded error replies (`Nats-Service-Error-Code`).
+//! - [`time`]: RFC 3339 formatting of the server's times.
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod error;
+pub mod json;
+pub mod status;
+pub mod time;
+pub mod validate;
+
+/// Types generated from `proto/fleet.proto` (package `fleet.v1`).
+// NOTE: generated code documents only what the .proto comments, so
+// missing_docs is relaxed here; the .proto file is the documentation.
+#[allow(missing_docs, clippy::derive_partial_eq_without_eq)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/fleet.v1.rs"));
+}
+
+pub use codec::Encoding;
+pub use v1::{
+    Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply,
+    GetRequest, Gpu, Metrics, NodeEvent, NodeRecord, PingReply, ReannounceReply, TaskRequest,
+};

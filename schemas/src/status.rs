@@ -1,0 +1,162 @@
+//! The lowercase strings of the contract as enums.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Declares a string-backed enum with `as_str`, `Display`, `FromStr` and the
+/// list of its accepted values (for error messages).
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every accepted spelling, in declaration order.
+            pub const ALL: &'static [&'static str] = &[$($text),+];
+
+            /// The wire spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(UnknownValue {
+                        what: stringify!($name),
+                        value: s.chars().take(64).collect(),
+                        expected: Self::ALL,
+                    }),
+                }
+            }
+        }
+    };
+}
+
+/// A string that is not one of an enum's accepted spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}, expected one of {}", expected.join(", "))]
+pub struct UnknownValue {
+    /// Which enum was parsed.
+    pub what: &'static str,
+    /// The offered value (cut to 64 characters).
+    pub value: String,
+    /// The accepted values.
+    pub expected: &'static [&'static str],
+}
+
+string_enum! {
+    /// The lifecycle status of a node.
+    NodeStatus {
+        /// Heartbeats arrive.
+        Online => "online",
+        /// No heartbeat for `degraded_after`.
+        Degraded => "degraded",
+        /// No heartbeat for `offline_after`.
+        Offline => "offline",
+        /// Taken out of service by an operator.
+        Maintenance => "maintenance",
+    }
+}
+
+string_enum! {
+    /// The type of a node event.
+    EventType {
+        /// The node announces itself and its capabilities.
+        Register => "register",
+        /// The node is alive; carries metrics.
+        Heartbeat => "heartbeat",
+        /// The node leaves on purpose.
+        Deregister => "deregister",
+    }
+}
+
+string_enum! {
+    /// The type of an alert on `system.broadcast`.
+    AlertType {
+        /// A node the registry did not know registered.
+        Registered => "node.registered",
+        /// A degraded or offline node is back.
+        Online => "node.online",
+        /// A node missed heartbeats for `degraded_after`.
+        Degraded => "node.degraded",
+        /// A node missed heartbeats for `offline_after`.
+        Offline => "node.offline",
+        /// A node deregistered.
+        Deregistered => "node.deregistered",
+        /// A node was put into maintenance.
+        Maintenance => "node.maintenance",
+        /// The registry suspects itself and holds transitions (or stops doing so).
+        SelfPreservation => "registry.self_preservation",
+    }
+}
+
+string_enum! {
+    /// The status filter of a discovery query.
+    StatusFilter {
+        /// Online nodes only (discover's default).
+        Online => "online",
+        /// Degraded nodes only.
+        Degraded => "degraded",
+        /// Offline nodes only.
+        Offline => "offline",
+        /// Nodes in maintenance only.
+        Maintenance => "maintenance",
+        /// Every status (list's default).
+        Any => "any",
+    }
+}
+
+impl StatusFilter {
+    /// Whether a node of `status` passes this filter.
+    pub fn admits(self, status: NodeStatus) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Online => status == NodeStatus::Online,
+            Self::Degraded => status == NodeStatus::Degraded,
+            Self::Offline => status == NodeStatus::Offline,
+            Self::Maintenance => status == NodeStatus::Maintenance,
+        }
+    }
+}
+
+string_enum! {
+    /// The order of a discovery reply.
+    SortOrder {
+        /// Lowest cpu_pct first, then lowest gpu_pct, then node id.
+        LeastLoaded => "least_loaded",
+        /// By node id.
+        NodeId => "node_id",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        for text in NodeStatus::ALL {
+            assert_eq!(text.parse::<NodeStatus>().map(|s| s.as_str()), Ok(*text));
+        }
+        for text in AlertType::ALL {
+            assert_eq!(text.parse::<AlertType>().map(|s| s.as_str()), Ok(*text));
+        }
+        let err = "STATUS_ONLINE".parse::<NodeStatus>().expect_err("not a status");
+        assert!(err.to_string().contains("online, degraded, offline, maintenance"));
+    }
+}
