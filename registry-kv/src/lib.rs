@@ -1,1 +1,21 @@
-//! placeholder
+//! The JetStream layer of the fleet registry.
+//!
+//! Everything the registry keeps lives in NATS; this crate owns the how:
+//! - [`provision`]: creates the streams, buckets and the durable consumer when
+//!   absent, and reuses compatible existing ones (idempotent; safe to race).
+//! - [`records`]: the [`records::RecordStore`] trait the worker writes node
+//!   records through, always compare-and-swap on the key's revision, with a
+//!   JetStream KV implementation and an in-memory one for unit tests.
+//! - [`watch`]: a typed watch of the `nodes` bucket that says when its initial
+//!   replay is complete (what the read index and a cold start need).
+//! - [`alerts`]: publishes alerts on `system.broadcast` with `Nats-Msg-Id`, so
+//!   a replayed alert is dropped by the stream's duplicate window.
+#![deny(missing_docs)]
+
+pub mod alerts;
+pub mod provision;
+pub mod records;
+pub mod watch;
+
+pub use provision::{provision, Provisioned, StreamSettings};
+pub use records::{JetStreamRecords, MemoryRecords, RecordStore, StoreError, Versioned};

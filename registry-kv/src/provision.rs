@@ -1,0 +1,241 @@
+//! Creates or reuses the streams, buckets and consumer of the registry.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use subjects::Names;
+use tracing::{info, instrument};
+
+/// Retention and replication of what the registry provisions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSettings {
+    /// Replicas of every stream and bucket (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// Max age of `NODE_EVENTS` (the audit horizon).
+    pub events_max_age: Duration,
+    /// Max bytes of `NODE_EVENTS`; -1 for no limit.
+    pub events_max_bytes: i64,
+    /// Max age of `ALERTS`.
+    pub alerts_max_age: Duration,
+    /// Duplicate window of both streams (drops replayed `Nats-Msg-Id`s).
+    pub duplicate_window: Duration,
+    /// History kept per key in `nodes`.
+    pub nodes_history: i64,
+    /// How long the registry has to ack an event before it is redelivered.
+    pub ack_wait: Duration,
+    /// Most unacked events in flight to the registry.
+    pub max_ack_pending: i64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            events_max_bytes: 1024 * 1024 * 1024,
+            alerts_max_age: Duration::from_secs(30 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            nodes_history: 16,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+        }
+    }
+}
+
+/// Handles to everything provisioned.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// The stream of node events.
+    pub events: stream::Stream,
+    /// The stream of alerts.
+    pub alerts: stream::Stream,
+    /// The bucket of node records.
+    pub nodes: kv::Store,
+    /// The bucket of registry-wide state.
+    pub meta: kv::Store,
+    /// The registry's durable pull consumer on the events stream.
+    pub consumer: consumer::PullConsumer,
+}
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A stream of that name exists but does not fit the contract.
+    #[error("stream {name} exists but is incompatible: {reason}")]
+    Incompatible {
+        /// The stream's name.
+        name: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A stream could not be created or read.
+    #[error("stream {name}: {source}")]
+    Stream {
+        /// The stream's name.
+        name: String,
+        /// The JetStream error.
+        source: async_nats::Error,
+    },
+    /// A bucket could not be created or read.
+    #[error("bucket {name}: {source}")]
+    Bucket {
+        /// The bucket's name.
+        name: String,
+        /// The JetStream error.
+        source: async_nats::Error,
+    },
+    /// The consumer could not be created or read.
+    #[error("consumer {name} on {stream}: {source}")]
+    Consumer {
+        /// The consumer's name.
+        name: String,
+        /// Its stream.
+        stream: String,
+        /// The JetStream error.
+        source: async_nats::Error,
+    },
+}
+
+/// Creates what is absent and reuses what exists and fits.
+#[instrument(skip_all, fields(events = %names.events_stream, nodes = %names.nodes_bucket))]
+pub async fn provision(
+    js: &jetstream::Context,
+    names: &Names,
+    settings: &StreamSettings,
+) -> Result<Provisioned, ProvisionError> {
+    let events = ensure_stream(
+        js,
+        stream::Config {
+            name: names.events_stream.clone(),
+            description: Some("Every node event as sent (audit replay)".into()),
+            subjects: vec![subjects::NODE_EVENTS_FILTER.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: settings.events_max_age,
+            max_bytes: settings.events_max_bytes,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let alerts = ensure_stream(
+        js,
+        stream::Config {
+            name: names.alerts_stream.clone(),
+            description: Some("Every alert published on system.broadcast".into()),
+            subjects: vec![subjects::SYSTEM_BROADCAST.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: settings.alerts_max_age,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let nodes = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: names.nodes_bucket.clone(),
+            description: "One record per node (the truth)".into(),
+            history: settings.nodes_history,
+            num_replicas: settings.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let meta = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: names.meta_bucket.clone(),
+            description: "Leader lease and registry-wide state".into(),
+            history: 1,
+            num_replicas: settings.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let consumer = events
+        .get_or_create_consumer(
+            &names.consumer,
+            consumer::pull::Config {
+                durable_name: Some(names.consumer.clone()),
+                description: Some("The registry leader's position in the event stream".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: settings.ack_wait,
+                max_ack_pending: settings.max_ack_pending,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| ProvisionError::Consumer {
+            name: names.consumer.clone(),
+            stream: names.events_stream.clone(),
+            source: e.into(),
+        })?;
+    info!("streams, buckets and consumer ready");
+    Ok(Provisioned {
+        events,
+        alerts,
+        nodes,
+        meta,
+        consumer,
+    })
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, ProvisionError> {
+    let name = config.name.clone();
+    let wanted = config.subjects.clone();
+    let mut stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| ProvisionError::Stream {
+            name: name.clone(),
+            source: e.into(),
+        })?;
+    let info = stream.info().await.map_err(|e| ProvisionError::Stream {
+        name: name.clone(),
+        source: e.into(),
+    })?;
+    for subject in &wanted {
+        if !info.config.subjects.iter().any(|s| s == subject) {
+            return Err(ProvisionError::Incompatible {
+                name,
+                reason: format!(
+                    "its subjects {:?} do not include {subject:?}",
+                    info.config.subjects
+                ),
+            });
+        }
+    }
+    Ok(stream)
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ProvisionError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another instance may have created it in between: take that one.
+        Err(create_err) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|_| ProvisionError::Bucket {
+                name,
+                source: create_err.into(),
+            }),
+    }
+}
