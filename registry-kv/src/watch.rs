@@ -66,6 +66,11 @@ pub async fn watch_nodes(
             Ok(entry) => {
                 match entry.operation {
                     kv::Operation::Put => match decode_record(&entry.key, &entry.value) {
+                        Ok(value) if value.node_id != entry.key => warn!(
+                            key = %entry.key,
+                            node_id = %value.node_id,
+                            "skipping a record stored under another node's key"
+                        ),
                         Ok(value) => out.push(Ok(NodeChange::Put(Versioned {
                             value,
                             revision: entry.revision,

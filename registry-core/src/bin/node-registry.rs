@@ -1,1 +1,98 @@
-fn main(){}
+//! `node-registry`: the registry worker. Thin: parse config, set up tracing,
+//! run until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use registry_core::config::{Overrides, RegistryConfig};
+use tracing_subscriber::EnvFilter;
+
+/// The fleet node registry: consumes node events, keeps node state in
+/// JetStream KV, raises liveness alerts and answers discovery.
+#[derive(Debug, Parser)]
+#[command(name = "node-registry", version)]
+struct Cli {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// Silence after which an online node is degraded (e.g. 90s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    degraded_after: Option<Duration>,
+    /// Silence after which a node is offline (e.g. 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    offline_after: Option<Duration>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML-like JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        nats_url: cli.nats_url,
+        degraded_after: cli.degraded_after,
+        offline_after: cli.offline_after,
+    };
+    let config = match RegistryConfig::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("node-registry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        match serde_json::to_string_pretty(&config) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("node-registry: {e}"),
+        }
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config.log_format);
+    match registry_core::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "node-registry failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

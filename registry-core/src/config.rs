@@ -1,0 +1,196 @@
+//! The `node-registry` configuration: one struct, loaded by figment
+//! (defaults < TOML file < `NODE_REGISTRY_*` environment < flags).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use subjects::Names;
+
+use crate::lifecycle::LifecycleSettings;
+
+/// Prefix of the environment variables that configure the registry.
+pub const ENV_PREFIX: &str = "NODE_REGISTRY_";
+/// The NATS URL used when none is configured.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Everything `node-registry` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// NATS server(s) to connect to, comma-separated. Default
+    /// `nats://127.0.0.1:4222`; `--nats-url` falls back to `NATS_URL`.
+    pub nats_url: String,
+    /// Silence after which an online node is degraded. Default 90s: three
+    /// missed 30 s heartbeats. Lower detects sooner, with more false alarms on
+    /// flaky links.
+    #[serde(with = "humantime_serde")]
+    pub degraded_after: Duration,
+    /// Silence after which a node is offline. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+    /// Least time between KV checkpoints of one node's last heartbeat and
+    /// metrics. Default 60s. Lower keeps KV fresher at more writes per second
+    /// (at most fleet size / heartbeat interval).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// How often silence is judged. Default 1s; the bound on detection
+    /// latency beyond `degraded_after`.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Least time between two `reannounce` requests to one unknown node.
+    /// Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub reannounce_interval: Duration,
+    /// Share of watched nodes silent at once above which the registry
+    /// suspects itself and holds transitions. Default 0.5.
+    pub self_preservation_threshold: f64,
+    /// Fewest watched nodes for self-preservation to apply. Default 10.
+    pub self_preservation_min_fleet: usize,
+    /// Replicas of streams and buckets it creates. Default 1 (3 in a cluster).
+    pub replicas: usize,
+    /// Max bytes of the `NODE_EVENTS` stream. Default 1 GiB; -1 for no limit.
+    pub events_max_bytes: i64,
+    /// Stream, bucket and consumer names. Default: the contract's.
+    pub names: Names,
+    /// Log format: `text` (default) or `json`.
+    pub log_format: String,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        let lifecycle = LifecycleSettings::default();
+        Self {
+            nats_url: DEFAULT_NATS_URL.to_owned(),
+            degraded_after: lifecycle.degraded_after,
+            offline_after: lifecycle.offline_after,
+            checkpoint_interval: lifecycle.checkpoint_interval,
+            sweep_interval: Duration::from_secs(1),
+            reannounce_interval: lifecycle.reannounce_interval,
+            self_preservation_threshold: lifecycle.self_preservation_threshold,
+            self_preservation_min_fleet: lifecycle.self_preservation_min_fleet,
+            replicas: 1,
+            events_max_bytes: 1024 * 1024 * 1024,
+            names: Names::default(),
+            log_format: "text".to_owned(),
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or holds a wrong type or unknown key.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values do not fit together.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line, layered over everything else.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--nats-url` (or `NATS_URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// `--degraded-after`.
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub degraded_after: Option<Duration>,
+    /// `--offline-after`.
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub offline_after: Option<Duration>,
+}
+
+impl RegistryConfig {
+    /// Loads defaults < `file` < environment < `overrides`, and checks them.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(PathBuf::from(file)));
+        }
+        let config: Self = figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks that the values fit together.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.degraded_after.is_zero() || self.sweep_interval.is_zero() {
+            return invalid("degraded_after and sweep_interval must be above zero".into());
+        }
+        if self.offline_after <= self.degraded_after {
+            return invalid(format!(
+                "offline_after ({}) must be longer than degraded_after ({})",
+                humantime::format_duration(self.offline_after),
+                humantime::format_duration(self.degraded_after)
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.self_preservation_threshold) {
+            return invalid("self_preservation_threshold must be between 0 and 1".into());
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return invalid("replicas must be 1 to 5".into());
+        }
+        Ok(())
+    }
+
+    /// The lifecycle part.
+    pub fn lifecycle(&self) -> LifecycleSettings {
+        LifecycleSettings {
+            degraded_after: self.degraded_after,
+            offline_after: self.offline_after,
+            checkpoint_interval: self.checkpoint_interval,
+            reannounce_interval: self.reannounce_interval,
+            self_preservation_threshold: self.self_preservation_threshold,
+            self_preservation_min_fleet: self.self_preservation_min_fleet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_durations_are_human() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("r.toml", "degraded_after = \"20s\"\noffline_after = \"1m\"\n[names]\nnodes_bucket = \"n2\"\n")?;
+            jail.set_env("NODE_REGISTRY_OFFLINE_AFTER", "2m");
+            let overrides = Overrides {
+                degraded_after: Some(Duration::from_secs(30)),
+                ..Overrides::default()
+            };
+            let c = RegistryConfig::load(Some(Path::new("r.toml")), &overrides)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.degraded_after, Duration::from_secs(30));
+            assert_eq!(c.offline_after, Duration::from_secs(120));
+            assert_eq!(c.names.nodes_bucket, "n2");
+            assert_eq!(c.names.events_stream, "NODE_EVENTS");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_combinations_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("r.toml", "degraded_afer = \"20s\"\n")?;
+            let err = RegistryConfig::load(Some(Path::new("r.toml")), &Overrides::default());
+            assert!(err.is_err());
+            let overrides = Overrides {
+                degraded_after: Some(Duration::from_secs(600)),
+                ..Overrides::default()
+            };
+            let err = RegistryConfig::load(None, &overrides).expect_err("offline < degraded");
+            assert!(err.to_string().contains("offline_after"));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,377 @@
+//! The registry worker: consumes `NODE_EVENTS`, runs the lifecycle, and
+//! executes its decisions (alerts, CAS writes, reannounce requests).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use registry_kv::alerts::AlertPublisher;
+use registry_kv::{RecordStore, StoreError};
+use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
+use schemas::validate::{validate_event, ValidEvent};
+use schemas::{Alert, NodeEvent, TaskRequest};
+use subjects::NodeId;
+use tokio::sync::watch;
+use tracing::{debug, info, info_span, instrument, warn, Instrument};
+
+use crate::lifecycle::{Effects, Fleet, Write};
+use crate::service::Counters;
+
+/// Most alerts kept for a retry while `ALERTS` cannot be reached.
+const MAX_PENDING_ALERTS: usize = 10_000;
+/// How long one window of the server-clock estimate lasts.
+const CLOCK_WINDOW: Duration = Duration::from_secs(60);
+
+/// An estimate of the NATS server's clock, from the receive timestamps of the
+/// events consumed: the smallest `local now − server receive time` seen over
+/// the last one to two windows. Lag only makes the estimate later, never
+/// earlier, so an error delays judgement; it never hastens it.
+#[derive(Debug)]
+pub struct ServerClock {
+    current: Option<chrono::Duration>,
+    previous: Option<chrono::Duration>,
+    window_start: Instant,
+}
+
+impl Default for ServerClock {
+    fn default() -> Self {
+        Self {
+            current: None,
+            previous: None,
+            window_start: Instant::now(),
+        }
+    }
+}
+
+impl ServerClock {
+    /// Takes in one event's server receive time.
+    pub fn observe(&mut self, received: DateTime<Utc>) {
+        if self.window_start.elapsed() >= CLOCK_WINDOW {
+            self.previous = self.current.take();
+            self.window_start = Instant::now();
+        }
+        let sample = Utc::now().signed_duration_since(received);
+        self.current = Some(self.current.map_or(sample, |c| c.min(sample)));
+    }
+
+    /// The server's time now, as well as it is known.
+    pub fn now(&self) -> DateTime<Utc> {
+        let offset = match (self.current, self.previous) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => chrono::Duration::zero(),
+        };
+        Utc::now() - offset
+    }
+}
+
+/// Why an event was rejected.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error("no JetStream metadata: {0}")]
+    Metadata(String),
+    #[error("{0}")]
+    Subject(#[from] subjects::SubjectError),
+    #[error("{0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("{0}")]
+    Invalid(#[from] schemas::validate::ValidationError),
+}
+
+/// Consumes events and judges liveness; the one writer of `nodes`.
+#[derive(Debug)]
+pub struct Worker<S> {
+    fleet: Fleet,
+    store: S,
+    client: async_nats::Client,
+    alerts: AlertPublisher,
+    counters: Arc<Counters>,
+    clock: ServerClock,
+    pending_alerts: VecDeque<Alert>,
+}
+
+impl<S: RecordStore> Worker<S> {
+    /// A worker over a restored fleet.
+    pub fn new(
+        fleet: Fleet,
+        store: S,
+        client: async_nats::Client,
+        js: jetstream::Context,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            fleet,
+            store,
+            client,
+            alerts: AlertPublisher::new(js),
+            counters,
+            clock: ServerClock::default(),
+            pending_alerts: VecDeque::new(),
+        }
+    }
+
+    /// Runs until `shutdown` flips to true. Sweeps only while connected and
+    /// caught up with the stream (DESIGN principle 4).
+    pub async fn run(
+        mut self,
+        mut consumer: PullConsumer,
+        sweep_interval: Duration,
+        mut connected: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut caught_up = false;
+        let mut was_connected = *connected.borrow();
+        let mut messages = None;
+        loop {
+            if messages.is_none() {
+                match consumer.messages().await {
+                    Ok(stream) => messages = Some(stream),
+                    Err(e) => warn!(error = %e, "opening the event consumer; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                next = async {
+                    match messages.as_mut() {
+                        Some(stream) => stream.next().await,
+                        None => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            None
+                        }
+                    }
+                } => match next {
+                    Some(Ok(message)) => {
+                        caught_up = self.on_message(message).await;
+                    }
+                    Some(Err(e)) => debug!(error = %e, "event consumer hiccup"),
+                    None => messages = None,
+                },
+                _ = tick.tick() => {
+                    let is_connected = *connected.borrow_and_update();
+                    if is_connected && !was_connected {
+                        // Whatever happened while we were away is not the
+                        // nodes' fault: judge again after a fresh window.
+                        info!("reconnected to NATS; granting every node a fresh grace window");
+                        self.fleet.grant_grace(self.clock.now());
+                        caught_up = false;
+                    }
+                    was_connected = is_connected;
+                    if !is_connected {
+                        continue;
+                    }
+                    if !caught_up {
+                        caught_up = match consumer.info().await {
+                            Ok(info) => info.num_pending == 0,
+                            Err(e) => {
+                                debug!(error = %e, "reading consumer info");
+                                false
+                            }
+                        };
+                    }
+                    self.retry_alerts().await;
+                    if caught_up {
+                        let effects = self.fleet.sweep(self.clock.now());
+                        if !effects.is_empty() {
+                            self.execute(effects).instrument(info_span!("sweep")).await;
+                        }
+                    }
+                }
+            }
+        }
+        info!(nodes = self.fleet.len(), "worker stopped");
+    }
+
+    /// Handles one delivery; returns whether the consumer is caught up.
+    async fn on_message(&mut self, message: jetstream::Message) -> bool {
+        let meta = message
+            .info()
+            .map(|i| (i.stream_sequence, i.pending, i.published))
+            .map_err(|e| Rejection::Metadata(e.to_string()));
+        let (seq, pending, received) = match meta {
+            Ok(meta) => meta,
+            Err(reason) => {
+                self.reject(&message, &reason).await;
+                return false;
+            }
+        };
+        self.clock.observe(received);
+        let span = info_span!("event", seq, subject = %message.subject);
+        async {
+            match decode(&message) {
+                Err(reason) => self.reject(&message, &reason).await,
+                Ok(event) => {
+                    debug!(node_id = %event.node_id, kind = %event.kind, "event");
+                    Counters::bump(&self.counters.events_applied);
+                    let effects = self.fleet.apply(&event, received, seq);
+                    let ack = if self.execute(effects).await {
+                        AckKind::Ack
+                    } else {
+                        // The fleet retries the failed parts; redelivery
+                        // covers a crash before it does.
+                        AckKind::Nak(Some(Duration::from_secs(1)))
+                    };
+                    if let Err(e) = message.ack_with(ack).await {
+                        warn!(error = %e, "acking an event");
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        pending == 0
+    }
+
+    async fn reject(&self, message: &jetstream::Message, reason: &Rejection) {
+        Counters::bump(&self.counters.events_rejected);
+        warn!(subject = %message.subject, size = message.payload.len(), %reason, "event rejected");
+        // Terminate: a bad message is never redelivered.
+        if let Err(e) = message.ack_with(AckKind::Term).await {
+            warn!(error = %e, "terminating a rejected event");
+        }
+    }
+
+    /// Executes effects in order: alerts, writes, reannounces. Returns whether
+    /// everything succeeded; what failed is retried later.
+    async fn execute(&mut self, effects: Effects) -> bool {
+        let mut ok = true;
+        for alert in effects.alerts {
+            ok &= self.publish_alert(alert).await;
+        }
+        for write in effects.writes {
+            ok &= self.write(write).await;
+        }
+        for id in effects.reannounce {
+            self.reannounce(&id).await;
+        }
+        ok
+    }
+
+    async fn publish_alert(&mut self, alert: Alert) -> bool {
+        match self.alerts.publish(&alert).await {
+            Ok(()) => {
+                Counters::bump(&self.counters.alerts_published);
+                info!(
+                    alert = %alert.r#type,
+                    node_id = alert.node_id.as_deref().unwrap_or(""),
+                    message = alert.message.as_deref().unwrap_or(""),
+                    "alert"
+                );
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "alert not stored; will retry");
+                if self.pending_alerts.len() >= MAX_PENDING_ALERTS {
+                    warn!("alert retry queue full; dropping the oldest");
+                    self.pending_alerts.pop_front();
+                }
+                self.pending_alerts.push_back(alert);
+                false
+            }
+        }
+    }
+
+    async fn retry_alerts(&mut self) {
+        while let Some(alert) = self.pending_alerts.pop_front() {
+            // Same id, so a duplicate of one that did get through is dropped.
+            if self.alerts.publish(&alert).await.is_err() {
+                self.pending_alerts.push_front(alert);
+                return;
+            }
+            Counters::bump(&self.counters.alerts_published);
+        }
+    }
+
+    #[instrument(skip_all, fields(node_id = write.node_id()))]
+    async fn write(&mut self, write: Write) -> bool {
+        let result = match &write {
+            Write::Put {
+                record,
+                revision: None,
+            } => self.store.create(record).await.map(Some),
+            Write::Put {
+                record,
+                revision: Some(rev),
+            } => self.store.update(record, *rev).await.map(Some),
+            Write::Delete { node_id, revision } => {
+                self.store.delete(node_id.as_str(), *revision).await.map(|()| None)
+            }
+        };
+        let id = NodeId::parse(write.node_id()).ok();
+        match (result, id) {
+            (Ok(revision), Some(id)) => {
+                Counters::bump(&self.counters.kv_writes);
+                if let Some(revision) = revision {
+                    self.fleet.confirm_write(&id, revision);
+                }
+                true
+            }
+            (Ok(_), None) => true,
+            (Err(StoreError::Conflict { key }), id) => {
+                Counters::bump(&self.counters.kv_write_failures);
+                // Someone else wrote this key. Re-read its revision; the
+                // fleet, which has seen every event, re-decides and writes
+                // on the next sweep.
+                let current = match self.store.get(&key).await {
+                    Ok(found) => Some(found.map(|v| v.revision)),
+                    Err(e) => {
+                        warn!(error = %e, "re-reading after a conflict");
+                        None
+                    }
+                };
+                warn!(key, "revision conflict on a node record; re-deciding");
+                if let (Some(id), Write::Put { .. }) = (id, &write) {
+                    self.fleet.write_failed(&id, current);
+                }
+                false
+            }
+            (Err(e), id) => {
+                Counters::bump(&self.counters.kv_write_failures);
+                warn!(error = %e, "record write failed; will retry");
+                if let (Some(id), Write::Put { .. }) = (id, &write) {
+                    self.fleet.write_failed(&id, None);
+                }
+                false
+            }
+        }
+    }
+
+    async fn reannounce(&self, id: &NodeId) {
+        let task = TaskRequest {
+            r#type: "reannounce".to_owned(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
+        let payload = codec::encode(&task, Encoding::Json);
+        match self
+            .client
+            .publish_with_headers(subjects::node_tasks(id), headers, payload.into())
+            .await
+        {
+            Ok(()) => {
+                Counters::bump(&self.counters.reannounces_sent);
+                info!(node_id = %id, "heartbeat from an unknown node; asked it to reannounce");
+            }
+            Err(e) => warn!(node_id = %id, error = %e, "sending reannounce"),
+        }
+    }
+}
+
+/// Decodes and validates one delivery: subject id, encoding, size, fields,
+/// and the payload id against the subject id.
+fn decode(message: &jetstream::Message) -> Result<ValidEvent, Rejection> {
+    let subject_id = subjects::parse_node_events(&message.subject)?;
+    let content_type = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_CONTENT_TYPE))
+        .map(|v| v.as_str());
+    let encoding = Encoding::from_content_type(content_type)?;
+    let event: NodeEvent = codec::decode(&message.payload, encoding, MAX_EVENT_BYTES)?;
+    Ok(validate_event(event, &subject_id)?)
+}
