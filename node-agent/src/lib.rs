@@ -1,1 +1,15 @@
-//! placeholder
+//! The node agent: the daemon on every node of the fleet.
+//!
+//! - [`config`]: the configuration (figment-layered).
+//! - [`identity`]: the node id, derived once and kept in the state directory.
+//! - [`detect`]: capabilities (OS, CPU, RAM, disk, Ollama models) and metrics.
+//! - [`agent`]: register, heartbeat, tasks, deregister; [`run`] starts it.
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod config;
+pub mod detect;
+pub mod identity;
+
+pub use agent::run;
+pub use config::AgentConfig;

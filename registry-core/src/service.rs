@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use schemas::codec::{self, Encoding, CodecError, HEADER_CONTENT_TYPE, MAX_REQUEST_BYTES};
-use schemas::error::{ErrorCode, ServiceError, HEADER_ERROR, HEADER_ERROR_CODE};
+use schemas::error::{ErrorCode, ServiceError};
 use schemas::status::StatusFilter;
 use schemas::{DiscoverReply, DiscoverRequest, GetRequest};
 use tokio::sync::watch;
@@ -153,8 +153,9 @@ async fn handle(client: &async_nats::Client, index: &ReadIndex, endpoint: Endpoi
         Err(error) => {
             debug!(code = error.code, message = %error.message, "request refused");
             headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
-            headers.insert(HEADER_ERROR_CODE, error.code.to_string().as_str());
-            headers.insert(HEADER_ERROR, error.message.as_str());
+            for (name, value) in error.headers() {
+                headers.insert(name, value.as_str());
+            }
             Bytes::from(error.body())
         }
     };

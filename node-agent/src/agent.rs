@@ -1,0 +1,406 @@
+//! The agent's life: register until acked, heartbeat with jitter, answer
+//! control tasks, re-register after a reconnect, deregister on shutdown.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::{HeaderMap, Message};
+use futures::StreamExt;
+use rand::Rng;
+use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_REQUEST_BYTES};
+use schemas::error::{ErrorCode, ServiceError};
+use schemas::status::EventType;
+use schemas::{Capabilities, DetectReply, NodeEvent, PingReply, ReannounceReply, TaskRequest};
+use subjects::NodeId;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, instrument, warn, Instrument};
+
+use crate::config::AgentConfig;
+use crate::detect::{local_ip_towards, Detector};
+
+/// The agent's version, reported in registrations and pings.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How long one publish may wait for JetStream's ack.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole budget for the deregister at shutdown (the agent exits within 2 s).
+const DEREGISTER_BUDGET: Duration = Duration::from_millis(1500);
+/// Longest pause between two registration attempts.
+const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The node id could not be established.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The NATS URL is unusable.
+    #[error("connecting to NATS at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// The task subject could not be subscribed.
+    #[error("subscribing to {subject}: {source}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// Why.
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// Why one publish failed.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing {kind} on {subject}: {reason}")]
+struct PublishFailure {
+    kind: EventType,
+    subject: String,
+    reason: String,
+}
+
+/// The running agent.
+struct Agent {
+    id: NodeId,
+    config: AgentConfig,
+    hostname: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    detector: Arc<Mutex<Detector>>,
+    /// Rises with every event; together with `boot` it makes `Nats-Msg-Id`
+    /// unique, so a retried publish is stored once.
+    seq: u64,
+    boot: String,
+    started: Instant,
+    last_publish_ok: Arc<AtomicBool>,
+    registered: bool,
+}
+
+/// Runs the agent until `shutdown` resolves, then deregisters.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".to_owned());
+    let id = crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
+    let span = info_span!("agent", node_id = %id);
+    run_as(id, hostname, config, shutdown).instrument(span).await
+}
+
+async fn run_as(
+    id: NodeId,
+    hostname: String,
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let (events_tx, mut events_rx) = mpsc::channel(16);
+    let client = async_nats::ConnectOptions::new()
+        // The connection is named after the node, so the server's connection
+        // events say which node a closed connection was.
+        .name(id.as_str())
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let tx = events_tx.clone();
+            async move {
+                // A full channel only drops a duplicate notice.
+                let _ = tx.try_send(event);
+            }
+        })
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| AgentError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(PUBLISH_TIMEOUT);
+    let task_subject = subjects::node_tasks(&id);
+    let mut tasks = client
+        .subscribe(task_subject.clone())
+        .await
+        .map_err(|source| AgentError::Subscribe {
+            subject: task_subject,
+            source,
+        })?;
+    info!(url = %config.nats_url, "node agent starting");
+    let detector = Arc::new(Mutex::new(Detector::new(&config.ollama_url)));
+    let mut agent = Agent {
+        id,
+        hostname,
+        client,
+        js,
+        detector,
+        seq: 0,
+        boot: format!("{:08x}", rand::random::<u32>()),
+        started: Instant::now(),
+        last_publish_ok: Arc::new(AtomicBool::new(false)),
+        registered: false,
+        config,
+    };
+
+    tokio::pin!(shutdown);
+    let mut need_register = true;
+    let mut next_beat = Instant::now();
+    let mut heartbeat_in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        if need_register {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                () = agent.register_until_acked() => {
+                    need_register = false;
+                    next_beat = Instant::now() + agent.jittered_interval();
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep_until(next_beat) => {
+                next_beat = Instant::now() + agent.jittered_interval();
+                // One heartbeat in flight at most: during an outage they time
+                // out one after the other, never pile up.
+                if heartbeat_in_flight.as_ref().is_none_or(|h| h.is_finished()) {
+                    heartbeat_in_flight = Some(agent.spawn_heartbeat().await);
+                }
+            }
+            Some(event) = events_rx.recv() => match event {
+                async_nats::Event::Connected => {
+                    info!("connected to NATS; registering");
+                    need_register = true;
+                }
+                async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
+                other => debug!(event = %other, "NATS connection event"),
+            },
+            Some(message) = tasks.next() => {
+                if agent.handle_task(message).await {
+                    need_register = true;
+                }
+            }
+        }
+    }
+    if let Some(h) = heartbeat_in_flight {
+        h.abort();
+    }
+    agent.deregister().await;
+    Ok(())
+}
+
+impl Agent {
+    fn jittered_interval(&self) -> Duration {
+        let factor = rand::rng().random_range(0.9..=1.1);
+        self.config.heartbeat_interval.mul_f64(factor)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    async fn detect(&self) -> Capabilities {
+        let detector = self.detector.clone();
+        let detected = tokio::task::spawn_blocking(move || {
+            detector.lock().unwrap_or_else(|p| p.into_inner()).capabilities()
+        })
+        .await;
+        detected.unwrap_or_default()
+    }
+
+    async fn register_event(&mut self) -> NodeEvent {
+        let capabilities = self.detect().await;
+        let local_ip = local_ip_towards(&self.config.nats_url).map(|ip| ip.to_string());
+        let seq = self.next_seq();
+        NodeEvent {
+            r#type: EventType::Register.to_string(),
+            node_id: self.id.to_string(),
+            node_name: Some(self.config.node_name.clone().unwrap_or_else(|| self.hostname.clone())),
+            role: Some(self.config.role.clone()),
+            labels: self.config.labels.clone(),
+            hostname: Some(self.hostname.clone()),
+            ip_address: self.config.advertise_ip.clone().or_else(|| local_ip.clone()),
+            local_ip,
+            capabilities: Some(capabilities),
+            agent_version: Some(AGENT_VERSION.to_owned()),
+            seq: Some(seq),
+            ..NodeEvent::default()
+        }
+    }
+
+    /// Publishes `register` until JetStream acks it, backing off with jitter.
+    #[instrument(skip_all)]
+    async fn register_until_acked(&mut self) {
+        let event = self.register_event().await;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match publish(&self.js, &self.id, &self.boot, &event).await {
+                Ok(()) => {
+                    self.last_publish_ok.store(true, Ordering::Relaxed);
+                    self.registered = true;
+                    let caps = event.capabilities.as_ref();
+                    info!(
+                        models = caps.map_or(0, |c| c.models.len()),
+                        labels = ?event.labels,
+                        "registered"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.last_publish_ok.store(false, Ordering::Relaxed);
+                    warn!(error = %e, retry_in = ?backoff, "registration not acked; retrying");
+                }
+            }
+            let jitter = rand::rng().random_range(0.8..=1.2);
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(MAX_REGISTER_BACKOFF);
+        }
+    }
+
+    async fn spawn_heartbeat(&mut self) -> tokio::task::JoinHandle<()> {
+        let detector = self.detector.clone();
+        let metrics = tokio::task::spawn_blocking(move || {
+            detector.lock().unwrap_or_else(|p| p.into_inner()).metrics()
+        })
+        .await
+        .unwrap_or_default();
+        let event = NodeEvent {
+            r#type: EventType::Heartbeat.to_string(),
+            node_id: self.id.to_string(),
+            seq: Some(self.next_seq()),
+            metrics: Some(metrics),
+            ..NodeEvent::default()
+        };
+        let (js, id, boot, ok) = (
+            self.js.clone(),
+            self.id.clone(),
+            self.boot.clone(),
+            self.last_publish_ok.clone(),
+        );
+        tokio::spawn(
+            async move {
+                match publish(&js, &id, &boot, &event).await {
+                    Ok(()) => ok.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        ok.store(false, Ordering::Relaxed);
+                        warn!(error = %e, "heartbeat not acked");
+                    }
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
+    /// Publishes `deregister` within [`DEREGISTER_BUDGET`].
+    async fn deregister(&mut self) {
+        if !self.registered {
+            return;
+        }
+        let event = NodeEvent {
+            r#type: EventType::Deregister.to_string(),
+            node_id: self.id.to_string(),
+            seq: Some(self.next_seq()),
+            reason: Some("shutdown".to_owned()),
+            ..NodeEvent::default()
+        };
+        match tokio::time::timeout(DEREGISTER_BUDGET, publish(&self.js, &self.id, &self.boot, &event)).await {
+            Ok(Ok(())) => info!("deregistered"),
+            Ok(Err(e)) => warn!(error = %e, "deregister not acked"),
+            Err(_) => warn!("deregister not acked within {DEREGISTER_BUDGET:?}"),
+        }
+    }
+
+    /// Answers one control task; returns whether a fresh `register` is due.
+    #[instrument(skip_all)]
+    async fn handle_task(&mut self, message: Message) -> bool {
+        let content_type = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_CONTENT_TYPE))
+            .map(|v| v.as_str().to_owned());
+        let mut reregister = false;
+        let (encoding, result) = match Encoding::from_content_type(content_type.as_deref()) {
+            Err(e) => (Encoding::Json, Err(ServiceError::new(ErrorCode::BadRequest, e.to_string()))),
+            Ok(encoding) => {
+                let result = match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
+                    Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
+                    Ok(task) => match task.r#type.as_str() {
+                        "reannounce" => {
+                            info!("asked to reannounce");
+                            reregister = true;
+                            Ok(codec::encode(&ReannounceReply { ok: true }, encoding))
+                        }
+                        "ping" => Ok(codec::encode(
+                            &PingReply {
+                                node_id: self.id.to_string(),
+                                agent_version: AGENT_VERSION.to_owned(),
+                                uptime_s: self.started.elapsed().as_secs(),
+                                last_publish_ok: self.last_publish_ok.load(Ordering::Relaxed),
+                            },
+                            encoding,
+                        )),
+                        "detect" => Ok(codec::encode(
+                            &DetectReply {
+                                capabilities: Some(self.detect().await),
+                            },
+                            encoding,
+                        )),
+                        other => Err(ServiceError::new(
+                            ErrorCode::NotFound,
+                            format!(
+                                "unknown task type {:?}, expected one of reannounce, ping, detect",
+                                other.chars().take(64).collect::<String>()
+                            ),
+                        )),
+                    },
+                };
+                (encoding, result)
+            }
+        };
+        if let Some(reply) = message.reply {
+            let mut headers = HeaderMap::new();
+            let body = match result {
+                Ok(body) => {
+                    headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
+                    body
+                }
+                Err(error) => {
+                    warn!(code = error.code, message = %error.message, "task refused");
+                    headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
+                    for (name, value) in error.headers() {
+                        headers.insert(name, value.as_str());
+                    }
+                    error.body()
+                }
+            };
+            if let Err(e) = self.client.publish_with_headers(reply, headers, body.into()).await {
+                warn!(error = %e, "replying to a task");
+            }
+        }
+        reregister
+    }
+}
+
+/// Publishes one event (JSON) and waits for JetStream's ack.
+async fn publish(js: &jetstream::Context, id: &NodeId, boot: &str, event: &NodeEvent) -> Result<(), PublishFailure> {
+    let kind: EventType = event.r#type.parse().unwrap_or(EventType::Heartbeat);
+    let subject = subjects::node_events(id);
+    let fail = |reason: String| PublishFailure {
+        kind,
+        subject: subject.clone(),
+        reason,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
+    let msg_id = format!("{id}-{boot}-{}", event.seq.unwrap_or_default());
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+    let payload = codec::encode(event, Encoding::Json);
+    let ack = js
+        .publish_with_headers(subject.clone(), headers, payload.into())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    tokio::time::timeout(PUBLISH_TIMEOUT, ack)
+        .await
+        .map_err(|_| fail("no ack in time".to_owned()))?
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! The `node-agent` configuration: one struct, loaded by figment
+//! (defaults < `/etc/node-agent/config.toml` or `--config` < `NODE_AGENT_*`
+//! environment < flags).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Prefix of the environment variables that configure the agent.
+pub const ENV_PREFIX: &str = "NODE_AGENT_";
+/// The system-wide configuration file, read when it exists and no
+/// `--config` is given.
+pub const SYSTEM_CONFIG: &str = "/etc/node-agent/config.toml";
+
+/// Everything `node-agent` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// NATS server(s), comma-separated. Default `nats://127.0.0.1:4222`;
+    /// `--nats-url` falls back to `NATS_URL`.
+    pub nats_url: String,
+    /// The node id. Default: derived once as `node-<hostname>-<8 hex>` and
+    /// kept in `<state_dir>/node_id`.
+    pub node_id: Option<String>,
+    /// A human name. Default: the hostname.
+    pub node_name: Option<String>,
+    /// The node's role (`worker`, `gateway`, ...). Default `worker`.
+    pub role: String,
+    /// Labels; a bare key means `"true"`. In TOML a table or a
+    /// `"k=v,k2"` string, in the environment and on the command line the
+    /// string form. Default none.
+    #[serde(deserialize_with = "deserialize_labels")]
+    pub labels: BTreeMap<String, String>,
+    /// Time between heartbeats, each jittered by ±10 %. Default 30s. Lower
+    /// detects failures sooner at more messages per second.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Where the node id is kept. Default `$STATE_DIRECTORY` (systemd), else
+    /// `$XDG_STATE_HOME/node-agent`, else `~/.local/state/node-agent`, else
+    /// `/var/lib/node-agent`.
+    pub state_dir: PathBuf,
+    /// Ollama's HTTP address, for installed models. Default
+    /// `http://127.0.0.1:11434`; unreachable means no models, no tag.
+    pub ollama_url: String,
+    /// The address others should reach this node at, when it is not the
+    /// one NATS is reached from (NAT, public IP). Default none.
+    pub advertise_ip: Option<String>,
+    /// Log format: `text` (default) or `json`.
+    pub log_format: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            node_id: None,
+            node_name: None,
+            role: "worker".to_owned(),
+            labels: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(30),
+            state_dir: default_state_dir(),
+            ollama_url: "http://127.0.0.1:11434".to_owned(),
+            advertise_ip: None,
+            log_format: "text".to_owned(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated; the first is ours.
+        let first = dir.to_string_lossy().split(':').next().map(PathBuf::from);
+        if let Some(first) = first {
+            return first;
+        }
+    }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(xdg).join("node-agent");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        if home != "/" && !home.is_empty() {
+            return PathBuf::from(home).join(".local/state/node-agent");
+        }
+    }
+    PathBuf::from("/var/lib/node-agent")
+}
+
+/// Parses `k=v,k2,k3=v3` into labels; a bare key is `"true"`.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (item, "true"),
+        };
+        schemas::validate::check_label_key(key).map_err(|e| e.to_string())?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(labels)
+}
+
+fn deserialize_labels<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Labels {
+        Text(String),
+        Table(BTreeMap<String, LabelValue>),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum LabelValue {
+        Text(String),
+        Flag(bool),
+        Number(f64),
+    }
+    match Labels::deserialize(deserializer)? {
+        Labels::Text(text) => parse_labels(&text).map_err(serde::de::Error::custom),
+        Labels::Table(table) => Ok(table
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    LabelValue::Text(s) => s,
+                    LabelValue::Flag(b) => b.to_string(),
+                    LabelValue::Number(n) => n.to_string(),
+                };
+                (k, v)
+            })
+            .collect()),
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or holds a wrong type or unknown key.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values do not fit together.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line, layered over everything else.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--nats-url` (or `NATS_URL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// `--node-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// `--node-name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// `--role`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// `--labels`, in the string form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// `--heartbeat-interval`.
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub heartbeat_interval: Option<Duration>,
+    /// `--state-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// `--ollama-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ollama_url: Option<String>,
+}
+
+impl AgentConfig {
+    /// Loads defaults < file < environment < `overrides`, and checks them.
+    /// Without `file`, [`SYSTEM_CONFIG`] is read if it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        match file {
+            Some(file) => figment = figment.merge(Toml::file_exact(file)),
+            None if Path::new(SYSTEM_CONFIG).exists() => {
+                figment = figment.merge(Toml::file_exact(SYSTEM_CONFIG))
+            }
+            None => {}
+        }
+        let config: Self = figment
+            .merge(Env::prefixed(ENV_PREFIX))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks that the values are usable.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval must be at least 100ms".into(),
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            subjects::NodeId::parse(id)
+                .map_err(|e| ConfigError::Invalid(format!("node_id: {e}")))?;
+        }
+        schemas::validate::validate_labels(&self.labels)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_with_bare_keys_as_true() {
+        let labels = parse_labels("gpu, region=eu,tier = edge").expect("valid");
+        assert_eq!(labels.get("gpu").map(String::as_str), Some("true"));
+        assert_eq!(labels.get("region").map(String::as_str), Some("eu"));
+        assert_eq!(labels.get("tier").map(String::as_str), Some("edge"));
+        assert!(parse_labels("bad key=1").is_err());
+        assert!(parse_labels("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn file_env_and_flags_layer() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "a.toml",
+                "role = \"gateway\"\nheartbeat_interval = \"10s\"\n[labels]\ngpu = true\nregion = \"eu\"\n",
+            )?;
+            jail.set_env("NODE_AGENT_ROLE", "edge");
+            let overrides = Overrides {
+                labels: Some("region=us".into()),
+                ..Overrides::default()
+            };
+            let c = AgentConfig::load(Some(Path::new("a.toml")), &overrides)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.role, "edge");
+            assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+            // Flags replace the labels as a whole.
+            assert_eq!(c.labels.len(), 1);
+            assert_eq!(c.labels.get("region").map(String::as_str), Some("us"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        figment::Jail::expect_with(|_jail| {
+            let overrides = Overrides {
+                node_id: Some("Bad.Id".into()),
+                ..Overrides::default()
+            };
+            assert!(AgentConfig::load(None, &overrides).is_err());
+            let overrides = Overrides {
+                heartbeat_interval: Some(Duration::from_millis(1)),
+                ..Overrides::default()
+            };
+            assert!(AgentConfig::load(None, &overrides).is_err());
+            Ok(())
+        });
+    }
+}
