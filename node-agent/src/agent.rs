@@ -2,7 +2,7 @@
 //! control tasks, re-register after a reconnect, deregister on shutdown.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use schemas::status::EventType;
 use schemas::{Capabilities, DetectReply, NodeEvent, PingReply, ReannounceReply, TaskRequest};
 use subjects::NodeId;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, instrument, warn, Instrument};
 
@@ -64,29 +65,35 @@ struct PublishFailure {
     reason: String,
 }
 
-/// The running agent.
-struct Agent {
+/// What the agent's concurrent parts share.
+struct Shared {
     id: NodeId,
     config: AgentConfig,
     hostname: String,
     client: async_nats::Client,
     js: jetstream::Context,
-    detector: Arc<Mutex<Detector>>,
+    detector: Mutex<Detector>,
     /// Rises with every event; together with `boot` it makes `Nats-Msg-Id`
     /// unique, so a retried publish is stored once.
-    seq: u64,
+    seq: AtomicU64,
     boot: String,
     started: Instant,
-    last_publish_ok: Arc<AtomicBool>,
-    registered: bool,
+    last_publish_ok: AtomicBool,
+    registered: AtomicBool,
 }
 
 /// Runs the agent until `shutdown` resolves, then deregisters.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".to_owned());
-    let id = crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
+    let id =
+        crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
     let span = info_span!("agent", node_id = %id);
-    run_as(id, hostname, config, shutdown).instrument(span).await
+    run_as(id, hostname, config, shutdown)
+        .instrument(span)
+        .await
 }
 
 async fn run_as(
@@ -126,202 +133,216 @@ async fn run_as(
             source,
         })?;
     info!(url = %config.nats_url, "node agent starting");
-    let detector = Arc::new(Mutex::new(Detector::new(&config.ollama_url)));
-    let mut agent = Agent {
+    let agent = Arc::new(Shared {
+        detector: Mutex::new(Detector::new(&config.ollama_url)),
         id,
         hostname,
         client,
         js,
-        detector,
-        seq: 0,
+        seq: AtomicU64::new(0),
         boot: format!("{:08x}", rand::random::<u32>()),
         started: Instant::now(),
-        last_publish_ok: Arc::new(AtomicBool::new(false)),
-        registered: false,
+        last_publish_ok: AtomicBool::new(false),
+        registered: AtomicBool::new(false),
         config,
-    };
+    });
 
     tokio::pin!(shutdown);
-    let mut need_register = true;
-    let mut next_beat = Instant::now();
-    let mut heartbeat_in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    // Registration runs beside the loop, so tasks are answered and shutdown
+    // is honoured while it retries (no stream yet, NATS unreachable).
+    let mut registration: Option<JoinHandle<()>> = Some(tokio::spawn(
+        register_until_acked(agent.clone()).in_current_span(),
+    ));
+    let mut next_beat = Instant::now() + agent.jittered_interval();
+    let mut heartbeat_in_flight: Option<JoinHandle<()>> = None;
+    let mut initial_connect_seen = false;
     loop {
-        if need_register {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                () = agent.register_until_acked() => {
-                    need_register = false;
-                    next_beat = Instant::now() + agent.jittered_interval();
-                }
-            }
-        }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(next_beat) => {
                 next_beat = Instant::now() + agent.jittered_interval();
+                let registering = registration.as_ref().is_some_and(|r| !r.is_finished());
                 // One heartbeat in flight at most: during an outage they time
                 // out one after the other, never pile up.
-                if heartbeat_in_flight.as_ref().is_none_or(|h| h.is_finished()) {
-                    heartbeat_in_flight = Some(agent.spawn_heartbeat().await);
+                let idle = heartbeat_in_flight.as_ref().is_none_or(|h| h.is_finished());
+                if !registering && idle {
+                    heartbeat_in_flight = Some(tokio::spawn(heartbeat(agent.clone()).in_current_span()));
                 }
             }
             Some(event) = events_rx.recv() => match event {
+                async_nats::Event::Connected if !initial_connect_seen => initial_connect_seen = true,
                 async_nats::Event::Connected => {
-                    info!("connected to NATS; registering");
-                    need_register = true;
+                    info!("reconnected to NATS; registering again");
+                    restart_registration(&agent, &mut registration);
                 }
                 async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
                 other => debug!(event = %other, "NATS connection event"),
             },
             Some(message) = tasks.next() => {
-                if agent.handle_task(message).await {
-                    need_register = true;
+                if handle_task(&agent, message).await {
+                    restart_registration(&agent, &mut registration);
                 }
             }
         }
     }
-    if let Some(h) = heartbeat_in_flight {
-        h.abort();
+    for handle in [registration, heartbeat_in_flight].into_iter().flatten() {
+        handle.abort();
     }
-    agent.deregister().await;
+    deregister(&agent).await;
     Ok(())
 }
 
-impl Agent {
+/// Starts a fresh registration (fresh capabilities), replacing one in progress.
+fn restart_registration(agent: &Arc<Shared>, registration: &mut Option<JoinHandle<()>>) {
+    if let Some(old) = registration.take() {
+        old.abort();
+    }
+    *registration = Some(tokio::spawn(
+        register_until_acked(agent.clone()).in_current_span(),
+    ));
+}
+
+impl Shared {
     fn jittered_interval(&self) -> Duration {
         let factor = rand::rng().random_range(0.9..=1.1);
         self.config.heartbeat_interval.mul_f64(factor)
     }
 
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    async fn detect(&self) -> Capabilities {
-        let detector = self.detector.clone();
-        let detected = tokio::task::spawn_blocking(move || {
-            detector.lock().unwrap_or_else(|p| p.into_inner()).capabilities()
-        })
-        .await;
-        detected.unwrap_or_default()
+    async fn publish(&self, event: &NodeEvent) -> Result<(), PublishFailure> {
+        let result = publish(&self.js, &self.id, &self.boot, event).await;
+        self.last_publish_ok
+            .store(result.is_ok(), Ordering::Relaxed);
+        result
     }
+}
 
-    async fn register_event(&mut self) -> NodeEvent {
-        let capabilities = self.detect().await;
-        let local_ip = local_ip_towards(&self.config.nats_url).map(|ip| ip.to_string());
-        let seq = self.next_seq();
-        NodeEvent {
-            r#type: EventType::Register.to_string(),
-            node_id: self.id.to_string(),
-            node_name: Some(self.config.node_name.clone().unwrap_or_else(|| self.hostname.clone())),
-            role: Some(self.config.role.clone()),
-            labels: self.config.labels.clone(),
-            hostname: Some(self.hostname.clone()),
-            ip_address: self.config.advertise_ip.clone().or_else(|| local_ip.clone()),
-            local_ip,
-            capabilities: Some(capabilities),
-            agent_version: Some(AGENT_VERSION.to_owned()),
-            seq: Some(seq),
-            ..NodeEvent::default()
-        }
+/// Detects capabilities without blocking the runtime (sysinfo, Ollama HTTP).
+async fn detect(agent: &Arc<Shared>) -> Capabilities {
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || {
+        agent
+            .detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .capabilities()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
+    let capabilities = detect(agent).await;
+    let config = &agent.config;
+    let local_ip = local_ip_towards(&config.nats_url).map(|ip| ip.to_string());
+    NodeEvent {
+        r#type: EventType::Register.to_string(),
+        node_id: agent.id.to_string(),
+        node_name: Some(
+            config
+                .node_name
+                .clone()
+                .unwrap_or_else(|| agent.hostname.clone()),
+        ),
+        role: Some(config.role.clone()),
+        labels: config.labels.clone(),
+        hostname: Some(agent.hostname.clone()),
+        ip_address: config.advertise_ip.clone().or_else(|| local_ip.clone()),
+        local_ip,
+        capabilities: Some(capabilities),
+        agent_version: Some(AGENT_VERSION.to_owned()),
+        seq: Some(agent.next_seq()),
+        ..NodeEvent::default()
     }
+}
 
-    /// Publishes `register` until JetStream acks it, backing off with jitter.
-    #[instrument(skip_all)]
-    async fn register_until_acked(&mut self) {
-        let event = self.register_event().await;
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            match publish(&self.js, &self.id, &self.boot, &event).await {
-                Ok(()) => {
-                    self.last_publish_ok.store(true, Ordering::Relaxed);
-                    self.registered = true;
-                    let caps = event.capabilities.as_ref();
-                    info!(
-                        models = caps.map_or(0, |c| c.models.len()),
-                        labels = ?event.labels,
-                        "registered"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    self.last_publish_ok.store(false, Ordering::Relaxed);
-                    warn!(error = %e, retry_in = ?backoff, "registration not acked; retrying");
-                }
+/// Publishes `register` until JetStream acks it, backing off with jitter.
+#[instrument(skip_all)]
+async fn register_until_acked(agent: Arc<Shared>) {
+    let event = register_event(&agent).await;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match agent.publish(&event).await {
+            Ok(()) => {
+                agent.registered.store(true, Ordering::Relaxed);
+                let caps = event.capabilities.as_ref();
+                info!(
+                    models = caps.map_or(0, |c| c.models.len()),
+                    labels = ?event.labels,
+                    "registered"
+                );
+                return;
             }
-            let jitter = rand::rng().random_range(0.8..=1.2);
-            tokio::time::sleep(backoff.mul_f64(jitter)).await;
-            backoff = (backoff * 2).min(MAX_REGISTER_BACKOFF);
+            Err(e) => warn!(error = %e, retry_in = ?backoff, "registration not acked; retrying"),
         }
+        let jitter = rand::rng().random_range(0.8..=1.2);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(MAX_REGISTER_BACKOFF);
     }
+}
 
-    async fn spawn_heartbeat(&mut self) -> tokio::task::JoinHandle<()> {
-        let detector = self.detector.clone();
-        let metrics = tokio::task::spawn_blocking(move || {
-            detector.lock().unwrap_or_else(|p| p.into_inner()).metrics()
-        })
-        .await
-        .unwrap_or_default();
-        let event = NodeEvent {
-            r#type: EventType::Heartbeat.to_string(),
-            node_id: self.id.to_string(),
-            seq: Some(self.next_seq()),
-            metrics: Some(metrics),
-            ..NodeEvent::default()
-        };
-        let (js, id, boot, ok) = (
-            self.js.clone(),
-            self.id.clone(),
-            self.boot.clone(),
-            self.last_publish_ok.clone(),
-        );
-        tokio::spawn(
-            async move {
-                match publish(&js, &id, &boot, &event).await {
-                    Ok(()) => ok.store(true, Ordering::Relaxed),
-                    Err(e) => {
-                        ok.store(false, Ordering::Relaxed);
-                        warn!(error = %e, "heartbeat not acked");
-                    }
-                }
-            }
-            .in_current_span(),
-        )
+async fn heartbeat(agent: Arc<Shared>) {
+    let sampler = agent.clone();
+    let metrics = tokio::task::spawn_blocking(move || {
+        sampler
+            .detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .metrics()
+    })
+    .await
+    .unwrap_or_default();
+    let event = NodeEvent {
+        r#type: EventType::Heartbeat.to_string(),
+        node_id: agent.id.to_string(),
+        seq: Some(agent.next_seq()),
+        metrics: Some(metrics),
+        ..NodeEvent::default()
+    };
+    if let Err(e) = agent.publish(&event).await {
+        warn!(error = %e, "heartbeat not acked");
     }
+}
 
-    /// Publishes `deregister` within [`DEREGISTER_BUDGET`].
-    async fn deregister(&mut self) {
-        if !self.registered {
-            return;
-        }
-        let event = NodeEvent {
-            r#type: EventType::Deregister.to_string(),
-            node_id: self.id.to_string(),
-            seq: Some(self.next_seq()),
-            reason: Some("shutdown".to_owned()),
-            ..NodeEvent::default()
-        };
-        match tokio::time::timeout(DEREGISTER_BUDGET, publish(&self.js, &self.id, &self.boot, &event)).await {
-            Ok(Ok(())) => info!("deregistered"),
-            Ok(Err(e)) => warn!(error = %e, "deregister not acked"),
-            Err(_) => warn!("deregister not acked within {DEREGISTER_BUDGET:?}"),
-        }
+/// Publishes `deregister` within [`DEREGISTER_BUDGET`].
+async fn deregister(agent: &Arc<Shared>) {
+    if !agent.registered.load(Ordering::Relaxed) {
+        return;
     }
+    let event = NodeEvent {
+        r#type: EventType::Deregister.to_string(),
+        node_id: agent.id.to_string(),
+        seq: Some(agent.next_seq()),
+        reason: Some("shutdown".to_owned()),
+        ..NodeEvent::default()
+    };
+    match tokio::time::timeout(DEREGISTER_BUDGET, agent.publish(&event)).await {
+        Ok(Ok(())) => info!("deregistered"),
+        Ok(Err(e)) => warn!(error = %e, "deregister not acked"),
+        Err(_) => warn!("deregister not acked within {DEREGISTER_BUDGET:?}"),
+    }
+}
 
-    /// Answers one control task; returns whether a fresh `register` is due.
-    #[instrument(skip_all)]
-    async fn handle_task(&mut self, message: Message) -> bool {
-        let content_type = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER_CONTENT_TYPE))
-            .map(|v| v.as_str().to_owned());
-        let mut reregister = false;
-        let (encoding, result) = match Encoding::from_content_type(content_type.as_deref()) {
-            Err(e) => (Encoding::Json, Err(ServiceError::new(ErrorCode::BadRequest, e.to_string()))),
-            Ok(encoding) => {
-                let result = match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
+/// Answers one control task; returns whether a fresh `register` is due.
+#[instrument(skip_all)]
+async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
+    let content_type = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_CONTENT_TYPE))
+        .map(|v| v.as_str().to_owned());
+    let mut reregister = false;
+    let (encoding, result) = match Encoding::from_content_type(content_type.as_deref()) {
+        Err(e) => (
+            Encoding::Json,
+            Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
+        ),
+        Ok(encoding) => {
+            let result =
+                match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
                     Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
                     Ok(task) => match task.r#type.as_str() {
                         "reannounce" => {
@@ -331,16 +352,16 @@ impl Agent {
                         }
                         "ping" => Ok(codec::encode(
                             &PingReply {
-                                node_id: self.id.to_string(),
+                                node_id: agent.id.to_string(),
                                 agent_version: AGENT_VERSION.to_owned(),
-                                uptime_s: self.started.elapsed().as_secs(),
-                                last_publish_ok: self.last_publish_ok.load(Ordering::Relaxed),
+                                uptime_s: agent.started.elapsed().as_secs(),
+                                last_publish_ok: agent.last_publish_ok.load(Ordering::Relaxed),
                             },
                             encoding,
                         )),
                         "detect" => Ok(codec::encode(
                             &DetectReply {
-                                capabilities: Some(self.detect().await),
+                                capabilities: Some(detect(agent).await),
                             },
                             encoding,
                         )),
@@ -353,35 +374,43 @@ impl Agent {
                         )),
                     },
                 };
-                (encoding, result)
+            (encoding, result)
+        }
+    };
+    if let Some(reply) = message.reply {
+        let mut headers = HeaderMap::new();
+        let body = match result {
+            Ok(body) => {
+                headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
+                body
+            }
+            Err(error) => {
+                warn!(code = error.code, message = %error.message, "task refused");
+                headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
+                for (name, value) in error.headers() {
+                    headers.insert(name, value.as_str());
+                }
+                error.body()
             }
         };
-        if let Some(reply) = message.reply {
-            let mut headers = HeaderMap::new();
-            let body = match result {
-                Ok(body) => {
-                    headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
-                    body
-                }
-                Err(error) => {
-                    warn!(code = error.code, message = %error.message, "task refused");
-                    headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
-                    for (name, value) in error.headers() {
-                        headers.insert(name, value.as_str());
-                    }
-                    error.body()
-                }
-            };
-            if let Err(e) = self.client.publish_with_headers(reply, headers, body.into()).await {
-                warn!(error = %e, "replying to a task");
-            }
+        if let Err(e) = agent
+            .client
+            .publish_with_headers(reply, headers, body.into())
+            .await
+        {
+            warn!(error = %e, "replying to a task");
         }
-        reregister
     }
+    reregister
 }
 
 /// Publishes one event (JSON) and waits for JetStream's ack.
-async fn publish(js: &jetstream::Context, id: &NodeId, boot: &str, event: &NodeEvent) -> Result<(), PublishFailure> {
+async fn publish(
+    js: &jetstream::Context,
+    id: &NodeId,
+    boot: &str,
+    event: &NodeEvent,
+) -> Result<(), PublishFailure> {
     let kind: EventType = event.r#type.parse().unwrap_or(EventType::Heartbeat);
     let subject = subjects::node_events(id);
     let fail = |reason: String| PublishFailure {

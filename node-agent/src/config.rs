@@ -166,7 +166,10 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<String>,
     /// `--heartbeat-interval`.
-    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
     pub heartbeat_interval: Option<Duration>,
     /// `--state-dir`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -99,11 +99,14 @@ impl Detector {
         if let Some(system) = self.system.as_mut() {
             system.refresh_cpu_usage();
             system.refresh_memory();
-            metrics.cpu_pct = Some(round1(f64::from(system.global_cpu_usage()).clamp(0.0, 100.0)));
+            metrics.cpu_pct = Some(round1(
+                f64::from(system.global_cpu_usage()).clamp(0.0, 100.0),
+            ));
             let total = system.total_memory();
             if total > 0 {
-                metrics.ram_pct =
-                    Some(round1((system.used_memory() as f64 / total as f64 * 100.0).clamp(0.0, 100.0)));
+                metrics.ram_pct = Some(round1(
+                    (system.used_memory() as f64 / total as f64 * 100.0).clamp(0.0, 100.0),
+                ));
             }
         }
         if let Some((total, available)) = self.root_disk() {
@@ -165,7 +168,9 @@ impl Detector {
 pub fn local_ip_towards(nats_url: &str) -> Option<IpAddr> {
     let first = nats_url.split(',').next()?.trim();
     let without_scheme = first.split_once("://").map_or(first, |(_, rest)| rest);
-    let host_port = without_scheme.rsplit_once('@').map_or(without_scheme, |(_, hp)| hp);
+    let host_port = without_scheme
+        .rsplit_once('@')
+        .map_or(without_scheme, |(_, hp)| hp);
     let host_port = host_port.split('/').next()?;
     let target = if host_port.contains(':') {
         host_port.to_owned()
@@ -173,7 +178,11 @@ pub fn local_ip_towards(nats_url: &str) -> Option<IpAddr> {
         format!("{host_port}:4222")
     };
     let addr = target.to_socket_addrs().ok()?.next()?;
-    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let socket = UdpSocket::bind(bind).ok()?;
     socket.connect(addr).ok()?;
     socket.local_addr().ok().map(|a| a.ip())
@@ -252,6 +261,9 @@ mod tests {
     fn local_ip_of_loopback_is_loopback() {
         let ip = local_ip_towards("nats://127.0.0.1:4222").expect("ip");
         assert!(ip.is_loopback());
-        assert_eq!(local_ip_towards("nats://user:pw@127.0.0.1").map(|i| i.is_loopback()), Some(true));
+        assert_eq!(
+            local_ip_towards("nats://user:pw@127.0.0.1").map(|i| i.is_loopback()),
+            Some(true)
+        );
     }
 }

@@ -49,8 +49,10 @@ pub fn load_or_create(
         Err(source) => return Err(IdentityError::Io { path, source }),
     }
     let suffix = format!("{:08x}", rand::random::<u32>());
-    let id = NodeId::derive(hostname, &suffix)
-        .map_err(|source| IdentityError::Invalid { path: path.clone(), source })?;
+    let id = NodeId::derive(hostname, &suffix).map_err(|source| IdentityError::Invalid {
+        path: path.clone(),
+        source,
+    })?;
     let io = |source| IdentityError::Io {
         path: path.clone(),
         source,

@@ -235,7 +235,8 @@ impl Client {
             .subscribe(subjects::SYSTEM_BROADCAST)
             .await
             .map_err(|e| nats_error("subscribing to alerts")(e.into()))?;
-        Ok(subscription.filter_map(|m| async move { serde_json::from_slice::<Alert>(&m.payload).ok() }))
+        Ok(subscription
+            .filter_map(|m| async move { serde_json::from_slice::<Alert>(&m.payload).ok() }))
     }
 
     /// Alerts stored in `ALERTS` from `since` to `until` (or now), oldest first.
@@ -245,7 +246,12 @@ impl Client {
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<Alert>, ClientError> {
         let replayed = self
-            .replay(&self.names.alerts_stream, subjects::SYSTEM_BROADCAST.to_owned(), since, until)
+            .replay(
+                &self.names.alerts_stream,
+                subjects::SYSTEM_BROADCAST.to_owned(),
+                since,
+                until,
+            )
             .await?;
         Ok(replayed
             .into_iter()
@@ -283,7 +289,8 @@ impl Client {
             let Ok(encoding) = Encoding::from_content_type(content_type.as_deref()) else {
                 continue;
             };
-            let Ok(event) = codec::decode::<NodeEvent>(&r.payload, encoding, MAX_EVENT_BYTES) else {
+            let Ok(event) = codec::decode::<NodeEvent>(&r.payload, encoding, MAX_EVENT_BYTES)
+            else {
                 continue;
             };
             entries.push(AuditEntry {
@@ -295,7 +302,12 @@ impl Client {
             });
         }
         for r in self
-            .replay(&self.names.alerts_stream, subjects::SYSTEM_BROADCAST.to_owned(), since, query.until)
+            .replay(
+                &self.names.alerts_stream,
+                subjects::SYSTEM_BROADCAST.to_owned(),
+                since,
+                query.until,
+            )
             .await?
         {
             let Ok(alert) = serde_json::from_slice::<Alert>(&r.payload) else {
@@ -323,12 +335,15 @@ impl Client {
     /// Live changes of the `nodes` bucket, after the current records.
     pub async fn watch(
         &self,
-    ) -> Result<impl Stream<Item = Result<WatchChange, ClientError>> + Send + 'static, ClientError> {
+    ) -> Result<impl Stream<Item = Result<WatchChange, ClientError>> + Send + 'static, ClientError>
+    {
         let store = self
             .js
             .get_key_value(&self.names.nodes_bucket)
             .await
-            .map_err(|e| nats_error(format!("opening bucket {}", self.names.nodes_bucket))(e.into()))?;
+            .map_err(|e| {
+                nats_error(format!("opening bucket {}", self.names.nodes_bucket))(e.into())
+            })?;
         let watch = store
             .watch_with_history(">")
             .await

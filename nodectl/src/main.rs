@@ -14,7 +14,12 @@ use schemas::DiscoverRequest;
 #[command(name = "nodectl", version)]
 struct Cli {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     nats_url: String,
     /// Seconds to wait for the registry.
     #[arg(long, default_value_t = 5, global = true)]
@@ -231,7 +236,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mut seen = std::collections::HashSet::new();
             if let Some(since) = since {
                 let since = parse_time_arg(&since)?;
-                for alert in client.alerts(since, None).await.map_err(|e| e.to_string())? {
+                for alert in client
+                    .alerts(since, None)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
                     seen.insert(alert.id.clone());
                     println!("{}", json_line(&alert)?);
                 }

@@ -20,7 +20,11 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
             if i > 0 {
                 text.push_str("  ");
             }
-            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+            let pad = widths
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(cell.chars().count());
             text.push_str(cell);
             text.push_str(&" ".repeat(pad));
         }
@@ -51,7 +55,17 @@ pub fn age(time: &str, now: DateTime<Utc>) -> String {
 /// The `nodes` table: id, name, role, status, last heartbeat age, cpu %,
 /// ram, gpus, models.
 pub fn nodes(records: &[NodeRecord], now: DateTime<Utc>) -> String {
-    let header = ["ID", "NAME", "ROLE", "STATUS", "LAST SEEN", "CPU%", "RAM", "GPUS", "MODELS"];
+    let header = [
+        "ID",
+        "NAME",
+        "ROLE",
+        "STATUS",
+        "LAST SEEN",
+        "CPU%",
+        "RAM",
+        "GPUS",
+        "MODELS",
+    ];
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
@@ -79,7 +93,11 @@ pub fn nodes(records: &[NodeRecord], now: DateTime<Utc>) -> String {
                 cpu,
                 ram,
                 if gpus.is_empty() { "-".into() } else { gpus },
-                if models.is_empty() { "-".into() } else { models },
+                if models.is_empty() {
+                    "-".into()
+                } else {
+                    models
+                },
             ]
         })
         .collect();

@@ -97,10 +97,16 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
     /// `--degraded-after`.
-    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
     pub degraded_after: Option<Duration>,
     /// `--offline-after`.
-    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
     pub offline_after: Option<Duration>,
 }
 

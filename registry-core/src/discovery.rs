@@ -129,10 +129,7 @@ impl Query {
         let tags: &[String] = caps.map(|c| c.tags.as_slice()).unwrap_or_default();
         for capability in &self.capabilities {
             let tagged = tags.iter().any(|t| t == capability);
-            let labelled = record
-                .labels
-                .get(capability)
-                .is_some_and(|v| v != "false");
+            let labelled = record.labels.get(capability).is_some_and(|v| v != "false");
             if !tagged && !labelled {
                 return false;
             }
@@ -199,7 +196,10 @@ fn compare(sort: SortOrder, a: &NodeRecord, b: &NodeRecord) -> Ordering {
                 let m = r.metrics.as_ref();
                 let cpu = load(m.and_then(|m| m.cpu_pct));
                 // A node without a GPU has no GPU load to rank on.
-                let gpu = m.and_then(|m| m.gpu_pct).filter(|v| v.is_finite()).unwrap_or(0.0);
+                let gpu = m
+                    .and_then(|m| m.gpu_pct)
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(0.0);
                 (cpu, gpu)
             };
             let (ca, ga) = key(a);
@@ -280,9 +280,18 @@ mod tests {
 
     #[test]
     fn capability_matches_tags_and_true_labels() {
-        assert_eq!(ids(&query(r#"{"capability":"gpu"}"#).answer(&fleet())), vec!["gpu1"]);
-        assert_eq!(ids(&query(r#"{"capability":["gpu","nvidia"]}"#).answer(&fleet())), vec!["gpu1"]);
-        assert!(query(r#"{"capability":["gpu","amd"]}"#).answer(&fleet()).nodes.is_empty());
+        assert_eq!(
+            ids(&query(r#"{"capability":"gpu"}"#).answer(&fleet())),
+            vec!["gpu1"]
+        );
+        assert_eq!(
+            ids(&query(r#"{"capability":["gpu","nvidia"]}"#).answer(&fleet())),
+            vec!["gpu1"]
+        );
+        assert!(query(r#"{"capability":["gpu","amd"]}"#)
+            .answer(&fleet())
+            .nodes
+            .is_empty());
     }
 
     #[test]
@@ -291,11 +300,26 @@ mod tests {
         assert_eq!(ids(&q.answer(&fleet())), vec!["gpu1", "big"]);
         let q = query(r#"{"labels":{"gpu":"*"}}"#);
         assert_eq!(ids(&q.answer(&fleet())), vec!["laptop", "gpu1"]);
-        assert_eq!(ids(&query(r#"{"min_ram_gb":100}"#).answer(&fleet())), vec!["big"]);
-        assert_eq!(ids(&query(r#"{"min_cpu_cores":16}"#).answer(&fleet())), vec!["big"]);
-        assert_eq!(ids(&query(r#"{"min_gpu_vram_gb":16}"#).answer(&fleet())), vec!["gpu1"]);
-        assert!(query(r#"{"min_gpu_vram_gb":24}"#).answer(&fleet()).nodes.is_empty());
-        assert!(query(r#"{"role":"gateway"}"#).answer(&fleet()).nodes.is_empty());
+        assert_eq!(
+            ids(&query(r#"{"min_ram_gb":100}"#).answer(&fleet())),
+            vec!["big"]
+        );
+        assert_eq!(
+            ids(&query(r#"{"min_cpu_cores":16}"#).answer(&fleet())),
+            vec!["big"]
+        );
+        assert_eq!(
+            ids(&query(r#"{"min_gpu_vram_gb":16}"#).answer(&fleet())),
+            vec!["gpu1"]
+        );
+        assert!(query(r#"{"min_gpu_vram_gb":24}"#)
+            .answer(&fleet())
+            .nodes
+            .is_empty());
+        assert!(query(r#"{"role":"gateway"}"#)
+            .answer(&fleet())
+            .nodes
+            .is_empty());
     }
 
     #[test]
@@ -304,13 +328,22 @@ mod tests {
         let reply = q.answer(&fleet());
         assert_eq!(ids(&reply), vec!["big", "gpu1"]);
         assert_eq!(reply.total, 4);
-        assert_eq!(ids(&query(r#"{"status":"offline"}"#).answer(&fleet())), vec!["old"]);
+        assert_eq!(
+            ids(&query(r#"{"status":"offline"}"#).answer(&fleet())),
+            vec!["old"]
+        );
     }
 
     #[test]
     fn limit_keeps_the_best_ranked() {
         let records: Vec<NodeRecord> = (0..500)
-            .map(|i| node(&format!("n{i:03}"), "online", Some(f64::from((i * 37) % 500))))
+            .map(|i| {
+                node(
+                    &format!("n{i:03}"),
+                    "online",
+                    Some(f64::from((i * 37) % 500)),
+                )
+            })
             .collect();
         let reply = query(r#"{"limit":5}"#).answer(&records);
         let loads: Vec<f64> = reply
@@ -335,7 +368,10 @@ mod tests {
         ] {
             let request: DiscoverRequest = serde_json::from_str(json).expect("request");
             let err = Query::from_request(request, StatusFilter::Online).expect_err(json);
-            assert!(matches!(err, QueryError::Field { field, .. } if field == field_name), "{json}: {err}");
+            assert!(
+                matches!(err, QueryError::Field { field, .. } if field == field_name),
+                "{json}: {err}"
+            );
         }
     }
 }

@@ -101,7 +101,11 @@ async fn reflect(
         }
         match change {
             NodeChange::Current => {
-                info!(nodes = buffer.nodes.len(), revision = buffer.revision, "read index loaded");
+                info!(
+                    nodes = buffer.nodes.len(),
+                    revision = buffer.revision,
+                    "read index loaded"
+                );
                 *state.write().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut buffer);
                 live = true;
                 ready.send_replace(true);

@@ -11,10 +11,10 @@
 //! - [`config`]: the `node-registry` configuration; [`run`] wires it all.
 #![deny(missing_docs)]
 
-pub mod discovery;
-pub mod lifecycle;
 pub mod config;
+pub mod discovery;
 pub mod index;
+pub mod lifecycle;
 pub mod service;
 pub mod worker;
 
@@ -156,7 +156,12 @@ pub async fn run(
             counters,
         );
         worker
-            .run(provisioned.consumer, config.sweep_interval, connected, stop_rx.clone())
+            .run(
+                provisioned.consumer,
+                config.sweep_interval,
+                connected,
+                stop_rx.clone(),
+            )
             .await;
         match service.await {
             Ok(Ok(())) => {}

@@ -158,7 +158,11 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 
 fn alert_id(node: Option<&NodeId>, kind: AlertType, cause: &str) -> String {
     let node = node.map(NodeId::as_str).unwrap_or("-");
-    Uuid::new_v5(&ALERT_NAMESPACE, format!("{node}/{kind}/{cause}").as_bytes()).to_string()
+    Uuid::new_v5(
+        &ALERT_NAMESPACE,
+        format!("{node}/{kind}/{cause}").as_bytes(),
+    )
+    .to_string()
 }
 
 fn seconds(d: chrono::Duration) -> i64 {
@@ -355,7 +359,8 @@ impl Fleet {
             // A heartbeat from a node we don't know (its record was lost, or
             // it registered before this registry existed): ask it to register.
             let due = self.reannounced.get(id).is_none_or(|last| {
-                at.signed_duration_since(*last) >= chrono_duration(self.settings.reannounce_interval)
+                at.signed_duration_since(*last)
+                    >= chrono_duration(self.settings.reannounce_interval)
             });
             if due {
                 self.reannounced.insert(id.clone(), at);
@@ -364,6 +369,9 @@ impl Fleet {
             return effects;
         };
         node.last_seen = node.last_seen.max(at);
+        // The first metrics after a registration are worth a write: until
+        // then discovery cannot rank the node by load.
+        let first_metrics = node.record.metrics.is_none() && e.metrics.is_some();
         if e.metrics.is_some() {
             node.record.metrics = e.metrics.clone();
         }
@@ -375,7 +383,7 @@ impl Fleet {
         let came_back = self.come_back(&mut node, at, seq, &mut effects);
         let checkpoint_due = at.signed_duration_since(node.last_written)
             >= chrono_duration(self.settings.checkpoint_interval);
-        if came_back || checkpoint_due || node.needs_write {
+        if came_back || checkpoint_due || first_metrics || node.needs_write {
             node.record.status = node.status.to_string();
             node.record.last_heartbeat = schemas::time::format(node.last_seen);
             if came_back {
@@ -417,7 +425,13 @@ impl Fleet {
     }
 
     /// A degraded or offline node that was heard from is online again.
-    fn come_back(&self, node: &mut Tracked, at: DateTime<Utc>, seq: u64, effects: &mut Effects) -> bool {
+    fn come_back(
+        &self,
+        node: &mut Tracked,
+        at: DateTime<Utc>,
+        seq: u64,
+        effects: &mut Effects,
+    ) -> bool {
         if !matches!(node.status, NodeStatus::Degraded | NodeStatus::Offline) {
             return false;
         }
@@ -486,7 +500,8 @@ impl Fleet {
     fn self_preservation_check(&mut self, now: DateTime<Utc>) -> Effects {
         let census = self.census(now);
         let suspicious = census.watched >= self.settings.self_preservation_min_fleet
-            && census.silent as f64 > self.settings.self_preservation_threshold * census.watched as f64;
+            && census.silent as f64
+                > self.settings.self_preservation_threshold * census.watched as f64;
         let mut effects = Effects::default();
         if suspicious == self.self_preservation {
             return effects;
@@ -515,7 +530,11 @@ impl Fleet {
             )
         };
         effects.alerts.push(Alert {
-            id: alert_id(None, AlertType::SelfPreservation, &format!("{state}/{}", now.timestamp_millis())),
+            id: alert_id(
+                None,
+                AlertType::SelfPreservation,
+                &format!("{state}/{}", now.timestamp_millis()),
+            ),
             r#type: AlertType::SelfPreservation.to_string(),
             status: Some(state.to_owned()),
             at: schemas::time::format(now),
@@ -722,7 +741,10 @@ mod tests {
         assert_eq!(sim.status("n1"), Some(NodeStatus::Online));
         // One checkpoint per 60 s at most: 24 h → at most 1440 writes.
         let checkpoints = sim.writes - writes_after_register;
-        assert!(checkpoints <= 1440 && checkpoints >= 1400, "{checkpoints} checkpoints");
+        assert!(
+            checkpoints <= 1440 && checkpoints >= 1400,
+            "{checkpoints} checkpoints"
+        );
     }
 
     #[test]
@@ -748,7 +770,12 @@ mod tests {
         assert_eq!(e.alerts[0].previous_status.as_deref(), Some("offline"));
         assert_eq!(
             sim.alert_types(),
-            vec!["node.registered", "node.degraded", "node.offline", "node.online"]
+            vec![
+                "node.registered",
+                "node.degraded",
+                "node.offline",
+                "node.online"
+            ]
         );
     }
 
@@ -767,22 +794,39 @@ mod tests {
         let mut sim = Sim::new();
         sim.send(EventType::Register, "n1", t0());
         let e = sim.send(EventType::Deregister, "n1", t0() + secs(5));
-        assert!(matches!(e.writes.as_slice(), [Write::Delete { revision: 1, .. }]));
+        assert!(matches!(
+            e.writes.as_slice(),
+            [Write::Delete { revision: 1, .. }]
+        ));
         assert_eq!(sim.status("n1"), None);
         // A redelivered deregister changes nothing.
-        assert!(sim.send(EventType::Deregister, "n1", t0() + secs(6)).is_empty());
+        assert!(sim
+            .send(EventType::Deregister, "n1", t0() + secs(6))
+            .is_empty());
         assert!(sim.sweep(t0() + secs(1000)).is_empty());
-        assert_eq!(sim.alert_types(), vec!["node.registered", "node.deregistered"]);
+        assert_eq!(
+            sim.alert_types(),
+            vec!["node.registered", "node.deregistered"]
+        );
     }
 
     #[test]
     fn re_register_of_a_known_node_is_not_a_new_registration() {
         let mut sim = Sim::new();
         sim.send(EventType::Register, "n1", t0());
-        let registered_at = sim.fleet.get(&NodeId::parse("n1").expect("id")).map(|n| n.record.registered_at.clone());
+        let registered_at = sim
+            .fleet
+            .get(&NodeId::parse("n1").expect("id"))
+            .map(|n| n.record.registered_at.clone());
         let e = sim.send(EventType::Register, "n1", t0() + secs(10));
         assert!(e.alerts.is_empty());
-        assert!(matches!(e.writes.as_slice(), [Write::Put { revision: Some(1), .. }]));
+        assert!(matches!(
+            e.writes.as_slice(),
+            [Write::Put {
+                revision: Some(1),
+                ..
+            }]
+        ));
         let node = sim.fleet.get(&NodeId::parse("n1").expect("id")).cloned();
         assert_eq!(node.map(|n| n.record.registered_at), registered_at);
     }
@@ -792,7 +836,10 @@ mod tests {
         let mut sim = Sim::new();
         let mut asked = 0;
         for s in 0..60 {
-            asked += sim.send(EventType::Heartbeat, "ghost", t0() + secs(s)).reannounce.len();
+            asked += sim
+                .send(EventType::Heartbeat, "ghost", t0() + secs(s))
+                .reannounce
+                .len();
         }
         assert_eq!(asked, 6, "once per 10 s over 60 s");
         assert_eq!(sim.status("ghost"), None);
@@ -803,7 +850,10 @@ mod tests {
     fn restart_grants_a_full_window_and_raises_no_registration() {
         let mut sim = Sim::new();
         sim.send(EventType::Register, "n1", t0());
-        let record = sim.fleet.get(&NodeId::parse("n1").expect("id")).map(|n| n.record.clone());
+        let record = sim
+            .fleet
+            .get(&NodeId::parse("n1").expect("id"))
+            .map(|n| n.record.clone());
         let mut restarted = Fleet::new(settings());
         let start = t0() + secs(80);
         let skipped = restarted.restore(record.map(|r| (r, 1)), start);
@@ -839,7 +889,10 @@ mod tests {
         assert!(sim.fleet.in_self_preservation());
         assert_eq!(sim.status("n0"), Some(NodeStatus::Online), "held");
         assert_eq!(
-            sim.alert_types().iter().filter(|t| *t == "registry.self_preservation").count(),
+            sim.alert_types()
+                .iter()
+                .filter(|t| *t == "registry.self_preservation")
+                .count(),
             1
         );
         // The silent ones come back: the registry leaves and judges again.
@@ -869,7 +922,11 @@ mod tests {
             sim.sweep(now);
         }
         assert!(!sim.fleet.in_self_preservation());
-        let degraded = sim.alert_types().iter().filter(|t| *t == "node.degraded").count();
+        let degraded = sim
+            .alert_types()
+            .iter()
+            .filter(|t| *t == "node.degraded")
+            .count();
         assert_eq!(degraded, 3);
     }
 
@@ -892,7 +949,10 @@ mod tests {
         let id = NodeId::parse("n1").expect("id");
         fleet.write_failed(&id, None);
         let e = fleet.sweep(t0() + secs(1));
-        assert!(matches!(e.writes.as_slice(), [Write::Put { revision: None, .. }]));
+        assert!(matches!(
+            e.writes.as_slice(),
+            [Write::Put { revision: None, .. }]
+        ));
         fleet.confirm_write(&id, 3);
         assert!(fleet.sweep(t0() + secs(2)).writes.is_empty());
     }

@@ -8,7 +8,7 @@ use async_nats::service::{self, ServiceExt};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use schemas::codec::{self, Encoding, CodecError, HEADER_CONTENT_TYPE, MAX_REQUEST_BYTES};
+use schemas::codec::{self, CodecError, Encoding, HEADER_CONTENT_TYPE, MAX_REQUEST_BYTES};
 use schemas::error::{ErrorCode, ServiceError};
 use schemas::status::StatusFilter;
 use schemas::{DiscoverReply, DiscoverRequest, GetRequest};
@@ -85,9 +85,21 @@ pub async fn serve(
         .map_err(ServiceStartError)?;
     let mut tasks = tokio::task::JoinSet::new();
     for (name, subject, endpoint) in [
-        (subjects::ENDPOINT_DISCOVER, subjects::REGISTRY_DISCOVER, Endpoint::Discover),
-        (subjects::ENDPOINT_GET, subjects::REGISTRY_GET, Endpoint::Get),
-        (subjects::ENDPOINT_LIST, subjects::REGISTRY_LIST, Endpoint::List),
+        (
+            subjects::ENDPOINT_DISCOVER,
+            subjects::REGISTRY_DISCOVER,
+            Endpoint::Discover,
+        ),
+        (
+            subjects::ENDPOINT_GET,
+            subjects::REGISTRY_GET,
+            Endpoint::Get,
+        ),
+        (
+            subjects::ENDPOINT_LIST,
+            subjects::REGISTRY_LIST,
+            Endpoint::List,
+        ),
     ] {
         let mut requests = service
             .endpoint_builder()
@@ -103,7 +115,9 @@ pub async fn serve(
         tasks.spawn(async move {
             while let Some(request) = requests.next().await {
                 let span = info_span!("request", endpoint = ?endpoint);
-                handle(&client, &index, endpoint, request).instrument(span).await;
+                handle(&client, &index, endpoint, request)
+                    .instrument(span)
+                    .await;
             }
         });
     }
@@ -115,7 +129,12 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(client: &async_nats::Client, index: &ReadIndex, endpoint: Endpoint, request: service::Request) {
+async fn handle(
+    client: &async_nats::Client,
+    index: &ReadIndex,
+    endpoint: Endpoint,
+    request: service::Request,
+) {
     let message = &request.message;
     let Some(reply) = message.reply.clone() else {
         debug!("request without a reply subject; ignored");
@@ -128,7 +147,10 @@ async fn handle(client: &async_nats::Client, index: &ReadIndex, endpoint: Endpoi
         .map(|v| v.as_str().to_owned());
     let (encoding, result) = match Encoding::from_content_type(content_type.as_deref()) {
         Err(e) => (Encoding::Json, Err(bad_request(e))),
-        Ok(encoding) => (encoding, answer(index, endpoint, &message.payload, encoding)),
+        Ok(encoding) => (
+            encoding,
+            answer(index, endpoint, &message.payload, encoding),
+        ),
     };
     let max_payload = client.server_info().max_payload;
     let result = result.and_then(|body| {
@@ -171,7 +193,12 @@ fn bad_request(e: CodecError) -> ServiceError {
     ServiceError::new(ErrorCode::BadRequest, e.to_string())
 }
 
-fn answer(index: &ReadIndex, endpoint: Endpoint, payload: &[u8], encoding: Encoding) -> Result<Bytes, ServiceError> {
+fn answer(
+    index: &ReadIndex,
+    endpoint: Endpoint,
+    payload: &[u8],
+    encoding: Encoding,
+) -> Result<Bytes, ServiceError> {
     match endpoint {
         Endpoint::Discover | Endpoint::List => {
             let request: DiscoverRequest =
@@ -183,18 +210,23 @@ fn answer(index: &ReadIndex, endpoint: Endpoint, payload: &[u8], encoding: Encod
             };
             let query = Query::from_request(request, default_status)
                 .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
-            let reply: DiscoverReply = ready(index)?.read(|state| query.answer(state.nodes.values()));
+            let reply: DiscoverReply =
+                ready(index)?.read(|state| query.answer(state.nodes.values()));
             Ok(codec::encode(&reply, encoding).into())
         }
         Endpoint::Get => {
             let request: GetRequest =
                 codec::decode(payload, encoding, MAX_REQUEST_BYTES).map_err(bad_request)?;
-            let id = subjects::NodeId::parse(&request.node_id)
-                .map_err(|e| ServiceError::new(ErrorCode::BadRequest, format!("field node_id: {e}")))?;
+            let id = subjects::NodeId::parse(&request.node_id).map_err(|e| {
+                ServiceError::new(ErrorCode::BadRequest, format!("field node_id: {e}"))
+            })?;
             let record = ready(index)?.read(|state| state.nodes.get(id.as_str()).cloned());
             match record {
                 Some(record) => Ok(codec::encode(&record, encoding).into()),
-                None => Err(ServiceError::new(ErrorCode::NotFound, format!("no node {id}"))),
+                None => Err(ServiceError::new(
+                    ErrorCode::NotFound,
+                    format!("no node {id}"),
+                )),
             }
         }
     }
@@ -204,6 +236,9 @@ fn ready(index: &ReadIndex) -> Result<&ReadIndex, ServiceError> {
     if index.is_ready() {
         Ok(index)
     } else {
-        Err(ServiceError::new(ErrorCode::NotReady, "the registry's index is still loading; retry shortly"))
+        Err(ServiceError::new(
+            ErrorCode::NotReady,
+            "the registry's index is still loading; retry shortly",
+        ))
     }
 }

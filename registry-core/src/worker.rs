@@ -298,9 +298,11 @@ impl<S: RecordStore> Worker<S> {
                 record,
                 revision: Some(rev),
             } => self.store.update(record, *rev).await.map(Some),
-            Write::Delete { node_id, revision } => {
-                self.store.delete(node_id.as_str(), *revision).await.map(|()| None)
-            }
+            Write::Delete { node_id, revision } => self
+                .store
+                .delete(node_id.as_str(), *revision)
+                .await
+                .map(|()| None),
         };
         let id = NodeId::parse(write.node_id()).ok();
         match (result, id) {

@@ -73,8 +73,11 @@ pub trait RecordStore: Send + Sync {
         revision: u64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Deletes a record whose key is at `revision`.
-    fn delete(&self, key: &str, revision: u64)
-        -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete(
+        &self,
+        key: &str,
+        revision: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Encodes a record as its KV value (JSON, so `nats kv get` can read it).

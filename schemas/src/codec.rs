@@ -173,7 +173,8 @@ mod tests {
     #[test]
     fn unknown_event_fields_are_ignored() {
         let json = r#"{"type":"heartbeat","node_id":"n1","future_field":{"x":1}}"#;
-        let event: NodeEvent = decode(json.as_bytes(), Encoding::Json, MAX_EVENT_BYTES).expect("ok");
+        let event: NodeEvent =
+            decode(json.as_bytes(), Encoding::Json, MAX_EVENT_BYTES).expect("ok");
         assert_eq!(event.node_id, "n1");
     }
 
@@ -181,7 +182,10 @@ mod tests {
     fn unknown_request_fields_are_refused() {
         let err = decode::<DiscoverRequest>(br#"{"capabilty":"gpu"}"#, Encoding::Json, 1024)
             .expect_err("typo refused");
-        assert!(err.to_string().contains("unknown field `capabilty`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `capabilty`"),
+            "{err}"
+        );
     }
 
     #[test]

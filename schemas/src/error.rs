@@ -87,7 +87,11 @@ impl ServiceError {
 
     /// Reads a coded error from a reply's error-code header and body; `None`
     /// when the reply is not an error.
-    pub fn from_reply(code_header: Option<&str>, text_header: Option<&str>, body: &[u8]) -> Option<Self> {
+    pub fn from_reply(
+        code_header: Option<&str>,
+        text_header: Option<&str>,
+        body: &[u8],
+    ) -> Option<Self> {
         let code: u16 = code_header?.trim().parse().ok()?;
         let message = serde_json::from_slice::<ErrorReply>(body)
             .ok()
@@ -111,14 +115,20 @@ mod tests {
 
     #[test]
     fn body_has_the_contract_shape_and_parses_back() {
-        let err = ServiceError::new(ErrorCode::BadRequest, "unknown field `capabilty`\nsecond line");
+        let err = ServiceError::new(
+            ErrorCode::BadRequest,
+            "unknown field `capabilty`\nsecond line",
+        );
         let body = err.body();
         let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(
             value,
             serde_json::json!({"error":{"code":400,"message":"unknown field `capabilty`"}})
         );
-        assert_eq!(ServiceError::from_reply(Some("400"), None, &body), Some(err));
+        assert_eq!(
+            ServiceError::from_reply(Some("400"), None, &body),
+            Some(err)
+        );
         assert_eq!(ServiceError::from_reply(None, None, &body), None);
     }
 }

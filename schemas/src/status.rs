@@ -156,7 +156,11 @@ mod tests {
         for text in AlertType::ALL {
             assert_eq!(text.parse::<AlertType>().map(|s| s.as_str()), Ok(*text));
         }
-        let err = "STATUS_ONLINE".parse::<NodeStatus>().expect_err("not a status");
-        assert!(err.to_string().contains("online, degraded, offline, maintenance"));
+        let err = "STATUS_ONLINE"
+            .parse::<NodeStatus>()
+            .expect_err("not a status");
+        assert!(err
+            .to_string()
+            .contains("online, degraded, offline, maintenance"));
     }
 }

@@ -62,7 +62,10 @@ fn field_error(field: impl Into<String>, reason: impl Into<String>) -> Validatio
 }
 
 /// Validates an event received on the subject of `subject_id`.
-pub fn validate_event(event: NodeEvent, subject_id: &NodeId) -> Result<ValidEvent, ValidationError> {
+pub fn validate_event(
+    event: NodeEvent,
+    subject_id: &NodeId,
+) -> Result<ValidEvent, ValidationError> {
     let kind: EventType = event.r#type.parse()?;
     let node_id = NodeId::parse(&event.node_id)?;
     if &node_id != subject_id {
@@ -115,7 +118,9 @@ pub fn validate_labels(
         if value.len() > MAX_LABEL_VALUE_LEN || value.chars().any(char::is_control) {
             return Err(field_error(
                 format!("labels.{key}"),
-                format!("value must be at most {MAX_LABEL_VALUE_LEN} bytes without control characters"),
+                format!(
+                    "value must be at most {MAX_LABEL_VALUE_LEN} bytes without control characters"
+                ),
             ));
         }
     }
@@ -210,7 +215,10 @@ fn check_amount(field: &str, value: f64) -> Result<(), ValidationError> {
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {
-        Err(field_error(field, format!("{value} is not a non-negative number")))
+        Err(field_error(
+            field,
+            format!("{value} is not a non-negative number"),
+        ))
     }
 }
 

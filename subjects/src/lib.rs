@@ -273,7 +273,10 @@ mod tests {
     #[test]
     fn invalid_ids_are_rejected_with_their_reason() {
         assert_eq!(NodeId::parse(""), Err(SubjectError::EmptyId));
-        assert_eq!(NodeId::parse(&"a".repeat(64)), Err(SubjectError::IdTooLong { len: 64 }));
+        assert_eq!(
+            NodeId::parse(&"a".repeat(64)),
+            Err(SubjectError::IdTooLong { len: 64 })
+        );
         for (id, ch, position) in [
             ("-a", '-', 0),
             ("A", 'A', 0),
@@ -284,7 +287,9 @@ mod tests {
             ("é", 'é', 0),
         ] {
             match NodeId::parse(id) {
-                Err(SubjectError::BadIdChar { ch: c, position: p, .. }) => {
+                Err(SubjectError::BadIdChar {
+                    ch: c, position: p, ..
+                }) => {
                     assert_eq!((c, p), (ch, position), "{id}")
                 }
                 other => panic!("{id}: {other:?}"),

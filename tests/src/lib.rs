@@ -1,1 +1,487 @@
-//! placeholder
+//! The test harness: a real `nats-server` per test, and the fleet's own
+//! binaries started as real processes around it.
+//!
+//! - [`NatsServer`]: JetStream on a free loopback port with a fresh temp
+//!   store, killed on drop; [`NatsServer::restart`] keeps the store.
+//! - [`Proc`]: a child process (registry, agent) with SIGTERM and SIGKILL,
+//!   its log kept in a file and printed when a test fails.
+//! - [`AlertTap`]: a subscription to `system.broadcast` to await alerts.
+//! - [`FakeOllama`]: answers `GET /api/tags` with a model list that tests can
+//!   change while it runs.
+//! - [`eventually`]: awaits a condition with a deadline.
+#![deny(missing_docs)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use schemas::Alert;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The nats-server binary (installed by `scripts/nats-server.sh` on first use).
+pub fn nats_server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = workspace_root().join("scripts/nats-server.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!path.is_empty(), "{} printed no path", script.display());
+        PathBuf::from(path)
+    })
+}
+
+/// A binary of this workspace (`node-registry`, `node-agent`, `nodectl`),
+/// built once per test run so the tests never run a stale one.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "registry-core",
+                "-p",
+                "node-agent",
+                "-p",
+                "nodectl",
+            ])
+            .status()
+            .expect("running cargo build for the binaries");
+        assert!(status.success(), "building the workspace binaries failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug")
+    });
+    dir.join(name)
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// Awaits `check` until it yields `Some`, polling every 50 ms, for at most
+/// `limit`; panics with `what` when the time is up.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A real nats-server with JetStream, on a free port with a fresh store.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let store = self.dir.path().join("jetstream");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats-server.log"))
+            .expect("nats-server log file");
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        let url = self.url();
+        eventually(
+            "nats-server to accept connections",
+            Duration::from_secs(15),
+            || {
+                let url = url.clone();
+                async move { async_nats::connect(url).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh client connection.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connecting to the test nats-server")
+    }
+
+    /// A temp directory that lives as long as the server (for agents' state).
+    pub fn temp_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Kills the server (SIGKILL) without removing its store.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills and starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A child process of the fleet (registry or agent).
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` with `args` and `envs`, logging to `log`.
+    pub fn spawn(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: PathBuf,
+    ) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("process log file");
+        let err = file.try_clone().expect("log file handle");
+        let mut command = Command::new(bin);
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("NATS_URL")
+            .stdout(file)
+            .stderr(err);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Kills it with SIGKILL: no chance to say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for it to exit; returns the
+    /// exit status and how long it took, or `None` if it did not exit.
+    pub async fn terminate(
+        &mut self,
+        limit: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let child = self.child.as_mut()?;
+        let started = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .ok()?;
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = started + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some((status, started.elapsed()));
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("----- last lines of {} -----", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// Starts `node-registry` against `server` with extra flags and
+/// `NODE_REGISTRY_*` settings.
+pub fn spawn_registry(
+    server: &NatsServer,
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Proc {
+    let mut all = vec!["--nats-url".to_owned(), server.url()];
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    let envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    Proc::spawn(
+        name,
+        &workspace_bin("node-registry"),
+        &all,
+        &envs,
+        server.temp_path(&format!("{name}.log")),
+    )
+}
+
+/// Starts `node-agent` against `server` with its state in `state` (a
+/// directory under the server's temp dir) and extra flags.
+pub fn spawn_agent(server: &NatsServer, state: &str, args: &[&str]) -> Proc {
+    let mut all = vec![
+        "--nats-url".to_owned(),
+        server.url(),
+        "--state-dir".to_owned(),
+        server.temp_path(state).display().to_string(),
+    ];
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    Proc::spawn(
+        state,
+        &workspace_bin("node-agent"),
+        &all,
+        &[],
+        server.temp_path(&format!("{state}.log")),
+    )
+}
+
+/// The node id an agent stored in its state directory, once it has.
+pub async fn agent_node_id(server: &NatsServer, state: &str) -> String {
+    let path = server.temp_path(state).join("node_id");
+    eventually(
+        "the agent to store its node id",
+        Duration::from_secs(20),
+        || {
+            let path = path.clone();
+            async move {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            }
+        },
+    )
+    .await
+}
+
+/// A live subscription to `system.broadcast`.
+#[derive(Debug)]
+pub struct AlertTap {
+    subscription: async_nats::Subscriber,
+    /// Every alert received so far, in order.
+    pub seen: Vec<Alert>,
+}
+
+impl AlertTap {
+    /// Subscribes (and flushes, so no alert published afterwards is missed).
+    pub async fn new(client: &async_nats::Client) -> Self {
+        let subscription = client
+            .subscribe(subjects::SYSTEM_BROADCAST)
+            .await
+            .expect("subscribing to alerts");
+        client.flush().await.expect("flushing the subscription");
+        Self {
+            subscription,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `limit` for an alert matching `pred`; returns it.
+    pub async fn expect(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Alert) -> bool,
+    ) -> Alert {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.subscription.next()).await;
+            let message = match next {
+                Ok(Some(message)) => message,
+                Ok(None) => panic!("alert subscription closed while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out after {limit:?} waiting for {what}; alerts seen: {:#?}",
+                    self.seen
+                        .iter()
+                        .map(|a| format!("{} {:?}", a.r#type, a.node_id))
+                        .collect::<Vec<_>>()
+                ),
+            };
+            let alert: Alert =
+                serde_json::from_slice(&message.payload).expect("alert is JSON of the contract");
+            self.seen.push(alert.clone());
+            if pred(&alert) {
+                return alert;
+            }
+        }
+    }
+
+    /// Collects every alert arriving within `window` (an observation window,
+    /// for asserting that nothing happens).
+    pub async fn collect_for(&mut self, window: Duration) -> Vec<Alert> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut got = Vec::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout_at(deadline, self.subscription.next()).await
+        {
+            if let Ok(alert) = serde_json::from_slice::<Alert>(&message.payload) {
+                self.seen.push(alert.clone());
+                got.push(alert);
+            }
+        }
+        got
+    }
+}
+
+/// A fake Ollama: `GET /api/tags` answers with the current model list.
+#[derive(Debug, Clone)]
+pub struct FakeOllama {
+    /// Its base URL.
+    pub url: String,
+    models: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeOllama {
+    /// Starts one serving `models`.
+    pub async fn start(models: &[&str]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake ollama");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let models = Arc::new(Mutex::new(
+            models.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>(),
+        ));
+        let shared = models.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let models = shared.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    let body = if request.starts_with("GET /api/tags") {
+                        let list = models.lock().map(|m| m.clone()).unwrap_or_default();
+                        let entries: Vec<serde_json::Value> = list
+                            .iter()
+                            .map(|m| serde_json::json!({"name": m, "model": m, "size": 5_000_000_000u64}))
+                            .collect();
+                        serde_json::json!({ "models": entries }).to_string()
+                    } else {
+                        "{}".to_owned()
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Self { url, models }
+    }
+
+    /// Replaces the model list.
+    pub fn set_models(&self, models: &[&str]) {
+        if let Ok(mut m) = self.models.lock() {
+            *m = models.iter().map(|s| (*s).to_owned()).collect();
+        }
+    }
+}

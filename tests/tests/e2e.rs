@@ -1,0 +1,719 @@
+//! End to end: agents → NATS → registry → KV → discovery and alerts, against
+//! a real nats-server and the real binaries.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use fleet_tests::{
+    agent_node_id, eventually, spawn_agent, spawn_registry, AlertTap, FakeOllama, NatsServer, Proc,
+};
+use nodectl::Client;
+use schemas::codec::{Encoding, HEADER_CONTENT_TYPE};
+use schemas::{DiscoverRequest, NodeEvent, NodeRecord};
+
+const DEGRADED_AFTER: Duration = Duration::from_secs(2);
+const OFFLINE_AFTER: Duration = Duration::from_secs(4);
+/// Generous bound for anything that should happen "soon": a slow CI machine
+/// must not fail a test, only a broken behaviour.
+const SOON: Duration = Duration::from_secs(20);
+
+fn registry(server: &NatsServer, name: &str) -> Proc {
+    spawn_registry(
+        server,
+        name,
+        &["--degraded-after", "2s", "--offline-after", "4s"],
+        &[
+            ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
+            ("NODE_REGISTRY_CHECKPOINT_INTERVAL", "1s"),
+        ],
+    )
+}
+
+fn agent(server: &NatsServer, state: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--heartbeat-interval",
+        "300ms",
+        "--ollama-url",
+        "http://127.0.0.1:9",
+    ];
+    args.extend_from_slice(extra);
+    spawn_agent(server, state, &args)
+}
+
+fn time(text: &str) -> DateTime<Utc> {
+    schemas::time::parse(text).unwrap_or_else(|| panic!("{text:?} is not an RFC 3339 time"))
+}
+
+async fn client(server: &NatsServer) -> Client {
+    Client::new(server.client().await, subjects::Names::default())
+}
+
+async fn discover(client: &Client, json: &str) -> Vec<String> {
+    let request: DiscoverRequest = serde_json::from_str(json).expect("request JSON");
+    let reply = client.discover(&request).await.expect("discover answers");
+    reply.nodes.into_iter().map(|n| n.node_id).collect()
+}
+
+/// Waits until discovery (`{}`) sees `n` online nodes.
+async fn wait_online(client: &Client, n: usize) {
+    eventually(&format!("{n} online nodes"), SOON, || async {
+        match client.discover(&DiscoverRequest::default()).await {
+            Ok(reply) if reply.nodes.len() == n => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+}
+
+async fn publish_raw(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    content_type: Option<&str>,
+    payload: Vec<u8>,
+) {
+    let mut headers = HeaderMap::new();
+    if let Some(ct) = content_type {
+        headers.insert(HEADER_CONTENT_TYPE, ct);
+    }
+    js.publish_with_headers(subject.to_owned(), headers, payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored by NODE_EVENTS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_join_and_are_found_by_capability_label_and_model() {
+    let server = NatsServer::start().await;
+    let ollama = FakeOllama::start(&["qwen3:8b", "mistral:7b"]).await;
+    let _registry = registry(&server, "registry");
+    let _gpu = spawn_agent(
+        &server,
+        "gpu",
+        &[
+            "--heartbeat-interval",
+            "300ms",
+            "--labels",
+            "gpu,region=eu",
+            "--role",
+            "inference",
+            "--ollama-url",
+            &ollama.url,
+        ],
+    );
+    let _eu = agent(&server, "eu", &["--labels", "region=eu,gpu=false"]);
+    let _us = agent(
+        &server,
+        "us",
+        &["--labels", "region=us", "--node-name", "laptop"],
+    );
+    let gpu_id = agent_node_id(&server, "gpu").await;
+    let eu_id = agent_node_id(&server, "eu").await;
+    let us_id = agent_node_id(&server, "us").await;
+    let client = client(&server).await;
+    wait_online(&client, 3).await;
+
+    assert_eq!(
+        discover(&client, r#"{"capability":"gpu"}"#).await,
+        vec![gpu_id.clone()]
+    );
+    assert_eq!(
+        discover(&client, r#"{"capability":"ollama"}"#).await,
+        vec![gpu_id.clone()]
+    );
+    assert_eq!(
+        discover(&client, r#"{"model":"qwen3:8b"}"#).await,
+        vec![gpu_id.clone()]
+    );
+    assert!(discover(&client, r#"{"model":"llama3:70b"}"#)
+        .await
+        .is_empty());
+    let mut eu = discover(&client, r#"{"labels":{"region":"eu"},"sort":"node_id"}"#).await;
+    let mut expected = vec![gpu_id.clone(), eu_id.clone()];
+    expected.sort();
+    eu.sort();
+    assert_eq!(eu, expected);
+    assert_eq!(
+        discover(&client, r#"{"labels":{"region":"us"},"role":"worker"}"#).await,
+        vec![us_id.clone()]
+    );
+    assert_eq!(
+        discover(&client, r#"{"role":"inference"}"#).await,
+        vec![gpu_id.clone()]
+    );
+    assert_eq!(discover(&client, r#"{"limit":1}"#).await.len(), 1);
+
+    // The record has the contract's shape: in KV too, as plain JSON.
+    let record = client
+        .get(&us_id)
+        .await
+        .expect("get answers")
+        .expect("known node");
+    assert_eq!(record.status, "online");
+    assert_eq!(record.node_name.as_deref(), Some("laptop"));
+    assert_eq!(record.labels.get("region").map(String::as_str), Some("us"));
+    assert!(time(&record.registered_at) <= time(&record.last_heartbeat));
+    let js = async_nats::jetstream::new(server.client().await);
+    let kv = js
+        .get_key_value(subjects::BUCKET_NODES)
+        .await
+        .expect("nodes bucket");
+    let raw = kv
+        .get(&gpu_id)
+        .await
+        .expect("kv get")
+        .expect("gpu record in KV");
+    let value: serde_json::Value = serde_json::from_slice(&raw).expect("KV value is JSON");
+    assert_eq!(value["status"], "online");
+    assert_eq!(
+        value["capabilities"]["models"],
+        serde_json::json!(["mistral:7b", "qwen3:8b"])
+    );
+    assert!(
+        value["capabilities"]["cpu_cores"].is_u64(),
+        "counts are JSON numbers"
+    );
+    assert!(value["capabilities"]["tags"]
+        .as_array()
+        .is_some_and(|t| t.contains(&"ollama".into())));
+    assert!(value["last_heartbeat"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+
+    // A model pulled into Ollama shows up after the agent is asked to reannounce.
+    ollama.set_models(&["qwen3:8b", "mistral:7b", "llama3:8b"]);
+    let id = subjects::NodeId::parse(&gpu_id).expect("valid id");
+    let reply = client
+        .nats()
+        .request(subjects::node_tasks(&id), r#"{"type":"reannounce"}"#.into())
+        .await
+        .expect("agent answers tasks");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&reply.payload).ok(),
+        Some(serde_json::json!({"ok":true}))
+    );
+    let found = eventually("llama3:8b to be discoverable", SOON, || async {
+        let ids = discover(&client, r#"{"model":"llama3:8b"}"#).await;
+        (!ids.is_empty()).then_some(ids)
+    })
+    .await;
+    assert_eq!(found, vec![gpu_id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_goes_degraded_then_offline_and_recovers_with_its_id() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "registry");
+    let client = client(&server).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let mut node = agent(&server, "a", &["--labels", "region=eu"]);
+    let id = agent_node_id(&server, "a").await;
+    alerts
+        .expect("node.registered", SOON, |a| {
+            a.r#type == "node.registered" && a.node_id.as_deref() == Some(&id)
+        })
+        .await;
+    let _other = agent(&server, "b", &[]);
+    wait_online(&client, 2).await;
+
+    node.kill9();
+    let degraded = alerts
+        .expect("node.degraded", SOON, |a| {
+            a.r#type == "node.degraded" && a.node_id.as_deref() == Some(&id)
+        })
+        .await;
+    let silence =
+        time(&degraded.at) - time(degraded.last_heartbeat.as_deref().expect("last_heartbeat"));
+    assert!(
+        silence >= chrono::Duration::from_std(DEGRADED_AFTER).expect("duration"),
+        "degraded after only {silence}"
+    );
+    assert!(
+        silence < chrono::Duration::seconds(10),
+        "degraded only after {silence}"
+    );
+    assert_eq!(degraded.previous_status.as_deref(), Some("online"));
+    assert_eq!(degraded.status.as_deref(), Some("degraded"));
+
+    let offline = alerts
+        .expect("node.offline", SOON, |a| {
+            a.r#type == "node.offline" && a.node_id.as_deref() == Some(&id)
+        })
+        .await;
+    let silence =
+        time(&offline.at) - time(offline.last_heartbeat.as_deref().expect("last_heartbeat"));
+    assert!(
+        silence >= chrono::Duration::from_std(OFFLINE_AFTER).expect("duration"),
+        "offline after only {silence}"
+    );
+    assert_eq!(offline.previous_status.as_deref(), Some("degraded"));
+    assert!(
+        !discover(&client, "{}").await.contains(&id),
+        "offline nodes are not discovered by default"
+    );
+    assert_eq!(
+        discover(&client, r#"{"status":"offline"}"#).await,
+        vec![id.clone()]
+    );
+
+    // Same state dir: same id, back online, no second registration.
+    let _node = agent(&server, "a", &["--labels", "region=eu"]);
+    let online = alerts
+        .expect("node.online", SOON, |a| {
+            a.r#type == "node.online" && a.node_id.as_deref() == Some(&id)
+        })
+        .await;
+    assert_eq!(online.previous_status.as_deref(), Some("offline"));
+    assert_eq!(agent_node_id(&server, "a").await, id);
+    let registrations = alerts
+        .seen
+        .iter()
+        .filter(|a| a.r#type == "node.registered" && a.node_id.as_deref() == Some(&id))
+        .count();
+    assert_eq!(registrations, 1);
+    wait_online(&client, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deregisters_and_exits_cleanly() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "registry");
+    let client = client(&server).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let mut node = agent(&server, "a", &[]);
+    let id = agent_node_id(&server, "a").await;
+    wait_online(&client, 1).await;
+
+    let (status, took) = node
+        .terminate(Duration::from_secs(10))
+        .await
+        .expect("agent exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    // The agent bounds its goodbye to 1.5 s; allow for a loaded machine.
+    assert!(took < Duration::from_secs(4), "took {took:?} to exit");
+    let gone = alerts
+        .expect("node.deregistered", SOON, |a| {
+            a.r#type == "node.deregistered"
+        })
+        .await;
+    assert_eq!(gone.node_id.as_deref(), Some(id.as_str()));
+    eventually("the record to be deleted", SOON, || async {
+        matches!(client.get(&id).await, Ok(None)).then_some(())
+    })
+    .await;
+    assert!(!node.log().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_killed_and_restarted_raises_no_false_alarms() {
+    let server = NatsServer::start().await;
+    let mut first = registry(&server, "registry-1");
+    let client = client(&server).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let _steady = agent(&server, "steady", &[]);
+    let mut doomed = agent(&server, "doomed", &[]);
+    let steady_id = agent_node_id(&server, "steady").await;
+    let doomed_id = agent_node_id(&server, "doomed").await;
+    wait_online(&client, 2).await;
+
+    first.kill9();
+    // While the registry is down for longer than degraded_after, the steady
+    // node keeps beating into the stream and the doomed one dies.
+    doomed.kill9();
+    tokio::time::sleep(DEGRADED_AFTER * 2).await;
+    let _second = registry(&server, "registry-2");
+
+    // The doomed node is judged after the grace window: degraded, not before.
+    let degraded = alerts
+        .expect("the dead node degraded", SOON, |a| {
+            a.r#type == "node.degraded"
+        })
+        .await;
+    assert_eq!(degraded.node_id.as_deref(), Some(doomed_id.as_str()));
+    // Observe a further two windows: nothing about the steady node, and no
+    // registration repeated for nodes the registry already knew.
+    let more = alerts.collect_for(DEGRADED_AFTER * 2).await;
+    for alert in alerts.seen.iter().chain(more.iter()) {
+        assert!(
+            alert.node_id.as_deref() != Some(steady_id.as_str())
+                || alert.r#type == "node.registered",
+            "false alarm: {alert:?}"
+        );
+    }
+    let registrations = alerts
+        .seen
+        .iter()
+        .filter(|a| a.r#type == "node.registered")
+        .count();
+    assert_eq!(registrations, 2, "one node.registered per node, ever");
+    let steady = client.get(&steady_id).await.expect("get").expect("known");
+    assert_eq!(steady.status, "online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_are_rejected_and_the_registry_keeps_serving() {
+    let server = NatsServer::start().await;
+    let registry = registry(&server, "registry");
+    let client = client(&server).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let js = async_nats::jetstream::new(server.client().await);
+    eventually("the registry to provision NODE_EVENTS", SOON, || async {
+        js.get_stream(subjects::STREAM_NODE_EVENTS)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let victim = r#"{"type":"register","node_id":"victim","labels":{"owner":"me"}}"#;
+    publish_raw(&js, "node.victim.events", None, victim.into()).await;
+    alerts
+        .expect("victim registered", SOON, |a| {
+            a.node_id.as_deref() == Some("victim")
+        })
+        .await;
+
+    // Malformed JSON, wrong types, unknown event type, bad id, oversized,
+    // spoofed id, unsupported content type, garbage protobuf.
+    publish_raw(&js, "node.evil.events", None, b"{not json".to_vec()).await;
+    publish_raw(
+        &js,
+        "node.evil.events",
+        None,
+        br#"{"type":"register","node_id":7}"#.to_vec(),
+    )
+    .await;
+    publish_raw(
+        &js,
+        "node.evil.events",
+        None,
+        br#"{"type":"reboot","node_id":"evil"}"#.to_vec(),
+    )
+    .await;
+    let huge = format!(
+        r#"{{"type":"register","node_id":"evil","node_name":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    publish_raw(&js, "node.evil.events", None, huge.into_bytes()).await;
+    let spoof = r#"{"type":"deregister","node_id":"victim","reason":"spoofed"}"#;
+    publish_raw(&js, "node.evil.events", None, spoof.into()).await;
+    let spoof = r#"{"type":"register","node_id":"victim","labels":{"owner":"evil"}}"#;
+    publish_raw(&js, "node.evil.events", None, spoof.into()).await;
+    publish_raw(
+        &js,
+        "node.evil.events",
+        Some("text/yaml"),
+        br#"{"type":"register","node_id":"evil"}"#.to_vec(),
+    )
+    .await;
+    publish_raw(
+        &js,
+        "node.evil.events",
+        Some("application/protobuf"),
+        vec![0xff, 0xff, 0xff, 0xff, 0x0f],
+    )
+    .await;
+
+    // Then a good event, in protobuf: it is applied, so every bad one before
+    // it was consumed without stopping the worker.
+    let good = NodeEvent {
+        r#type: "register".into(),
+        node_id: "good".into(),
+        labels: [("enc".to_owned(), "protobuf".to_owned())].into(),
+        ..NodeEvent::default()
+    };
+    let bytes = schemas::codec::encode(&good, Encoding::Protobuf);
+    publish_raw(&js, "node.good.events", Some("application/protobuf"), bytes).await;
+    alerts
+        .expect("good registered", SOON, |a| {
+            a.node_id.as_deref() == Some("good")
+        })
+        .await;
+
+    let bad: Vec<_> = alerts
+        .seen
+        .iter()
+        .filter(|a| a.node_id.as_deref() == Some("evil") || a.r#type == "node.deregistered")
+        .collect();
+    assert!(bad.is_empty(), "bad events raised alerts: {bad:?}");
+    let victim = client
+        .get("victim")
+        .await
+        .expect("get")
+        .expect("victim still registered");
+    assert_eq!(
+        victim.labels.get("owner").map(String::as_str),
+        Some("me"),
+        "spoofed event changed another node"
+    );
+    assert!(client.get("evil").await.expect("get").is_none());
+    let good = client.get("good").await.expect("get").expect("good known");
+    assert_eq!(good.labels.get("enc").map(String::as_str), Some("protobuf"));
+    let rejected = registry.log().matches("event rejected").count();
+    assert_eq!(rejected, 8, "each bad event is logged with its reason");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_get_coded_errors_and_the_service_is_discoverable() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "registry");
+    let client = client(&server).await;
+    eventually("the registry to answer", SOON, || async {
+        client
+            .discover(&DiscoverRequest::default())
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let cases = [
+        (
+            subjects::REGISTRY_DISCOVER,
+            r#"{"capabilty":"gpu"}"#,
+            400,
+            "unknown field `capabilty`",
+        ),
+        (
+            subjects::REGISTRY_DISCOVER,
+            r#"{"status":"up"}"#,
+            400,
+            "status",
+        ),
+        (
+            subjects::REGISTRY_DISCOVER,
+            r#"{"limit":100000}"#,
+            400,
+            "limit",
+        ),
+        (subjects::REGISTRY_DISCOVER, "[1,2", 400, "invalid JSON"),
+        (
+            subjects::REGISTRY_LIST,
+            r#"{"sort":"fastest"}"#,
+            400,
+            "sort",
+        ),
+        (
+            subjects::REGISTRY_GET,
+            r#"{"node_id":"Bad.Id"}"#,
+            400,
+            "node_id",
+        ),
+        (
+            subjects::REGISTRY_GET,
+            r#"{"node_id":"nobody"}"#,
+            404,
+            "no node nobody",
+        ),
+        (
+            subjects::REGISTRY_GET,
+            r#"{"id":"x"}"#,
+            400,
+            "unknown field `id`",
+        ),
+    ];
+    for (subject, body, code, needle) in cases {
+        let reply = client
+            .request_raw(subject, body.into())
+            .await
+            .expect("a reply");
+        let headers = reply.headers.as_ref().expect("error headers");
+        let got: u16 = headers
+            .get("Nats-Service-Error-Code")
+            .map(|v| v.as_str().parse().expect("numeric code"))
+            .expect("error code header");
+        assert_eq!(got, code, "{subject} {body}");
+        assert!(headers.get("Nats-Service-Error").is_some());
+        let value: serde_json::Value =
+            serde_json::from_slice(&reply.payload).expect("JSON error body");
+        assert_eq!(value["error"]["code"], code);
+        let message = value["error"]["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{subject} {body}: {message}");
+    }
+
+    // An empty list and a list with everything are both fine.
+    let reply = client
+        .request_raw(subjects::REGISTRY_LIST, "".into())
+        .await
+        .expect("reply");
+    let value: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert_eq!(value, serde_json::json!({"nodes": [], "total": 0}));
+
+    // NATS micro service discovery.
+    let ping = client
+        .nats()
+        .request("$SRV.PING.registry", "".into())
+        .await
+        .expect("service answers $SRV.PING");
+    let info: serde_json::Value = serde_json::from_slice(&ping.payload).expect("JSON");
+    assert_eq!(info["name"], "registry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_from_an_unknown_node_brings_a_reannounce() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    // Bring up the streams with a registry, then stop it.
+    let mut first = registry(&server, "registry-1");
+    let client = client(&server).await;
+    eventually("the registry to answer", SOON, || async {
+        client
+            .discover(&DiscoverRequest::default())
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    first.kill9();
+
+    // The agent registers while no registry runs; then its registration is
+    // lost (purged), as if the registry's state were gone.
+    let _node = agent(&server, "a", &[]);
+    let id = agent_node_id(&server, "a").await;
+    let stream = js
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    eventually("the register event to be stored", SOON, || {
+        let mut stream = stream.clone();
+        async move {
+            stream
+                .info()
+                .await
+                .ok()
+                .filter(|i| i.state.messages > 0)
+                .map(|_| ())
+        }
+    })
+    .await;
+    stream.purge().await.expect("purge");
+    let tasks = client
+        .nats()
+        .subscribe(format!("node.{id}.tasks"))
+        .await
+        .expect("tap tasks");
+    client.nats().flush().await.expect("flush");
+    let mut alerts = AlertTap::new(client.nats()).await;
+
+    let _second = registry(&server, "registry-2");
+    let mut tasks = tasks;
+    let task = tokio::time::timeout(SOON, futures::StreamExt::next(&mut tasks))
+        .await
+        .expect("a task in time")
+        .expect("a task");
+    let body: serde_json::Value = serde_json::from_slice(&task.payload).expect("JSON task");
+    assert_eq!(body, serde_json::json!({"type":"reannounce"}));
+    alerts
+        .expect("the node registered again", SOON, |a| {
+            a.r#type == "node.registered" && a.node_id.as_deref() == Some(&id)
+        })
+        .await;
+    // Alerts are published before the record is written (so none is ever
+    // lost); the record follows.
+    let record: NodeRecord = eventually("the record to be written", SOON, || async {
+        client.get(&id).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(record.status, "online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_tasks_answer_ping_and_detect_and_refuse_the_unknown() {
+    let server = NatsServer::start().await;
+    let ollama = FakeOllama::start(&["qwen3:8b"]).await;
+    let _node = spawn_agent(
+        &server,
+        "a",
+        &["--heartbeat-interval", "300ms", "--ollama-url", &ollama.url],
+    );
+    let id = agent_node_id(&server, "a").await;
+    let nats = server.client().await;
+    let subject = format!("node.{id}.tasks");
+    let ask = |body: &'static str| {
+        let nats = nats.clone();
+        let subject = subject.clone();
+        async move {
+            eventually("the agent to answer", SOON, || {
+                let nats = nats.clone();
+                let subject = subject.clone();
+                async move { nats.request(subject, body.into()).await.ok() }
+            })
+            .await
+        }
+    };
+    let ping: serde_json::Value =
+        serde_json::from_slice(&ask(r#"{"type":"ping"}"#).await.payload).expect("JSON");
+    assert_eq!(ping["node_id"], id.as_str());
+    assert!(ping["uptime_s"].is_u64());
+    assert!(ping["agent_version"].is_string());
+    let detect: serde_json::Value =
+        serde_json::from_slice(&ask(r#"{"type":"detect"}"#).await.payload).expect("JSON");
+    assert_eq!(
+        detect["capabilities"]["models"],
+        serde_json::json!(["qwen3:8b"])
+    );
+    let unknown = ask(r#"{"type":"reboot"}"#).await;
+    let code = unknown
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(code.as_deref(), Some("404"));
+    let typo = ask(r#"{"typ":"ping"}"#).await;
+    let code = typo
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(code.as_deref(), Some("400"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_merges_a_nodes_events_and_alerts_in_time_order() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "registry");
+    let client = client(&server).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let mut node = agent(&server, "a", &[]);
+    let _other = agent(&server, "b", &[]);
+    let id = agent_node_id(&server, "a").await;
+    wait_online(&client, 2).await;
+    eventually("a heartbeat's metrics in the record", SOON, || async {
+        client.get(&id).await.ok().flatten().and_then(|r| r.metrics)
+    })
+    .await;
+    node.kill9();
+    alerts
+        .expect("node.degraded", SOON, |a| {
+            a.r#type == "node.degraded" && a.node_id.as_deref() == Some(&id)
+        })
+        .await;
+
+    let query = nodectl::AuditQuery {
+        node_id: Some(id.clone()),
+        since: Some(Utc::now() - chrono::Duration::minutes(5)),
+        ..nodectl::AuditQuery::default()
+    };
+    let entries = client.audit(&query).await.expect("audit");
+    assert!(entries.iter().all(|e| e.node_id == id), "only this node");
+    assert!(entries.windows(2).all(|w| w[0].at <= w[1].at), "time order");
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k} missing in {kinds:?}"))
+    };
+    assert!(pos("register") < pos("node.registered"));
+    assert!(pos("node.registered") < pos("heartbeat"));
+    assert!(kinds.iter().rposition(|k| *k == "heartbeat") < Some(pos("node.degraded")));
+
+    let only = nodectl::AuditQuery {
+        types: vec!["node.degraded".into()],
+        ..query
+    };
+    let entries = client.audit(&only).await.expect("audit");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].source, nodectl::AuditSource::Alert);
+}
