@@ -328,7 +328,7 @@ impl Client {
         if !query.types.is_empty() {
             entries.retain(|e| query.types.contains(&e.kind));
         }
-        entries.sort_by(|a, b| a.at.cmp(&b.at));
+        entries.sort_by_key(|e| e.at);
         Ok(entries)
     }
 

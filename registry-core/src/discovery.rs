@@ -151,7 +151,7 @@ impl Query {
             }
         }
         if let Some(min) = self.min_cpu_cores {
-            if !caps.is_some_and(|c| c.cpu_cores >= min) {
+            if caps.is_none_or(|c| c.cpu_cores < min) {
                 return false;
             }
         }

@@ -11,7 +11,7 @@ use crate::records::{decode_record, Versioned};
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeChange {
     /// A record was written.
-    Put(Versioned<NodeRecord>),
+    Put(Box<Versioned<NodeRecord>>),
     /// A record was deleted or purged.
     Delete {
         /// The key.
@@ -71,10 +71,10 @@ pub async fn watch_nodes(
                             node_id = %value.node_id,
                             "skipping a record stored under another node's key"
                         ),
-                        Ok(value) => out.push(Ok(NodeChange::Put(Versioned {
+                        Ok(value) => out.push(Ok(NodeChange::Put(Box::new(Versioned {
                             value,
                             revision: entry.revision,
-                        }))),
+                        })))),
                         Err(e) => warn!(error = %e, "skipping a value that is not a node record"),
                     },
                     kv::Operation::Delete | kv::Operation::Purge => {
