@@ -59,6 +59,9 @@ enum Command {
         /// After a replay, keep following live alerts.
         #[arg(long)]
         follow: bool,
+        /// Output: one line per alert for people, or JSON lines.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// What happened to a node: its events merged with its alerts in time order.
     Audit {
@@ -157,6 +160,26 @@ fn json_line(value: &impl serde::Serialize) -> Result<String, String> {
     serde_json::to_string(value).map_err(|e| e.to_string())
 }
 
+/// One alert as a line: JSON, or time, type, node, transition and message.
+fn alert_line(alert: &schemas::Alert, output: Output) -> Result<String, String> {
+    if output == Output::Json {
+        return json_line(alert);
+    }
+    let transition = match (&alert.previous_status, &alert.status) {
+        (Some(from), Some(to)) => format!("{from} -> {to}"),
+        (None, Some(to)) => to.clone(),
+        _ => String::new(),
+    };
+    Ok(format!(
+        "{}  {:<26}  {:<24}  {:<22}  {}",
+        alert.at,
+        alert.r#type,
+        alert.node_id.as_deref().unwrap_or("-"),
+        transition,
+        alert.message.as_deref().unwrap_or("")
+    ))
+}
+
 fn json_pretty(value: &impl serde::Serialize) -> Result<String, String> {
     serde_json::to_string_pretty(value).map_err(|e| e.to_string())
 }
@@ -226,7 +249,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
-        Command::Alerts { since, follow } => {
+        Command::Alerts {
+            since,
+            follow,
+            output,
+        } => {
             // Subscribe before replaying so nothing falls between the two.
             let live = if since.is_none() || follow {
                 Some(client.follow_alerts().await.map_err(|e| e.to_string())?)
@@ -242,7 +269,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| e.to_string())?
                 {
                     seen.insert(alert.id.clone());
-                    println!("{}", json_line(&alert)?);
+                    println!("{}", alert_line(&alert, output)?);
                 }
             }
             if let Some(live) = live {
@@ -251,7 +278,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     if seen.remove(&alert.id) {
                         continue;
                     }
-                    println!("{}", json_line(&alert)?);
+                    println!("{}", alert_line(&alert, output)?);
                 }
             }
         }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit tests and the end-to-end tests,
+# which start real nats-servers (installed on first use by nats-server.sh).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+# Install nats-server now, not inside the first test that needs it.
+NATS_SERVER_BIN="$("$root/scripts/nats-server.sh")"
+export NATS_SERVER_BIN
+echo "using $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
+cargo build --workspace --bins --quiet
+cargo test --workspace "$@"
