@@ -161,11 +161,14 @@ async fn run_as(
             _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(next_beat) => {
                 next_beat = Instant::now() + agent.jittered_interval();
-                let registering = registration.as_ref().is_some_and(|r| !r.is_finished());
+                // Heartbeats start after the first registration and go on
+                // while a later one is retried (after a reconnect): the
+                // registry knows the node, and silence would be a false alarm.
+                let known = agent.registered.load(Ordering::Relaxed);
                 // One heartbeat in flight at most: during an outage they time
                 // out one after the other, never pile up.
                 let idle = heartbeat_in_flight.as_ref().is_none_or(|h| h.is_finished());
-                if !registering && idle {
+                if known && idle {
                     heartbeat_in_flight = Some(tokio::spawn(heartbeat(agent.clone()).in_current_span()));
                 }
             }

@@ -130,7 +130,16 @@ impl<S: RecordStore> Worker<S> {
         let mut messages = None;
         loop {
             if messages.is_none() {
-                match consumer.messages().await {
+                // Short pulls with idle heartbeats: a pull lost with a server
+                // restart is noticed in seconds, not after the 30 s default.
+                let stream = consumer
+                    .stream()
+                    .max_messages_per_batch(1000)
+                    .expires(Duration::from_secs(5))
+                    .heartbeat(Duration::from_secs(2))
+                    .messages()
+                    .await;
+                match stream {
                     Ok(stream) => messages = Some(stream),
                     Err(e) => warn!(error = %e, "opening the event consumer; retrying"),
                 }
@@ -152,17 +161,21 @@ impl<S: RecordStore> Worker<S> {
                     Some(Err(e)) => debug!(error = %e, "event consumer hiccup"),
                     None => messages = None,
                 },
-                _ = tick.tick() => {
+                Ok(()) = connected.changed() => {
                     let is_connected = *connected.borrow_and_update();
                     if is_connected && !was_connected {
                         // Whatever happened while we were away is not the
                         // nodes' fault: judge again after a fresh window.
+                        // The pull in flight died with the old connection.
                         info!("reconnected to NATS; granting every node a fresh grace window");
                         self.fleet.grant_grace(self.clock.now());
                         caught_up = false;
+                        messages = None;
                     }
                     was_connected = is_connected;
-                    if !is_connected {
+                }
+                _ = tick.tick() => {
+                    if !was_connected {
                         continue;
                     }
                     if !caught_up {

@@ -53,19 +53,23 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // Cargo gives a test process the CARGO_PKG_* and other variables of
+        // the test crate; build scripts that watch the environment (ring's)
+        // would see a change and rebuild. Build with the outer environment.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let ours =
+                key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR";
+            if ours || key == "RUST_RECURSION_COUNT" {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let status = command
             .current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "--bins",
-                "-p",
-                "registry-core",
-                "-p",
-                "node-agent",
-                "-p",
-                "nodectl",
-            ])
+            // The same command as scripts/test.sh: the same feature
+            // unification, so an up-to-date build is a no-op here.
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .status()
             .expect("running cargo build for the binaries");
         assert!(status.success(), "building the workspace binaries failed");

@@ -717,3 +717,67 @@ async fn audit_merges_a_nodes_events_and_alerts_in_time_order() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].source, nodectl::AuditSource::Alert);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_restart_loses_nothing_and_raises_no_alarm() {
+    let mut server = NatsServer::start().await;
+    let registry = registry(&server, "registry");
+    let a = agent(&server, "a", &["--labels", "region=eu"]);
+    let b = agent(&server, "b", &[]);
+    let a_id = agent_node_id(&server, "a").await;
+    {
+        let client = client(&server).await;
+        wait_online(&client, 2).await;
+    }
+
+    server.restart().await;
+    let client = client(&server).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    // Agents and registry reconnect on their own; the agents register again.
+    eventually("discovery to answer with both nodes", SOON, || async {
+        client
+            .discover(&DiscoverRequest::default())
+            .await
+            .ok()
+            .filter(|r| r.nodes.len() == 2)
+            .map(|_| ())
+    })
+    .await;
+    eventually(
+        "a second register from the agent after reconnecting",
+        SOON,
+        || async {
+            let query = nodectl::AuditQuery {
+                node_id: Some(a_id.clone()),
+                since: Some(Utc::now() - chrono::Duration::minutes(5)),
+                types: vec!["register".into()],
+                ..nodectl::AuditQuery::default()
+            };
+            client
+                .audit(&query)
+                .await
+                .ok()
+                .filter(|e| e.len() >= 2)
+                .map(|_| ())
+        },
+    )
+    .await;
+    let record = client
+        .get(&a_id)
+        .await
+        .expect("get")
+        .expect("record survived");
+    assert_eq!(record.labels.get("region").map(String::as_str), Some("eu"));
+    let noise = alerts.collect_for(DEGRADED_AFTER * 2).await;
+    assert!(noise.is_empty(), "alerts after a server restart: {noise:?}");
+    // The registry still consumes and judges after the restart.
+    let b_id = agent_node_id(&server, "b").await;
+    let mut b = b;
+    b.kill9();
+    alerts
+        .expect("node.degraded after the restart", SOON, |a| {
+            a.r#type == "node.degraded" && a.node_id.as_deref() == Some(b_id.as_str())
+        })
+        .await;
+    drop((a, registry));
+}
