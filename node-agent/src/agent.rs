@@ -332,13 +332,8 @@ async fn deregister(agent: &Arc<Shared>) {
 /// Answers one control task; returns whether a fresh `register` is due.
 #[instrument(skip_all)]
 async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
-    let content_type = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_CONTENT_TYPE))
-        .map(|v| v.as_str().to_owned());
     let mut reregister = false;
-    let (encoding, result) = match Encoding::from_content_type(content_type.as_deref()) {
+    let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
         Err(e) => (
             Encoding::Json,
             Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
@@ -380,25 +375,14 @@ async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
             (encoding, result)
         }
     };
+    if let Err(error) = &result {
+        warn!(code = error.code, message = %error.message, "task refused");
+    }
     if let Some(reply) = message.reply {
-        let mut headers = HeaderMap::new();
-        let body = match result {
-            Ok(body) => {
-                headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
-                body
-            }
-            Err(error) => {
-                warn!(code = error.code, message = %error.message, "task refused");
-                headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
-                for (name, value) in error.headers() {
-                    headers.insert(name, value.as_str());
-                }
-                error.body()
-            }
-        };
+        let (headers, body) = schemas::nats::reply_parts(result, encoding);
         if let Err(e) = agent
             .client
-            .publish_with_headers(reply, headers, body.into())
+            .publish_with_headers(reply, headers, body)
             .await
         {
             warn!(error = %e, "replying to a task");

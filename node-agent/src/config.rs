@@ -207,6 +207,12 @@ impl AgentConfig {
                 "heartbeat_interval must be at least 100ms".into(),
             ));
         }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log_format {:?}: expected text or json",
+                self.log_format
+            )));
+        }
         if let Some(id) = &self.node_id {
             subjects::NodeId::parse(id)
                 .map_err(|e| ConfigError::Invalid(format!("node_id: {e}")))?;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use node_agent::config::{AgentConfig, Overrides};
-use tracing_subscriber::EnvFilter;
 
 /// The fleet node agent: registers this machine, reports what it can do,
 /// heartbeats, answers control tasks.
@@ -86,8 +85,8 @@ async fn main() -> ExitCode {
         .unwrap_or_default();
         return print_json(&caps);
     }
-    init_tracing(&config.log_format);
-    match node_agent::run(config, shutdown_signal()).await {
+    runtime_support::init_tracing(&config.log_format);
+    match node_agent::run(config, runtime_support::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node-agent failed");
@@ -107,33 +106,4 @@ fn print_json(value: &impl serde::Serialize) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let ctrl_c = tokio::signal::ctrl_c();
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-    tracing::info!("shutting down");
 }

@@ -17,7 +17,7 @@ use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
-use schemas::error::{ServiceError, HEADER_ERROR, HEADER_ERROR_CODE};
+use schemas::error::ServiceError;
 use schemas::{Alert, DiscoverReply, DiscoverRequest, GetRequest, NodeEvent, NodeRecord};
 use serde::Serialize;
 use subjects::Names;
@@ -217,12 +217,7 @@ impl Client {
         if let Some(error) = service_error(&reply) {
             return Err(ClientError::Service(error));
         }
-        let encoding = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER_CONTENT_TYPE))
-            .map(|v| v.as_str().to_owned());
-        let encoding = Encoding::from_content_type(encoding.as_deref())?;
+        let encoding = schemas::nats::encoding_of(reply.headers.as_ref())?;
         Ok(codec::decode(&reply.payload, encoding, usize::MAX)?)
     }
 
@@ -281,12 +276,7 @@ impl Client {
             .replay(&self.names.events_stream, filter, since, query.until)
             .await?
         {
-            let content_type = r
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(HEADER_CONTENT_TYPE))
-                .map(|v| v.as_str().to_owned());
-            let Ok(encoding) = Encoding::from_content_type(content_type.as_deref()) else {
+            let Ok(encoding) = schemas::nats::encoding_of(r.headers.as_ref()) else {
                 continue;
             };
             let Ok(event) = codec::decode::<NodeEvent>(&r.payload, encoding, MAX_EVENT_BYTES)
@@ -440,12 +430,7 @@ pub enum WatchChange {
 
 /// The coded error carried by a reply, if it is one.
 pub fn service_error(reply: &async_nats::Message) -> Option<ServiceError> {
-    let headers = reply.headers.as_ref()?;
-    ServiceError::from_reply(
-        headers.get(HEADER_ERROR_CODE).map(|v| v.as_str()),
-        headers.get(HEADER_ERROR).map(|v| v.as_str()),
-        &reply.payload,
-    )
+    schemas::nats::error_of(reply.headers.as_ref(), &reply.payload)
 }
 
 /// Parses `1h`-style durations (meaning that long ago) or RFC 3339 times.

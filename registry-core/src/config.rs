@@ -142,6 +142,12 @@ impl RegistryConfig {
         if !(0.0..=1.0).contains(&self.self_preservation_threshold) {
             return invalid("self_preservation_threshold must be between 0 and 1".into());
         }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return invalid(format!(
+                "log_format {:?}: expected text or json",
+                self.log_format
+            ));
+        }
         if self.replicas == 0 || self.replicas > 5 {
             return invalid("replicas must be 1 to 5".into());
         }

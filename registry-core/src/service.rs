@@ -5,10 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::service::{self, ServiceExt};
-use async_nats::HeaderMap;
-use bytes::Bytes;
 use futures::StreamExt;
-use schemas::codec::{self, CodecError, Encoding, HEADER_CONTENT_TYPE, MAX_REQUEST_BYTES};
+use schemas::codec::{self, CodecError, Encoding, MAX_REQUEST_BYTES};
 use schemas::error::{ErrorCode, ServiceError};
 use schemas::status::StatusFilter;
 use schemas::{DiscoverReply, DiscoverRequest, GetRequest};
@@ -140,12 +138,7 @@ async fn handle(
         debug!("request without a reply subject; ignored");
         return;
     };
-    let content_type = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_CONTENT_TYPE))
-        .map(|v| v.as_str().to_owned());
-    let (encoding, result) = match Encoding::from_content_type(content_type.as_deref()) {
+    let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
         Err(e) => (Encoding::Json, Err(bad_request(e))),
         Ok(encoding) => (
             encoding,
@@ -166,21 +159,10 @@ async fn handle(
             Ok(body)
         }
     });
-    let mut headers = HeaderMap::new();
-    let body = match result {
-        Ok(body) => {
-            headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
-            body
-        }
-        Err(error) => {
-            debug!(code = error.code, message = %error.message, "request refused");
-            headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
-            for (name, value) in error.headers() {
-                headers.insert(name, value.as_str());
-            }
-            Bytes::from(error.body())
-        }
-    };
+    if let Err(error) = &result {
+        debug!(code = error.code, message = %error.message, "request refused");
+    }
+    let (headers, body) = schemas::nats::reply_parts(result, encoding);
     // NOTE: replies are published directly rather than through
     // Request::respond, whose error form has an empty body; the contract's
     // errors carry a JSON body as well as the headers.
@@ -198,7 +180,7 @@ fn answer(
     endpoint: Endpoint,
     payload: &[u8],
     encoding: Encoding,
-) -> Result<Bytes, ServiceError> {
+) -> Result<Vec<u8>, ServiceError> {
     match endpoint {
         Endpoint::Discover | Endpoint::List => {
             let request: DiscoverRequest =
@@ -212,7 +194,7 @@ fn answer(
                 .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
             let reply: DiscoverReply =
                 ready(index)?.read(|state| query.answer(state.nodes.values()));
-            Ok(codec::encode(&reply, encoding).into())
+            Ok(codec::encode(&reply, encoding))
         }
         Endpoint::Get => {
             let request: GetRequest =
@@ -222,7 +204,7 @@ fn answer(
             })?;
             let record = ready(index)?.read(|state| state.nodes.get(id.as_str()).cloned());
             match record {
-                Some(record) => Ok(codec::encode(&record, encoding).into()),
+                Some(record) => Ok(codec::encode(&record, encoding)),
                 None => Err(ServiceError::new(
                     ErrorCode::NotFound,
                     format!("no node {id}"),

@@ -381,12 +381,31 @@ impl<S: RecordStore> Worker<S> {
 /// and the payload id against the subject id.
 fn decode(message: &jetstream::Message) -> Result<ValidEvent, Rejection> {
     let subject_id = subjects::parse_node_events(&message.subject)?;
-    let content_type = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_CONTENT_TYPE))
-        .map(|v| v.as_str());
-    let encoding = Encoding::from_content_type(content_type)?;
+    let encoding = schemas::nats::encoding_of(message.headers.as_ref())?;
     let event: NodeEvent = codec::decode(&message.payload, encoding, MAX_EVENT_BYTES)?;
     Ok(validate_event(event, &subject_id)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_clock_follows_the_smallest_delay() {
+        let mut clock = ServerClock::default();
+        let skew = chrono::Duration::seconds(30);
+        // The server runs 30 s ahead; events arrive with 0 to 2 s of delay.
+        for delay in [2, 1, 0, 2] {
+            clock.observe(Utc::now() + skew - chrono::Duration::seconds(delay));
+        }
+        let error = (clock.now() - (Utc::now() + skew)).num_milliseconds().abs();
+        assert!(error < 500, "estimate off by {error} ms");
+        // Lag (a backlog) never moves the estimate later than it was.
+        clock.observe(Utc::now() + skew - chrono::Duration::seconds(120));
+        let error = (clock.now() - (Utc::now() + skew)).num_milliseconds().abs();
+        assert!(
+            error < 500,
+            "estimate off by {error} ms after lagging events"
+        );
+    }
 }

@@ -76,15 +76,6 @@ impl ServiceError {
         serde_json::to_vec(&reply).unwrap_or_default()
     }
 
-    /// The headers of the reply besides its Content-Type: the code and the
-    /// one-line text (NATS micro protocol).
-    pub fn headers(&self) -> [(&'static str, String); 2] {
-        [
-            (HEADER_ERROR_CODE, self.code.to_string()),
-            (HEADER_ERROR, self.message.clone()),
-        ]
-    }
-
     /// Reads a coded error from a reply's error-code header and body; `None`
     /// when the reply is not an error.
     pub fn from_reply(

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use registry_core::config::{Overrides, RegistryConfig};
-use tracing_subscriber::EnvFilter;
 
 /// The fleet node registry: consumes node events, keeps node state in
 /// JetStream KV, raises liveness alerts and answers discovery.
@@ -53,48 +52,12 @@ async fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    init_tracing(&config.log_format);
-    match registry_core::run(config, shutdown_signal()).await {
+    runtime_support::init_tracing(&config.log_format);
+    match registry_core::run(config, runtime_support::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node-registry failed");
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutting down");
 }
