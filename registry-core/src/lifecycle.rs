@@ -301,6 +301,7 @@ impl Fleet {
             capabilities: e.capabilities.clone(),
             agent_version: e.agent_version.clone(),
             seq: e.seq,
+            caps_hash: e.caps_hash.clone(),
             ..NodeRecord::default()
         };
         let tracked = match previous {
@@ -361,23 +362,29 @@ impl Fleet {
         let Some(mut node) = self.nodes.remove(id) else {
             // A heartbeat from a node we don't know (its record was lost, or
             // it registered before this registry existed): ask it to register.
-            let due = self.reannounced.get(id).is_none_or(|last| {
-                at.signed_duration_since(*last)
-                    >= chrono_duration(self.settings.reannounce_interval)
-            });
-            if due {
-                self.reannounced.insert(id.clone(), at);
+            if self.reannounce_due(id, at) {
                 effects.reannounce.push(id.clone());
             }
             return effects;
         };
+        // The node's capabilities changed since the register we hold (a
+        // register lost or rejected): ask for a fresh one.
+        if let Some(hash) = &e.caps_hash {
+            if node.record.caps_hash.as_ref() != Some(hash) && self.reannounce_due(id, at) {
+                effects.reannounce.push(id.clone());
+            }
+        }
         node.last_seen = node.last_seen.max(at);
         // The first metrics after a registration are worth a write: until
         // then discovery cannot rank the node by load.
         let first_metrics = node.record.metrics.is_none() && e.metrics.is_some();
         if e.metrics.is_some() {
-            node.record.metrics = e.metrics;
+            node.record.metrics = e.metrics.clone();
         }
+        // Which models are loaded and which services are up change rarely
+        // and matter to whoever picks a node: write them at once.
+        let usage_changed =
+            node.record.models_loaded != e.models_loaded || node.record.services != e.services;
         node.record.models_loaded = e.models_loaded.clone();
         node.record.services = e.services.clone();
         if e.seq.is_some() {
@@ -386,7 +393,7 @@ impl Fleet {
         let came_back = self.come_back(&mut node, at, seq, &mut effects);
         let checkpoint_due = at.signed_duration_since(node.last_written)
             >= chrono_duration(self.settings.checkpoint_interval);
-        if came_back || checkpoint_due || first_metrics || node.needs_write {
+        if came_back || checkpoint_due || first_metrics || usage_changed || node.needs_write {
             node.record.status = node.status.to_string();
             node.record.last_heartbeat = schemas::time::format(node.last_seen);
             if came_back {
@@ -400,6 +407,18 @@ impl Fleet {
         }
         self.nodes.insert(id.clone(), node);
         effects
+    }
+
+    /// Whether a `reannounce` may be sent to `id` now (at most one per
+    /// `reannounce_interval`); records it if so.
+    fn reannounce_due(&mut self, id: &NodeId, at: DateTime<Utc>) -> bool {
+        let due = self.reannounced.get(id).is_none_or(|last| {
+            at.signed_duration_since(*last) >= chrono_duration(self.settings.reannounce_interval)
+        });
+        if due {
+            self.reannounced.insert(id.clone(), at);
+        }
+        due
     }
 
     fn on_deregister(&mut self, event: &ValidEvent, at: DateTime<Utc>, seq: u64) -> Effects {
@@ -847,6 +866,38 @@ mod tests {
         assert_eq!(asked, 6, "once per 10 s over 60 s");
         assert_eq!(sim.status("ghost"), None);
         assert!(sim.alerts.is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_with_another_caps_hash_asks_for_a_reannounce() {
+        let mut sim = Sim::new();
+        let mut register = event(EventType::Register, "n1");
+        register.event.caps_hash = Some("aaaa".into());
+        sim.fleet.apply(&register, t0(), 1);
+        let mut beat = event(EventType::Heartbeat, "n1");
+        beat.event.caps_hash = Some("aaaa".into());
+        assert!(sim.fleet.apply(&beat, t0() + secs(1), 2).reannounce.is_empty());
+        beat.event.caps_hash = Some("bbbb".into());
+        let asked: usize = (0..30)
+            .map(|s| sim.fleet.apply(&beat, t0() + secs(2 + s), 3 + s as u64).reannounce.len())
+            .sum();
+        assert_eq!(asked, 3, "once per 10 s over 30 s");
+        // The fresh register brings the hash in line.
+        register.event.caps_hash = Some("bbbb".into());
+        sim.fleet.apply(&register, t0() + secs(40), 50);
+        assert!(sim.fleet.apply(&beat, t0() + secs(41), 51).reannounce.is_empty());
+    }
+
+    #[test]
+    fn a_change_of_loaded_models_or_services_is_written_at_once() {
+        let mut sim = Sim::new();
+        sim.send(EventType::Register, "n1", t0());
+        sim.send(EventType::Heartbeat, "n1", t0() + secs(1));
+        let mut beat = event(EventType::Heartbeat, "n1");
+        assert!(sim.fleet.apply(&beat, t0() + secs(2), 10).writes.is_empty());
+        beat.event.services = vec!["ollama".into()];
+        let e = sim.fleet.apply(&beat, t0() + secs(3), 11);
+        assert!(matches!(e.writes.as_slice(), [Write::Put { record, .. }] if record.services == ["ollama"]));
     }
 
     #[test]

@@ -33,5 +33,6 @@ pub mod v1 {
 pub use codec::Encoding;
 pub use v1::{
     Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply,
-    GetRequest, Gpu, Metrics, NodeEvent, NodeRecord, PingReply, ReannounceReply, TaskRequest,
+    GetRequest, Gpu, GpuUsage, Metrics, NodeEvent, NodeRecord, Ollama, OllamaModel, PingReply,
+    ReannounceReply, TaskRequest,
 };

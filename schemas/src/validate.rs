@@ -82,6 +82,7 @@ pub fn validate_event(
         ("local_ip", &event.local_ip),
         ("agent_version", &event.agent_version),
         ("reason", &event.reason),
+        ("caps_hash", &event.caps_hash),
     ] {
         if let Some(value) = value {
             check_text(field, value)?;
@@ -166,6 +167,15 @@ fn validate_capabilities(caps: &Capabilities) -> Result<(), ValidationError> {
     }
     check_list("capabilities.models", &caps.models)?;
     check_list("capabilities.tags", &caps.tags)?;
+    if let Some(ollama) = &caps.ollama {
+        check_text("capabilities.ollama.version", &ollama.version)?;
+        if ollama.models.len() > MAX_LIST_LEN {
+            return Err(field_error("capabilities.ollama.models", "too many models"));
+        }
+        for model in &ollama.models {
+            check_text("capabilities.ollama.models.name", &model.name)?;
+        }
+    }
     Ok(())
 }
 
@@ -184,6 +194,19 @@ fn validate_metrics(metrics: &Metrics) -> Result<(), ValidationError> {
     }
     if let Some(load) = metrics.load_1m {
         check_amount("metrics.load_1m", load)?;
+    }
+    if metrics.gpus.len() > MAX_LIST_LEN {
+        return Err(field_error("metrics.gpus", "too many GPUs"));
+    }
+    for gpu in &metrics.gpus {
+        if let Some(util) = gpu.util_pct {
+            if !(0.0..=100.0).contains(&util) {
+                return Err(field_error("metrics.gpus.util_pct", format!("{util} is not a percentage")));
+            }
+        }
+        if let Some(used) = gpu.vram_used_gb {
+            check_amount("metrics.gpus.vram_used_gb", used)?;
+        }
     }
     Ok(())
 }
