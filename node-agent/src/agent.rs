@@ -1,9 +1,10 @@
-//! The agent's life: register until acked, heartbeat with jitter, answer
-//! control tasks, re-register after a reconnect, deregister on shutdown.
+//! The agent's life: register until acked, heartbeat with jitter, keep
+//! capabilities current, answer control tasks, re-register after a
+//! reconnect, deregister on shutdown.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, instrument, warn, Instrument};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ConfigError};
 use crate::detect::{local_ip_towards, Detector};
 
 /// The agent's version, reported in registrations and pings.
@@ -31,6 +32,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const DEREGISTER_BUDGET: Duration = Duration::from_millis(1500);
 /// Longest pause between two registration attempts.
 const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Re-reads the configuration (on SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<AgentConfig, ConfigError> + Send + Sync>;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +72,11 @@ struct PublishFailure {
 /// What the agent's concurrent parts share.
 struct Shared {
     id: NodeId,
-    config: AgentConfig,
     hostname: String,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The configuration in force; SIGHUP replaces it (but not the NATS URL).
+    config: RwLock<AgentConfig>,
     detector: Mutex<Detector>,
     /// Rises with every event; together with `boot` it makes `Nats-Msg-Id`
     /// unique, so a retried publish is stored once.
@@ -79,27 +84,40 @@ struct Shared {
     boot: String,
     started: Instant,
     last_publish_ok: AtomicBool,
+    /// Whether a register was ever acked (heartbeats start then).
     registered: AtomicBool,
+    /// The caps_hash of the latest acked register, carried by heartbeats.
+    registered_hash: Mutex<Option<String>>,
+}
+
+/// A register being published, and the hash of what it carries.
+struct Registration {
+    task: JoinHandle<()>,
+    hash: String,
 }
 
 /// Runs the agent until `shutdown` resolves, then deregisters.
-pub async fn run(
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    run_with_reload(config, None, shutdown).await
+}
+
+/// Like [`run`], re-reading the configuration with `reload` on SIGHUP.
+pub async fn run_with_reload(
     config: AgentConfig,
+    reload: Option<Reload>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".to_owned());
-    let id =
-        crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
+    let id = crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
     let span = info_span!("agent", node_id = %id);
-    run_as(id, hostname, config, shutdown)
-        .instrument(span)
-        .await
+    run_as(id, hostname, config, reload, shutdown).instrument(span).await
 }
 
 async fn run_as(
     id: NodeId,
     hostname: String,
     config: AgentConfig,
+    reload: Option<Reload>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let (events_tx, mut events_rx) = mpsc::channel(16);
@@ -134,7 +152,7 @@ async fn run_as(
         })?;
     info!(url = %config.nats_url, "node agent starting");
     let agent = Arc::new(Shared {
-        detector: Mutex::new(Detector::new(&config.ollama_url)),
+        detector: Mutex::new(Detector::new(&config)),
         id,
         hostname,
         client,
@@ -144,16 +162,20 @@ async fn run_as(
         started: Instant::now(),
         last_publish_ok: AtomicBool::new(false),
         registered: AtomicBool::new(false),
-        config,
+        registered_hash: Mutex::new(None),
+        config: RwLock::new(config),
     });
 
     tokio::pin!(shutdown);
-    // Registration runs beside the loop, so tasks are answered and shutdown
-    // is honoured while it retries (no stream yet, NATS unreachable).
-    let mut registration: Option<JoinHandle<()>> = Some(tokio::spawn(
-        register_until_acked(agent.clone()).in_current_span(),
-    ));
+    let mut hangups = hangup_signals();
+    // Detection results come back here; it runs off the loop, so tasks are
+    // answered and shutdown is honoured while Ollama or NVML are slow.
+    let (detected_tx, mut detected_rx) = mpsc::channel::<NodeEvent>(2);
+    // Registration runs beside the loop too, retrying until acked.
+    let mut registration: Option<Registration> = None;
+    spawn_detection(&agent, &detected_tx);
     let mut next_beat = Instant::now() + agent.jittered_interval();
+    let mut next_detect = Instant::now() + agent.detect_interval();
     let mut heartbeat_in_flight: Option<JoinHandle<()>> = None;
     let mut initial_connect_seen = false;
     loop {
@@ -172,43 +194,156 @@ async fn run_as(
                     heartbeat_in_flight = Some(tokio::spawn(heartbeat(agent.clone()).in_current_span()));
                 }
             }
+            _ = tokio::time::sleep_until(next_detect) => {
+                next_detect = Instant::now() + agent.detect_interval();
+                spawn_detection(&agent, &detected_tx);
+            }
+            Some(event) = detected_rx.recv() => {
+                let hash = caps_hash(&event);
+                let current = match &registration {
+                    Some(r) if !r.task.is_finished() => Some(r.hash.clone()),
+                    _ => agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                };
+                if current.as_deref() != Some(hash.as_str()) {
+                    if current.is_some() {
+                        info!(caps_hash = %hash, "capabilities changed; registering again");
+                    }
+                    start_registration(&agent, &mut registration, event, hash);
+                }
+            }
+            Some(()) = next_hangup(&mut hangups) => {
+                info!("SIGHUP: re-reading the configuration and detecting again");
+                if let Some(reload) = &reload {
+                    apply_reload(&agent, reload());
+                }
+                spawn_detection(&agent, &detected_tx);
+            }
             Some(event) = events_rx.recv() => match event {
                 async_nats::Event::Connected if !initial_connect_seen => initial_connect_seen = true,
                 async_nats::Event::Connected => {
                     info!("reconnected to NATS; registering again");
-                    restart_registration(&agent, &mut registration);
+                    // Forget the hash so the fresh detection registers even
+                    // when nothing changed: the registry may have lost us.
+                    *agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    if let Some(r) = registration.take() {
+                        r.task.abort();
+                    }
+                    spawn_detection(&agent, &detected_tx);
                 }
                 async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
                 other => debug!(event = %other, "NATS connection event"),
             },
             Some(message) = tasks.next() => {
                 if handle_task(&agent, message).await {
-                    restart_registration(&agent, &mut registration);
+                    *agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    if let Some(r) = registration.take() {
+                        r.task.abort();
+                    }
+                    spawn_detection(&agent, &detected_tx);
                 }
             }
         }
     }
-    for handle in [registration, heartbeat_in_flight].into_iter().flatten() {
+    for handle in [registration.map(|r| r.task), heartbeat_in_flight].into_iter().flatten() {
         handle.abort();
     }
     deregister(&agent).await;
     Ok(())
 }
 
-/// Starts a fresh registration (fresh capabilities), replacing one in progress.
-fn restart_registration(agent: &Arc<Shared>, registration: &mut Option<JoinHandle<()>>) {
-    if let Some(old) = registration.take() {
-        old.abort();
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangup_signals() -> Hangups {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map_err(|e| warn!(error = %e, "cannot listen for SIGHUP"))
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signals() -> Hangups {}
+
+/// The next SIGHUP; never resolves where there are none.
+#[cfg(unix)]
+async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
+    match hangups {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
     }
-    *registration = Some(tokio::spawn(
-        register_until_acked(agent.clone()).in_current_span(),
-    ));
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangups) -> Option<()> {
+    std::future::pending().await
+}
+
+fn apply_reload(agent: &Arc<Shared>, reloaded: Result<AgentConfig, ConfigError>) {
+    match reloaded {
+        Ok(config) => {
+            let mut current = agent.config.write().unwrap_or_else(|p| p.into_inner());
+            if config.nats_url != current.nats_url || config.node_id != current.node_id {
+                warn!("nats_url and node_id take effect only after a restart");
+            }
+            *agent.detector.lock().unwrap_or_else(|p| p.into_inner()) = Detector::new(&config);
+            let nats_url = std::mem::take(&mut current.nats_url);
+            let node_id = current.node_id.take();
+            *current = AgentConfig {
+                nats_url,
+                node_id,
+                ..config
+            };
+        }
+        Err(e) => warn!(error = %e, "configuration not reloaded; keeping the one in force"),
+    }
+}
+
+/// Detects capabilities off the loop and sends the register event it makes.
+fn spawn_detection(agent: &Arc<Shared>, results: &mpsc::Sender<NodeEvent>) {
+    let agent = agent.clone();
+    let results = results.clone();
+    tokio::spawn(
+        async move {
+            let event = register_event(&agent).await;
+            // A full channel means a detection is already waiting: enough.
+            let _ = results.try_send(event);
+        }
+        .in_current_span(),
+    );
+}
+
+/// Starts publishing `event`, replacing a registration in progress.
+fn start_registration(agent: &Arc<Shared>, registration: &mut Option<Registration>, event: NodeEvent, hash: String) {
+    if let Some(old) = registration.take() {
+        old.task.abort();
+    }
+    let task = tokio::spawn(register_until_acked(agent.clone(), event, hash.clone()).in_current_span());
+    *registration = Some(Registration { task, hash });
 }
 
 impl Shared {
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, AgentConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn jittered_interval(&self) -> Duration {
         let factor = rand::rng().random_range(0.9..=1.1);
-        self.config.heartbeat_interval.mul_f64(factor)
+        self.config().heartbeat_interval.mul_f64(factor)
+    }
+
+    fn detect_interval(&self) -> Duration {
+        self.config().detect_interval
+    }
+
+    fn encoding(&self) -> Encoding {
+        if self.config().encoding == "protobuf" {
+            Encoding::Protobuf
+        } else {
+            Encoding::Json
+        }
     }
 
     fn next_seq(&self) -> u64 {
@@ -216,22 +351,35 @@ impl Shared {
     }
 
     async fn publish(&self, event: &NodeEvent) -> Result<(), PublishFailure> {
-        let result = publish(&self.js, &self.id, &self.boot, event).await;
-        self.last_publish_ok
-            .store(result.is_ok(), Ordering::Relaxed);
+        let result = publish(&self.js, &self.id, &self.boot, event, self.encoding()).await;
+        self.last_publish_ok.store(result.is_ok(), Ordering::Relaxed);
         result
     }
 }
 
-/// Detects capabilities without blocking the runtime (sysinfo, Ollama HTTP).
+/// A short, stable hash of what a register carries (everything but its
+/// sequence number and the hash itself): 16 hex digits of FNV-1a over the
+/// protobuf form, which is deterministic (maps are ordered).
+pub fn caps_hash(event: &NodeEvent) -> String {
+    let material = NodeEvent {
+        seq: None,
+        caps_hash: None,
+        ..event.clone()
+    };
+    let bytes = prost::Message::encode_to_vec(&material);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Detects capabilities without blocking the runtime (sysinfo, NVML, Ollama).
 async fn detect(agent: &Arc<Shared>) -> Capabilities {
     let agent = agent.clone();
     tokio::task::spawn_blocking(move || {
-        agent
-            .detector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .capabilities()
+        agent.detector.lock().unwrap_or_else(|p| p.into_inner()).capabilities()
     })
     .await
     .unwrap_or_default()
@@ -239,17 +387,12 @@ async fn detect(agent: &Arc<Shared>) -> Capabilities {
 
 async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
     let capabilities = detect(agent).await;
-    let config = &agent.config;
+    let config = agent.config().clone();
     let local_ip = local_ip_towards(&config.nats_url).map(|ip| ip.to_string());
-    NodeEvent {
+    let mut event = NodeEvent {
         r#type: EventType::Register.to_string(),
         node_id: agent.id.to_string(),
-        node_name: Some(
-            config
-                .node_name
-                .clone()
-                .unwrap_or_else(|| agent.hostname.clone()),
-        ),
+        node_name: Some(config.node_name.clone().unwrap_or_else(|| agent.hostname.clone())),
         role: Some(config.role.clone()),
         labels: config.labels.clone(),
         hostname: Some(agent.hostname.clone()),
@@ -257,23 +400,26 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
         local_ip,
         capabilities: Some(capabilities),
         agent_version: Some(AGENT_VERSION.to_owned()),
-        seq: Some(agent.next_seq()),
         ..NodeEvent::default()
-    }
+    };
+    event.caps_hash = Some(caps_hash(&event));
+    event
 }
 
 /// Publishes `register` until JetStream acks it, backing off with jitter.
-#[instrument(skip_all)]
-async fn register_until_acked(agent: Arc<Shared>) {
-    let event = register_event(&agent).await;
+#[instrument(skip_all, fields(caps_hash = %hash))]
+async fn register_until_acked(agent: Arc<Shared>, mut event: NodeEvent, hash: String) {
+    event.seq = Some(agent.next_seq());
     let mut backoff = Duration::from_millis(250);
     loop {
         match agent.publish(&event).await {
             Ok(()) => {
                 agent.registered.store(true, Ordering::Relaxed);
+                *agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(hash);
                 let caps = event.capabilities.as_ref();
                 info!(
                     models = caps.map_or(0, |c| c.models.len()),
+                    gpus = caps.map_or(0, |c| c.gpus.len()),
                     labels = ?event.labels,
                     "registered"
                 );
@@ -289,12 +435,8 @@ async fn register_until_acked(agent: Arc<Shared>) {
 
 async fn heartbeat(agent: Arc<Shared>) {
     let sampler = agent.clone();
-    let metrics = tokio::task::spawn_blocking(move || {
-        sampler
-            .detector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .metrics()
+    let sample = tokio::task::spawn_blocking(move || {
+        sampler.detector.lock().unwrap_or_else(|p| p.into_inner()).sample()
     })
     .await
     .unwrap_or_default();
@@ -302,7 +444,10 @@ async fn heartbeat(agent: Arc<Shared>) {
         r#type: EventType::Heartbeat.to_string(),
         node_id: agent.id.to_string(),
         seq: Some(agent.next_seq()),
-        metrics: Some(metrics),
+        metrics: Some(sample.metrics),
+        models_loaded: sample.models_loaded,
+        services: sample.services,
+        caps_hash: agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         ..NodeEvent::default()
     };
     if let Err(e) = agent.publish(&event).await {
@@ -334,44 +479,40 @@ async fn deregister(agent: &Arc<Shared>) {
 async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
     let mut reregister = false;
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
-        Err(e) => (
-            Encoding::Json,
-            Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
-        ),
+        Err(e) => (Encoding::Json, Err(ServiceError::new(ErrorCode::BadRequest, e.to_string()))),
         Ok(encoding) => {
-            let result =
-                match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
-                    Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
-                    Ok(task) => match task.r#type.as_str() {
-                        "reannounce" => {
-                            info!("asked to reannounce");
-                            reregister = true;
-                            Ok(codec::encode(&ReannounceReply { ok: true }, encoding))
-                        }
-                        "ping" => Ok(codec::encode(
-                            &PingReply {
-                                node_id: agent.id.to_string(),
-                                agent_version: AGENT_VERSION.to_owned(),
-                                uptime_s: agent.started.elapsed().as_secs(),
-                                last_publish_ok: agent.last_publish_ok.load(Ordering::Relaxed),
-                            },
-                            encoding,
-                        )),
-                        "detect" => Ok(codec::encode(
-                            &DetectReply {
-                                capabilities: Some(detect(agent).await),
-                            },
-                            encoding,
-                        )),
-                        other => Err(ServiceError::new(
-                            ErrorCode::NotFound,
-                            format!(
-                                "unknown task type {:?}, expected one of reannounce, ping, detect",
-                                other.chars().take(64).collect::<String>()
-                            ),
-                        )),
-                    },
-                };
+            let result = match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
+                Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
+                Ok(task) => match task.r#type.as_str() {
+                    "reannounce" => {
+                        info!("asked to reannounce");
+                        reregister = true;
+                        Ok(codec::encode(&ReannounceReply { ok: true }, encoding))
+                    }
+                    "ping" => Ok(codec::encode(
+                        &PingReply {
+                            node_id: agent.id.to_string(),
+                            agent_version: AGENT_VERSION.to_owned(),
+                            uptime_s: agent.started.elapsed().as_secs(),
+                            last_publish_ok: agent.last_publish_ok.load(Ordering::Relaxed),
+                        },
+                        encoding,
+                    )),
+                    "detect" => Ok(codec::encode(
+                        &DetectReply {
+                            capabilities: Some(detect(agent).await),
+                        },
+                        encoding,
+                    )),
+                    other => Err(ServiceError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "unknown task type {:?}, expected one of reannounce, ping, detect",
+                            other.chars().take(64).collect::<String>()
+                        ),
+                    )),
+                },
+            };
             (encoding, result)
         }
     };
@@ -380,23 +521,20 @@ async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
     }
     if let Some(reply) = message.reply {
         let (headers, body) = schemas::nats::reply_parts(result, encoding);
-        if let Err(e) = agent
-            .client
-            .publish_with_headers(reply, headers, body)
-            .await
-        {
+        if let Err(e) = agent.client.publish_with_headers(reply, headers, body).await {
             warn!(error = %e, "replying to a task");
         }
     }
     reregister
 }
 
-/// Publishes one event (JSON) and waits for JetStream's ack.
+/// Publishes one event and waits for JetStream's ack.
 async fn publish(
     js: &jetstream::Context,
     id: &NodeId,
     boot: &str,
     event: &NodeEvent,
+    encoding: Encoding,
 ) -> Result<(), PublishFailure> {
     let kind: EventType = event.r#type.parse().unwrap_or(EventType::Heartbeat);
     let subject = subjects::node_events(id);
@@ -406,10 +544,10 @@ async fn publish(
         reason,
     };
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
+    headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
     let msg_id = format!("{id}-{boot}-{}", event.seq.unwrap_or_default());
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-    let payload = codec::encode(event, Encoding::Json);
+    let payload = codec::encode(event, encoding);
     let ack = js
         .publish_with_headers(subject.clone(), headers, payload.into())
         .await
@@ -419,4 +557,39 @@ async fn publish(
         .map_err(|_| fail("no ack in time".to_owned()))?
         .map_err(|e| fail(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hash_ignores_seq_and_sees_changes() {
+        let event = NodeEvent {
+            r#type: "register".into(),
+            node_id: "n1".into(),
+            labels: [("region".to_owned(), "eu".to_owned())].into(),
+            capabilities: Some(Capabilities {
+                models: vec!["qwen3:8b".into()],
+                ..Capabilities::default()
+            }),
+            ..NodeEvent::default()
+        };
+        let h = caps_hash(&event);
+        assert_eq!(h.len(), 16);
+        let again = NodeEvent {
+            seq: Some(99),
+            caps_hash: Some("x".into()),
+            ..event.clone()
+        };
+        assert_eq!(caps_hash(&again), h, "seq and the hash itself do not count");
+        let mut pulled = event.clone();
+        if let Some(c) = pulled.capabilities.as_mut() {
+            c.models.push("llama3:8b".into());
+        }
+        assert_ne!(caps_hash(&pulled), h);
+        let mut relabelled = event;
+        relabelled.labels.insert("tier".into(), "edge".into());
+        assert_ne!(caps_hash(&relabelled), h);
+    }
 }

@@ -10,6 +10,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::detect::services::ServiceProbe;
+
 /// Prefix of the environment variables that configure the agent.
 pub const ENV_PREFIX: &str = "NODE_AGENT_";
 /// The system-wide configuration file, read when it exists and no
@@ -49,6 +51,23 @@ pub struct AgentConfig {
     /// The address others should reach this node at, when it is not the
     /// one NATS is reached from (NAT, public IP). Default none.
     pub advertise_ip: Option<String>,
+    /// How often capabilities are detected again; a change is registered at
+    /// once. Default 5m. SIGHUP also re-reads the configuration and detects.
+    #[serde(with = "humantime_serde")]
+    pub detect_interval: Duration,
+    /// Local services to probe over TCP; heartbeats report those that are
+    /// up. Default none. In TOML: `[[services]]` with `name` and `address`.
+    pub services: Vec<ServiceProbe>,
+    /// Encoding of the events the agent publishes: `json` (default) or
+    /// `protobuf` (smaller heartbeats).
+    pub encoding: String,
+    /// Whether to load NVIDIA's NVML for GPU detection. Default true; on a
+    /// machine without the driver it is simply not found.
+    pub nvml: bool,
+    /// Root of sysfs, for AMD GPUs. Default `/sys` (tests use fixture trees).
+    pub sysfs_root: PathBuf,
+    /// Root of procfs, for NVIDIA without NVML. Default `/proc`.
+    pub procfs_root: PathBuf,
     /// Log format: `text` (default) or `json`.
     pub log_format: String,
 }
@@ -65,6 +84,12 @@ impl Default for AgentConfig {
             state_dir: default_state_dir(),
             ollama_url: "http://127.0.0.1:11434".to_owned(),
             advertise_ip: None,
+            detect_interval: Duration::from_secs(300),
+            services: Vec::new(),
+            encoding: "json".to_owned(),
+            nvml: true,
+            sysfs_root: PathBuf::from("/sys"),
+            procfs_root: PathBuf::from("/proc"),
             log_format: "text".to_owned(),
         }
     }
@@ -177,6 +202,12 @@ pub struct Overrides {
     /// `--ollama-url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ollama_url: Option<String>,
+    /// `--detect-interval`.
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    pub detect_interval: Option<Duration>,
+    /// `--encoding`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
 }
 
 impl AgentConfig {
@@ -212,6 +243,20 @@ impl AgentConfig {
                 "log_format {:?}: expected text or json",
                 self.log_format
             )));
+        }
+        if !matches!(self.encoding.as_str(), "json" | "protobuf") {
+            return Err(ConfigError::Invalid(format!(
+                "encoding {:?}: expected json or protobuf",
+                self.encoding
+            )));
+        }
+        if self.detect_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "detect_interval must be at least 100ms".into(),
+            ));
+        }
+        for service in &self.services {
+            service.check().map_err(ConfigError::Invalid)?;
         }
         if let Some(id) = &self.node_id {
             subjects::NodeId::parse(id)
@@ -258,6 +303,24 @@ mod tests {
             // Flags replace the labels as a whole.
             assert_eq!(c.labels.len(), 1);
             assert_eq!(c.labels.get("region").map(String::as_str), Some("us"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn services_come_from_toml() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "a.toml",
+                "encoding = \"protobuf\"\n[[services]]\nname = \"ollama\"\naddress = \"127.0.0.1:11434\"\n",
+            )?;
+            let c = AgentConfig::load(Some(Path::new("a.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.services.len(), 1);
+            assert_eq!(c.services[0].name, "ollama");
+            assert_eq!(c.encoding, "protobuf");
+            jail.create_file("b.toml", "[[services]]\nname = \"x\"\naddress = \"nowhere\"\n")?;
+            assert!(AgentConfig::load(Some(Path::new("b.toml")), &Overrides::default()).is_err());
             Ok(())
         });
     }

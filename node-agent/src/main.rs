@@ -37,6 +37,12 @@ struct Cli {
     /// Ollama's HTTP address.
     #[arg(long, global = true)]
     ollama_url: Option<String>,
+    /// How often capabilities are detected again (e.g. 5m).
+    #[arg(long, value_parser = humantime::parse_duration, global = true)]
+    detect_interval: Option<Duration>,
+    /// Encoding of published events: json or protobuf.
+    #[arg(long, global = true)]
+    encoding: Option<String>,
     /// TOML configuration file (default /etc/node-agent/config.toml if present).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -51,9 +57,15 @@ struct Cli {
 enum Command {
     /// Print the detected capabilities as JSON and exit.
     Detect,
+    /// Ask the registry how it sees this node, print the record and exit
+    /// (exit 1 when it does not know the node, 3 when it is not online).
+    Status,
 }
 
-#[tokio::main]
+// NOTE: one thread is plenty for a daemon that wakes every few seconds, and
+// keeps the agent's footprint small; blocking detection runs on tokio's
+// blocking pool.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = Overrides {
@@ -65,6 +77,8 @@ async fn main() -> ExitCode {
         heartbeat_interval: cli.heartbeat_interval,
         state_dir: cli.state_dir,
         ollama_url: cli.ollama_url,
+        detect_interval: cli.detect_interval,
+        encoding: cli.encoding,
     };
     let config = match AgentConfig::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -76,20 +90,71 @@ async fn main() -> ExitCode {
     if cli.print_config {
         return print_json(&config);
     }
-    if let Some(Command::Detect) = cli.command {
-        let url = config.ollama_url.clone();
-        let caps = tokio::task::spawn_blocking(move || {
-            node_agent::detect::Detector::new(&url).capabilities()
-        })
-        .await
-        .unwrap_or_default();
-        return print_json(&caps);
+    match cli.command {
+        Some(Command::Detect) => {
+            let probe = config.clone();
+            let caps = tokio::task::spawn_blocking(move || {
+                node_agent::detect::Detector::new(&probe).capabilities()
+            })
+            .await
+            .unwrap_or_default();
+            return print_json(&caps);
+        }
+        Some(Command::Status) => return status(&config).await,
+        None => {}
     }
     runtime_support::init_tracing(&config.log_format);
-    match node_agent::run(config, runtime_support::shutdown_signal()).await {
+    let file = cli.config.clone();
+    let reload: node_agent::agent::Reload =
+        Box::new(move || AgentConfig::load(file.as_deref(), &overrides));
+    match node_agent::agent::run_with_reload(config, Some(reload), runtime_support::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node-agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `node-agent status`: the registry's record of this node.
+async fn status(config: &AgentConfig) -> ExitCode {
+    let path = config.state_dir.join(node_agent::identity::NODE_ID_FILE);
+    let id = match config.node_id.clone() {
+        Some(id) => id,
+        None => match std::fs::read_to_string(&path) {
+            Ok(id) => id.trim().to_owned(),
+            Err(e) => {
+                eprintln!("node-agent: this node has no id yet ({}: {e}); has the agent run?", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let client = match nodectl::Client::connect(&config.nats_url).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("node-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(&id).await {
+        Ok(Some(record)) => {
+            let online = record.status == "online";
+            let code = print_json(&record);
+            if code != ExitCode::SUCCESS {
+                return code;
+            }
+            if online {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Ok(None) => {
+            eprintln!("node-agent: the registry does not know node {id} (yet)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("node-agent: {e}");
             ExitCode::FAILURE
         }
     }

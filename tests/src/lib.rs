@@ -432,60 +432,81 @@ impl AlertTap {
     }
 }
 
-/// A fake Ollama: `GET /api/tags` answers with the current model list.
+/// A fake Ollama: `GET /api/tags` answers with the installed models,
+/// `/api/ps` with the loaded ones, `/api/version` with a version; tests can
+/// change both lists while it runs.
 #[derive(Debug, Clone)]
 pub struct FakeOllama {
     /// Its base URL.
     pub url: String,
-    models: Arc<Mutex<Vec<String>>>,
+    state: Arc<Mutex<OllamaState>>,
+}
+
+#[derive(Debug, Default)]
+struct OllamaState {
+    installed: Vec<String>,
+    loaded: Vec<String>,
+}
+
+fn model_list(names: &[String]) -> String {
+    let entries: Vec<serde_json::Value> = names
+        .iter()
+        .map(|m| serde_json::json!({"name": m, "model": m, "size": 5_000_000_000u64}))
+        .collect();
+    serde_json::json!({ "models": entries }).to_string()
 }
 
 impl FakeOllama {
-    /// Starts one serving `models`.
+    /// Starts one with `models` installed and none loaded.
     pub async fn start(models: &[&str]) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake ollama");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake ollama");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let models = Arc::new(Mutex::new(
-            models.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>(),
-        ));
-        let shared = models.clone();
+        let state = Arc::new(Mutex::new(OllamaState {
+            installed: models.iter().map(|m| (*m).to_owned()).collect(),
+            loaded: Vec::new(),
+        }));
+        let shared = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let models = shared.clone();
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let state = shared.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let n = stream.read(&mut buf).await.unwrap_or(0);
                     let request = String::from_utf8_lossy(&buf[..n]);
-                    let body = if request.starts_with("GET /api/tags") {
-                        let list = models.lock().map(|m| m.clone()).unwrap_or_default();
-                        let entries: Vec<serde_json::Value> = list
-                            .iter()
-                            .map(|m| serde_json::json!({"name": m, "model": m, "size": 5_000_000_000u64}))
-                            .collect();
-                        serde_json::json!({ "models": entries }).to_string()
-                    } else {
-                        "{}".to_owned()
+                    let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let body = {
+                        let state = state.lock().unwrap_or_else(|p| p.into_inner());
+                        match path.as_str() {
+                            "/api/tags" => Some(model_list(&state.installed)),
+                            "/api/ps" => Some(model_list(&state.loaded)),
+                            "/api/version" => Some(r#"{"version":"0.6.2"}"#.to_owned()),
+                            _ => None,
+                        }
                     };
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
+                    let reply = match body {
+                        Some(body) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        ),
+                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+                    };
                     let _ = stream.write_all(reply.as_bytes()).await;
                 });
             }
         });
-        Self { url, models }
+        Self { url, state }
     }
 
-    /// Replaces the model list.
+    /// Replaces the installed models.
     pub fn set_models(&self, models: &[&str]) {
-        if let Ok(mut m) = self.models.lock() {
-            *m = models.iter().map(|s| (*s).to_owned()).collect();
-        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.installed = models.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// Replaces the loaded models.
+    pub fn set_loaded(&self, models: &[&str]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.loaded = models.iter().map(|s| (*s).to_owned()).collect();
     }
 }
