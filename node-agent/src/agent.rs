@@ -97,7 +97,10 @@ struct Registration {
 }
 
 /// Runs the agent until `shutdown` resolves, then deregisters.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     run_with_reload(config, None, shutdown).await
 }
 
@@ -108,9 +111,12 @@ pub async fn run_with_reload(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".to_owned());
-    let id = crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
+    let id =
+        crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
     let span = info_span!("agent", node_id = %id);
-    run_as(id, hostname, config, reload, shutdown).instrument(span).await
+    run_as(id, hostname, config, reload, shutdown)
+        .instrument(span)
+        .await
 }
 
 async fn run_as(
@@ -244,7 +250,10 @@ async fn run_as(
             }
         }
     }
-    for handle in [registration.map(|r| r.task), heartbeat_in_flight].into_iter().flatten() {
+    for handle in [registration.map(|r| r.task), heartbeat_in_flight]
+        .into_iter()
+        .flatten()
+    {
         handle.abort();
     }
     deregister(&agent).await;
@@ -316,11 +325,17 @@ fn spawn_detection(agent: &Arc<Shared>, results: &mpsc::Sender<NodeEvent>) {
 }
 
 /// Starts publishing `event`, replacing a registration in progress.
-fn start_registration(agent: &Arc<Shared>, registration: &mut Option<Registration>, event: NodeEvent, hash: String) {
+fn start_registration(
+    agent: &Arc<Shared>,
+    registration: &mut Option<Registration>,
+    event: NodeEvent,
+    hash: String,
+) {
     if let Some(old) = registration.take() {
         old.task.abort();
     }
-    let task = tokio::spawn(register_until_acked(agent.clone(), event, hash.clone()).in_current_span());
+    let task =
+        tokio::spawn(register_until_acked(agent.clone(), event, hash.clone()).in_current_span());
     *registration = Some(Registration { task, hash });
 }
 
@@ -352,7 +367,8 @@ impl Shared {
 
     async fn publish(&self, event: &NodeEvent) -> Result<(), PublishFailure> {
         let result = publish(&self.js, &self.id, &self.boot, event, self.encoding()).await;
-        self.last_publish_ok.store(result.is_ok(), Ordering::Relaxed);
+        self.last_publish_ok
+            .store(result.is_ok(), Ordering::Relaxed);
         result
     }
 }
@@ -379,7 +395,11 @@ pub fn caps_hash(event: &NodeEvent) -> String {
 async fn detect(agent: &Arc<Shared>) -> Capabilities {
     let agent = agent.clone();
     tokio::task::spawn_blocking(move || {
-        agent.detector.lock().unwrap_or_else(|p| p.into_inner()).capabilities()
+        agent
+            .detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .capabilities()
     })
     .await
     .unwrap_or_default()
@@ -392,7 +412,12 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
     let mut event = NodeEvent {
         r#type: EventType::Register.to_string(),
         node_id: agent.id.to_string(),
-        node_name: Some(config.node_name.clone().unwrap_or_else(|| agent.hostname.clone())),
+        node_name: Some(
+            config
+                .node_name
+                .clone()
+                .unwrap_or_else(|| agent.hostname.clone()),
+        ),
         role: Some(config.role.clone()),
         labels: config.labels.clone(),
         hostname: Some(agent.hostname.clone()),
@@ -415,7 +440,10 @@ async fn register_until_acked(agent: Arc<Shared>, mut event: NodeEvent, hash: St
         match agent.publish(&event).await {
             Ok(()) => {
                 agent.registered.store(true, Ordering::Relaxed);
-                *agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(hash);
+                *agent
+                    .registered_hash
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(hash);
                 let caps = event.capabilities.as_ref();
                 info!(
                     models = caps.map_or(0, |c| c.models.len()),
@@ -436,7 +464,11 @@ async fn register_until_acked(agent: Arc<Shared>, mut event: NodeEvent, hash: St
 async fn heartbeat(agent: Arc<Shared>) {
     let sampler = agent.clone();
     let sample = tokio::task::spawn_blocking(move || {
-        sampler.detector.lock().unwrap_or_else(|p| p.into_inner()).sample()
+        sampler
+            .detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample()
     })
     .await
     .unwrap_or_default();
@@ -447,7 +479,11 @@ async fn heartbeat(agent: Arc<Shared>) {
         metrics: Some(sample.metrics),
         models_loaded: sample.models_loaded,
         services: sample.services,
-        caps_hash: agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        caps_hash: agent
+            .registered_hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
         ..NodeEvent::default()
     };
     if let Err(e) = agent.publish(&event).await {
@@ -479,40 +515,44 @@ async fn deregister(agent: &Arc<Shared>) {
 async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
     let mut reregister = false;
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
-        Err(e) => (Encoding::Json, Err(ServiceError::new(ErrorCode::BadRequest, e.to_string()))),
+        Err(e) => (
+            Encoding::Json,
+            Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
+        ),
         Ok(encoding) => {
-            let result = match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
-                Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
-                Ok(task) => match task.r#type.as_str() {
-                    "reannounce" => {
-                        info!("asked to reannounce");
-                        reregister = true;
-                        Ok(codec::encode(&ReannounceReply { ok: true }, encoding))
-                    }
-                    "ping" => Ok(codec::encode(
-                        &PingReply {
-                            node_id: agent.id.to_string(),
-                            agent_version: AGENT_VERSION.to_owned(),
-                            uptime_s: agent.started.elapsed().as_secs(),
-                            last_publish_ok: agent.last_publish_ok.load(Ordering::Relaxed),
-                        },
-                        encoding,
-                    )),
-                    "detect" => Ok(codec::encode(
-                        &DetectReply {
-                            capabilities: Some(detect(agent).await),
-                        },
-                        encoding,
-                    )),
-                    other => Err(ServiceError::new(
-                        ErrorCode::NotFound,
-                        format!(
-                            "unknown task type {:?}, expected one of reannounce, ping, detect",
-                            other.chars().take(64).collect::<String>()
-                        ),
-                    )),
-                },
-            };
+            let result =
+                match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
+                    Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
+                    Ok(task) => match task.r#type.as_str() {
+                        "reannounce" => {
+                            info!("asked to reannounce");
+                            reregister = true;
+                            Ok(codec::encode(&ReannounceReply { ok: true }, encoding))
+                        }
+                        "ping" => Ok(codec::encode(
+                            &PingReply {
+                                node_id: agent.id.to_string(),
+                                agent_version: AGENT_VERSION.to_owned(),
+                                uptime_s: agent.started.elapsed().as_secs(),
+                                last_publish_ok: agent.last_publish_ok.load(Ordering::Relaxed),
+                            },
+                            encoding,
+                        )),
+                        "detect" => Ok(codec::encode(
+                            &DetectReply {
+                                capabilities: Some(detect(agent).await),
+                            },
+                            encoding,
+                        )),
+                        other => Err(ServiceError::new(
+                            ErrorCode::NotFound,
+                            format!(
+                                "unknown task type {:?}, expected one of reannounce, ping, detect",
+                                other.chars().take(64).collect::<String>()
+                            ),
+                        )),
+                    },
+                };
             (encoding, result)
         }
     };
@@ -521,7 +561,11 @@ async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
     }
     if let Some(reply) = message.reply {
         let (headers, body) = schemas::nats::reply_parts(result, encoding);
-        if let Err(e) = agent.client.publish_with_headers(reply, headers, body).await {
+        if let Err(e) = agent
+            .client
+            .publish_with_headers(reply, headers, body)
+            .await
+        {
             warn!(error = %e, "replying to a task");
         }
     }

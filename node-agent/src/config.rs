@@ -203,7 +203,10 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ollama_url: Option<String>,
     /// `--detect-interval`.
-    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde::option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
     pub detect_interval: Option<Duration>,
     /// `--encoding`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,7 +322,10 @@ mod tests {
             assert_eq!(c.services.len(), 1);
             assert_eq!(c.services[0].name, "ollama");
             assert_eq!(c.encoding, "protobuf");
-            jail.create_file("b.toml", "[[services]]\nname = \"x\"\naddress = \"nowhere\"\n")?;
+            jail.create_file(
+                "b.toml",
+                "[[services]]\nname = \"x\"\naddress = \"nowhere\"\n",
+            )?;
             assert!(AgentConfig::load(Some(Path::new("b.toml")), &Overrides::default()).is_err());
             Ok(())
         });

@@ -107,7 +107,13 @@ async fn main() -> ExitCode {
     let file = cli.config.clone();
     let reload: node_agent::agent::Reload =
         Box::new(move || AgentConfig::load(file.as_deref(), &overrides));
-    match node_agent::agent::run_with_reload(config, Some(reload), runtime_support::shutdown_signal()).await {
+    match node_agent::agent::run_with_reload(
+        config,
+        Some(reload),
+        runtime_support::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node-agent failed");
@@ -124,7 +130,10 @@ async fn status(config: &AgentConfig) -> ExitCode {
         None => match std::fs::read_to_string(&path) {
             Ok(id) => id.trim().to_owned(),
             Err(e) => {
-                eprintln!("node-agent: this node has no id yet ({}: {e}); has the agent run?", path.display());
+                eprintln!(
+                    "node-agent: this node has no id yet ({}: {e}); has the agent run?",
+                    path.display()
+                );
                 return ExitCode::FAILURE;
             }
         },

@@ -876,16 +876,29 @@ mod tests {
         sim.fleet.apply(&register, t0(), 1);
         let mut beat = event(EventType::Heartbeat, "n1");
         beat.event.caps_hash = Some("aaaa".into());
-        assert!(sim.fleet.apply(&beat, t0() + secs(1), 2).reannounce.is_empty());
+        assert!(sim
+            .fleet
+            .apply(&beat, t0() + secs(1), 2)
+            .reannounce
+            .is_empty());
         beat.event.caps_hash = Some("bbbb".into());
         let asked: usize = (0..30)
-            .map(|s| sim.fleet.apply(&beat, t0() + secs(2 + s), 3 + s as u64).reannounce.len())
+            .map(|s| {
+                sim.fleet
+                    .apply(&beat, t0() + secs(2 + s), 3 + s as u64)
+                    .reannounce
+                    .len()
+            })
             .sum();
         assert_eq!(asked, 3, "once per 10 s over 30 s");
         // The fresh register brings the hash in line.
         register.event.caps_hash = Some("bbbb".into());
         sim.fleet.apply(&register, t0() + secs(40), 50);
-        assert!(sim.fleet.apply(&beat, t0() + secs(41), 51).reannounce.is_empty());
+        assert!(sim
+            .fleet
+            .apply(&beat, t0() + secs(41), 51)
+            .reannounce
+            .is_empty());
     }
 
     #[test]
@@ -897,7 +910,9 @@ mod tests {
         assert!(sim.fleet.apply(&beat, t0() + secs(2), 10).writes.is_empty());
         beat.event.services = vec!["ollama".into()];
         let e = sim.fleet.apply(&beat, t0() + secs(3), 11);
-        assert!(matches!(e.writes.as_slice(), [Write::Put { record, .. }] if record.services == ["ollama"]));
+        assert!(
+            matches!(e.writes.as_slice(), [Write::Put { record, .. }] if record.services == ["ollama"])
+        );
     }
 
     #[test]

@@ -201,7 +201,10 @@ fn validate_metrics(metrics: &Metrics) -> Result<(), ValidationError> {
     for gpu in &metrics.gpus {
         if let Some(util) = gpu.util_pct {
             if !(0.0..=100.0).contains(&util) {
-                return Err(field_error("metrics.gpus.util_pct", format!("{util} is not a percentage")));
+                return Err(field_error(
+                    "metrics.gpus.util_pct",
+                    format!("{util} is not a percentage"),
+                ));
             }
         }
         if let Some(used) = gpu.vram_used_gb {

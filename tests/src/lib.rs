@@ -259,6 +259,16 @@ impl Proc {
         }
     }
 
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the process is running");
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
     /// Sends SIGTERM and waits up to `limit` for it to exit; returns the
     /// exit status and how long it took, or `None` if it did not exit.
     pub async fn terminate(
@@ -459,7 +469,9 @@ fn model_list(names: &[String]) -> String {
 impl FakeOllama {
     /// Starts one with `models` installed and none loaded.
     pub async fn start(models: &[&str]) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake ollama");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake ollama");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(Mutex::new(OllamaState {
             installed: models.iter().map(|m| (*m).to_owned()).collect(),
@@ -468,7 +480,9 @@ impl FakeOllama {
         let shared = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];

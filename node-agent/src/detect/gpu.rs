@@ -152,7 +152,11 @@ impl GpuProbe {
     }
 
     fn nvml_usage(&self, index: u32) -> (Option<f64>, Option<f64>) {
-        let Some(device) = self.nvml.as_ref().and_then(|n| n.device_by_index(index).ok()) else {
+        let Some(device) = self
+            .nvml
+            .as_ref()
+            .and_then(|n| n.device_by_index(index).ok())
+        else {
             return (None, None);
         };
         let util = device
@@ -287,7 +291,11 @@ pub(crate) mod fixture {
         if let Some(p) = product {
             write(sys, &format!("{dev}/product_name"), &format!("{p}\n"));
         }
-        write(sys, &format!("class/drm/card{n}-DP-1/status"), "connected\n");
+        write(
+            sys,
+            &format!("class/drm/card{n}-DP-1/status"),
+            "connected\n",
+        );
     }
 
     /// An Intel iGPU as card N (not a compute GPU we report).
@@ -342,7 +350,11 @@ mod tests {
         intel_card(sys.path(), 0);
         amd_card(sys.path(), 2, None);
         amd_card(sys.path(), 1, Some("AMD Instinct MI210"));
-        nvidia_procfs(proc.path(), "0000:41:00.0", "NVIDIA RTX 4000 SFF Ada Generation");
+        nvidia_procfs(
+            proc.path(),
+            "0000:41:00.0",
+            "NVIDIA RTX 4000 SFF Ada Generation",
+        );
         nvidia_procfs(proc.path(), "0000:01:00.0", "NVIDIA GeForce RTX 4090");
         let mut p = probe(sys.path(), proc.path());
         let models: Vec<(String, String)> = p
@@ -354,13 +366,19 @@ mod tests {
             models,
             vec![
                 ("nvidia".to_owned(), "NVIDIA GeForce RTX 4090".to_owned()),
-                ("nvidia".to_owned(), "NVIDIA RTX 4000 SFF Ada Generation".to_owned()),
+                (
+                    "nvidia".to_owned(),
+                    "NVIDIA RTX 4000 SFF Ada Generation".to_owned()
+                ),
                 ("amd".to_owned(), "AMD Instinct MI210".to_owned()),
                 ("amd".to_owned(), "AMD GPU 0x744c".to_owned()),
             ]
         );
         let usage = p.usage();
-        assert_eq!(usage.iter().map(|u| u.index).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            usage.iter().map(|u| u.index).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
         assert_eq!(usage[0].util_pct, None, "no usage without NVML");
         assert_eq!(usage[2].util_pct, Some(37.0));
     }
@@ -374,7 +392,10 @@ mod tests {
         let mut p = probe(sys.path(), proc.path());
         assert!(p.detect(8.0).is_empty());
         assert!(p.usage().is_empty());
-        let mut missing = probe(Path::new("/nonexistent/sys"), Path::new("/nonexistent/proc"));
+        let mut missing = probe(
+            Path::new("/nonexistent/sys"),
+            Path::new("/nonexistent/proc"),
+        );
         assert!(missing.detect(8.0).is_empty());
     }
 

@@ -109,7 +109,9 @@ impl Detector {
         if let Some(system) = self.system.as_mut() {
             system.refresh_cpu_usage();
             system.refresh_memory();
-            metrics.cpu_pct = Some(round1(f64::from(system.global_cpu_usage()).clamp(0.0, 100.0)));
+            metrics.cpu_pct = Some(round1(
+                f64::from(system.global_cpu_usage()).clamp(0.0, 100.0),
+            ));
             let total = system.total_memory();
             if total > 0 {
                 metrics.ram_pct = Some(round1(
@@ -196,7 +198,10 @@ mod tests {
         let sys = tempfile::tempdir().expect("tmp");
         gpu::fixture::amd_card(sys.path(), 0, Some("AMD Radeon PRO W7900"));
         let url = ollama::fake::serve(vec![
-            ("/api/tags", r#"{"models":[{"name":"qwen3:8b","size":5}]}"#.to_owned()),
+            (
+                "/api/tags",
+                r#"{"models":[{"name":"qwen3:8b","size":5}]}"#.to_owned(),
+            ),
             ("/api/ps", r#"{"models":[{"name":"qwen3:8b"}]}"#.to_owned()),
         ]);
         let mut detector = Detector::new(&config(&url, sys.path()));
@@ -209,9 +214,13 @@ mod tests {
         let sample = detector.sample();
         assert_eq!(sample.models_loaded, vec!["qwen3:8b"]);
         assert_eq!(sample.metrics.gpu_pct, Some(37.0));
-        for v in [sample.metrics.cpu_pct, sample.metrics.ram_pct, sample.metrics.disk_pct]
-            .into_iter()
-            .flatten()
+        for v in [
+            sample.metrics.cpu_pct,
+            sample.metrics.ram_pct,
+            sample.metrics.disk_pct,
+        ]
+        .into_iter()
+        .flatten()
         {
             assert!((0.0..=100.0).contains(&v), "{v}");
         }

@@ -161,14 +161,24 @@ mod tests {
         let client = OllamaClient::new(&url);
         let ollama = client.describe().expect("answers");
         assert_eq!(ollama.version, "0.6.2");
-        let models: Vec<(&str, u64)> = ollama.models.iter().map(|m| (m.name.as_str(), m.size_bytes)).collect();
-        assert_eq!(models, vec![("mistral:7b", 4_100_000_000), ("qwen3:8b", 5_200_000_000)]);
+        let models: Vec<(&str, u64)> = ollama
+            .models
+            .iter()
+            .map(|m| (m.name.as_str(), m.size_bytes))
+            .collect();
+        assert_eq!(
+            models,
+            vec![("mistral:7b", 4_100_000_000), ("qwen3:8b", 5_200_000_000)]
+        );
         assert_eq!(client.loaded(), vec!["qwen3:8b"]);
     }
 
     #[test]
     fn an_old_ollama_without_version_or_ps_still_lists_models() {
-        let url = fake::serve(vec![("/api/tags", r#"{"models":[{"name":"llama3:8b"}]}"#.to_owned())]);
+        let url = fake::serve(vec![(
+            "/api/tags",
+            r#"{"models":[{"name":"llama3:8b"}]}"#.to_owned(),
+        )]);
         let client = OllamaClient::new(&url);
         let ollama = client.describe().expect("answers");
         assert_eq!(ollama.version, "");
@@ -182,7 +192,9 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("port");
-        assert!(OllamaClient::new(&format!("http://127.0.0.1:{port}")).describe().is_none());
+        assert!(OllamaClient::new(&format!("http://127.0.0.1:{port}"))
+            .describe()
+            .is_none());
         let url = fake::serve(vec![("/api/tags", "not json".to_owned())]);
         assert!(OllamaClient::new(&url).describe().is_none());
     }
