@@ -26,6 +26,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         ".fleet.v1.DiscoverRequest.capability",
         "#[serde(deserialize_with = \"crate::json::one_or_many\")]",
     );
+    // Events travel often: leave empty collections out of their JSON form.
+    // Records and replies keep them, so readers need no null checks.
+    for field in [
+        ".fleet.v1.NodeEvent.models_loaded",
+        ".fleet.v1.NodeEvent.services",
+        ".fleet.v1.Metrics.gpus",
+    ] {
+        config.field_attribute(field, "#[serde(skip_serializing_if = \"Vec::is_empty\")]");
+    }
+    config.field_attribute(
+        ".fleet.v1.NodeEvent.labels",
+        "#[serde(skip_serializing_if = \"::prost::alloc::collections::BTreeMap::is_empty\")]",
+    );
     config.btree_map(["."]);
     config.compile_fds(descriptors)?;
     Ok(())
