@@ -47,38 +47,50 @@ pub fn nats_server_bin() -> &'static Path {
     })
 }
 
+/// Runs `cargo build <args>` in the workspace, with the environment of the
+/// shell that started the tests.
+pub fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    // Cargo gives a test process the CARGO_PKG_* and other variables of the
+    // test crate; build scripts that watch the environment (ring's) would
+    // see a change and rebuild. Build with the outer environment.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let ours = key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR";
+        if ours || key == "RUST_RECURSION_COUNT" {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let status = command
+        .current_dir(workspace_root())
+        .arg("build")
+        .args(args)
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// A binary of this workspace (`node-registry`, `node-agent`, `nodectl`),
 /// built once per test run so the tests never run a stale one.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        // Cargo gives a test process the CARGO_PKG_* and other variables of
-        // the test crate; build scripts that watch the environment (ring's)
-        // would see a change and rebuild. Build with the outer environment.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            let ours =
-                key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR";
-            if ours || key == "RUST_RECURSION_COUNT" {
-                command.env_remove(key.as_ref());
-            }
-        }
-        let status = command
-            .current_dir(workspace_root())
-            // The same command as scripts/test.sh: the same feature
-            // unification, so an up-to-date build is a no-op here.
-            .args(["build", "--quiet", "--workspace", "--bins"])
-            .status()
-            .expect("running cargo build for the binaries");
-        assert!(status.success(), "building the workspace binaries failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"));
-        target.join("debug")
-    });
-    dir.join(name)
+    static BUILT: OnceLock<()> = OnceLock::new();
+    // The same command as scripts/test.sh: the same feature unification, so
+    // an up-to-date build is a no-op here.
+    BUILT.get_or_init(|| cargo_build(&["--quiet", "--workspace", "--bins"]));
+    target_dir().join("debug").join(name)
+}
+
+/// A release build of a workspace binary (for benchmarks).
+pub fn release_bin(package: &str, name: &str) -> PathBuf {
+    cargo_build(&["--quiet", "--release", "-p", package, "--bin", name]);
+    target_dir().join("release").join(name)
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
