@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::detect::services::ServiceProbe;
@@ -161,16 +159,7 @@ where
     }
 }
 
-/// Why the configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A source could not be read or holds a wrong type or unknown key.
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    /// The values do not fit together.
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use runtime_support::ConfigError;
 
 /// Values given on the command line, layered over everything else.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -217,19 +206,10 @@ impl AgentConfig {
     /// Loads defaults < file < environment < `overrides`, and checks them.
     /// Without `file`, [`SYSTEM_CONFIG`] is read if it exists.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Self::default()));
-        match file {
-            Some(file) => figment = figment.merge(Toml::file_exact(file)),
-            None if Path::new(SYSTEM_CONFIG).exists() => {
-                figment = figment.merge(Toml::file_exact(SYSTEM_CONFIG))
-            }
-            None => {}
-        }
-        let config: Self = figment
-            .merge(Env::prefixed(ENV_PREFIX))
-            .merge(Serialized::defaults(overrides))
-            .extract()
-            .map_err(Box::new)?;
+        let system = Path::new(SYSTEM_CONFIG);
+        let file = file.or_else(|| system.exists().then_some(system));
+        let config: Self =
+            runtime_support::load_layered(&Self::default(), file, ENV_PREFIX, overrides)?;
         config.check()?;
         Ok(config)
     }

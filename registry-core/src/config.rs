@@ -1,11 +1,9 @@
 //! The `node-registry` configuration: one struct, loaded by figment
 //! (defaults < TOML file < `NODE_REGISTRY_*` environment < flags).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 use subjects::Names;
 
@@ -79,16 +77,7 @@ impl Default for RegistryConfig {
     }
 }
 
-/// Why the configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A source could not be read or holds a wrong type or unknown key.
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    /// The values do not fit together.
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use runtime_support::ConfigError;
 
 /// Values given on the command line, layered over everything else.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,15 +102,8 @@ pub struct Overrides {
 impl RegistryConfig {
     /// Loads defaults < `file` < environment < `overrides`, and checks them.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Self::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(PathBuf::from(file)));
-        }
-        let config: Self = figment
-            .merge(Env::prefixed(ENV_PREFIX).split("__"))
-            .merge(Serialized::defaults(overrides))
-            .extract()
-            .map_err(Box::new)?;
+        let config: Self =
+            runtime_support::load_layered(&Self::default(), file, ENV_PREFIX, overrides)?;
         config.check()?;
         Ok(config)
     }

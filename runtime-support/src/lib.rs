@@ -1,10 +1,53 @@
 //! What every binary of the fleet sets up the same way.
 //!
 //! Libraries only emit `tracing` events; binaries install the subscriber
-//! here ([`init_tracing`]) and stop on SIGTERM or SIGINT ([`shutdown_signal`]).
+//! here ([`init_tracing`]), stop on SIGTERM or SIGINT ([`shutdown_signal`]),
+//! and load their one configuration struct in layers ([`load_layered`]).
 #![deny(missing_docs)]
 
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tracing_subscriber::EnvFilter;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or holds a wrong type or unknown key.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// The values do not fit together.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Loads a configuration in layers: `defaults` < the TOML `file` (which must
+/// exist when given) < environment variables named `<env_prefix><FIELD>`
+/// (`__` separates nested fields) < `overrides` (the command line; leave out
+/// what was not given).
+pub fn load_layered<T, O>(
+    defaults: &T,
+    file: Option<&Path>,
+    env_prefix: &str,
+    overrides: &O,
+) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned,
+    O: Serialize,
+{
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    Ok(figment
+        .merge(Env::prefixed(env_prefix).split("__"))
+        .merge(Serialized::defaults(overrides))
+        .extract()
+        .map_err(Box::new)?)
+}
 
 /// Installs the tracing subscriber on stderr: `format` is `json` for JSON
 /// lines, anything else for text. `RUST_LOG` filters (default `info`).

@@ -32,7 +32,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     // Fields after the command name, which is in parentheses.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15, i.e. 11 and 12 after ")".
     field(11) + field(12)
 }
@@ -92,7 +97,13 @@ fn agent(server: &NatsServer, bin: &Path, state: &str, interval: &str) -> Proc {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    Proc::spawn(state, bin, &args, &[("RUST_LOG", "warn".to_owned())], server.temp_path(&format!("{state}.log")))
+    Proc::spawn(
+        state,
+        bin,
+        &args,
+        &[("RUST_LOG", "warn".to_owned())],
+        server.temp_path(&format!("{state}.log")),
+    )
 }
 
 /// A heartbeat as a GPU box with a loaded model sends it.
@@ -142,19 +153,39 @@ async fn main() {
         server.temp_path("nodectl.log"),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    results.push(measure("baseline: idle NATS client (nodectl alerts)", &baseline, seconds.min(60)).await);
+    results.push(
+        measure(
+            "baseline: idle NATS client (nodectl alerts)",
+            &baseline,
+            seconds.min(60),
+        )
+        .await,
+    );
     drop(baseline);
 
     for (interval, state) in [("1s", "agent-1s"), ("30s", "agent-30s")] {
         let proc = agent(&server, &agent_bin, state, interval);
         let id = fleet_tests::agent_node_id(&server, state).await;
         eventually("the agent online", Duration::from_secs(30), || async {
-            client.get(&id).await.ok().flatten().filter(|r| r.status == "online").map(|_| ())
+            client
+                .get(&id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r.status == "online")
+                .map(|_| ())
         })
         .await;
         // Let start-up allocations settle before measuring.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        results.push(measure(&format!("node-agent, heartbeat every {interval}"), &proc, seconds).await);
+        results.push(
+            measure(
+                &format!("node-agent, heartbeat every {interval}"),
+                &proc,
+                seconds,
+            )
+            .await,
+        );
     }
 
     // A real heartbeat from the stream, and the same in protobuf.
@@ -168,19 +199,42 @@ async fn main() {
         .last()
         .map(|e| serde_json::from_value(e.detail.clone()).expect("a heartbeat"))
         .expect("at least one heartbeat");
-    let sizes = |e: &NodeEvent| (encode(e, Encoding::Json).len(), encode(e, Encoding::Protobuf).len());
+    let sizes = |e: &NodeEvent| {
+        (
+            encode(e, Encoding::Json).len(),
+            encode(e, Encoding::Protobuf).len(),
+        )
+    };
     let (real_json, real_pb) = sizes(&real);
     let gpu = gpu_box_heartbeat();
     let (gpu_json, gpu_pb) = sizes(&gpu);
-    let back: NodeEvent = decode(&encode(&gpu, Encoding::Protobuf), Encoding::Protobuf, MAX_EVENT_BYTES).expect("decode");
+    let back: NodeEvent = decode(
+        &encode(&gpu, Encoding::Protobuf),
+        Encoding::Protobuf,
+        MAX_EVENT_BYTES,
+    )
+    .expect("decode");
     assert_eq!(back, gpu);
 
     let machine = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_default();
-    println!("\nnode-agent footprint ({} cores, {machine}; {seconds} s per run)\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:<48} {:>12} {:>13} {:>12}", "process", "RSS max MiB", "RSS mean MiB", "CPU % core");
+    println!(
+        "\nnode-agent footprint ({} cores, {machine}; {seconds} s per run)\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<48} {:>12} {:>13} {:>12}",
+        "process", "RSS max MiB", "RSS mean MiB", "CPU % core"
+    );
     for r in &results {
         println!(
             "{:<48} {:>12.2} {:>13.2} {:>12.3}",
@@ -194,7 +248,12 @@ async fn main() {
     println!("this machine (no GPU)      {real_json:>10}  {real_pb:>14}");
     println!("GPU box, 1 GPU, 1 model    {gpu_json:>10}  {gpu_pb:>14}");
     let agent_30 = results.iter().find(|r| r.label.ends_with("30s"));
-    let agent_max_rss = results.iter().filter(|r| r.label.starts_with("node-agent")).map(|r| r.rss_max_kib).max().unwrap_or(0);
+    let agent_max_rss = results
+        .iter()
+        .filter(|r| r.label.starts_with("node-agent"))
+        .map(|r| r.rss_max_kib)
+        .max()
+        .unwrap_or(0);
     println!("\ntargets: RSS <= 15 MiB: {} ({:.2} MiB); CPU at 30 s <= 0.1 %: {} ({:.3} %); protobuf heartbeat <= 300 B: {} ({gpu_pb} B)",
         if agent_max_rss <= 15 * 1024 { "met" } else { "MISSED" },
         agent_max_rss as f64 / 1024.0,

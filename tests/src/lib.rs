@@ -385,6 +385,27 @@ pub async fn agent_node_id(server: &NatsServer, state: &str) -> String {
     .await
 }
 
+/// A typed registry client on `server`, with the contract's names.
+pub async fn registry_client(server: &NatsServer) -> nodectl::Client {
+    nodectl::Client::new(server.client().await, subjects::Names::default())
+}
+
+/// Waits until a registry answers discovery (its index is loaded).
+pub async fn wait_registry(client: &nodectl::Client) {
+    eventually(
+        "the registry to answer",
+        Duration::from_secs(20),
+        || async {
+            client
+                .discover(&schemas::DiscoverRequest::default())
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
 /// A live subscription to `system.broadcast`.
 #[derive(Debug)]
 pub struct AlertTap {

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use fleet_tests::{
-    agent_node_id, eventually, spawn_agent, spawn_registry, workspace_bin, workspace_root,
-    AlertTap, FakeOllama, NatsServer, Proc,
+    agent_node_id, eventually, registry_client, spawn_agent, spawn_registry, wait_registry,
+    workspace_bin, workspace_root, AlertTap, FakeOllama, NatsServer, Proc,
 };
 use nodectl::Client;
 use schemas::{DiscoverRequest, NodeRecord};
@@ -21,10 +21,6 @@ fn registry(server: &NatsServer) -> Proc {
         &["--degraded-after", "5s", "--offline-after", "10s"],
         &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")],
     )
-}
-
-async fn client(server: &NatsServer) -> Client {
-    Client::new(server.client().await, subjects::Names::default())
 }
 
 async fn record_where(
@@ -65,7 +61,7 @@ async fn a_model_pulled_into_ollama_is_discoverable_without_a_restart() {
         ],
     );
     let id = agent_node_id(&server, "a").await;
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let record = record_where(&client, &id, "the node with its models", |r| {
         r.capabilities
             .as_ref()
@@ -131,7 +127,7 @@ async fn sighup_rereads_the_config_file_and_registers_the_change() {
         &["--config", config.to_str().expect("utf-8 path")],
     );
     let id = agent_node_id(&server, "a").await;
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let record = record_where(&client, &id, "services reported", |r| {
         !r.services.is_empty()
     })
@@ -177,15 +173,8 @@ async fn a_heartbeat_carrying_another_caps_hash_brings_a_reannounce() {
     let _registry = registry(&server);
     let nats = server.client().await;
     let js = async_nats::jetstream::new(nats.clone());
-    let client = client(&server).await;
-    eventually("the registry to answer", SOON, || async {
-        client
-            .discover(&DiscoverRequest::default())
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
     let mut tasks = nats.subscribe("node.hashy.tasks").await.expect("tap tasks");
     nats.flush().await.expect("flush");
     let register = r#"{"type":"register","node_id":"hashy","caps_hash":"00000000000000aa"}"#;
@@ -233,7 +222,7 @@ async fn a_protobuf_agent_is_a_full_member() {
         ],
     );
     let id = agent_node_id(&server, "a").await;
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let record = record_where(&client, &id, "metrics from protobuf heartbeats", |r| {
         r.metrics.is_some()
     })
@@ -337,7 +326,7 @@ impl Drop for KillOnDrop {
 async fn the_join_script_installs_starts_and_waits_until_online() {
     let server = NatsServer::start().await;
     let _registry = registry(&server);
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let dir = tempfile::tempdir().expect("tmp");
     let root = dir.path().join("root");

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use fleet_tests::{
-    agent_node_id, eventually, spawn_agent, spawn_registry, AlertTap, FakeOllama, NatsServer, Proc,
+    agent_node_id, eventually, registry_client, spawn_agent, spawn_registry, wait_registry,
+    AlertTap, FakeOllama, NatsServer, Proc,
 };
 use nodectl::Client;
 use schemas::codec::{Encoding, HEADER_CONTENT_TYPE};
@@ -43,10 +44,6 @@ fn agent(server: &NatsServer, state: &str, extra: &[&str]) -> Proc {
 
 fn time(text: &str) -> DateTime<Utc> {
     schemas::time::parse(text).unwrap_or_else(|| panic!("{text:?} is not an RFC 3339 time"))
-}
-
-async fn client(server: &NatsServer) -> Client {
-    Client::new(server.client().await, subjects::Names::default())
 }
 
 async fn discover(client: &Client, json: &str) -> Vec<String> {
@@ -111,7 +108,7 @@ async fn agents_join_and_are_found_by_capability_label_and_model() {
     let gpu_id = agent_node_id(&server, "gpu").await;
     let eu_id = agent_node_id(&server, "eu").await;
     let us_id = agent_node_id(&server, "us").await;
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     wait_online(&client, 3).await;
 
     assert_eq!(
@@ -205,7 +202,7 @@ async fn agents_join_and_are_found_by_capability_label_and_model() {
 async fn a_killed_agent_goes_degraded_then_offline_and_recovers_with_its_id() {
     let server = NatsServer::start().await;
     let _registry = registry(&server, "registry");
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let mut node = agent(&server, "a", &["--labels", "region=eu"]);
     let id = agent_node_id(&server, "a").await;
@@ -279,7 +276,7 @@ async fn a_killed_agent_goes_degraded_then_offline_and_recovers_with_its_id() {
 async fn sigterm_deregisters_and_exits_cleanly() {
     let server = NatsServer::start().await;
     let _registry = registry(&server, "registry");
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let mut node = agent(&server, "a", &[]);
     let id = agent_node_id(&server, "a").await;
@@ -309,7 +306,7 @@ async fn sigterm_deregisters_and_exits_cleanly() {
 async fn a_registry_killed_and_restarted_raises_no_false_alarms() {
     let server = NatsServer::start().await;
     let mut first = registry(&server, "registry-1");
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let _steady = agent(&server, "steady", &[]);
     let mut doomed = agent(&server, "doomed", &[]);
@@ -355,7 +352,7 @@ async fn a_registry_killed_and_restarted_raises_no_false_alarms() {
 async fn bad_events_are_rejected_and_the_registry_keeps_serving() {
     let server = NatsServer::start().await;
     let registry = registry(&server, "registry");
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let js = async_nats::jetstream::new(server.client().await);
     eventually("the registry to provision NODE_EVENTS", SOON, || async {
@@ -458,15 +455,8 @@ async fn bad_events_are_rejected_and_the_registry_keeps_serving() {
 async fn requests_get_coded_errors_and_the_service_is_discoverable() {
     let server = NatsServer::start().await;
     let _registry = registry(&server, "registry");
-    let client = client(&server).await;
-    eventually("the registry to answer", SOON, || async {
-        client
-            .discover(&DiscoverRequest::default())
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
 
     let cases = [
         (
@@ -556,15 +546,8 @@ async fn a_heartbeat_from_an_unknown_node_brings_a_reannounce() {
     let js = async_nats::jetstream::new(server.client().await);
     // Bring up the streams with a registry, then stop it.
     let mut first = registry(&server, "registry-1");
-    let client = client(&server).await;
-    eventually("the registry to answer", SOON, || async {
-        client
-            .discover(&DiscoverRequest::default())
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
     first.kill9();
 
     // The agent registers while no registry runs; then its registration is
@@ -673,7 +656,7 @@ async fn agent_tasks_answer_ping_and_detect_and_refuse_the_unknown() {
 async fn audit_merges_a_nodes_events_and_alerts_in_time_order() {
     let server = NatsServer::start().await;
     let _registry = registry(&server, "registry");
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let mut node = agent(&server, "a", &[]);
     let _other = agent(&server, "b", &[]);
@@ -726,12 +709,12 @@ async fn a_nats_server_restart_loses_nothing_and_raises_no_alarm() {
     let b = agent(&server, "b", &[]);
     let a_id = agent_node_id(&server, "a").await;
     {
-        let client = client(&server).await;
+        let client = registry_client(&server).await;
         wait_online(&client, 2).await;
     }
 
     server.restart().await;
-    let client = client(&server).await;
+    let client = registry_client(&server).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     // Agents and registry reconnect on their own; the agents register again.
     eventually("discovery to answer with both nodes", SOON, || async {
