@@ -15,6 +15,7 @@ pub mod config;
 pub mod discovery;
 pub mod index;
 pub mod lifecycle;
+pub mod selector;
 pub mod service;
 pub mod worker;
 
