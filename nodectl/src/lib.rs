@@ -10,6 +10,8 @@
 
 pub mod table;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -18,6 +20,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
 use schemas::error::ServiceError;
+use schemas::selector::Selector;
 use schemas::{Alert, DiscoverReply, DiscoverRequest, GetRequest, NodeEvent, NodeRecord};
 use serde::Serialize;
 use subjects::Names;
@@ -119,6 +122,25 @@ pub struct Client {
     js: jetstream::Context,
     names: Names,
     timeout: Duration,
+    /// Last answers by (subject, request), when stale fallback is on.
+    stale_cache: Option<Arc<Mutex<StaleCache>>>,
+}
+
+/// Last answers by (subject, encoded request).
+type StaleCache = HashMap<(String, Vec<u8>), DiscoverReply>;
+
+/// Most answers kept for stale fallback.
+const STALE_CACHE_ENTRIES: usize = 1024;
+
+/// A change seen by [`Client::watch_selector`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectorChange {
+    /// A node now matches (new, or changed so that it matches).
+    Added(Box<NodeRecord>),
+    /// A matching node's record changed and it still matches.
+    Changed(Box<NodeRecord>),
+    /// A node no longer matches (deleted, or changed so that it does not).
+    Removed(String),
 }
 
 impl Client {
@@ -143,7 +165,16 @@ impl Client {
             js,
             names,
             timeout: DEFAULT_TIMEOUT,
+            stale_cache: None,
         }
+    }
+
+    /// Opt in to graceful degradation: when no registry answers a discover
+    /// or list (none listening, or a timeout), answer with the last reply
+    /// to the same request, marked `stale: true`, instead of an error.
+    pub fn with_stale_fallback(mut self) -> Self {
+        self.stale_cache = Some(Arc::new(Mutex::new(HashMap::new())));
+        self
     }
 
     /// Sets how long requests wait for the registry.
@@ -159,12 +190,70 @@ impl Client {
 
     /// Online nodes matching `request` (or the status it names).
     pub async fn discover(&self, request: &DiscoverRequest) -> Result<DiscoverReply, ClientError> {
-        self.request(subjects::REGISTRY_DISCOVER, request).await
+        self.query(subjects::REGISTRY_DISCOVER, request).await
     }
 
-    /// Nodes of any status matching `request` (or the status it names).
+    /// One page of nodes of any status matching `request` (or the status it
+    /// names); `next_cursor` leads to the next page.
     pub async fn list(&self, request: &DiscoverRequest) -> Result<DiscoverReply, ClientError> {
-        self.request(subjects::REGISTRY_LIST, request).await
+        self.query(subjects::REGISTRY_LIST, request).await
+    }
+
+    /// Every node matching `request`, following the pages (sorted by id).
+    pub async fn list_all(
+        &self,
+        request: &DiscoverRequest,
+    ) -> Result<Vec<NodeRecord>, ClientError> {
+        let mut request = DiscoverRequest {
+            sort: Some("node_id".to_owned()),
+            cursor: None,
+            ..request.clone()
+        };
+        let mut nodes = Vec::new();
+        loop {
+            let page = self.list(&request).await?;
+            nodes.extend(page.nodes);
+            match page.next_cursor {
+                Some(cursor) if page.stale != Some(true) => request.cursor = Some(cursor),
+                _ => return Ok(nodes),
+            }
+        }
+    }
+
+    async fn query(
+        &self,
+        subject: &str,
+        request: &DiscoverRequest,
+    ) -> Result<DiscoverReply, ClientError> {
+        let Some(cache) = &self.stale_cache else {
+            return self.request(subject, request).await;
+        };
+        let key = (subject.to_owned(), prost::Message::encode_to_vec(request));
+        match self.request::<_, DiscoverReply>(subject, request).await {
+            Ok(reply) => {
+                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= STALE_CACHE_ENTRIES {
+                    cache.clear();
+                }
+                cache.insert(key, reply.clone());
+                Ok(reply)
+            }
+            Err(e @ (ClientError::NoRegistry(_) | ClientError::Timeout(_))) => {
+                let cached = cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .cloned();
+                match cached {
+                    Some(reply) => Ok(DiscoverReply {
+                        stale: Some(true),
+                        ..reply
+                    }),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One node, or `None` when the registry does not know it.
@@ -347,6 +436,54 @@ impl Client {
                 },
                 _ => WatchChange::Removed(entry.key),
             })
+        }))
+    }
+
+    /// Nodes entering, changing within and leaving a selector's match set,
+    /// from a watch of the `nodes` bucket: first every current match as
+    /// `Added`, then live changes.
+    pub async fn watch_selector(
+        &self,
+        selector: &str,
+    ) -> Result<impl Stream<Item = Result<SelectorChange, ClientError>> + Send + 'static, ClientError>
+    {
+        let selector = Selector::parse(selector).map_err(|e| {
+            ClientError::Service(ServiceError::new(
+                schemas::error::ErrorCode::BadRequest,
+                e.to_string(),
+            ))
+        })?;
+        let changes = self.watch().await?;
+        let mut matching: HashSet<String> = HashSet::new();
+        Ok(changes.filter_map(move |change| {
+            let out = match change {
+                Err(e) => Some(Err(e)),
+                Ok(WatchChange::Put(record)) => {
+                    let tags = record
+                        .capabilities
+                        .as_ref()
+                        .map(|c| c.tags.clone())
+                        .unwrap_or_default();
+                    let now = selector.matches(&record.labels, &tags);
+                    let before = matching.contains(&record.node_id);
+                    match (before, now) {
+                        (false, true) => {
+                            matching.insert(record.node_id.clone());
+                            Some(Ok(SelectorChange::Added(record)))
+                        }
+                        (true, true) => Some(Ok(SelectorChange::Changed(record))),
+                        (true, false) => {
+                            matching.remove(&record.node_id);
+                            Some(Ok(SelectorChange::Removed(record.node_id.clone())))
+                        }
+                        (false, false) => None,
+                    }
+                }
+                Ok(WatchChange::Removed(key) | WatchChange::Unreadable(key)) => matching
+                    .remove(&key)
+                    .then_some(Ok(SelectorChange::Removed(key))),
+            };
+            futures::future::ready(out)
         }))
     }
 

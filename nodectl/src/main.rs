@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use nodectl::{parse_time_arg, AuditQuery, AuditSource, Client, WatchChange};
+use nodectl::{parse_time_arg, AuditQuery, AuditSource, Client, SelectorChange};
 use schemas::DiscoverRequest;
 
 /// Operate the fleet registry: list, find and follow nodes.
@@ -48,9 +48,13 @@ enum Command {
         id: String,
     },
     /// Nodes matching a query (online ones unless --status says otherwise).
-    Discover(DiscoverArgs),
-    /// Live changes of node records.
-    Watch,
+    Discover(Box<DiscoverArgs>),
+    /// A live table of the nodes matching a selector (all nodes without one);
+    /// one line per change when the output is not a terminal.
+    Watch {
+        /// A label selector over labels and tags.
+        selector: Option<String>,
+    },
     /// Alerts: live, or replayed from the ALERTS stream with --since.
     Alerts {
         /// Replay alerts from this long ago (1h) or this time (RFC 3339).
@@ -85,6 +89,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct DiscoverArgs {
+    /// A label selector over labels and tags: "gpu,region in (eu,us),tier!=edge,!spot".
+    selector: Option<String>,
     /// A tag or a label key whose value is not "false"; repeatable.
     #[arg(long)]
     capability: Vec<String>,
@@ -109,12 +115,39 @@ struct DiscoverArgs {
     /// Least VRAM on one GPU, in GiB.
     #[arg(long)]
     min_gpu_vram_gb: Option<f64>,
-    /// least_loaded (default) or node_id.
+    /// Least VRAM of all GPUs together, in GiB.
+    #[arg(long)]
+    min_total_gpu_vram_gb: Option<f64>,
+    /// Least VRAM free now on one GPU, in GiB.
+    #[arg(long)]
+    min_free_gpu_vram_gb: Option<f64>,
+    /// Least disk, in GiB.
+    #[arg(long)]
+    min_disk_gb: Option<f64>,
+    /// Every one of these models installed; repeatable.
+    #[arg(long)]
+    models_all: Vec<String>,
+    /// At least one of these models installed; repeatable.
+    #[arg(long)]
+    models_any: Vec<String>,
+    /// Rank nodes with this label first (key=value); repeatable.
+    #[arg(long = "prefer")]
+    prefer_labels: Vec<String>,
+    /// least_loaded (default), most_free_vram, random, node_id.
     #[arg(long)]
     sort: Option<String>,
     /// Most nodes to return (default 100).
     #[arg(long)]
     limit: Option<u32>,
+    /// Only these record fields, comma-separated (node_id always).
+    #[arg(long, value_delimiter = ',')]
+    fields: Vec<String>,
+    /// Continue after this cursor (sort node_id).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Answer only from an index at least at this KV revision.
+    #[arg(long)]
+    min_revision: Option<u64>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -122,24 +155,37 @@ struct DiscoverArgs {
 
 impl DiscoverArgs {
     fn request(&self) -> Result<DiscoverRequest, String> {
-        let mut labels = BTreeMap::new();
-        for label in &self.labels {
-            let (k, v) = label
-                .split_once('=')
-                .ok_or_else(|| format!("--label {label:?}: expected key=value"))?;
-            labels.insert(k.to_owned(), v.to_owned());
-        }
+        let pairs = |flag: &str, items: &[String]| -> Result<BTreeMap<String, String>, String> {
+            items
+                .iter()
+                .map(|item| {
+                    item.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| format!("--{flag} {item:?}: expected key=value"))
+                })
+                .collect()
+        };
         Ok(DiscoverRequest {
+            selector: self.selector.clone(),
             capability: self.capability.clone(),
-            labels,
+            labels: pairs("label", &self.labels)?,
             model: self.model.clone(),
+            models_all: self.models_all.clone(),
+            models_any: self.models_any.clone(),
             role: self.role.clone(),
             status: self.status.clone(),
             min_ram_gb: self.min_ram_gb,
             min_cpu_cores: self.min_cpu_cores,
             min_gpu_vram_gb: self.min_gpu_vram_gb,
+            min_total_gpu_vram_gb: self.min_total_gpu_vram_gb,
+            min_free_gpu_vram_gb: self.min_free_gpu_vram_gb,
+            min_disk_gb: self.min_disk_gb,
+            prefer_labels: pairs("prefer", &self.prefer_labels)?,
             sort: self.sort.clone(),
             limit: self.limit,
+            fields: self.fields.clone(),
+            cursor: self.cursor.clone(),
+            min_revision: self.min_revision,
         })
     }
 }
@@ -193,19 +239,20 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Nodes { output } => {
             let request = DiscoverRequest {
                 status: Some("any".into()),
-                sort: Some("node_id".into()),
-                limit: Some(10_000),
+                limit: Some(1000),
                 ..DiscoverRequest::default()
             };
-            let reply = client.list(&request).await.map_err(|e| e.to_string())?;
+            let nodes = client.list_all(&request).await.map_err(|e| e.to_string())?;
             match output {
-                Output::Json => println!("{}", json_pretty(&reply)?),
-                Output::Table => {
-                    print!("{}", nodectl::table::nodes(&reply.nodes, Utc::now()));
-                    if reply.total as usize > reply.nodes.len() {
-                        println!("({} of {} nodes shown)", reply.nodes.len(), reply.total);
-                    }
+                Output::Json => {
+                    let reply = schemas::DiscoverReply {
+                        total: nodes.len() as u64,
+                        nodes,
+                        ..schemas::DiscoverReply::default()
+                    };
+                    println!("{}", json_pretty(&reply)?)
                 }
+                Output::Table => print!("{}", nodectl::table::nodes(&nodes, Utc::now())),
             }
         }
         Command::Get { id } => match client.get(&id).await.map_err(|e| e.to_string())? {
@@ -221,31 +268,54 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Output::Json => println!("{}", json_pretty(&reply)?),
                 Output::Table => {
                     print!("{}", nodectl::table::nodes(&reply.nodes, Utc::now()));
-                    println!("({} shown, {} matched)", reply.nodes.len(), reply.total);
+                    println!(
+                        "({} shown, {} matched, index revision {})",
+                        reply.nodes.len(),
+                        reply.total,
+                        reply.revision
+                    );
+                    if let Some(cursor) = &reply.next_cursor {
+                        println!("(more: --cursor {cursor})");
+                    }
                 }
             }
         }
-        Command::Watch => {
-            let mut changes = Box::pin(client.watch().await.map_err(|e| e.to_string())?);
+        Command::Watch { selector } => {
+            use std::io::IsTerminal;
+            let selector = selector.unwrap_or_default();
+            let mut changes = Box::pin(
+                client
+                    .watch_selector(&selector)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            let live_table = std::io::stdout().is_terminal();
+            let mut shown: BTreeMap<String, schemas::NodeRecord> = BTreeMap::new();
             while let Some(change) = changes.next().await {
+                let now = schemas::time::format(Utc::now());
                 match change.map_err(|e| e.to_string())? {
-                    WatchChange::Put(r) => println!(
-                        "{}  PUT      {}  {}  {}",
-                        schemas::time::format(Utc::now()),
-                        r.node_id,
-                        r.status,
-                        r.labels
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
-                    WatchChange::Removed(key) => {
-                        println!("{}  REMOVED  {key}", schemas::time::format(Utc::now()))
+                    SelectorChange::Added(r) | SelectorChange::Changed(r) => {
+                        if !live_table {
+                            println!("{now}  {:<8} {}  {}", "PUT", r.node_id, r.status);
+                        }
+                        shown.insert(r.node_id.clone(), *r);
                     }
-                    WatchChange::Unreadable(key) => {
-                        println!("{}  UNREADABLE {key}", schemas::time::format(Utc::now()))
+                    SelectorChange::Removed(id) => {
+                        if !live_table {
+                            println!("{now}  {:<8} {id}", "REMOVED");
+                        }
+                        shown.remove(&id);
                     }
+                }
+                if live_table {
+                    let records: Vec<schemas::NodeRecord> = shown.values().cloned().collect();
+                    // Clear the screen and draw the table again.
+                    print!("\x1b[2J\x1b[H");
+                    println!(
+                        "nodectl watch {selector}    {now}    {} nodes\n",
+                        records.len()
+                    );
+                    print!("{}", nodectl::table::nodes(&records, Utc::now()));
                 }
             }
         }

@@ -1,11 +1,17 @@
-//! Discovery: validating a query, matching records and ranking them. Pure.
+//! Discovery: validating a query, finding its matches through the catalog's
+//! indexes, ranking and cutting them. Pure.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use rand::seq::SliceRandom;
+use roaring::RoaringBitmap;
 use schemas::status::{NodeStatus, SortOrder, StatusFilter};
 use schemas::validate::check_label_key;
 use schemas::{DiscoverReply, DiscoverRequest, NodeRecord};
+
+use crate::catalog::Catalog;
+use crate::selector::{Requirement, Selector};
 
 /// Default number of nodes in a reply.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -13,6 +19,27 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 /// The label value that matches any value.
 pub const ANY_VALUE: &str = "*";
+/// Top-level fields of a node record, for `fields` projections.
+pub const RECORD_FIELDS: &[&str] = &[
+    "node_id",
+    "node_name",
+    "role",
+    "labels",
+    "hostname",
+    "ip_address",
+    "local_ip",
+    "capabilities",
+    "agent_version",
+    "seq",
+    "status",
+    "last_heartbeat",
+    "registered_at",
+    "updated_at",
+    "metrics",
+    "models_loaded",
+    "services",
+    "caps_hash",
+];
 
 /// Why a discovery request is invalid (answered with 400).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,6 +52,9 @@ pub enum QueryError {
         /// What is wrong.
         reason: String,
     },
+    /// The selector does not parse.
+    #[error(transparent)]
+    Selector(#[from] crate::selector::SelectorError),
 }
 
 fn field(field: &'static str, reason: impl Into<String>) -> QueryError {
@@ -41,8 +71,14 @@ pub struct Query {
     pub capabilities: Vec<String>,
     /// Each key must be present with this value (`*`: any value).
     pub labels: BTreeMap<String, String>,
+    /// Requirements over labels and tags.
+    pub selector: Selector,
     /// Must be among the installed models.
     pub model: Option<String>,
+    /// All must be installed.
+    pub models_all: Vec<String>,
+    /// One must be installed (if any are given).
+    pub models_any: Vec<String>,
     /// Must be the node's role.
     pub role: Option<String>,
     /// Which statuses pass.
@@ -51,27 +87,42 @@ pub struct Query {
     pub min_ram_gb: Option<f64>,
     /// Lower bound on CPU cores.
     pub min_cpu_cores: Option<u32>,
+    /// Lower bound on disk.
+    pub min_disk_gb: Option<f64>,
     /// Some GPU must have at least this much VRAM.
     pub min_gpu_vram_gb: Option<f64>,
+    /// All GPUs together must have at least this much VRAM.
+    pub min_total_gpu_vram_gb: Option<f64>,
+    /// Some GPU must have at least this much VRAM free.
+    pub min_free_gpu_vram_gb: Option<f64>,
+    /// Labels that rank a node first without excluding the others.
+    pub prefer_labels: BTreeMap<String, String>,
     /// Order of the reply.
     pub sort: SortOrder,
     /// Most nodes in the reply.
     pub limit: usize,
+    /// Continue after this node id (sort `node_id` only).
+    pub cursor: Option<String>,
+    /// Only these record fields (node_id always); `None`: all.
+    pub fields: Option<BTreeSet<String>>,
+    /// Answer only from an index at least at this revision.
+    pub min_revision: Option<u64>,
 }
 
 impl Query {
-    /// Validates a request; `default_status` applies when it names none
-    /// (`online` for discover, `any` for list).
+    /// Validates a request; `default_status` and `default_sort` apply when it
+    /// names none (discover: online, least_loaded; list: any, node_id).
     pub fn from_request(
         request: DiscoverRequest,
         default_status: StatusFilter,
+        default_sort: SortOrder,
     ) -> Result<Self, QueryError> {
         let status = match request.status.as_deref() {
             None => default_status,
             Some(s) => s.parse().map_err(|e| field("status", format!("{e}")))?,
         };
         let sort = match request.sort.as_deref() {
-            None => SortOrder::LeastLoaded,
+            None => default_sort,
             Some(s) => s.parse().map_err(|e| field("sort", format!("{e}")))?,
         };
         let limit = match request.limit {
@@ -85,12 +136,26 @@ impl Query {
         for key in request.labels.keys() {
             check_label_key(key).map_err(|e| field("labels", e.to_string()))?;
         }
+        for key in request.prefer_labels.keys() {
+            check_label_key(key).map_err(|e| field("prefer_labels", e.to_string()))?;
+        }
         if request.capability.iter().any(|c| c.trim().is_empty()) {
             return Err(field("capability", "an empty capability matches nothing"));
         }
+        for (name, list) in [
+            ("models_all", &request.models_all),
+            ("models_any", &request.models_any),
+        ] {
+            if list.iter().any(|m| m.is_empty()) {
+                return Err(field(name, "an empty model name matches nothing"));
+            }
+        }
         for (name, value) in [
             ("min_ram_gb", request.min_ram_gb),
+            ("min_disk_gb", request.min_disk_gb),
             ("min_gpu_vram_gb", request.min_gpu_vram_gb),
+            ("min_total_gpu_vram_gb", request.min_total_gpu_vram_gb),
+            ("min_free_gpu_vram_gb", request.min_free_gpu_vram_gb),
         ] {
             if let Some(v) = value {
                 if !v.is_finite() || v < 0.0 {
@@ -98,21 +163,58 @@ impl Query {
                 }
             }
         }
+        let selector = Selector::parse(request.selector.as_deref().unwrap_or(""))?;
+        if request.cursor.is_some() && sort != SortOrder::NodeId {
+            return Err(field(
+                "cursor",
+                "paging with a cursor needs sort \"node_id\"",
+            ));
+        }
+        let fields = if request.fields.is_empty() {
+            None
+        } else {
+            let mut set = BTreeSet::new();
+            for name in request.fields {
+                if !RECORD_FIELDS.contains(&name.as_str()) {
+                    return Err(field(
+                        "fields",
+                        format!(
+                            "unknown field {name:?}, expected some of {}",
+                            RECORD_FIELDS.join(", ")
+                        ),
+                    ));
+                }
+                set.insert(name);
+            }
+            set.insert("node_id".to_owned());
+            Some(set)
+        };
         Ok(Self {
             capabilities: request.capability,
             labels: request.labels,
+            selector,
             model: request.model,
+            models_all: request.models_all,
+            models_any: request.models_any,
             role: request.role,
             status,
             min_ram_gb: request.min_ram_gb,
             min_cpu_cores: request.min_cpu_cores,
+            min_disk_gb: request.min_disk_gb,
             min_gpu_vram_gb: request.min_gpu_vram_gb,
+            min_total_gpu_vram_gb: request.min_total_gpu_vram_gb,
+            min_free_gpu_vram_gb: request.min_free_gpu_vram_gb,
+            prefer_labels: request.prefer_labels,
             sort,
             limit,
+            cursor: request.cursor,
+            fields,
+            min_revision: request.min_revision,
         })
     }
 
-    /// Whether a record satisfies every condition of the query.
+    /// Whether a record satisfies every condition of the query. This is the
+    /// definition; the catalog's indexes only find candidates for it.
     pub fn matches(&self, record: &NodeRecord) -> bool {
         let Ok(status) = record.status.parse::<NodeStatus>() else {
             return self.status == StatusFilter::Any;
@@ -140,46 +242,257 @@ impl Query {
                 _ => return false,
             }
         }
-        if let Some(model) = &self.model {
-            if !caps.is_some_and(|c| c.models.iter().any(|m| m == model)) {
-                return false;
-            }
+        if !self.selector.matches(&record.labels, tags) {
+            return false;
         }
-        if let Some(min) = self.min_ram_gb {
-            if !caps.is_some_and(|c| c.ram_gb >= min) {
-                return false;
-            }
+        let models: &[String] = caps.map(|c| c.models.as_slice()).unwrap_or_default();
+        let has = |m: &String| models.contains(m);
+        if self.model.as_ref().is_some_and(|m| !has(m))
+            || !self.models_all.iter().all(has)
+            || (!self.models_any.is_empty() && !self.models_any.iter().any(has))
+        {
+            return false;
         }
-        if let Some(min) = self.min_cpu_cores {
-            if caps.is_none_or(|c| c.cpu_cores < min) {
-                return false;
-            }
-        }
-        if let Some(min) = self.min_gpu_vram_gb {
-            if !caps.is_some_and(|c| c.gpus.iter().any(|g| g.vram_gb >= min)) {
-                return false;
-            }
-        }
-        true
+        let at_least = |bound: Option<f64>, value: f64| bound.is_none_or(|b| value >= b);
+        let ram = caps.map_or(0.0, |c| c.ram_gb);
+        let disk = caps.map_or(0.0, |c| c.disk_gb);
+        let cores = caps.map_or(0, |c| c.cpu_cores);
+        let gpus = caps.map(|c| c.gpus.as_slice()).unwrap_or_default();
+        let best_vram = gpus.iter().map(|g| g.vram_gb).fold(None, max_of);
+        let total_vram: f64 = gpus.iter().map(|g| g.vram_gb).sum();
+        (caps.is_some() || self.has_no_bounds())
+            && at_least(self.min_ram_gb, ram)
+            && at_least(self.min_disk_gb, disk)
+            && self.min_cpu_cores.is_none_or(|b| cores >= b)
+            && self
+                .min_gpu_vram_gb
+                .is_none_or(|b| best_vram.is_some_and(|v| v >= b))
+            && at_least(self.min_total_gpu_vram_gb, total_vram)
+            && self
+                .min_free_gpu_vram_gb
+                .is_none_or(|b| free_vram(record).is_some_and(|v| v >= b))
     }
 
-    /// Answers the query over `records`: the matches, ranked, cut to the
-    /// limit, with the count before the cut.
-    pub fn answer<'a>(&self, records: impl IntoIterator<Item = &'a NodeRecord>) -> DiscoverReply {
-        let mut hits: Vec<&NodeRecord> = records.into_iter().filter(|r| self.matches(r)).collect();
-        let total = hits.len();
-        let order = |a: &&NodeRecord, b: &&NodeRecord| compare(self.sort, a, b);
-        if hits.len() > self.limit {
-            // Partial sort: only the first `limit` need an order.
-            hits.select_nth_unstable_by(self.limit, order);
-            hits.truncate(self.limit);
+    fn has_no_bounds(&self) -> bool {
+        self.min_ram_gb.is_none()
+            && self.min_disk_gb.is_none()
+            && self.min_cpu_cores.is_none()
+            && self.min_gpu_vram_gb.is_none()
+            && self.min_total_gpu_vram_gb.is_none()
+            && self.min_free_gpu_vram_gb.is_none()
+    }
+
+    /// The slots that may match: the intersection of the posting lists of
+    /// every positive condition. Every match is in it; not every member
+    /// matches.
+    pub fn candidates(&self, catalog: &Catalog) -> RoaringBitmap {
+        let mut set = match self.status {
+            StatusFilter::Any => catalog.all(),
+            StatusFilter::Online => catalog.with_status(NodeStatus::Online),
+            StatusFilter::Degraded => catalog.with_status(NodeStatus::Degraded),
+            StatusFilter::Offline => catalog.with_status(NodeStatus::Offline),
+            StatusFilter::Maintenance => catalog.with_status(NodeStatus::Maintenance),
+        };
+        let mut narrow = |other: RoaringBitmap| set &= other;
+        for capability in &self.capabilities {
+            narrow(catalog.with_key(capability));
         }
-        hits.sort_unstable_by(order);
+        for (key, value) in &self.labels {
+            narrow(if value == ANY_VALUE {
+                catalog.with_label_key(key)
+            } else {
+                catalog.with_label_value(key, value)
+            });
+        }
+        for requirement in &self.selector.requirements {
+            match requirement {
+                Requirement::Exists(key) => narrow(catalog.with_key(key)),
+                Requirement::Equals(key, value) => narrow(catalog.with_value(key, value)),
+                Requirement::In(key, values) => {
+                    narrow(values.iter().fold(RoaringBitmap::new(), |acc, v| {
+                        acc | catalog.with_value(key, v)
+                    }))
+                }
+                // Negations match absent keys too: they cannot narrow.
+                Requirement::NotExists(_) | Requirement::NotEquals(..) | Requirement::NotIn(..) => {
+                }
+            }
+        }
+        for model in self.model.iter().chain(&self.models_all) {
+            narrow(catalog.with_model(model));
+        }
+        if !self.models_any.is_empty() {
+            narrow(
+                self.models_any
+                    .iter()
+                    .fold(RoaringBitmap::new(), |acc, m| acc | catalog.with_model(m)),
+            );
+        }
+        if let Some(role) = &self.role {
+            narrow(catalog.with_role(role));
+        }
+        set
+    }
+
+    /// Answers the query from the catalog's indexes.
+    pub fn answer(&self, catalog: &Catalog) -> DiscoverReply {
+        let hits: Vec<&NodeRecord> = self
+            .candidates(catalog)
+            .iter()
+            .filter_map(|slot| catalog.slot(slot))
+            .filter(|r| self.matches(r))
+            .collect();
+        let mut reply = self.rank_and_cut(hits);
+        reply.revision = catalog.revision;
+        reply
+    }
+
+    /// Answers the query by scanning every record: the reference the
+    /// indexed [`Query::answer`] must agree with.
+    pub fn answer_scan<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a NodeRecord>,
+    ) -> DiscoverReply {
+        let hits = records.into_iter().filter(|r| self.matches(r)).collect();
+        self.rank_and_cut(hits)
+    }
+
+    fn prefer_score(&self, record: &NodeRecord) -> usize {
+        self.prefer_labels
+            .iter()
+            .filter(|(k, v)| record.labels.get(*k) == Some(*v))
+            .count()
+    }
+
+    fn rank_and_cut(&self, mut hits: Vec<&NodeRecord>) -> DiscoverReply {
+        let total = hits.len();
+        if let Some(cursor) = &self.cursor {
+            hits.retain(|r| r.node_id.as_str() > cursor.as_str());
+        }
+        let more = hits.len() > self.limit;
+        if self.sort == SortOrder::Random {
+            let mut rng = rand::rng();
+            if self.prefer_labels.is_empty() {
+                let (chosen, _) = hits.partial_shuffle(&mut rng, self.limit);
+                hits = chosen.to_vec();
+            } else {
+                hits.shuffle(&mut rng);
+                // Stable: equal scores keep their random order.
+                hits.sort_by_key(|r| std::cmp::Reverse(self.prefer_score(r)));
+                hits.truncate(self.limit);
+            }
+        } else {
+            let order = |a: &&NodeRecord, b: &&NodeRecord| {
+                self.prefer_score(b)
+                    .cmp(&self.prefer_score(a))
+                    .then_with(|| compare(self.sort, a, b))
+            };
+            if hits.len() > self.limit {
+                // Partial sort: only the first `limit` need an order.
+                hits.select_nth_unstable_by(self.limit, order);
+                hits.truncate(self.limit);
+            }
+            hits.sort_unstable_by(order);
+        }
+        let next_cursor = (more && self.sort == SortOrder::NodeId)
+            .then(|| hits.last().map(|r| r.node_id.clone()))
+            .flatten();
         DiscoverReply {
-            nodes: hits.into_iter().cloned().collect(),
+            nodes: hits.into_iter().map(|r| self.project(r)).collect(),
             total: total as u64,
+            next_cursor,
+            ..DiscoverReply::default()
         }
     }
+
+    /// The record with only the requested fields (all when none are named).
+    pub fn project(&self, record: &NodeRecord) -> NodeRecord {
+        let Some(fields) = &self.fields else {
+            return record.clone();
+        };
+        let keep = |name: &str| fields.contains(name);
+        NodeRecord {
+            node_id: record.node_id.clone(),
+            node_name: record.node_name.clone().filter(|_| keep("node_name")),
+            role: record.role.clone().filter(|_| keep("role")),
+            labels: if keep("labels") {
+                record.labels.clone()
+            } else {
+                BTreeMap::new()
+            },
+            hostname: record.hostname.clone().filter(|_| keep("hostname")),
+            ip_address: record.ip_address.clone().filter(|_| keep("ip_address")),
+            local_ip: record.local_ip.clone().filter(|_| keep("local_ip")),
+            capabilities: record.capabilities.clone().filter(|_| keep("capabilities")),
+            agent_version: record
+                .agent_version
+                .clone()
+                .filter(|_| keep("agent_version")),
+            seq: record.seq.filter(|_| keep("seq")),
+            status: if keep("status") {
+                record.status.clone()
+            } else {
+                String::new()
+            },
+            last_heartbeat: if keep("last_heartbeat") {
+                record.last_heartbeat.clone()
+            } else {
+                String::new()
+            },
+            registered_at: if keep("registered_at") {
+                record.registered_at.clone()
+            } else {
+                String::new()
+            },
+            updated_at: if keep("updated_at") {
+                record.updated_at.clone()
+            } else {
+                String::new()
+            },
+            metrics: record.metrics.clone().filter(|_| keep("metrics")),
+            models_loaded: if keep("models_loaded") {
+                record.models_loaded.clone()
+            } else {
+                Vec::new()
+            },
+            services: if keep("services") {
+                record.services.clone()
+            } else {
+                Vec::new()
+            },
+            caps_hash: record.caps_hash.clone().filter(|_| keep("caps_hash")),
+        }
+    }
+}
+
+fn max_of(acc: Option<f64>, v: f64) -> Option<f64> {
+    Some(acc.map_or(v, |a| a.max(v)))
+}
+
+/// The most VRAM free on one GPU: total minus the heartbeat's used figure
+/// (a GPU without a used figure counts as entirely free).
+pub fn free_vram(record: &NodeRecord) -> Option<f64> {
+    let gpus = record
+        .capabilities
+        .as_ref()
+        .map(|c| c.gpus.as_slice())
+        .unwrap_or_default();
+    let usage = record
+        .metrics
+        .as_ref()
+        .map(|m| m.gpus.as_slice())
+        .unwrap_or_default();
+    gpus.iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let used = usage
+                .iter()
+                .find(|u| u.index as usize == i)
+                .and_then(|u| u.vram_used_gb)
+                .unwrap_or(0.0);
+            (g.vram_gb - used).max(0.0)
+        })
+        .fold(None, max_of)
 }
 
 /// Load figure used for ranking; an unmeasured load ranks after every
@@ -190,7 +503,13 @@ fn load(value: Option<f64>) -> f64 {
 
 fn compare(sort: SortOrder, a: &NodeRecord, b: &NodeRecord) -> Ordering {
     match sort {
-        SortOrder::NodeId => a.node_id.cmp(&b.node_id),
+        SortOrder::NodeId | SortOrder::Random => a.node_id.cmp(&b.node_id),
+        SortOrder::MostFreeVram => {
+            let free = |r: &NodeRecord| free_vram(r).unwrap_or(-1.0);
+            free(b)
+                .total_cmp(&free(a))
+                .then_with(|| a.node_id.cmp(&b.node_id))
+        }
         SortOrder::LeastLoaded => {
             let key = |r: &NodeRecord| {
                 let m = r.metrics.as_ref();
@@ -212,166 +531,4 @@ fn compare(sort: SortOrder, a: &NodeRecord, b: &NodeRecord) -> Ordering {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use schemas::{Capabilities, Gpu, Metrics};
-
-    fn node(id: &str, status: &str, cpu: Option<f64>) -> NodeRecord {
-        NodeRecord {
-            node_id: id.into(),
-            status: status.into(),
-            role: Some("worker".into()),
-            metrics: Some(Metrics {
-                cpu_pct: cpu,
-                ..Metrics::default()
-            }),
-            capabilities: Some(Capabilities {
-                ram_gb: 32.0,
-                cpu_cores: 8,
-                ..Capabilities::default()
-            }),
-            ..NodeRecord::default()
-        }
-    }
-
-    fn query(json: &str) -> Query {
-        let request: DiscoverRequest = serde_json::from_str(json).expect("request");
-        Query::from_request(request, StatusFilter::Online).expect("valid query")
-    }
-
-    fn ids(reply: &DiscoverReply) -> Vec<&str> {
-        reply.nodes.iter().map(|n| n.node_id.as_str()).collect()
-    }
-
-    fn fleet() -> Vec<NodeRecord> {
-        let mut gpu = node("gpu1", "online", Some(50.0));
-        gpu.labels.insert("region".into(), "eu".into());
-        gpu.labels.insert("gpu".into(), "true".into());
-        if let Some(c) = gpu.capabilities.as_mut() {
-            c.tags = vec!["gpu".into(), "nvidia".into(), "ollama".into()];
-            c.models = vec!["qwen3:8b".into()];
-            c.gpus = vec![Gpu {
-                vendor: "nvidia".into(),
-                model: "RTX 4000".into(),
-                vram_gb: 20.0,
-            }];
-        }
-        let mut laptop = node("laptop", "online", Some(10.0));
-        laptop.labels.insert("region".into(), "us".into());
-        laptop.labels.insert("gpu".into(), "false".into());
-        let mut old = node("old", "offline", Some(1.0));
-        old.labels.insert("region".into(), "eu".into());
-        let mut big = node("big", "online", None);
-        big.labels.insert("region".into(), "eu".into());
-        if let Some(c) = big.capabilities.as_mut() {
-            c.ram_gb = 256.0;
-            c.cpu_cores = 64;
-            c.models = vec!["qwen3:8b".into(), "mistral:7b".into()];
-        }
-        vec![gpu, laptop, old, big]
-    }
-
-    #[test]
-    fn empty_query_is_all_online_nodes_least_loaded_first() {
-        let reply = query("{}").answer(&fleet());
-        assert_eq!(ids(&reply), vec!["laptop", "gpu1", "big"]);
-        assert_eq!(reply.total, 3);
-    }
-
-    #[test]
-    fn capability_matches_tags_and_true_labels() {
-        assert_eq!(
-            ids(&query(r#"{"capability":"gpu"}"#).answer(&fleet())),
-            vec!["gpu1"]
-        );
-        assert_eq!(
-            ids(&query(r#"{"capability":["gpu","nvidia"]}"#).answer(&fleet())),
-            vec!["gpu1"]
-        );
-        assert!(query(r#"{"capability":["gpu","amd"]}"#)
-            .answer(&fleet())
-            .nodes
-            .is_empty());
-    }
-
-    #[test]
-    fn labels_model_role_and_bounds() {
-        let q = query(r#"{"labels":{"region":"eu"},"model":"qwen3:8b"}"#);
-        assert_eq!(ids(&q.answer(&fleet())), vec!["gpu1", "big"]);
-        let q = query(r#"{"labels":{"gpu":"*"}}"#);
-        assert_eq!(ids(&q.answer(&fleet())), vec!["laptop", "gpu1"]);
-        assert_eq!(
-            ids(&query(r#"{"min_ram_gb":100}"#).answer(&fleet())),
-            vec!["big"]
-        );
-        assert_eq!(
-            ids(&query(r#"{"min_cpu_cores":16}"#).answer(&fleet())),
-            vec!["big"]
-        );
-        assert_eq!(
-            ids(&query(r#"{"min_gpu_vram_gb":16}"#).answer(&fleet())),
-            vec!["gpu1"]
-        );
-        assert!(query(r#"{"min_gpu_vram_gb":24}"#)
-            .answer(&fleet())
-            .nodes
-            .is_empty());
-        assert!(query(r#"{"role":"gateway"}"#)
-            .answer(&fleet())
-            .nodes
-            .is_empty());
-    }
-
-    #[test]
-    fn status_sort_and_limit() {
-        let q = query(r#"{"status":"any","sort":"node_id","limit":2}"#);
-        let reply = q.answer(&fleet());
-        assert_eq!(ids(&reply), vec!["big", "gpu1"]);
-        assert_eq!(reply.total, 4);
-        assert_eq!(
-            ids(&query(r#"{"status":"offline"}"#).answer(&fleet())),
-            vec!["old"]
-        );
-    }
-
-    #[test]
-    fn limit_keeps_the_best_ranked() {
-        let records: Vec<NodeRecord> = (0..500)
-            .map(|i| {
-                node(
-                    &format!("n{i:03}"),
-                    "online",
-                    Some(f64::from((i * 37) % 500)),
-                )
-            })
-            .collect();
-        let reply = query(r#"{"limit":5}"#).answer(&records);
-        let loads: Vec<f64> = reply
-            .nodes
-            .iter()
-            .filter_map(|n| n.metrics.as_ref().and_then(|m| m.cpu_pct))
-            .collect();
-        assert_eq!(loads, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(reply.total, 500);
-    }
-
-    #[test]
-    fn invalid_queries_name_the_field() {
-        for (json, field_name) in [
-            (r#"{"status":"up"}"#, "status"),
-            (r#"{"sort":"fastest"}"#, "sort"),
-            (r#"{"limit":0}"#, "limit"),
-            (r#"{"limit":10001}"#, "limit"),
-            (r#"{"labels":{"bad key":"x"}}"#, "labels"),
-            (r#"{"min_ram_gb":-1}"#, "min_ram_gb"),
-            (r#"{"capability":""}"#, "capability"),
-        ] {
-            let request: DiscoverRequest = serde_json::from_str(json).expect("request");
-            let err = Query::from_request(request, StatusFilter::Online).expect_err(json);
-            assert!(
-                matches!(err, QueryError::Field { field, .. } if field == field_name),
-                "{json}: {err}"
-            );
-        }
-    }
-}
+mod tests;

@@ -6,31 +6,23 @@
 //! half-loaded fleet. If the watch fails it is reopened and the index rebuilt
 //! the same way, still serving the old view meanwhile.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use registry_kv::watch::{watch_nodes, NodeChange};
-use schemas::NodeRecord;
 use tokio::sync::watch;
-use tracing::{info, instrument, warn};
 
-/// What the index holds.
-#[derive(Debug, Default)]
-pub struct IndexState {
-    /// Records by node id.
-    pub nodes: HashMap<String, NodeRecord>,
-    /// The highest KV revision applied.
-    pub revision: u64,
-}
+use crate::catalog::Catalog;
+use tracing::{info, instrument, warn};
 
 /// A shared, read-mostly view of the `nodes` bucket.
 #[derive(Debug, Clone)]
 pub struct ReadIndex {
-    state: Arc<RwLock<IndexState>>,
+    state: Arc<RwLock<Catalog>>,
     ready: watch::Receiver<bool>,
+    revision: watch::Receiver<u64>,
 }
 
 impl ReadIndex {
@@ -46,27 +38,37 @@ impl ReadIndex {
         let _ = ready.wait_for(|r| *r).await;
     }
 
-    /// Runs `f` over the current state.
-    pub fn read<T>(&self, f: impl FnOnce(&IndexState) -> T) -> T {
+    /// Runs `f` over the current catalog.
+    pub fn read<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         f(&state)
+    }
+
+    /// Waits up to `limit` for the index to reach KV revision `revision`;
+    /// returns whether it did.
+    pub async fn wait_revision(&self, revision: u64, limit: std::time::Duration) -> bool {
+        let mut seen = self.revision.clone();
+        let reached = tokio::time::timeout(limit, seen.wait_for(|r| *r >= revision)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 }
 
 /// Starts the reflector on `store`; it runs until `shutdown` flips to true.
 pub fn spawn_reflector(store: kv::Store, mut shutdown: watch::Receiver<bool>) -> ReadIndex {
-    let state = Arc::new(RwLock::new(IndexState::default()));
+    let state = Arc::new(RwLock::new(Catalog::new()));
     let (ready_tx, ready_rx) = watch::channel(false);
+    let (revision_tx, revision_rx) = watch::channel(0);
     let index = ReadIndex {
         state: state.clone(),
         ready: ready_rx,
+        revision: revision_rx,
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return,
-                result = reflect(&store, &state, &ready_tx) => {
+                result = reflect(&store, &state, &ready_tx, &revision_tx) => {
                     match result {
                         Ok(()) => warn!("nodes watch ended; reopening"),
                         Err(e) => warn!(error = %e, "nodes watch failed; reopening"),
@@ -86,28 +88,35 @@ pub fn spawn_reflector(store: kv::Store, mut shutdown: watch::Receiver<bool>) ->
 #[instrument(skip_all, fields(bucket = %store.name))]
 async fn reflect(
     store: &kv::Store,
-    state: &Arc<RwLock<IndexState>>,
+    state: &Arc<RwLock<Catalog>>,
     ready: &watch::Sender<bool>,
+    revision: &watch::Sender<u64>,
 ) -> Result<(), registry_kv::watch::WatchError> {
     let mut changes = Box::pin(watch_nodes(store).await?);
-    let mut buffer = IndexState::default();
+    let mut buffer = Catalog::new();
     let mut live = false;
     while let Some(change) = changes.next().await {
         let change = change?;
         if live {
-            let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
-            apply(&mut guard, change);
+            let now = {
+                let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
+                apply(&mut guard, change);
+                guard.revision
+            };
+            revision.send_replace(now);
             continue;
         }
         match change {
             NodeChange::Current => {
                 info!(
-                    nodes = buffer.nodes.len(),
+                    nodes = buffer.len(),
                     revision = buffer.revision,
                     "read index loaded"
                 );
+                let now = buffer.revision;
                 *state.write().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut buffer);
                 live = true;
+                revision.send_replace(now);
                 ready.send_replace(true);
             }
             other => apply(&mut buffer, other),
@@ -116,15 +125,15 @@ async fn reflect(
     Ok(())
 }
 
-fn apply(state: &mut IndexState, change: NodeChange) {
+fn apply(catalog: &mut Catalog, change: NodeChange) {
     match change {
         NodeChange::Put(v) => {
-            state.revision = state.revision.max(v.revision);
-            state.nodes.insert(v.value.node_id.clone(), v.value);
+            catalog.revision = catalog.revision.max(v.revision);
+            catalog.upsert(v.value);
         }
         NodeChange::Delete { key, revision } => {
-            state.revision = state.revision.max(revision);
-            state.nodes.remove(&key);
+            catalog.revision = catalog.revision.max(revision);
+            catalog.remove(&key);
         }
         NodeChange::Current => {}
     }

@@ -11,11 +11,12 @@
 //! - [`config`]: the `node-registry` configuration; [`run`] wires it all.
 #![deny(missing_docs)]
 
+pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod index;
 pub mod lifecycle;
-pub mod selector;
+pub use schemas::selector;
 pub mod service;
 pub mod worker;
 

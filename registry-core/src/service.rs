@@ -8,7 +8,7 @@ use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
 use schemas::codec::{self, CodecError, Encoding, MAX_REQUEST_BYTES};
 use schemas::error::{ErrorCode, ServiceError};
-use schemas::status::StatusFilter;
+use schemas::status::{SortOrder, StatusFilter};
 use schemas::{DiscoverReply, DiscoverRequest, GetRequest};
 use tokio::sync::watch;
 use tracing::{debug, info_span, warn, Instrument};
@@ -56,6 +56,13 @@ impl Counters {
 #[derive(Debug, thiserror::Error)]
 #[error("starting the registry service: {0}")]
 pub struct ServiceStartError(#[source] async_nats::Error);
+
+/// Header of every successful reply: the index's KV revision it was read at.
+pub const HEADER_REVISION: &str = "Registry-Revision";
+/// How long a request with `min_revision` waits for the index to catch up.
+pub const MIN_REVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most requests answered at once per endpoint.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// Which endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,15 +114,23 @@ pub async fn serve(
             .map_err(ServiceStartError)?;
         let index = index.clone();
         let client = client.clone();
-        // NOTE: one task per endpoint answers its requests in turn: answers
-        // come from memory in microseconds, so this bounds concurrency
-        // without a pool.
+        // Requests are answered concurrently (one may wait for
+        // min_revision), at most MAX_IN_FLIGHT at once per endpoint.
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         tasks.spawn(async move {
             while let Some(request) = requests.next().await {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let (client, index) = (client.clone(), index.clone());
                 let span = info_span!("request", endpoint = ?endpoint);
-                handle(&client, &index, endpoint, request)
-                    .instrument(span)
-                    .await;
+                tokio::spawn(
+                    async move {
+                        handle(&client, &index, endpoint, request).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
         });
     }
@@ -138,31 +153,22 @@ async fn handle(
         debug!("request without a reply subject; ignored");
         return;
     };
+    let max_payload = client.server_info().max_payload;
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
         Err(e) => (Encoding::Json, Err(bad_request(e))),
         Ok(encoding) => (
             encoding,
-            answer(index, endpoint, &message.payload, encoding),
+            answer(index, endpoint, &message.payload, encoding, max_payload).await,
         ),
     };
-    let max_payload = client.server_info().max_payload;
-    let result = result.and_then(|body| {
-        if body.len() > max_payload {
-            Err(ServiceError::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "reply would be {} bytes, over the server's max payload of {max_payload}: ask for a lower limit",
-                    body.len()
-                ),
-            ))
-        } else {
-            Ok(body)
-        }
-    });
     if let Err(error) = &result {
         debug!(code = error.code, message = %error.message, "request refused");
     }
-    let (headers, body) = schemas::nats::reply_parts(result, encoding);
+    let revision = result.as_ref().map(|(_, r)| *r).ok();
+    let (mut headers, body) = schemas::nats::reply_parts(result.map(|(body, _)| body), encoding);
+    if let Some(revision) = revision {
+        headers.insert(HEADER_REVISION, revision.to_string().as_str());
+    }
     // NOTE: replies are published directly rather than through
     // Request::respond, whose error form has an empty body; the contract's
     // errors carry a JSON body as well as the headers.
@@ -175,26 +181,40 @@ fn bad_request(e: CodecError) -> ServiceError {
     ServiceError::new(ErrorCode::BadRequest, e.to_string())
 }
 
-fn answer(
+/// The encoded answer and the index revision it was read at.
+async fn answer(
     index: &ReadIndex,
     endpoint: Endpoint,
     payload: &[u8],
     encoding: Encoding,
-) -> Result<Vec<u8>, ServiceError> {
+    max_payload: usize,
+) -> Result<(Vec<u8>, u64), ServiceError> {
     match endpoint {
         Endpoint::Discover | Endpoint::List => {
             let request: DiscoverRequest =
                 codec::decode(payload, encoding, MAX_REQUEST_BYTES).map_err(bad_request)?;
-            let default_status = if endpoint == Endpoint::Discover {
-                StatusFilter::Online
+            let (status, sort) = if endpoint == Endpoint::Discover {
+                (StatusFilter::Online, SortOrder::LeastLoaded)
             } else {
-                StatusFilter::Any
+                (StatusFilter::Any, SortOrder::NodeId)
             };
-            let query = Query::from_request(request, default_status)
+            let query = Query::from_request(request, status, sort)
                 .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
-            let reply: DiscoverReply =
-                ready(index)?.read(|state| query.answer(state.nodes.values()));
-            Ok(codec::encode(&reply, encoding))
+            if let Some(wanted) = query.min_revision {
+                if !index.wait_revision(wanted, MIN_REVISION_WAIT).await {
+                    let have = index.read(|c| c.revision);
+                    return Err(ServiceError::new(
+                        ErrorCode::NotReady,
+                        format!("the index is at revision {have}, below min_revision {wanted}; retry shortly"),
+                    ));
+                }
+            }
+            let reply: DiscoverReply = ready(index)?.read(|catalog| query.answer(catalog));
+            let revision = reply.revision;
+            Ok((
+                encode_within(reply, &query, encoding, max_payload),
+                revision,
+            ))
         }
         Endpoint::Get => {
             let request: GetRequest =
@@ -202,9 +222,10 @@ fn answer(
             let id = subjects::NodeId::parse(&request.node_id).map_err(|e| {
                 ServiceError::new(ErrorCode::BadRequest, format!("field node_id: {e}"))
             })?;
-            let record = ready(index)?.read(|state| state.nodes.get(id.as_str()).cloned());
+            let (record, revision) =
+                ready(index)?.read(|c| (c.get(id.as_str()).cloned(), c.revision));
             match record {
-                Some(record) => Ok(codec::encode(&record, encoding)),
+                Some(record) => Ok((codec::encode(&record, encoding), revision)),
                 None => Err(ServiceError::new(
                     ErrorCode::NotFound,
                     format!("no node {id}"),
@@ -212,6 +233,47 @@ fn answer(
             }
         }
     }
+}
+
+/// Encodes a reply, projected to the query's fields, cut to fit under the
+/// server's max payload: a cut reply says `truncated` and, sorted by node
+/// id, carries the cursor to continue from.
+fn encode_within(
+    mut reply: DiscoverReply,
+    query: &Query,
+    encoding: Encoding,
+    max_payload: usize,
+) -> Vec<u8> {
+    let encode = |reply: &DiscoverReply| match (&query.fields, encoding) {
+        (Some(fields), Encoding::Json) => project_json(reply, fields),
+        _ => codec::encode(reply, encoding),
+    };
+    // Leave room for the headers and the reply subject.
+    let budget = max_payload.saturating_sub(4096).max(1024);
+    let mut body = encode(&reply);
+    while body.len() > budget && !reply.nodes.is_empty() {
+        let fits = reply.nodes.len() * budget / body.len().max(1);
+        reply.nodes.truncate(fits.min(reply.nodes.len() - 1));
+        reply.truncated = Some(true);
+        if query.sort == SortOrder::NodeId {
+            reply.next_cursor = reply.nodes.last().map(|n| n.node_id.clone());
+        }
+        body = encode(&reply);
+    }
+    body
+}
+
+/// The JSON form with only the requested keys in each node.
+fn project_json(reply: &DiscoverReply, fields: &std::collections::BTreeSet<String>) -> Vec<u8> {
+    let mut value = serde_json::to_value(reply).unwrap_or_default();
+    if let Some(nodes) = value.get_mut("nodes").and_then(|n| n.as_array_mut()) {
+        for node in nodes {
+            if let Some(object) = node.as_object_mut() {
+                object.retain(|key, _| fields.contains(key));
+            }
+        }
+    }
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 fn ready(index: &ReadIndex) -> Result<&ReadIndex, ServiceError> {

@@ -12,12 +12,14 @@
 //! - [`error`]: coded error replies (`Nats-Service-Error-Code`).
 //! - [`time`]: RFC 3339 formatting of the server's times.
 //! - [`nats`]: the encoding named by a message's headers; reply headers.
+//! - [`selector`]: the label-selector language of discovery queries.
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod error;
 pub mod json;
 pub mod nats;
+pub mod selector;
 pub mod status;
 pub mod time;
 pub mod validate;

@@ -139,6 +139,10 @@ string_enum! {
     SortOrder {
         /// Lowest cpu_pct first, then lowest gpu_pct, then node id.
         LeastLoaded => "least_loaded",
+        /// Most free VRAM on one GPU first.
+        MostFreeVram => "most_free_vram",
+        /// A random order: spreads load across equal nodes.
+        Random => "random",
         /// By node id.
         NodeId => "node_id",
     }

@@ -59,7 +59,11 @@ pub struct SelectorError {
 
 /// The value a node has for `key` in selector terms: its label, else
 /// `"true"` for a tag of that name.
-pub fn lookup<'a>(labels: &'a BTreeMap<String, String>, tags: &[String], key: &str) -> Option<&'a str> {
+pub fn lookup<'a>(
+    labels: &'a BTreeMap<String, String>,
+    tags: &[String],
+    key: &str,
+) -> Option<&'a str> {
     match labels.get(key) {
         Some(v) => Some(v.as_str()),
         None if tags.iter().any(|t| t == key) => Some("true"),
@@ -223,9 +227,11 @@ impl<'a> Parser<'a> {
         let key = self.word(is_key_char).to_owned();
         if key.is_empty() || !key.starts_with(|c: char| c.is_ascii_alphanumeric()) {
             self.pos = start;
-            return Err(self.error("a label or tag key (letters, digits, . _ / -, starting with a letter or digit)"));
+            return Err(self.error(
+                "a label or tag key (letters, digits, . _ / -, starting with a letter or digit)",
+            ));
         }
-        if key.len() > schemas::validate::MAX_LABEL_KEY_LEN {
+        if key.len() > crate::validate::MAX_LABEL_KEY_LEN {
             self.pos = start;
             return Err(self.error("a key of at most 63 characters"));
         }
@@ -265,7 +271,10 @@ impl<'a> Parser<'a> {
     fn keyword(&mut self, word: &str) -> bool {
         let rest = self.rest();
         let matches = rest.starts_with(word)
-            && rest[word.len()..].chars().next().is_none_or(|c| !is_key_char(c));
+            && rest[word.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !is_key_char(c));
         if matches {
             self.pos += word.len();
         }
@@ -307,7 +316,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -328,15 +340,22 @@ mod tests {
 
     #[test]
     fn all_forms_and_spacing() {
-        let s = Selector::parse("  a = 1 , b==2,c!= 3, d notin ( x , y ),e in(z),f/g.h-i ").expect("parses");
+        let s = Selector::parse("  a = 1 , b==2,c!= 3, d notin ( x , y ),e in(z),f/g.h-i ")
+            .expect("parses");
         assert_eq!(s.requirements.len(), 6);
         assert_eq!(s.requirements[5], Requirement::Exists("f/g.h-i".into()));
         assert_eq!(Selector::parse("").map(|s| s.requirements.len()), Ok(0));
-        assert_eq!(Selector::parse("model=qwen3:8b").map(|s| s.requirements.len()), Ok(1));
+        assert_eq!(
+            Selector::parse("model=qwen3:8b").map(|s| s.requirements.len()),
+            Ok(1)
+        );
         // A key named like an operator is still a key.
         assert_eq!(
             Selector::parse("inside,notinx=1").map(|s| s.requirements),
-            Ok(vec![Requirement::Exists("inside".into()), Requirement::Equals("notinx".into(), "1".into())])
+            Ok(vec![
+                Requirement::Exists("inside".into()),
+                Requirement::Equals("notinx".into(), "1".into())
+            ])
         );
     }
 
@@ -367,7 +386,10 @@ mod tests {
         let tags = vec!["nvidia".to_owned(), "gpu".to_owned()];
         let m = |s: &str| Selector::parse(s).expect("parses").matches(&l, &tags);
         assert!(m("nvidia"), "a tag exists");
-        assert!(!m("gpu"), "a label set to false hides the tag of the same name");
+        assert!(
+            !m("gpu"),
+            "a label set to false hides the tag of the same name"
+        );
         assert!(m("!gpu"));
         assert!(m("nvidia=true"));
         assert!(m("region=eu") && !m("region=us"));

@@ -1,0 +1,434 @@
+use super::*;
+use proptest::prelude::*;
+use schemas::{Capabilities, Gpu, GpuUsage, Metrics};
+
+fn node(id: &str, status: &str, cpu: Option<f64>) -> NodeRecord {
+    NodeRecord {
+        node_id: id.into(),
+        status: status.into(),
+        role: Some("worker".into()),
+        metrics: Some(Metrics {
+            cpu_pct: cpu,
+            ..Metrics::default()
+        }),
+        capabilities: Some(Capabilities {
+            ram_gb: 32.0,
+            cpu_cores: 8,
+            disk_gb: 500.0,
+            ..Capabilities::default()
+        }),
+        ..NodeRecord::default()
+    }
+}
+
+fn request(json: &str) -> DiscoverRequest {
+    serde_json::from_str(json).expect("request")
+}
+
+fn query(json: &str) -> Query {
+    Query::from_request(request(json), StatusFilter::Online, SortOrder::LeastLoaded)
+        .expect("valid query")
+}
+
+fn ids(reply: &DiscoverReply) -> Vec<&str> {
+    reply.nodes.iter().map(|n| n.node_id.as_str()).collect()
+}
+
+fn fleet() -> Vec<NodeRecord> {
+    let mut gpu = node("gpu1", "online", Some(50.0));
+    gpu.labels.insert("region".into(), "eu".into());
+    gpu.labels.insert("gpu".into(), "true".into());
+    if let Some(c) = gpu.capabilities.as_mut() {
+        c.tags = vec!["gpu".into(), "nvidia".into(), "ollama".into()];
+        c.models = vec!["qwen3:8b".into()];
+        c.gpus = vec![Gpu {
+            vendor: "nvidia".into(),
+            model: "RTX 4000".into(),
+            vram_gb: 20.0,
+        }];
+    }
+    if let Some(m) = gpu.metrics.as_mut() {
+        m.gpus = vec![GpuUsage {
+            index: 0,
+            util_pct: Some(50.0),
+            vram_used_gb: Some(12.0),
+        }];
+    }
+    let mut laptop = node("laptop", "online", Some(10.0));
+    laptop.labels.insert("region".into(), "us".into());
+    laptop.labels.insert("gpu".into(), "false".into());
+    laptop.labels.insert("spot".into(), "true".into());
+    let mut old = node("old", "offline", Some(1.0));
+    old.labels.insert("region".into(), "eu".into());
+    let mut big = node("big", "online", None);
+    big.labels.insert("region".into(), "eu".into());
+    big.labels.insert("tier".into(), "edge".into());
+    if let Some(c) = big.capabilities.as_mut() {
+        c.ram_gb = 256.0;
+        c.cpu_cores = 64;
+        c.disk_gb = 4000.0;
+        c.models = vec!["qwen3:8b".into(), "mistral:7b".into()];
+        c.gpus = vec![
+            Gpu {
+                vendor: "amd".into(),
+                model: "MI210".into(),
+                vram_gb: 16.0,
+            },
+            Gpu {
+                vendor: "amd".into(),
+                model: "MI210".into(),
+                vram_gb: 16.0,
+            },
+        ];
+    }
+    vec![gpu, laptop, old, big]
+}
+
+fn catalog(records: &[NodeRecord]) -> Catalog {
+    let mut c = Catalog::new();
+    for r in records {
+        c.upsert(r.clone());
+    }
+    c
+}
+
+/// Both ways of answering agree, and the indexed answer is returned.
+fn both(json: &str) -> DiscoverReply {
+    let q = query(json);
+    let records = fleet();
+    let indexed = q.answer(&catalog(&records));
+    let scanned = q.answer_scan(&records);
+    assert_eq!(ids(&indexed), ids(&scanned), "{json}");
+    assert_eq!(indexed.total, scanned.total, "{json}");
+    indexed
+}
+
+#[test]
+fn empty_query_is_all_online_nodes_least_loaded_first() {
+    let reply = both("{}");
+    assert_eq!(ids(&reply), vec!["laptop", "gpu1", "big"]);
+    assert_eq!(reply.total, 3);
+}
+
+#[test]
+fn capability_matches_tags_and_true_labels() {
+    assert_eq!(ids(&both(r#"{"capability":"gpu"}"#)), vec!["gpu1"]);
+    assert_eq!(
+        ids(&both(r#"{"capability":["gpu","nvidia"]}"#)),
+        vec!["gpu1"]
+    );
+    assert!(both(r#"{"capability":["gpu","amd"]}"#).nodes.is_empty());
+}
+
+#[test]
+fn labels_model_role_and_bounds() {
+    assert_eq!(
+        ids(&both(r#"{"labels":{"region":"eu"},"model":"qwen3:8b"}"#)),
+        vec!["gpu1", "big"]
+    );
+    assert_eq!(
+        ids(&both(r#"{"labels":{"gpu":"*"}}"#)),
+        vec!["laptop", "gpu1"]
+    );
+    assert_eq!(ids(&both(r#"{"min_ram_gb":100}"#)), vec!["big"]);
+    assert_eq!(ids(&both(r#"{"min_cpu_cores":16}"#)), vec!["big"]);
+    assert_eq!(ids(&both(r#"{"min_disk_gb":1000}"#)), vec!["big"]);
+    assert_eq!(ids(&both(r#"{"min_gpu_vram_gb":18}"#)), vec!["gpu1"]);
+    assert_eq!(ids(&both(r#"{"min_total_gpu_vram_gb":30}"#)), vec!["big"]);
+    assert_eq!(
+        ids(&both(r#"{"min_free_gpu_vram_gb":10}"#)),
+        vec!["big"],
+        "gpu1 has 8 GiB free"
+    );
+    assert!(both(r#"{"min_gpu_vram_gb":24}"#).nodes.is_empty());
+    assert!(both(r#"{"role":"gateway"}"#).nodes.is_empty());
+    assert_eq!(
+        ids(&both(r#"{"models_all":["qwen3:8b","mistral:7b"]}"#)),
+        vec!["big"]
+    );
+    assert_eq!(
+        ids(&both(r#"{"models_any":["mistral:7b","llama3:8b"]}"#)),
+        vec!["big"]
+    );
+}
+
+#[test]
+fn selectors() {
+    assert_eq!(ids(&both(r#"{"selector":"gpu"}"#)), vec!["gpu1"]);
+    assert_eq!(
+        ids(&both(
+            r#"{"selector":"region in (eu,us),!spot","sort":"node_id"}"#
+        )),
+        vec!["big", "gpu1"]
+    );
+    assert_eq!(
+        ids(&both(r#"{"selector":"region=eu,tier!=edge"}"#)),
+        vec!["gpu1"]
+    );
+    assert_eq!(
+        ids(&both(r#"{"selector":"region notin (eu)"}"#)),
+        vec!["laptop"]
+    );
+    assert_eq!(ids(&both(r#"{"selector":"nvidia=true"}"#)), vec!["gpu1"]);
+    assert_eq!(ids(&both(r#"{"selector":"gpu=false"}"#)), vec!["laptop"]);
+}
+
+#[test]
+fn sorts_status_limit_prefer_and_random() {
+    let reply = both(r#"{"status":"any","sort":"node_id","limit":2}"#);
+    assert_eq!(ids(&reply), vec!["big", "gpu1"]);
+    assert_eq!(reply.total, 4);
+    assert_eq!(ids(&both(r#"{"status":"offline"}"#)), vec!["old"]);
+    assert_eq!(
+        ids(&both(r#"{"sort":"most_free_vram"}"#)),
+        vec!["big", "gpu1", "laptop"]
+    );
+    assert_eq!(
+        ids(&both(r#"{"prefer_labels":{"region":"us"}}"#)),
+        vec!["laptop", "gpu1", "big"]
+    );
+    assert_eq!(
+        ids(&both(
+            r#"{"prefer_labels":{"region":"eu"},"sort":"node_id"}"#
+        )),
+        vec!["big", "gpu1", "laptop"]
+    );
+    let records = fleet();
+    let c = catalog(&records);
+    let mut firsts = BTreeSet::new();
+    for _ in 0..64 {
+        let reply = query(r#"{"sort":"random","limit":1}"#).answer(&c);
+        assert_eq!(reply.total, 3);
+        firsts.insert(reply.nodes[0].node_id.clone());
+    }
+    assert_eq!(
+        firsts.len(),
+        3,
+        "random spreads over every match: {firsts:?}"
+    );
+    let preferred =
+        query(r#"{"sort":"random","limit":1,"prefer_labels":{"spot":"true"}}"#).answer(&c);
+    assert_eq!(ids(&preferred), vec!["laptop"]);
+}
+
+#[test]
+fn limit_keeps_the_best_ranked() {
+    let records: Vec<NodeRecord> = (0..500)
+        .map(|i| {
+            node(
+                &format!("n{i:03}"),
+                "online",
+                Some(f64::from((i * 37) % 500)),
+            )
+        })
+        .collect();
+    let reply = query(r#"{"limit":5}"#).answer(&catalog(&records));
+    let loads: Vec<f64> = reply
+        .nodes
+        .iter()
+        .filter_map(|n| n.metrics.as_ref().and_then(|m| m.cpu_pct))
+        .collect();
+    assert_eq!(loads, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(reply.total, 500);
+}
+
+#[test]
+fn cursor_pages_through_everything_once() {
+    let records: Vec<NodeRecord> = (0..257)
+        .map(|i| node(&format!("n{i:04}"), "online", None))
+        .collect();
+    let c = catalog(&records);
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut req = request(r#"{"status":"any","limit":50}"#);
+        req.cursor = cursor.clone();
+        let q = Query::from_request(req, StatusFilter::Any, SortOrder::NodeId).expect("valid");
+        let reply = q.answer(&c);
+        assert_eq!(reply.total, 257);
+        seen.extend(reply.nodes.iter().map(|n| n.node_id.clone()));
+        match reply.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..257).map(|i| format!("n{i:04}")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn fields_project_the_reply() {
+    let reply = both(r#"{"fields":["metrics"],"limit":1}"#);
+    let node = &reply.nodes[0];
+    assert_eq!(node.node_id, "laptop");
+    assert!(node.metrics.is_some());
+    assert!(node.capabilities.is_none() && node.labels.is_empty() && node.status.is_empty());
+}
+
+#[test]
+fn invalid_queries_name_the_field() {
+    for (json, field_name) in [
+        (r#"{"status":"up"}"#, "status"),
+        (r#"{"sort":"fastest"}"#, "sort"),
+        (r#"{"limit":0}"#, "limit"),
+        (r#"{"limit":10001}"#, "limit"),
+        (r#"{"labels":{"bad key":"x"}}"#, "labels"),
+        (r#"{"prefer_labels":{"bad key":"x"}}"#, "prefer_labels"),
+        (r#"{"min_ram_gb":-1}"#, "min_ram_gb"),
+        (r#"{"min_free_gpu_vram_gb":-1}"#, "min_free_gpu_vram_gb"),
+        (r#"{"capability":""}"#, "capability"),
+        (r#"{"models_any":[""]}"#, "models_any"),
+        (r#"{"cursor":"n1"}"#, "cursor"),
+        (r#"{"fields":["nope"]}"#, "fields"),
+    ] {
+        let err = Query::from_request(request(json), StatusFilter::Online, SortOrder::LeastLoaded)
+            .expect_err(json);
+        assert!(
+            matches!(err, QueryError::Field { field, .. } if field == field_name),
+            "{json}: {err}"
+        );
+    }
+    let err = Query::from_request(
+        request(r#"{"selector":"a in (b"}"#),
+        StatusFilter::Online,
+        SortOrder::LeastLoaded,
+    )
+    .expect_err("bad selector");
+    assert!(err.to_string().contains("position 7"), "{err}");
+}
+
+// Property: over random fleets and random queries, the indexed answer is
+// exactly the brute-force filter's.
+
+const KEYS: &[&str] = &["region", "gpu", "tier", "spot", "zone"];
+const VALUES: &[&str] = &["eu", "us", "true", "false", "edge"];
+const TAGS: &[&str] = &["gpu", "nvidia", "amd", "ollama", "spot"];
+const MODELS: &[&str] = &["qwen3:8b", "mistral:7b", "llama3:8b"];
+const STATUSES: &[&str] = &["online", "degraded", "offline", "maintenance"];
+
+fn arb_record(i: usize) -> impl Strategy<Value = NodeRecord> {
+    (
+        proptest::collection::btree_map(0..KEYS.len(), 0..VALUES.len(), 0..4),
+        proptest::collection::btree_set(0..TAGS.len(), 0..3),
+        proptest::collection::btree_set(0..MODELS.len(), 0..3),
+        0..STATUSES.len(),
+        0u32..4,
+        proptest::option::of(0.0f64..100.0),
+        proptest::collection::vec(8.0f64..80.0, 0..3),
+    )
+        .prop_map(
+            move |(labels, tags, models, status, ram, cpu, vram)| NodeRecord {
+                node_id: format!("n{i:03}"),
+                status: STATUSES[status].into(),
+                role: Some(if i % 3 == 0 { "gateway" } else { "worker" }.into()),
+                labels: labels
+                    .into_iter()
+                    .map(|(k, v)| (KEYS[k].to_owned(), VALUES[v].to_owned()))
+                    .collect(),
+                capabilities: Some(Capabilities {
+                    tags: tags.into_iter().map(|t| TAGS[t].to_owned()).collect(),
+                    models: models.into_iter().map(|m| MODELS[m].to_owned()).collect(),
+                    ram_gb: f64::from(ram) * 32.0,
+                    gpus: vram
+                        .into_iter()
+                        .map(|v| Gpu {
+                            vendor: "nvidia".into(),
+                            model: "x".into(),
+                            vram_gb: v,
+                        })
+                        .collect(),
+                    ..Capabilities::default()
+                }),
+                metrics: Some(Metrics {
+                    cpu_pct: cpu,
+                    ..Metrics::default()
+                }),
+                ..NodeRecord::default()
+            },
+        )
+}
+
+fn arb_fleet() -> impl Strategy<Value = Vec<NodeRecord>> {
+    (0usize..60).prop_flat_map(|n| (0..n).map(arb_record).collect::<Vec<_>>())
+}
+
+fn arb_requirement() -> impl Strategy<Value = String> {
+    let key = (0..KEYS.len() + TAGS.len())
+        .prop_map(|i| KEYS.iter().chain(TAGS).nth(i).copied().unwrap_or("x"));
+    let value = (0..VALUES.len()).prop_map(|i| VALUES[i]);
+    let values = proptest::collection::vec((0..VALUES.len()).prop_map(|i| VALUES[i]), 1..3);
+    (key, value, values, 0..6).prop_map(|(k, v, vs, op)| match op {
+        0 => k.to_owned(),
+        1 => format!("!{k}"),
+        2 => format!("{k}={v}"),
+        3 => format!("{k}!={v}"),
+        4 => format!("{k} in ({})", vs.join(",")),
+        _ => format!("{k} notin ({})", vs.join(",")),
+    })
+}
+
+fn arb_request() -> impl Strategy<Value = DiscoverRequest> {
+    (
+        proptest::collection::vec(arb_requirement(), 0..4),
+        proptest::option::of(0..MODELS.len()),
+        proptest::collection::vec(0..MODELS.len(), 0..3),
+        proptest::option::of(0..STATUSES.len() + 1),
+        proptest::option::of((0..KEYS.len(), 0..VALUES.len() + 1)),
+        proptest::option::of(0..2usize),
+        proptest::option::of(0.0f64..100.0),
+        proptest::option::of(0..TAGS.len()),
+    )
+        .prop_map(
+            |(reqs, model, any, status, label, role, vram, capability)| DiscoverRequest {
+                selector: (!reqs.is_empty()).then(|| reqs.join(",")),
+                model: model.map(|m| MODELS[m].to_owned()),
+                models_any: any.into_iter().map(|m| MODELS[m].to_owned()).collect(),
+                status: status.map(|s| STATUSES.get(s).copied().unwrap_or("any").to_owned()),
+                labels: label
+                    .map(|(k, v)| {
+                        (
+                            KEYS[k].to_owned(),
+                            VALUES.get(v).copied().unwrap_or("*").to_owned(),
+                        )
+                    })
+                    .into_iter()
+                    .collect(),
+                role: role.map(|r| ["worker", "gateway"][r].to_owned()),
+                min_gpu_vram_gb: vram,
+                capability: capability.map(|c| TAGS[c].to_owned()).into_iter().collect(),
+                sort: Some("node_id".into()),
+                limit: Some(10_000),
+                ..DiscoverRequest::default()
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn the_index_agrees_with_brute_force(fleet in arb_fleet(), request in arb_request(), churn in 0usize..10) {
+        let mut c = Catalog::new();
+        for r in &fleet {
+            c.upsert(r.clone());
+        }
+        // Some churn: remove and re-add a few, so slots are reused.
+        for r in fleet.iter().take(churn) {
+            c.remove(&r.node_id);
+        }
+        for r in fleet.iter().take(churn / 2) {
+            c.upsert(r.clone());
+        }
+        let kept: Vec<NodeRecord> = fleet
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i >= churn || *i < churn / 2)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let q = Query::from_request(request, StatusFilter::Online, SortOrder::NodeId).expect("generated queries are valid");
+        let indexed = q.answer(&c);
+        let scanned = q.answer_scan(&kept);
+        prop_assert_eq!(ids(&indexed), ids(&scanned));
+        prop_assert_eq!(indexed.total, scanned.total);
+    }
+}
