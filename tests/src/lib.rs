@@ -132,7 +132,14 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> Self {
+        Self::start_with_config("").await
+    }
+
+    /// Starts a server with extra configuration (nats-server config syntax,
+    /// e.g. `max_payload: 65536`).
+    pub async fn start_with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        std::fs::write(dir.path().join("extra.conf"), config).expect("write nats-server config");
         let mut server = Self {
             child: None,
             port: free_port(),
@@ -150,6 +157,8 @@ impl NatsServer {
             .open(self.dir.path().join("nats-server.log"))
             .expect("nats-server log file");
         let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(self.dir.path().join("extra.conf"))
             .args([
                 "-js",
                 "-a",
