@@ -1,0 +1,375 @@
+//! Discovery at 100 000 nodes: latency of a selective query, a broad query
+//! and `get`, against plain NATS echo request-reply over the same client in
+//! the same run; and the memory the index takes per node.
+//!
+//!     cargo bench -p fleet-tests --bench discovery
+//!
+//! `BENCH_NODES` (default 100000) and `BENCH_REQUESTS` (default 5000 per
+//! kind) change the size. Targets: selective p99 ≤ 2 × echo p99; broad p99
+//! ≤ 5 ms; index memory ≤ 2 KiB per node.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fleet_tests::{eventually, release_bin, NatsServer, Proc};
+use futures::StreamExt;
+use registry_core::catalog::Catalog;
+use registry_core::discovery::Query;
+use schemas::codec::{encode, Encoding};
+use schemas::status::{SortOrder, StatusFilter};
+use schemas::{Capabilities, DiscoverRequest, Gpu, GpuUsage, Metrics, NodeRecord};
+
+/// A small deterministic generator (xorshift), so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const MODELS: &[&str] = &[
+    "qwen3:8b", "qwen3:32b", "llama3.1:8b", "llama3.1:70b", "mistral:7b", "mixtral:8x7b", "gemma2:9b",
+    "gemma2:27b", "phi4:14b", "deepseek-r1:14b", "deepseek-r1:70b", "codellama:13b", "nomic-embed-text",
+    "llava:13b", "qwen2.5-coder:7b", "starcoder2:15b",
+];
+const REGIONS: &[&str] = &["eu", "us", "ap", "sa", "af"];
+const TIERS: &[&str] = &["prod", "dev", "edge"];
+
+/// A realistic record: labels, tags, GPUs, models, metrics.
+fn record(i: u64, rng: &mut Rng) -> NodeRecord {
+    let gpu = rng.chance(50);
+    let vendor = if rng.chance(80) { "nvidia" } else { "amd" };
+    let gpus: Vec<Gpu> = if gpu {
+        (0..1 + rng.below(8))
+            .map(|_| Gpu {
+                vendor: vendor.into(),
+                model: if vendor == "nvidia" { "NVIDIA RTX 4000 SFF Ada Generation" } else { "AMD Instinct MI210" }.into(),
+                vram_gb: [16.0, 20.0, 24.0, 48.0, 80.0][rng.below(5) as usize],
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut tags = Vec::new();
+    if gpu {
+        tags.push("gpu".to_owned());
+        tags.push(vendor.to_owned());
+    }
+    let ollama = rng.chance(70);
+    let mut models: Vec<String> = Vec::new();
+    if ollama {
+        tags.push("ollama".to_owned());
+        for _ in 0..rng.below(5) {
+            models.push(MODELS[rng.below(MODELS.len() as u64) as usize].to_owned());
+        }
+        models.sort();
+        models.dedup();
+    }
+    tags.sort();
+    let mut labels = BTreeMap::new();
+    labels.insert("region".to_owned(), REGIONS[rng.below(5) as usize].to_owned());
+    labels.insert("zone".to_owned(), format!("z{:02}", rng.below(20)));
+    labels.insert("rack".to_owned(), format!("r{:02}", rng.below(100)));
+    labels.insert("tier".to_owned(), TIERS[rng.below(3) as usize].to_owned());
+    if gpu {
+        labels.insert("gpu".to_owned(), "true".to_owned());
+    }
+    if rng.chance(10) {
+        labels.insert("spot".to_owned(), "true".to_owned());
+    }
+    let status = if rng.chance(95) { "online" } else if rng.chance(50) { "degraded" } else { "offline" };
+    let gpu_usage: Vec<GpuUsage> = (0..gpus.len() as u32)
+        .map(|index| GpuUsage {
+            index,
+            util_pct: Some(rng.below(100) as f64),
+            vram_used_gb: Some(rng.below(16) as f64),
+        })
+        .collect();
+    NodeRecord {
+        node_id: format!("node-{i:07}"),
+        node_name: Some(format!("host-{i}")),
+        role: Some(if gpu { "inference" } else { "worker" }.into()),
+        labels,
+        hostname: Some(format!("host-{i}.fleet.example")),
+        ip_address: Some(format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)),
+        local_ip: Some(format!("192.168.{}.{}", i >> 8 & 255, i & 255)),
+        capabilities: Some(Capabilities {
+            os: "linux".into(),
+            os_version: "12".into(),
+            arch: "x86_64".into(),
+            cpu_model: "AMD EPYC 9454P 48-Core Processor".into(),
+            cpu_cores: [8, 16, 32, 64, 96][rng.below(5) as usize],
+            ram_gb: [31.3, 62.7, 125.5, 251.5][rng.below(4) as usize],
+            disk_gb: [476.9, 953.9, 1907.7][rng.below(3) as usize],
+            gpus,
+            models,
+            tags,
+            ollama: None,
+        }),
+        agent_version: Some("0.1.0".into()),
+        seq: Some(rng.below(100_000)),
+        status: status.into(),
+        last_heartbeat: "2026-11-22T10:00:00.000Z".into(),
+        registered_at: "2026-11-20T08:00:00.000Z".into(),
+        updated_at: "2026-11-22T10:00:00.000Z".into(),
+        metrics: Some(Metrics {
+            cpu_pct: Some(rng.below(1000) as f64 / 10.0),
+            ram_pct: Some(rng.below(1000) as f64 / 10.0),
+            gpu_pct: if gpu { Some(rng.below(100) as f64) } else { None },
+            disk_pct: Some(rng.below(100) as f64),
+            load_1m: Some(rng.below(800) as f64 / 100.0),
+            gpus: gpu_usage,
+        }),
+        models_loaded: Vec::new(),
+        services: if ollama { vec!["ollama".into()] } else { Vec::new() },
+        caps_hash: Some(format!("{:016x}", rng.next())),
+    }
+}
+
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+struct Latency {
+    name: String,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+    reply_bytes: usize,
+    matches: Option<u64>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+async fn measure(name: &str, nats: &async_nats::Client, subject: &str, body: &str, n: usize) -> Latency {
+    let mut times = Vec::with_capacity(n);
+    let mut bytes = 0;
+    let mut matches = None;
+    for i in 0..n + 200 {
+        let start = Instant::now();
+        let reply = nats
+            .request(subject.to_owned(), body.to_owned().into())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let took = start.elapsed();
+        assert!(
+            reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error-Code")).is_none(),
+            "{name}: error reply {}",
+            String::from_utf8_lossy(&reply.payload)
+        );
+        if i >= 200 {
+            times.push(took);
+        }
+        bytes = reply.payload.len();
+        if matches.is_none() {
+            matches = serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                .ok()
+                .and_then(|v| v.get("total").and_then(|t| t.as_u64()));
+        }
+    }
+    times.sort();
+    Latency {
+        name: name.to_owned(),
+        p50: percentile(&times, 0.50),
+        p99: percentile(&times, 0.99),
+        p999: percentile(&times, 0.999),
+        reply_bytes: bytes,
+        matches,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let nodes: u64 = std::env::var("BENCH_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|s| s.parse().ok()).unwrap_or(5000);
+
+    // 1. The index alone, in this process: RSS before and after building it
+    //    from records generated one by one.
+    let self_pid = std::process::id().to_string();
+    let before = rss_kib(&self_pid);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut catalog = Catalog::new();
+    let mut json_bytes = 0usize;
+    let build = Instant::now();
+    for i in 0..nodes {
+        let r = record(i, &mut rng);
+        json_bytes += encode(&r, Encoding::Json).len();
+        catalog.upsert(r);
+    }
+    let build_time = build.elapsed();
+    let catalog_kib = rss_kib(&self_pid).saturating_sub(before);
+    let per_node_index = catalog_kib as f64 * 1024.0 / nodes as f64;
+    // In-process query cost, without NATS.
+    let selective_q = Query::from_request(
+        serde_json::from_str(r#"{"selector":"rack=r42","limit":10}"#).expect("json"),
+        StatusFilter::Online,
+        SortOrder::LeastLoaded,
+    )
+    .expect("query");
+    let t = Instant::now();
+    let sel = selective_q.answer(&catalog);
+    let in_process_selective = t.elapsed();
+    let broad_q = Query::from_request(
+        serde_json::from_str(r#"{"selector":"gpu","limit":100}"#).expect("json"),
+        StatusFilter::Online,
+        SortOrder::LeastLoaded,
+    )
+    .expect("query");
+    let t = Instant::now();
+    let broad = broad_q.answer(&catalog);
+    let in_process_broad = t.elapsed();
+    println!(
+        "built the index of {nodes} nodes in {:.2} s; selective in-process {:.3} ms ({} matches), broad {:.3} ms ({} matches)",
+        build_time.as_secs_f64(),
+        ms(in_process_selective),
+        sel.total,
+        ms(in_process_broad),
+        broad.total
+    );
+    drop(catalog);
+
+    // 2. Fill a real nodes bucket, then start the release registry on it.
+    let server = NatsServer::start().await;
+    let nats = server.client().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let provisioned = registry_kv::provision(&js, &subjects::Names::default(), &registry_kv::StreamSettings::default())
+        .await
+        .expect("provision");
+    let fill = Instant::now();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut acks = Vec::with_capacity(2000);
+    for i in 0..nodes {
+        let r = record(i, &mut rng);
+        let subject = subjects::kv_key_subject(&provisioned.nodes.name, &r.node_id);
+        acks.push(js.publish(subject, encode(&r, Encoding::Json).into()).await.expect("publish"));
+        if acks.len() >= 2000 {
+            for ack in acks.drain(..) {
+                ack.await.expect("stored");
+            }
+        }
+    }
+    for ack in acks.drain(..) {
+        ack.await.expect("stored");
+    }
+    println!("filled the nodes bucket in {:.1} s", fill.elapsed().as_secs_f64());
+
+    let registry_bin = release_bin("registry-core", "node-registry");
+    let started = Instant::now();
+    let registry = Proc::spawn(
+        "registry",
+        &registry_bin,
+        &["--nats-url".to_owned(), server.url()],
+        &[("RUST_LOG", "warn".to_owned())],
+        server.temp_path("registry.log"),
+    );
+    let client = fleet_tests::registry_client(&server).await.with_timeout(Duration::from_secs(30));
+    eventually("the registry to load every node", Duration::from_secs(300), || async {
+        let request = DiscoverRequest {
+            status: Some("any".into()),
+            limit: Some(1),
+            ..DiscoverRequest::default()
+        };
+        client.list(&request).await.ok().filter(|r| r.total == nodes).map(|_| ())
+    })
+    .await;
+    let ready_after = started.elapsed();
+    let registry_rss = registry.pid().map(|p| rss_kib(&p.to_string())).unwrap_or(0);
+
+    // 3. Latency, all over the same client connection.
+    let echo = server.client().await;
+    let mut echo_sub = echo.subscribe("bench.echo").await.expect("subscribe");
+    let responder = echo.clone();
+    tokio::spawn(async move {
+        while let Some(m) = echo_sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    echo.flush().await.expect("flush");
+    let get_body = format!(r#"{{"node_id":"node-{:07}"}}"#, nodes / 2);
+    let results = vec![
+        measure("plain NATS echo (baseline)", &nats, "bench.echo", r#"{"selector":"rack=r42","limit":10}"#, requests).await,
+        measure("selective: rack=r42, limit 10", &nats, subjects::REGISTRY_DISCOVER, r#"{"selector":"rack=r42","limit":10}"#, requests).await,
+        measure("broad: gpu, limit 100", &nats, subjects::REGISTRY_DISCOVER, r#"{"selector":"gpu","limit":100}"#, requests).await,
+        measure("broad, fields node_id+metrics", &nats, subjects::REGISTRY_DISCOVER, r#"{"selector":"gpu","limit":100,"fields":["metrics"]}"#, requests).await,
+        measure("get", &nats, subjects::REGISTRY_GET, &get_body, requests).await,
+    ];
+    let echo_p99 = results[0].p99;
+
+    println!("\ndiscovery at {nodes} nodes ({} cores; {requests} requests each, after 200 warm-up)\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("{:<34} {:>9} {:>9} {:>9} {:>10} {:>9} {:>11}", "request", "p50 ms", "p99 ms", "p99.9 ms", "p99/echo", "matches", "reply B");
+    for r in &results {
+        println!(
+            "{:<34} {:>9.3} {:>9.3} {:>9.3} {:>10.2} {:>9} {:>11}",
+            r.name,
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.p999),
+            r.p99.as_secs_f64() / echo_p99.as_secs_f64(),
+            r.matches.map_or("-".to_owned(), |m| m.to_string()),
+            r.reply_bytes
+        );
+    }
+    let selective = &results[1];
+    let broad = &results[2];
+    println!(
+        "\nindex memory: {:.0} B per node (catalog built in-process; records average {:.0} B as JSON)",
+        per_node_index,
+        json_bytes as f64 / nodes as f64
+    );
+    println!(
+        "registry process: ready {:.1} s after start with {nodes} nodes in KV; RSS {:.0} MiB = {:.0} B per node (fleet state + index)",
+        ready_after.as_secs_f64(),
+        registry_rss as f64 / 1024.0,
+        registry_rss as f64 * 1024.0 / nodes as f64
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "targets: selective p99 <= 2 x echo p99: {} ({:.2}x); broad p99 <= 5 ms: {} ({:.3} ms); index <= 2 KiB/node: {} ({:.0} B)",
+        verdict(selective.p99 <= echo_p99 * 2),
+        selective.p99.as_secs_f64() / echo_p99.as_secs_f64(),
+        verdict(broad.p99 <= Duration::from_millis(5)),
+        ms(broad.p99),
+        verdict(per_node_index <= 2048.0),
+        per_node_index
+    );
+    let json: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| serde_json::json!({"request": r.name, "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "p999_ms": ms(r.p999), "matches": r.matches, "reply_bytes": r.reply_bytes}))
+        .collect();
+    println!(
+        "\n{}",
+        serde_json::json!({
+            "nodes": nodes,
+            "latency": json,
+            "index_bytes_per_node": per_node_index,
+            "registry_rss_bytes_per_node": registry_rss as f64 * 1024.0 / nodes as f64,
+            "registry_ready_s": ready_after.as_secs_f64(),
+        })
+    );
+    drop(registry);
+}
