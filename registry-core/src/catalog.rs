@@ -1,14 +1,17 @@
-//! The node catalog: every record, with inverted indexes so a selective
-//! query touches only its candidates. Pure data structure, no I/O.
+//! The node catalog: every record, with inverted indexes that answer a
+//! query's conditions exactly, so a query touches only its matches. Pure
+//! data structure, no I/O.
 //!
-//! Each record lives in a slot; posting lists (roaring bitmaps of slots) map
-//! a status, a tag, a label key, a label key=value, a model or a role to the
-//! nodes that have it. A query intersects the lists of its positive
-//! conditions and checks every candidate exactly ([`crate::discovery`]), so
-//! the indexes only ever narrow, never decide.
+//! Each record lives in a slot, kept as its protobuf bytes (decoded only for
+//! the nodes a reply returns) beside the few numbers ranking and resource
+//! bounds need ([`Facts`]). Posting lists (roaring bitmaps of slots) map a
+//! status, a tag, a label key, a label key=value, a model or a role to the
+//! nodes that have it; selector requirements, negations included, are set
+//! algebra over them ([`Catalog::exists`], [`Catalog::equals`]).
 
 use std::collections::HashMap;
 
+use prost::Message;
 use roaring::RoaringBitmap;
 use schemas::status::NodeStatus;
 use schemas::NodeRecord;
@@ -16,10 +19,68 @@ use schemas::NodeRecord;
 /// Posting lists keyed by a string.
 type Postings = HashMap<String, RoaringBitmap>;
 
+/// The numbers of a record that ranking and resource bounds read, kept
+/// beside the encoded record so a query need not decode it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Facts {
+    /// Whether the record has capabilities at all (bounds need them).
+    pub has_capabilities: bool,
+    /// CPU use; +∞ when unmeasured (ranks last).
+    pub cpu_pct: f64,
+    /// GPU use; 0 when the node has none or it is unmeasured.
+    pub gpu_pct: f64,
+    /// Most VRAM free on one GPU; negative when the node has no GPU.
+    pub free_vram_gb: f64,
+    /// Largest GPU, if any.
+    pub best_vram_gb: Option<f64>,
+    /// All GPUs together.
+    pub total_vram_gb: f64,
+    /// RAM.
+    pub ram_gb: f64,
+    /// Disk.
+    pub disk_gb: f64,
+    /// CPU cores.
+    pub cpu_cores: u32,
+}
+
+impl Facts {
+    /// The facts of a record.
+    pub fn of(record: &NodeRecord) -> Self {
+        let m = record.metrics.as_ref();
+        let caps = record.capabilities.as_ref();
+        let gpus = caps.map(|c| c.gpus.as_slice()).unwrap_or_default();
+        Self {
+            has_capabilities: caps.is_some(),
+            cpu_pct: m
+                .and_then(|m| m.cpu_pct)
+                .filter(|v| v.is_finite())
+                .unwrap_or(f64::INFINITY),
+            gpu_pct: m
+                .and_then(|m| m.gpu_pct)
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0),
+            free_vram_gb: crate::discovery::free_vram(record).unwrap_or(-1.0),
+            best_vram_gb: gpus.iter().map(|g| g.vram_gb).reduce(f64::max),
+            total_vram_gb: gpus.iter().map(|g| g.vram_gb).sum(),
+            ram_gb: caps.map_or(0.0, |c| c.ram_gb),
+            disk_gb: caps.map_or(0.0, |c| c.disk_gb),
+            cpu_cores: caps.map_or(0, |c| c.cpu_cores),
+        }
+    }
+}
+
+/// One occupied slot.
+#[derive(Debug, Clone)]
+struct Slot {
+    node_id: String,
+    encoded: Box<[u8]>,
+    facts: Facts,
+}
+
 /// Every record, indexed.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
-    slots: Vec<Option<NodeRecord>>,
+    slots: Vec<Option<Slot>>,
     by_id: HashMap<String, u32>,
     free: Vec<u32>,
     live: RoaringBitmap,
@@ -70,19 +131,32 @@ impl Catalog {
     }
 
     /// The record of a node.
-    pub fn get(&self, node_id: &str) -> Option<&NodeRecord> {
-        let slot = *self.by_id.get(node_id)?;
-        self.slot(slot)
+    pub fn get(&self, node_id: &str) -> Option<NodeRecord> {
+        self.record(*self.by_id.get(node_id)?)
     }
 
     /// The record in a slot.
-    pub fn slot(&self, slot: u32) -> Option<&NodeRecord> {
-        self.slots.get(slot as usize).and_then(Option::as_ref)
+    pub fn record(&self, slot: u32) -> Option<NodeRecord> {
+        let slot = self.slots.get(slot as usize)?.as_ref()?;
+        NodeRecord::decode(&*slot.encoded).ok()
+    }
+
+    /// The node id in a slot.
+    pub fn node_id(&self, slot: u32) -> Option<&str> {
+        self.slots
+            .get(slot as usize)?
+            .as_ref()
+            .map(|s| s.node_id.as_str())
+    }
+
+    /// The ranking and bound figures of a slot.
+    pub fn facts(&self, slot: u32) -> Option<&Facts> {
+        self.slots.get(slot as usize)?.as_ref().map(|s| &s.facts)
     }
 
     /// Every record, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = &NodeRecord> {
-        self.slots.iter().filter_map(Option::as_ref)
+    pub fn records(&self) -> impl Iterator<Item = NodeRecord> + '_ {
+        self.live.iter().filter_map(|slot| self.record(slot))
     }
 
     /// Inserts or replaces the record of `record.node_id`.
@@ -103,7 +177,11 @@ impl Catalog {
         };
         self.index(slot, &record);
         if let Some(entry) = self.slots.get_mut(slot as usize) {
-            *entry = Some(record);
+            *entry = Some(Slot {
+                facts: Facts::of(&record),
+                encoded: record.encode_to_vec().into_boxed_slice(),
+                node_id: record.node_id,
+            });
         }
     }
 
@@ -145,7 +223,7 @@ impl Catalog {
     }
 
     fn unindex(&mut self, slot: u32) {
-        let Some(Some(record)) = self.slots.get(slot as usize).cloned() else {
+        let Some(record) = self.record(slot) else {
             return;
         };
         self.live.remove(slot);
@@ -176,6 +254,10 @@ impl Catalog {
         }
     }
 
+    fn posting(postings: &Postings, key: &str) -> RoaringBitmap {
+        postings.get(key).cloned().unwrap_or_default()
+    }
+
     /// Every live slot.
     pub fn all(&self) -> RoaringBitmap {
         self.live.clone()
@@ -186,43 +268,45 @@ impl Catalog {
         self.status.get(&status).cloned().unwrap_or_default()
     }
 
-    fn posting(postings: &Postings, key: &str) -> RoaringBitmap {
-        postings.get(key).cloned().unwrap_or_default()
-    }
-
-    /// Slots with this tag or label key (any value): a superset of the
-    /// nodes where the key "exists".
-    pub fn with_key(&self, key: &str) -> RoaringBitmap {
-        Self::posting(&self.tags, key) | Self::posting(&self.label_keys, key)
-    }
-
-    /// Slots with this label key (any value).
-    pub fn with_label_key(&self, key: &str) -> RoaringBitmap {
-        Self::posting(&self.label_keys, key)
-    }
-
-    /// Slots whose label `key` has `value`, plus, for `"true"`, the slots
-    /// tagged `key` (a superset of selector equality).
-    pub fn with_value(&self, key: &str, value: &str) -> RoaringBitmap {
-        let mut slots = self
-            .label_values
-            .get(key)
-            .and_then(|values| values.get(value))
-            .cloned()
-            .unwrap_or_default();
-        if value == "true" {
-            slots |= Self::posting(&self.tags, key);
-        }
-        slots
-    }
-
-    /// Slots whose label `key` has exactly `value` (no tags).
+    /// Slots whose label `key` has exactly `value`.
     pub fn with_label_value(&self, key: &str, value: &str) -> RoaringBitmap {
         self.label_values
             .get(key)
             .and_then(|values| values.get(value))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Slots with this label key, whatever its value.
+    pub fn with_label_key(&self, key: &str) -> RoaringBitmap {
+        Self::posting(&self.label_keys, key)
+    }
+
+    /// Slots tagged `key` that have no label of that name (where the tag
+    /// speaks for the key in selector terms).
+    fn tag_only(&self, key: &str) -> RoaringBitmap {
+        Self::posting(&self.tags, key) - Self::posting(&self.label_keys, key)
+    }
+
+    /// Where `key` exists in selector terms: a label not `"false"`, or a tag
+    /// with no label of that name.
+    pub fn exists(&self, key: &str) -> RoaringBitmap {
+        (self.with_label_key(key) - self.with_label_value(key, "false")) | self.tag_only(key)
+    }
+
+    /// Where `key` has `value` in selector terms (a tag has `"true"`).
+    pub fn equals(&self, key: &str, value: &str) -> RoaringBitmap {
+        let mut slots = self.with_label_value(key, value);
+        if value == "true" {
+            slots |= self.tag_only(key);
+        }
+        slots
+    }
+
+    /// Where a discovery `capability` holds: a tag, or a label not `"false"`.
+    pub fn capability(&self, name: &str) -> RoaringBitmap {
+        Self::posting(&self.tags, name)
+            | (self.with_label_key(name) - self.with_label_value(name, "false"))
     }
 
     /// Slots with this model installed.
@@ -262,19 +346,41 @@ mod tests {
         let mut c = Catalog::new();
         c.upsert(record("a", "online", &[("region", "eu")], &["gpu"]));
         c.upsert(record("b", "online", &[("region", "us")], &[]));
-        assert_eq!(c.with_value("region", "eu").len(), 1);
-        assert_eq!(c.with_key("gpu").len(), 1);
+        assert_eq!(c.equals("region", "eu").len(), 1);
+        assert_eq!(c.exists("gpu").len(), 1);
         c.upsert(record("a", "degraded", &[("region", "us")], &[]));
         assert_eq!(c.len(), 2);
-        assert!(c.with_value("region", "eu").is_empty());
-        assert_eq!(c.with_value("region", "us").len(), 2);
-        assert!(c.with_key("gpu").is_empty());
+        assert!(c.equals("region", "eu").is_empty());
+        assert_eq!(c.equals("region", "us").len(), 2);
+        assert!(c.exists("gpu").is_empty());
         assert_eq!(c.with_status(NodeStatus::Online).len(), 1);
+        assert_eq!(c.get("a").map(|r| r.status), Some("degraded".to_owned()));
         c.remove("a");
         assert_eq!(c.len(), 1);
         assert!(c.get("a").is_none());
         c.upsert(record("c", "online", &[], &[]));
         assert_eq!(c.slots.len(), 2, "the freed slot is reused");
         assert_eq!(c.all().len(), 2);
+    }
+
+    #[test]
+    fn a_false_label_hides_a_tag_of_the_same_name() {
+        let mut c = Catalog::new();
+        c.upsert(record("a", "online", &[("gpu", "false")], &["gpu"]));
+        c.upsert(record("b", "online", &[], &["gpu"]));
+        c.upsert(record("c", "online", &[("gpu", "true")], &[]));
+        let ids = |set: RoaringBitmap| {
+            let mut v: Vec<String> = set
+                .iter()
+                .filter_map(|s| c.node_id(s).map(str::to_owned))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(c.exists("gpu")), vec!["b", "c"]);
+        assert_eq!(ids(c.equals("gpu", "true")), vec!["b", "c"]);
+        assert_eq!(ids(c.equals("gpu", "false")), vec!["a"]);
+        // A capability is a tag or a true label: the tag counts on "a".
+        assert_eq!(ids(c.capability("gpu")), vec!["a", "b", "c"]);
     }
 }

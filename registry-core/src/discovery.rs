@@ -10,7 +10,7 @@ use schemas::status::{NodeStatus, SortOrder, StatusFilter};
 use schemas::validate::check_label_key;
 use schemas::{DiscoverReply, DiscoverRequest, NodeRecord};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Facts};
 use crate::selector::{Requirement, Selector};
 
 /// Default number of nodes in a reply.
@@ -282,9 +282,8 @@ impl Query {
             && self.min_free_gpu_vram_gb.is_none()
     }
 
-    /// The slots that may match: the intersection of the posting lists of
-    /// every positive condition. Every match is in it; not every member
-    /// matches.
+    /// The slots that satisfy every condition but the resource bounds: set
+    /// algebra over the catalog's posting lists, negations included.
     pub fn candidates(&self, catalog: &Catalog) -> RoaringBitmap {
         let mut set = match self.status {
             StatusFilter::Any => catalog.all(),
@@ -293,99 +292,154 @@ impl Query {
             StatusFilter::Offline => catalog.with_status(NodeStatus::Offline),
             StatusFilter::Maintenance => catalog.with_status(NodeStatus::Maintenance),
         };
-        let mut narrow = |other: RoaringBitmap| set &= other;
         for capability in &self.capabilities {
-            narrow(catalog.with_key(capability));
+            set &= catalog.capability(capability);
         }
         for (key, value) in &self.labels {
-            narrow(if value == ANY_VALUE {
+            set &= if value == ANY_VALUE {
                 catalog.with_label_key(key)
             } else {
                 catalog.with_label_value(key, value)
-            });
+            };
         }
+        let any_of = |key: &str, values: &[String]| {
+            values
+                .iter()
+                .fold(RoaringBitmap::new(), |acc, v| acc | catalog.equals(key, v))
+        };
         for requirement in &self.selector.requirements {
             match requirement {
-                Requirement::Exists(key) => narrow(catalog.with_key(key)),
-                Requirement::Equals(key, value) => narrow(catalog.with_value(key, value)),
-                Requirement::In(key, values) => {
-                    narrow(values.iter().fold(RoaringBitmap::new(), |acc, v| {
-                        acc | catalog.with_value(key, v)
-                    }))
-                }
-                // Negations match absent keys too: they cannot narrow.
-                Requirement::NotExists(_) | Requirement::NotEquals(..) | Requirement::NotIn(..) => {
-                }
+                Requirement::Exists(key) => set &= catalog.exists(key),
+                Requirement::NotExists(key) => set -= catalog.exists(key),
+                Requirement::Equals(key, value) => set &= catalog.equals(key, value),
+                Requirement::NotEquals(key, value) => set -= catalog.equals(key, value),
+                Requirement::In(key, values) => set &= any_of(key, values),
+                Requirement::NotIn(key, values) => set -= any_of(key, values),
             }
         }
         for model in self.model.iter().chain(&self.models_all) {
-            narrow(catalog.with_model(model));
+            set &= catalog.with_model(model);
         }
         if !self.models_any.is_empty() {
-            narrow(
-                self.models_any
-                    .iter()
-                    .fold(RoaringBitmap::new(), |acc, m| acc | catalog.with_model(m)),
-            );
+            set &= self
+                .models_any
+                .iter()
+                .fold(RoaringBitmap::new(), |acc, m| acc | catalog.with_model(m));
         }
         if let Some(role) = &self.role {
-            narrow(catalog.with_role(role));
+            set &= catalog.with_role(role);
         }
         set
     }
 
-    /// Answers the query from the catalog's indexes.
-    pub fn answer(&self, catalog: &Catalog) -> DiscoverReply {
-        let hits: Vec<&NodeRecord> = self
-            .candidates(catalog)
-            .iter()
-            .filter_map(|slot| catalog.slot(slot))
-            .filter(|r| self.matches(r))
-            .collect();
-        let mut reply = self.rank_and_cut(hits);
-        reply.revision = catalog.revision;
-        reply
+    /// Whether a node's figures meet the query's resource bounds.
+    fn bounds_hold(&self, f: &Facts) -> bool {
+        if self.has_no_bounds() {
+            return true;
+        }
+        let at_least = |bound: Option<f64>, value: f64| bound.is_none_or(|b| value >= b);
+        f.has_capabilities
+            && at_least(self.min_ram_gb, f.ram_gb)
+            && at_least(self.min_disk_gb, f.disk_gb)
+            && self.min_cpu_cores.is_none_or(|b| f.cpu_cores >= b)
+            && self
+                .min_gpu_vram_gb
+                .is_none_or(|b| f.best_vram_gb.is_some_and(|v| v >= b))
+            && at_least(self.min_total_gpu_vram_gb, f.total_vram_gb)
+            && self
+                .min_free_gpu_vram_gb
+                .is_none_or(|b| f.free_vram_gb >= 0.0 && f.free_vram_gb >= b)
     }
 
-    /// Answers the query by scanning every record: the reference the
-    /// indexed [`Query::answer`] must agree with.
+    /// Answers the query from the catalog's indexes: only the matches are
+    /// touched, and only the returned records are decoded.
+    pub fn answer(&self, catalog: &Catalog) -> DiscoverReply {
+        let prefer: Vec<RoaringBitmap> = self
+            .prefer_labels
+            .iter()
+            .map(|(k, v)| catalog.with_label_value(k, v))
+            .collect();
+        let hits: Vec<Ranked<'_, u32>> = self
+            .candidates(catalog)
+            .iter()
+            .filter_map(|slot| {
+                let facts = catalog.facts(slot)?;
+                if !self.bounds_hold(facts) {
+                    return None;
+                }
+                Some(Ranked {
+                    score: prefer.iter().filter(|b| b.contains(slot)).count(),
+                    facts: *facts,
+                    node_id: catalog.node_id(slot)?,
+                    item: slot,
+                })
+            })
+            .collect();
+        let (slots, total, next_cursor) = self.rank_and_cut(hits);
+        DiscoverReply {
+            nodes: slots
+                .into_iter()
+                .filter_map(|slot| catalog.record(slot))
+                .map(|r| self.project(&r))
+                .collect(),
+            total,
+            revision: catalog.revision,
+            next_cursor,
+            ..DiscoverReply::default()
+        }
+    }
+
+    /// Answers the query by scanning every record with [`Query::matches`]:
+    /// the reference the indexed [`Query::answer`] must agree with.
     pub fn answer_scan<'a>(
         &self,
         records: impl IntoIterator<Item = &'a NodeRecord>,
     ) -> DiscoverReply {
-        let hits = records.into_iter().filter(|r| self.matches(r)).collect();
-        self.rank_and_cut(hits)
+        let hits: Vec<Ranked<'a, &'a NodeRecord>> = records
+            .into_iter()
+            .filter(|r| self.matches(r))
+            .map(|r| Ranked {
+                score: self
+                    .prefer_labels
+                    .iter()
+                    .filter(|(k, v)| r.labels.get(*k) == Some(*v))
+                    .count(),
+                facts: Facts::of(r),
+                node_id: r.node_id.as_str(),
+                item: r,
+            })
+            .collect();
+        let (records, total, next_cursor) = self.rank_and_cut(hits);
+        DiscoverReply {
+            nodes: records.into_iter().map(|r| self.project(r)).collect(),
+            total,
+            next_cursor,
+            ..DiscoverReply::default()
+        }
     }
 
-    fn prefer_score(&self, record: &NodeRecord) -> usize {
-        self.prefer_labels
-            .iter()
-            .filter(|(k, v)| record.labels.get(*k) == Some(*v))
-            .count()
-    }
-
-    fn rank_and_cut(&self, mut hits: Vec<&NodeRecord>) -> DiscoverReply {
-        let total = hits.len();
+    /// Orders the matches and cuts them to the limit (after the cursor):
+    /// the chosen items, the count of all matches, and the next cursor.
+    fn rank_and_cut<T: Copy>(&self, mut hits: Vec<Ranked<'_, T>>) -> (Vec<T>, u64, Option<String>) {
+        let total = hits.len() as u64;
         if let Some(cursor) = &self.cursor {
-            hits.retain(|r| r.node_id.as_str() > cursor.as_str());
+            hits.retain(|h| h.node_id > cursor.as_str());
         }
         let more = hits.len() > self.limit;
         if self.sort == SortOrder::Random {
             let mut rng = rand::rng();
             if self.prefer_labels.is_empty() {
                 let (chosen, _) = hits.partial_shuffle(&mut rng, self.limit);
-                hits = chosen.to_vec();
-            } else {
-                hits.shuffle(&mut rng);
-                // Stable: equal scores keep their random order.
-                hits.sort_by_key(|r| std::cmp::Reverse(self.prefer_score(r)));
-                hits.truncate(self.limit);
+                let chosen: Vec<T> = chosen.iter().map(|h| h.item).collect();
+                return (chosen, total, None);
             }
+            hits.shuffle(&mut rng);
+            // Stable: equal scores keep their random order.
+            hits.sort_by_key(|h| std::cmp::Reverse(h.score));
+            hits.truncate(self.limit);
         } else {
-            let order = |a: &&NodeRecord, b: &&NodeRecord| {
-                self.prefer_score(b)
-                    .cmp(&self.prefer_score(a))
-                    .then_with(|| compare(self.sort, a, b))
+            let order = |a: &Ranked<'_, T>, b: &Ranked<'_, T>| {
+                b.score.cmp(&a.score).then_with(|| compare(self.sort, a, b))
             };
             if hits.len() > self.limit {
                 // Partial sort: only the first `limit` need an order.
@@ -395,14 +449,13 @@ impl Query {
             hits.sort_unstable_by(order);
         }
         let next_cursor = (more && self.sort == SortOrder::NodeId)
-            .then(|| hits.last().map(|r| r.node_id.clone()))
+            .then(|| hits.last().map(|h| h.node_id.to_owned()))
             .flatten();
-        DiscoverReply {
-            nodes: hits.into_iter().map(|r| self.project(r)).collect(),
-            total: total as u64,
+        (
+            hits.into_iter().map(|h| h.item).collect(),
+            total,
             next_cursor,
-            ..DiscoverReply::default()
-        }
+        )
     }
 
     /// The record with only the requested fields (all when none are named).
@@ -495,38 +548,32 @@ pub fn free_vram(record: &NodeRecord) -> Option<f64> {
         .fold(None, max_of)
 }
 
-/// Load figure used for ranking; an unmeasured load ranks after every
-/// measured one.
-fn load(value: Option<f64>) -> f64 {
-    value.filter(|v| v.is_finite()).unwrap_or(f64::INFINITY)
+/// A match being ranked: its preference score, its figures, its id, and
+/// what the reply is built from (a catalog slot, or a record).
+#[derive(Debug, Clone, Copy)]
+struct Ranked<'a, T> {
+    score: usize,
+    facts: Facts,
+    node_id: &'a str,
+    item: T,
 }
 
-fn compare(sort: SortOrder, a: &NodeRecord, b: &NodeRecord) -> Ordering {
+fn compare<T>(sort: SortOrder, a: &Ranked<'_, T>, b: &Ranked<'_, T>) -> Ordering {
+    let by_id = || a.node_id.cmp(b.node_id);
     match sort {
-        SortOrder::NodeId | SortOrder::Random => a.node_id.cmp(&b.node_id),
-        SortOrder::MostFreeVram => {
-            let free = |r: &NodeRecord| free_vram(r).unwrap_or(-1.0);
-            free(b)
-                .total_cmp(&free(a))
-                .then_with(|| a.node_id.cmp(&b.node_id))
-        }
-        SortOrder::LeastLoaded => {
-            let key = |r: &NodeRecord| {
-                let m = r.metrics.as_ref();
-                let cpu = load(m.and_then(|m| m.cpu_pct));
-                // A node without a GPU has no GPU load to rank on.
-                let gpu = m
-                    .and_then(|m| m.gpu_pct)
-                    .filter(|v| v.is_finite())
-                    .unwrap_or(0.0);
-                (cpu, gpu)
-            };
-            let (ca, ga) = key(a);
-            let (cb, gb) = key(b);
-            ca.total_cmp(&cb)
-                .then(ga.total_cmp(&gb))
-                .then_with(|| a.node_id.cmp(&b.node_id))
-        }
+        SortOrder::NodeId | SortOrder::Random => by_id(),
+        SortOrder::MostFreeVram => b
+            .facts
+            .free_vram_gb
+            .total_cmp(&a.facts.free_vram_gb)
+            .then_with(by_id),
+        // Lowest CPU, then lowest GPU use; an unmeasured CPU ranks last.
+        SortOrder::LeastLoaded => a
+            .facts
+            .cpu_pct
+            .total_cmp(&b.facts.cpu_pct)
+            .then(a.facts.gpu_pct.total_cmp(&b.facts.gpu_pct))
+            .then_with(by_id),
     }
 }
 

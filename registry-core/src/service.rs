@@ -222,8 +222,7 @@ async fn answer(
             let id = subjects::NodeId::parse(&request.node_id).map_err(|e| {
                 ServiceError::new(ErrorCode::BadRequest, format!("field node_id: {e}"))
             })?;
-            let (record, revision) =
-                ready(index)?.read(|c| (c.get(id.as_str()).cloned(), c.revision));
+            let (record, revision) = ready(index)?.read(|c| (c.get(id.as_str()), c.revision));
             match record {
                 Some(record) => Ok((codec::encode(&record, encoding), revision)),
                 None => Err(ServiceError::new(

@@ -38,9 +38,22 @@ impl Rng {
 }
 
 const MODELS: &[&str] = &[
-    "qwen3:8b", "qwen3:32b", "llama3.1:8b", "llama3.1:70b", "mistral:7b", "mixtral:8x7b", "gemma2:9b",
-    "gemma2:27b", "phi4:14b", "deepseek-r1:14b", "deepseek-r1:70b", "codellama:13b", "nomic-embed-text",
-    "llava:13b", "qwen2.5-coder:7b", "starcoder2:15b",
+    "qwen3:8b",
+    "qwen3:32b",
+    "llama3.1:8b",
+    "llama3.1:70b",
+    "mistral:7b",
+    "mixtral:8x7b",
+    "gemma2:9b",
+    "gemma2:27b",
+    "phi4:14b",
+    "deepseek-r1:14b",
+    "deepseek-r1:70b",
+    "codellama:13b",
+    "nomic-embed-text",
+    "llava:13b",
+    "qwen2.5-coder:7b",
+    "starcoder2:15b",
 ];
 const REGIONS: &[&str] = &["eu", "us", "ap", "sa", "af"];
 const TIERS: &[&str] = &["prod", "dev", "edge"];
@@ -53,7 +66,12 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
         (0..1 + rng.below(8))
             .map(|_| Gpu {
                 vendor: vendor.into(),
-                model: if vendor == "nvidia" { "NVIDIA RTX 4000 SFF Ada Generation" } else { "AMD Instinct MI210" }.into(),
+                model: if vendor == "nvidia" {
+                    "NVIDIA RTX 4000 SFF Ada Generation"
+                } else {
+                    "AMD Instinct MI210"
+                }
+                .into(),
                 vram_gb: [16.0, 20.0, 24.0, 48.0, 80.0][rng.below(5) as usize],
             })
             .collect()
@@ -77,7 +95,10 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
     }
     tags.sort();
     let mut labels = BTreeMap::new();
-    labels.insert("region".to_owned(), REGIONS[rng.below(5) as usize].to_owned());
+    labels.insert(
+        "region".to_owned(),
+        REGIONS[rng.below(5) as usize].to_owned(),
+    );
     labels.insert("zone".to_owned(), format!("z{:02}", rng.below(20)));
     labels.insert("rack".to_owned(), format!("r{:02}", rng.below(100)));
     labels.insert("tier".to_owned(), TIERS[rng.below(3) as usize].to_owned());
@@ -87,7 +108,13 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
     if rng.chance(10) {
         labels.insert("spot".to_owned(), "true".to_owned());
     }
-    let status = if rng.chance(95) { "online" } else if rng.chance(50) { "degraded" } else { "offline" };
+    let status = if rng.chance(95) {
+        "online"
+    } else if rng.chance(50) {
+        "degraded"
+    } else {
+        "offline"
+    };
     let gpu_usage: Vec<GpuUsage> = (0..gpus.len() as u32)
         .map(|index| GpuUsage {
             index,
@@ -125,13 +152,21 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
         metrics: Some(Metrics {
             cpu_pct: Some(rng.below(1000) as f64 / 10.0),
             ram_pct: Some(rng.below(1000) as f64 / 10.0),
-            gpu_pct: if gpu { Some(rng.below(100) as f64) } else { None },
+            gpu_pct: if gpu {
+                Some(rng.below(100) as f64)
+            } else {
+                None
+            },
             disk_pct: Some(rng.below(100) as f64),
             load_1m: Some(rng.below(800) as f64 / 100.0),
             gpus: gpu_usage,
         }),
         models_loaded: Vec::new(),
-        services: if ollama { vec!["ollama".into()] } else { Vec::new() },
+        services: if ollama {
+            vec!["ollama".into()]
+        } else {
+            Vec::new()
+        },
         caps_hash: Some(format!("{:016x}", rng.next())),
     }
 }
@@ -160,7 +195,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-async fn measure(name: &str, nats: &async_nats::Client, subject: &str, body: &str, n: usize) -> Latency {
+async fn measure(
+    name: &str,
+    nats: &async_nats::Client,
+    subject: &str,
+    body: &str,
+    n: usize,
+) -> Latency {
     let mut times = Vec::with_capacity(n);
     let mut bytes = 0;
     let mut matches = None;
@@ -172,7 +213,11 @@ async fn measure(name: &str, nats: &async_nats::Client, subject: &str, body: &st
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let took = start.elapsed();
         assert!(
-            reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error-Code")).is_none(),
+            reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error-Code"))
+                .is_none(),
             "{name}: error reply {}",
             String::from_utf8_lossy(&reply.payload)
         );
@@ -203,8 +248,14 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let nodes: u64 = std::env::var("BENCH_NODES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|s| s.parse().ok()).unwrap_or(5000);
+    let nodes: u64 = std::env::var("BENCH_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let requests: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5000);
 
     // 1. The index alone, in this process: RSS before and after building it
     //    from records generated one by one.
@@ -255,16 +306,24 @@ async fn main() {
     let server = NatsServer::start().await;
     let nats = server.client().await;
     let js = async_nats::jetstream::new(nats.clone());
-    let provisioned = registry_kv::provision(&js, &subjects::Names::default(), &registry_kv::StreamSettings::default())
-        .await
-        .expect("provision");
+    let provisioned = registry_kv::provision(
+        &js,
+        &subjects::Names::default(),
+        &registry_kv::StreamSettings::default(),
+    )
+    .await
+    .expect("provision");
     let fill = Instant::now();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut acks = Vec::with_capacity(2000);
     for i in 0..nodes {
         let r = record(i, &mut rng);
         let subject = subjects::kv_key_subject(&provisioned.nodes.name, &r.node_id);
-        acks.push(js.publish(subject, encode(&r, Encoding::Json).into()).await.expect("publish"));
+        acks.push(
+            js.publish(subject, encode(&r, Encoding::Json).into())
+                .await
+                .expect("publish"),
+        );
         if acks.len() >= 2000 {
             for ack in acks.drain(..) {
                 ack.await.expect("stored");
@@ -274,7 +333,10 @@ async fn main() {
     for ack in acks.drain(..) {
         ack.await.expect("stored");
     }
-    println!("filled the nodes bucket in {:.1} s", fill.elapsed().as_secs_f64());
+    println!(
+        "filled the nodes bucket in {:.1} s",
+        fill.elapsed().as_secs_f64()
+    );
 
     let registry_bin = release_bin("registry-core", "node-registry");
     let started = Instant::now();
@@ -285,15 +347,26 @@ async fn main() {
         &[("RUST_LOG", "warn".to_owned())],
         server.temp_path("registry.log"),
     );
-    let client = fleet_tests::registry_client(&server).await.with_timeout(Duration::from_secs(30));
-    eventually("the registry to load every node", Duration::from_secs(300), || async {
-        let request = DiscoverRequest {
-            status: Some("any".into()),
-            limit: Some(1),
-            ..DiscoverRequest::default()
-        };
-        client.list(&request).await.ok().filter(|r| r.total == nodes).map(|_| ())
-    })
+    let client = fleet_tests::registry_client(&server)
+        .await
+        .with_timeout(Duration::from_secs(30));
+    eventually(
+        "the registry to load every node",
+        Duration::from_secs(300),
+        || async {
+            let request = DiscoverRequest {
+                status: Some("any".into()),
+                limit: Some(1),
+                ..DiscoverRequest::default()
+            };
+            client
+                .list(&request)
+                .await
+                .ok()
+                .filter(|r| r.total == nodes)
+                .map(|_| ())
+        },
+    )
     .await;
     let ready_after = started.elapsed();
     let registry_rss = registry.pid().map(|p| rss_kib(&p.to_string())).unwrap_or(0);
@@ -312,16 +385,52 @@ async fn main() {
     echo.flush().await.expect("flush");
     let get_body = format!(r#"{{"node_id":"node-{:07}"}}"#, nodes / 2);
     let results = vec![
-        measure("plain NATS echo (baseline)", &nats, "bench.echo", r#"{"selector":"rack=r42","limit":10}"#, requests).await,
-        measure("selective: rack=r42, limit 10", &nats, subjects::REGISTRY_DISCOVER, r#"{"selector":"rack=r42","limit":10}"#, requests).await,
-        measure("broad: gpu, limit 100", &nats, subjects::REGISTRY_DISCOVER, r#"{"selector":"gpu","limit":100}"#, requests).await,
-        measure("broad, fields node_id+metrics", &nats, subjects::REGISTRY_DISCOVER, r#"{"selector":"gpu","limit":100,"fields":["metrics"]}"#, requests).await,
+        measure(
+            "plain NATS echo (baseline)",
+            &nats,
+            "bench.echo",
+            r#"{"selector":"rack=r42","limit":10}"#,
+            requests,
+        )
+        .await,
+        measure(
+            "selective: rack=r42, limit 10",
+            &nats,
+            subjects::REGISTRY_DISCOVER,
+            r#"{"selector":"rack=r42","limit":10}"#,
+            requests,
+        )
+        .await,
+        measure(
+            "broad: gpu, limit 100",
+            &nats,
+            subjects::REGISTRY_DISCOVER,
+            r#"{"selector":"gpu","limit":100}"#,
+            requests,
+        )
+        .await,
+        measure(
+            "broad, fields node_id+metrics",
+            &nats,
+            subjects::REGISTRY_DISCOVER,
+            r#"{"selector":"gpu","limit":100,"fields":["metrics"]}"#,
+            requests,
+        )
+        .await,
         measure("get", &nats, subjects::REGISTRY_GET, &get_body, requests).await,
     ];
     let echo_p99 = results[0].p99;
 
-    println!("\ndiscovery at {nodes} nodes ({} cores; {requests} requests each, after 200 warm-up)\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:<34} {:>9} {:>9} {:>9} {:>10} {:>9} {:>11}", "request", "p50 ms", "p99 ms", "p99.9 ms", "p99/echo", "matches", "reply B");
+    println!(
+        "\ndiscovery at {nodes} nodes ({} cores; {requests} requests each, after 200 warm-up)\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>9} {:>10} {:>9} {:>11}",
+        "request", "p50 ms", "p99 ms", "p99.9 ms", "p99/echo", "matches", "reply B"
+    );
     for r in &results {
         println!(
             "{:<34} {:>9.3} {:>9.3} {:>9.3} {:>10.2} {:>9} {:>11}",

@@ -20,7 +20,10 @@ fn register(id: &str, labels: &[(&str, &str)], tags: &[&str], models: &[&str]) -
     NodeEvent {
         r#type: "register".into(),
         node_id: id.into(),
-        labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
         capabilities: Some(Capabilities {
             tags: tags.iter().map(|t| (*t).into()).collect(),
             models: models.iter().map(|m| (*m).into()).collect(),
@@ -37,7 +40,11 @@ async fn publish_all(server: &NatsServer, events: &[NodeEvent]) {
     let mut acks = Vec::new();
     for event in events {
         let subject = format!("node.{}.events", event.node_id);
-        acks.push(js.publish(subject, encode(event, Encoding::Json).into()).await.expect("publish"));
+        acks.push(
+            js.publish(subject, encode(event, Encoding::Json).into())
+                .await
+                .expect("publish"),
+        );
     }
     for ack in acks {
         ack.await.expect("stored");
@@ -47,7 +54,12 @@ async fn publish_all(server: &NatsServer, events: &[NodeEvent]) {
 async fn wait_total(client: &Client, json: &str, n: u64) {
     eventually(&format!("{n} matches for {json}"), SOON, || async {
         let request: DiscoverRequest = serde_json::from_str(json).expect("json");
-        client.list(&request).await.ok().filter(|r| r.total == n).map(|_| ())
+        client
+            .list(&request)
+            .await
+            .ok()
+            .filter(|r| r.total == n)
+            .map(|_| ())
     })
     .await;
 }
@@ -75,32 +87,73 @@ async fn selectors_models_and_bad_selectors() {
     publish_all(
         &server,
         &[
-            register("a", &[("region", "eu"), ("tier", "edge")], &["gpu", "nvidia"], &["qwen3:8b"]),
-            register("b", &[("region", "us")], &["gpu"], &["qwen3:8b", "mistral:7b"]),
-            register("c", &[("region", "eu"), ("spot", "true")], &[], &["mistral:7b"]),
+            register(
+                "a",
+                &[("region", "eu"), ("tier", "edge")],
+                &["gpu", "nvidia"],
+                &["qwen3:8b"],
+            ),
+            register(
+                "b",
+                &[("region", "us")],
+                &["gpu"],
+                &["qwen3:8b", "mistral:7b"],
+            ),
+            register(
+                "c",
+                &[("region", "eu"), ("spot", "true")],
+                &[],
+                &["mistral:7b"],
+            ),
         ],
     )
     .await;
     wait_total(&client, "{}", 3).await;
-    assert_eq!(ids(&client, r#"{"selector":"gpu,region in (eu,us),tier!=edge,!spot"}"#).await, vec!["b"]);
-    assert_eq!(ids(&client, r#"{"selector":"region=eu"}"#).await, vec!["a", "c"]);
+    assert_eq!(
+        ids(
+            &client,
+            r#"{"selector":"gpu,region in (eu,us),tier!=edge,!spot"}"#
+        )
+        .await,
+        vec!["b"]
+    );
+    assert_eq!(
+        ids(&client, r#"{"selector":"region=eu"}"#).await,
+        vec!["a", "c"]
+    );
     assert_eq!(ids(&client, r#"{"selector":"!gpu"}"#).await, vec!["c"]);
-    assert_eq!(ids(&client, r#"{"models_all":["qwen3:8b","mistral:7b"]}"#).await, vec!["b"]);
-    assert_eq!(ids(&client, r#"{"models_any":["mistral:7b"]}"#).await, vec!["b", "c"]);
+    assert_eq!(
+        ids(&client, r#"{"models_all":["qwen3:8b","mistral:7b"]}"#).await,
+        vec!["b"]
+    );
+    assert_eq!(
+        ids(&client, r#"{"models_any":["mistral:7b"]}"#).await,
+        vec!["b", "c"]
+    );
     let first = client
-        .discover(&serde_json::from_str(r#"{"prefer_labels":{"region":"us"},"sort":"node_id"}"#).expect("json"))
+        .discover(
+            &serde_json::from_str(r#"{"prefer_labels":{"region":"us"},"sort":"node_id"}"#)
+                .expect("json"),
+        )
         .await
         .expect("discover");
     assert_eq!(first.nodes[0].node_id, "b");
 
     let reply = client
-        .request_raw(subjects::REGISTRY_DISCOVER, r#"{"selector":"region in (eu,us"}"#.into())
+        .request_raw(
+            subjects::REGISTRY_DISCOVER,
+            r#"{"selector":"region in (eu,us"}"#.into(),
+        )
         .await
         .expect("a reply");
     let error = nodectl::service_error(&reply).expect("a coded error");
     assert_eq!(error.code, 400);
     assert!(error.message.contains("position 16"), "{}", error.message);
-    assert!(error.message.contains("expected ',' or ')'"), "{}", error.message);
+    assert!(
+        error.message.contains("expected ',' or ')'"),
+        "{}",
+        error.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +165,12 @@ async fn list_pages_with_a_cursor_and_replies_fit_the_max_payload() {
     wait_registry(&client).await;
     let events: Vec<NodeEvent> = (0..600)
         .map(|i| {
-            let mut e = register(&format!("n{i:04}"), &[("rack", &format!("r{}", i % 7))], &["gpu"], &["qwen3:8b"]);
+            let mut e = register(
+                &format!("n{i:04}"),
+                &[("rack", &format!("r{}", i % 7))],
+                &["gpu"],
+                &["qwen3:8b"],
+            );
             e.node_name = Some("x".repeat(100));
             e
         })
@@ -139,7 +197,10 @@ async fn list_pages_with_a_cursor_and_replies_fit_the_max_payload() {
 
     // Small replies by projection: ids and labels only.
     let reply = client
-        .request_raw(subjects::REGISTRY_DISCOVER, r#"{"fields":["labels"],"limit":3,"sort":"node_id"}"#.into())
+        .request_raw(
+            subjects::REGISTRY_DISCOVER,
+            r#"{"fields":["labels"],"limit":3,"sort":"node_id"}"#.into(),
+        )
         .await
         .expect("reply");
     let value: serde_json::Value = serde_json::from_slice(&reply.payload).expect("json");
@@ -157,24 +218,43 @@ async fn replies_carry_the_revision_and_min_revision_reads_your_writes() {
     wait_registry(&client).await;
     publish_all(&server, &[register("a", &[], &[], &[])]).await;
     wait_total(&client, "{}", 1).await;
-    let before = client.discover(&DiscoverRequest::default()).await.expect("discover");
+    let before = client
+        .discover(&DiscoverRequest::default())
+        .await
+        .expect("discover");
     assert!(before.revision > 0);
-    let reply = client.request_raw(subjects::REGISTRY_GET, r#"{"node_id":"a"}"#.into()).await.expect("get");
-    let header = reply.headers.as_ref().and_then(|h| h.get("Registry-Revision")).map(|v| v.to_string());
+    let reply = client
+        .request_raw(subjects::REGISTRY_GET, r#"{"node_id":"a"}"#.into())
+        .await
+        .expect("get");
+    let header = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Registry-Revision"))
+        .map(|v| v.to_string());
     assert_eq!(header, Some(before.revision.to_string()));
 
     // Write a record change ourselves, then ask for at least its revision.
     let js = async_nats::jetstream::new(server.client().await);
-    let kv = js.get_key_value(subjects::BUCKET_NODES).await.expect("bucket");
+    let kv = js
+        .get_key_value(subjects::BUCKET_NODES)
+        .await
+        .expect("bucket");
     let mut record = client.get("a").await.expect("get").expect("a");
     record.labels.insert("written".into(), "by-test".into());
-    let revision = kv.put("a", encode(&record, Encoding::Json).into()).await.expect("put");
+    let revision = kv
+        .put("a", encode(&record, Encoding::Json).into())
+        .await
+        .expect("put");
     let request = DiscoverRequest {
         min_revision: Some(revision),
         selector: Some("written=by-test".into()),
         ..DiscoverRequest::default()
     };
-    let reply = client.discover(&request).await.expect("answers once caught up");
+    let reply = client
+        .discover(&request)
+        .await
+        .expect("answers once caught up");
     assert!(reply.revision >= revision);
     assert_eq!(reply.nodes.len(), 1);
 
@@ -212,17 +292,34 @@ async fn the_client_watches_a_selector_and_falls_back_to_stale_answers() {
     wait_total(&client, "{}", 1).await;
 
     let mut changes = Box::pin(client.watch_selector("region=eu").await.expect("watch"));
-    assert!(matches!(next_change(&mut changes).await, SelectorChange::Added(r) if r.node_id == "a"));
-    publish_all(&server, &[register("b", &[("region", "us")], &[], &[]), register("c", &[("region", "eu")], &[], &[])]).await;
-    assert!(matches!(next_change(&mut changes).await, SelectorChange::Added(r) if r.node_id == "c"));
+    assert!(
+        matches!(next_change(&mut changes).await, SelectorChange::Added(r) if r.node_id == "a")
+    );
+    publish_all(
+        &server,
+        &[
+            register("b", &[("region", "us")], &[], &[]),
+            register("c", &[("region", "eu")], &[], &[]),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(next_change(&mut changes).await, SelectorChange::Added(r) if r.node_id == "c")
+    );
     publish_all(&server, &[register("a", &[("region", "us")], &[], &[])]).await;
     assert!(matches!(next_change(&mut changes).await, SelectorChange::Removed(id) if id == "a"));
 
     // Stale fallback: the last answer, marked stale, once no registry answers.
-    let fresh = client.discover(&DiscoverRequest::default()).await.expect("fresh");
+    let fresh = client
+        .discover(&DiscoverRequest::default())
+        .await
+        .expect("fresh");
     assert_eq!(fresh.stale, None);
     registry.kill9();
-    let stale = client.discover(&DiscoverRequest::default()).await.expect("stale answer");
+    let stale = client
+        .discover(&DiscoverRequest::default())
+        .await
+        .expect("stale answer");
     assert_eq!(stale.stale, Some(true));
     assert_eq!(stale.nodes, fresh.nodes);
     let plain = registry_client(&server).await;

@@ -528,7 +528,10 @@ async fn requests_get_coded_errors_and_the_service_is_discoverable() {
         .await
         .expect("reply");
     let value: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
-    assert_eq!(value, serde_json::json!({"nodes": [], "total": 0, "revision": 0}));
+    assert_eq!(
+        value,
+        serde_json::json!({"nodes": [], "total": 0, "revision": 0})
+    );
 
     // NATS micro service discovery.
     let ping = client

@@ -377,9 +377,25 @@ fn arb_request() -> impl Strategy<Value = DiscoverRequest> {
         proptest::option::of(0..2usize),
         proptest::option::of(0.0f64..100.0),
         proptest::option::of(0..TAGS.len()),
+        (
+            0..3usize,
+            proptest::option::of((0..KEYS.len(), 0..VALUES.len())),
+            proptest::option::of(0u32..4),
+            1u32..30,
+        ),
     )
         .prop_map(
-            |(reqs, model, any, status, label, role, vram, capability)| DiscoverRequest {
+            |(
+                reqs,
+                model,
+                any,
+                status,
+                label,
+                role,
+                vram,
+                capability,
+                (sort, prefer, ram, limit),
+            )| DiscoverRequest {
                 selector: (!reqs.is_empty()).then(|| reqs.join(",")),
                 model: model.map(|m| MODELS[m].to_owned()),
                 models_any: any.into_iter().map(|m| MODELS[m].to_owned()).collect(),
@@ -396,8 +412,13 @@ fn arb_request() -> impl Strategy<Value = DiscoverRequest> {
                 role: role.map(|r| ["worker", "gateway"][r].to_owned()),
                 min_gpu_vram_gb: vram,
                 capability: capability.map(|c| TAGS[c].to_owned()).into_iter().collect(),
-                sort: Some("node_id".into()),
-                limit: Some(10_000),
+                sort: Some(["node_id", "least_loaded", "most_free_vram"][sort].into()),
+                prefer_labels: prefer
+                    .map(|(k, v)| (KEYS[k].to_owned(), VALUES[v].to_owned()))
+                    .into_iter()
+                    .collect(),
+                min_ram_gb: ram.map(|r| f64::from(r) * 32.0),
+                limit: Some(limit),
                 ..DiscoverRequest::default()
             },
         )
