@@ -354,6 +354,11 @@ impl Query {
     /// Answers the query from the catalog's indexes: only the matches are
     /// touched, and only the returned records are decoded.
     pub fn answer(&self, catalog: &Catalog) -> DiscoverReply {
+        if matches!(self.sort, SortOrder::LeastLoaded | SortOrder::MostFreeVram)
+            && self.cursor.is_none()
+        {
+            return self.answer_ranked(catalog);
+        }
         let prefer: Vec<RoaringBitmap> = self
             .prefer_labels
             .iter()
@@ -367,9 +372,10 @@ impl Query {
                 if !self.bounds_hold(facts) {
                     return None;
                 }
+                let score = prefer.iter().filter(|b| b.contains(slot)).count();
                 Some(Ranked {
-                    score: prefer.iter().filter(|b| b.contains(slot)).count(),
-                    facts: *facts,
+                    score: u32::try_from(score).unwrap_or(u32::MAX),
+                    key: sort_key(self.sort, facts),
                     node_id: catalog.node_id(slot)?,
                     item: slot,
                 })
@@ -389,6 +395,73 @@ impl Query {
         }
     }
 
+    /// The load- or VRAM-ranked answer, for broad queries at scale: ranks
+    /// on dense numeric keys (24 bytes a match, no record or id touched),
+    /// then breaks ties at the cut by node id, as [`Query::answer_scan`] does.
+    fn answer_ranked(&self, catalog: &Catalog) -> DiscoverReply {
+        let prefer: Vec<RoaringBitmap> = self
+            .prefer_labels
+            .iter()
+            .map(|(k, v)| catalog.with_label_value(k, v))
+            .collect();
+        let check_bounds = !self.has_no_bounds();
+        // (preference, first key, second key) in ascending rank order.
+        type Key = (u32, u64, u64);
+        let mut items: Vec<(Key, u32)> = Vec::new();
+        for slot in self.candidates(catalog).iter() {
+            if check_bounds && !catalog.facts(slot).is_some_and(|f| self.bounds_hold(f)) {
+                continue;
+            }
+            let [cpu, gpu, free] = catalog.hot(slot);
+            let (a, b) = match self.sort {
+                SortOrder::MostFreeVram => (-free, 0.0),
+                _ => (cpu, gpu),
+            };
+            let score = prefer.iter().filter(|bm| bm.contains(slot)).count();
+            let score = u32::MAX - u32::try_from(score).unwrap_or(u32::MAX);
+            items.push(((score, ordered(a), ordered(b)), slot));
+        }
+        let total = items.len() as u64;
+        let limit = self.limit.min(items.len());
+        let mut chosen: Vec<(Key, u32)> = if items.len() > limit && limit > 0 {
+            items.select_nth_unstable(limit - 1);
+            let boundary = items[limit - 1].0;
+            // Everything ranked strictly before the boundary is in; the
+            // boundary's ties compete by node id, as in the reference.
+            let mut chosen: Vec<(Key, u32)> = items
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k < boundary)
+                .collect();
+            let mut ties: Vec<(Key, u32)> = items
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k == boundary)
+                .collect();
+            ties.sort_by(|a, b| catalog.node_id(a.1).cmp(&catalog.node_id(b.1)));
+            let room = limit - chosen.len();
+            chosen.extend(ties.into_iter().take(room));
+            chosen
+        } else {
+            items.truncate(limit);
+            items
+        };
+        chosen.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| catalog.node_id(a.1).cmp(&catalog.node_id(b.1)))
+        });
+        DiscoverReply {
+            nodes: chosen
+                .into_iter()
+                .filter_map(|(_, slot)| catalog.record(slot))
+                .map(|r| self.project(&r))
+                .collect(),
+            total,
+            revision: catalog.revision,
+            ..DiscoverReply::default()
+        }
+    }
+
     /// Answers the query by scanning every record with [`Query::matches`]:
     /// the reference the indexed [`Query::answer`] must agree with.
     pub fn answer_scan<'a>(
@@ -398,15 +471,18 @@ impl Query {
         let hits: Vec<Ranked<'a, &'a NodeRecord>> = records
             .into_iter()
             .filter(|r| self.matches(r))
-            .map(|r| Ranked {
-                score: self
+            .map(|r| {
+                let score = self
                     .prefer_labels
                     .iter()
                     .filter(|(k, v)| r.labels.get(*k) == Some(*v))
-                    .count(),
-                facts: Facts::of(r),
-                node_id: r.node_id.as_str(),
-                item: r,
+                    .count();
+                Ranked {
+                    score: u32::try_from(score).unwrap_or(u32::MAX),
+                    key: sort_key(self.sort, &Facts::of(r)),
+                    node_id: r.node_id.as_str(),
+                    item: r,
+                }
             })
             .collect();
         let (records, total, next_cursor) = self.rank_and_cut(hits);
@@ -438,9 +514,7 @@ impl Query {
             hits.sort_by_key(|h| std::cmp::Reverse(h.score));
             hits.truncate(self.limit);
         } else {
-            let order = |a: &Ranked<'_, T>, b: &Ranked<'_, T>| {
-                b.score.cmp(&a.score).then_with(|| compare(self.sort, a, b))
-            };
+            let order = compare::<T>;
             if hits.len() > self.limit {
                 // Partial sort: only the first `limit` need an order.
                 hits.select_nth_unstable_by(self.limit, order);
@@ -548,33 +622,44 @@ pub fn free_vram(record: &NodeRecord) -> Option<f64> {
         .fold(None, max_of)
 }
 
-/// A match being ranked: its preference score, its figures, its id, and
-/// what the reply is built from (a catalog slot, or a record).
+/// A match being ranked: its preference score, its sort key, its id, and
+/// what the reply is built from (a catalog slot, or a record). Small, so
+/// partial sorting moves little memory.
 #[derive(Debug, Clone, Copy)]
 struct Ranked<'a, T> {
-    score: usize,
-    facts: Facts,
+    score: u32,
+    key: (f64, f64),
     node_id: &'a str,
     item: T,
 }
 
-fn compare<T>(sort: SortOrder, a: &Ranked<'_, T>, b: &Ranked<'_, T>) -> Ordering {
-    let by_id = || a.node_id.cmp(b.node_id);
-    match sort {
-        SortOrder::NodeId | SortOrder::Random => by_id(),
-        SortOrder::MostFreeVram => b
-            .facts
-            .free_vram_gb
-            .total_cmp(&a.facts.free_vram_gb)
-            .then_with(by_id),
-        // Lowest CPU, then lowest GPU use; an unmeasured CPU ranks last.
-        SortOrder::LeastLoaded => a
-            .facts
-            .cpu_pct
-            .total_cmp(&b.facts.cpu_pct)
-            .then(a.facts.gpu_pct.total_cmp(&b.facts.gpu_pct))
-            .then_with(by_id),
+/// Maps a float to an integer of the same order (IEEE 754 total order), so
+/// keys compare as integers.
+fn ordered(x: f64) -> u64 {
+    let bits = x.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
     }
+}
+
+/// The sort key of a node's figures: lower ranks first.
+fn sort_key(sort: SortOrder, f: &Facts) -> (f64, f64) {
+    match sort {
+        SortOrder::NodeId | SortOrder::Random => (0.0, 0.0),
+        SortOrder::MostFreeVram => (-f.free_vram_gb, 0.0),
+        // Lowest CPU, then lowest GPU use; an unmeasured CPU ranks last.
+        SortOrder::LeastLoaded => (f.cpu_pct, f.gpu_pct),
+    }
+}
+
+fn compare<T>(a: &Ranked<'_, T>, b: &Ranked<'_, T>) -> Ordering {
+    b.score
+        .cmp(&a.score)
+        .then(a.key.0.total_cmp(&b.key.0))
+        .then(a.key.1.total_cmp(&b.key.1))
+        .then_with(|| a.node_id.cmp(b.node_id))
 }
 
 #[cfg(test)]

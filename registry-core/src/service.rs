@@ -117,16 +117,27 @@ pub async fn serve(
         // Requests are answered concurrently (one may wait for
         // min_revision), at most MAX_IN_FLIGHT at once per endpoint.
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let max_payload = client.server_info().max_payload;
         tasks.spawn(async move {
             while let Some(request) = requests.next().await {
+                let span = info_span!("request", endpoint = ?endpoint);
+                // NOTE: a request that may wait (min_revision, or protobuf,
+                // which we do not peek into) gets its own task; every other
+                // one is answered here, from memory, without a task switch.
+                let may_wait = !is_plain_json(&request.message);
+                if !may_wait {
+                    handle(&client, &index, endpoint, request, max_payload)
+                        .instrument(span)
+                        .await;
+                    continue;
+                }
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
                 let (client, index) = (client.clone(), index.clone());
-                let span = info_span!("request", endpoint = ?endpoint);
                 tokio::spawn(
                     async move {
-                        handle(&client, &index, endpoint, request).await;
+                        handle(&client, &index, endpoint, request, max_payload).await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -147,13 +158,13 @@ async fn handle(
     index: &ReadIndex,
     endpoint: Endpoint,
     request: service::Request,
+    max_payload: usize,
 ) {
     let message = &request.message;
     let Some(reply) = message.reply.clone() else {
         debug!("request without a reply subject; ignored");
         return;
     };
-    let max_payload = client.server_info().max_payload;
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
         Err(e) => (Encoding::Json, Err(bad_request(e))),
         Ok(encoding) => (
@@ -175,6 +186,18 @@ async fn handle(
     if let Err(e) = client.publish_with_headers(reply, headers, body).await {
         warn!(error = %e, "sending a reply");
     }
+}
+
+/// A JSON request that cannot make us wait (no `min_revision` in it).
+fn is_plain_json(message: &async_nats::Message) -> bool {
+    let json = matches!(
+        schemas::nats::encoding_of(message.headers.as_ref()),
+        Ok(Encoding::Json)
+    );
+    json && !message
+        .payload
+        .windows(b"min_revision".len())
+        .any(|w| w == b"min_revision")
 }
 
 fn bad_request(e: CodecError) -> ServiceError {
