@@ -2,8 +2,8 @@
 //! query's conditions exactly, so a query touches only its matches. Pure
 //! data structure, no I/O.
 //!
-//! Each record lives in a slot, kept as its protobuf bytes (decoded only for
-//! the nodes a reply returns) beside the few numbers ranking and resource
+//! Each record lives in a slot, kept as its JSON bytes (spliced as they are
+//! into JSON replies; decoded only for other encodings and projections) beside the few numbers ranking and resource
 //! bounds need ([`Facts`]). Posting lists (roaring bitmaps of slots) map a
 //! status, a tag, a label key, a label key=value, a model or a role to the
 //! nodes that have it; selector requirements, negations included, are set
@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 
-use prost::Message;
 use roaring::RoaringBitmap;
 use schemas::status::NodeStatus;
 use schemas::NodeRecord;
@@ -140,8 +139,17 @@ impl Catalog {
 
     /// The record in a slot.
     pub fn record(&self, slot: u32) -> Option<NodeRecord> {
-        let slot = self.slots.get(slot as usize)?.as_ref()?;
-        NodeRecord::decode(&*slot.encoded).ok()
+        serde_json::from_slice(self.json(slot)?).ok()
+    }
+
+    /// The record of a node, as the JSON of the contract.
+    pub fn json_of(&self, node_id: &str) -> Option<&[u8]> {
+        self.json(*self.by_id.get(node_id)?)
+    }
+
+    /// The record in a slot, as the JSON of the contract.
+    pub fn json(&self, slot: u32) -> Option<&[u8]> {
+        self.slots.get(slot as usize)?.as_ref().map(|s| &*s.encoded)
     }
 
     /// The node id in a slot.
@@ -195,7 +203,8 @@ impl Catalog {
         if let Some(entry) = self.slots.get_mut(slot as usize) {
             *entry = Some(Slot {
                 facts,
-                encoded: record.encode_to_vec().into_boxed_slice(),
+                encoded: schemas::codec::encode(&record, schemas::Encoding::Json)
+                    .into_boxed_slice(),
                 node_id: record.node_id,
             });
         }

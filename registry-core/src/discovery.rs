@@ -354,10 +354,28 @@ impl Query {
     /// Answers the query from the catalog's indexes: only the matches are
     /// touched, and only the returned records are decoded.
     pub fn answer(&self, catalog: &Catalog) -> DiscoverReply {
+        let selection = self.select(catalog);
+        DiscoverReply {
+            nodes: selection
+                .slots
+                .iter()
+                .filter_map(|slot| catalog.record(*slot))
+                .map(|r| self.project(&r))
+                .collect(),
+            total: selection.total,
+            revision: catalog.revision,
+            next_cursor: selection.next_cursor,
+            ..DiscoverReply::default()
+        }
+    }
+
+    /// The slots of the reply, in order, with the count of all matches and
+    /// the cursor to continue from.
+    pub fn select(&self, catalog: &Catalog) -> Selection {
         if matches!(self.sort, SortOrder::LeastLoaded | SortOrder::MostFreeVram)
             && self.cursor.is_none()
         {
-            return self.answer_ranked(catalog);
+            return self.select_ranked(catalog);
         }
         let prefer: Vec<RoaringBitmap> = self
             .prefer_labels
@@ -382,23 +400,17 @@ impl Query {
             })
             .collect();
         let (slots, total, next_cursor) = self.rank_and_cut(hits);
-        DiscoverReply {
-            nodes: slots
-                .into_iter()
-                .filter_map(|slot| catalog.record(slot))
-                .map(|r| self.project(&r))
-                .collect(),
+        Selection {
+            slots,
             total,
-            revision: catalog.revision,
             next_cursor,
-            ..DiscoverReply::default()
         }
     }
 
-    /// The load- or VRAM-ranked answer, for broad queries at scale: ranks
+    /// The load- or VRAM-ranked selection, for broad queries at scale: ranks
     /// on dense numeric keys (24 bytes a match, no record or id touched),
     /// then breaks ties at the cut by node id, as [`Query::answer_scan`] does.
-    fn answer_ranked(&self, catalog: &Catalog) -> DiscoverReply {
+    fn select_ranked(&self, catalog: &Catalog) -> Selection {
         let prefer: Vec<RoaringBitmap> = self
             .prefer_labels
             .iter()
@@ -450,15 +462,10 @@ impl Query {
             a.0.cmp(&b.0)
                 .then_with(|| catalog.node_id(a.1).cmp(&catalog.node_id(b.1)))
         });
-        DiscoverReply {
-            nodes: chosen
-                .into_iter()
-                .filter_map(|(_, slot)| catalog.record(slot))
-                .map(|r| self.project(&r))
-                .collect(),
+        Selection {
+            slots: chosen.into_iter().map(|(_, slot)| slot).collect(),
             total,
-            revision: catalog.revision,
-            ..DiscoverReply::default()
+            next_cursor: None,
         }
     }
 
@@ -620,6 +627,17 @@ pub fn free_vram(record: &NodeRecord) -> Option<f64> {
             (g.vram_gb - used).max(0.0)
         })
         .fold(None, max_of)
+}
+
+/// The nodes a reply returns, as catalog slots in reply order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    /// The slots, best first.
+    pub slots: Vec<u32>,
+    /// Matches before the limit (and the cursor) were applied.
+    pub total: u64,
+    /// Where the next page starts (sort `node_id` only).
+    pub next_cursor: Option<String>,
 }
 
 /// A match being ranked: its preference score, its sort key, its id, and

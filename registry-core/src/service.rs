@@ -13,7 +13,8 @@ use schemas::{DiscoverReply, DiscoverRequest, GetRequest};
 use tokio::sync::watch;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::discovery::Query;
+use crate::catalog::Catalog;
+use crate::discovery::{Query, Selection};
 use crate::index::ReadIndex;
 
 /// Counters of the registry, reported in the service's `$SRV.STATS` data.
@@ -232,7 +233,19 @@ async fn answer(
                     ));
                 }
             }
-            let reply: DiscoverReply = ready(index)?.read(|catalog| query.answer(catalog));
+            let index = ready(index)?;
+            if encoding == Encoding::Json && query.fields.is_none() {
+                // The catalog keeps each record as its JSON: splice them.
+                return Ok(index.read(|catalog| {
+                    let selection = query.select(catalog);
+                    let revision = catalog.revision;
+                    (
+                        splice_json(catalog, selection, &query, max_payload),
+                        revision,
+                    )
+                }));
+            }
+            let reply: DiscoverReply = index.read(|catalog| query.answer(catalog));
             let revision = reply.revision;
             Ok((
                 encode_within(reply, &query, encoding, max_payload),
@@ -245,10 +258,17 @@ async fn answer(
             let id = subjects::NodeId::parse(&request.node_id).map_err(|e| {
                 ServiceError::new(ErrorCode::BadRequest, format!("field node_id: {e}"))
             })?;
-            let (record, revision) = ready(index)?.read(|c| (c.get(id.as_str()), c.revision));
-            match record {
-                Some(record) => Ok((codec::encode(&record, encoding), revision)),
-                None => Err(ServiceError::new(
+            let index = ready(index)?;
+            let found = index.read(|c| {
+                let body = match encoding {
+                    Encoding::Json => c.json_of(id.as_str()).map(<[u8]>::to_vec),
+                    Encoding::Protobuf => c.get(id.as_str()).map(|r| codec::encode(&r, encoding)),
+                };
+                (body, c.revision)
+            });
+            match found {
+                (Some(body), revision) => Ok((body, revision)),
+                (None, _) => Err(ServiceError::new(
                     ErrorCode::NotFound,
                     format!("no node {id}"),
                 )),
@@ -282,6 +302,62 @@ fn encode_within(
         }
         body = encode(&reply);
     }
+    body
+}
+
+/// The JSON reply built from the records' stored JSON, cut to fit under the
+/// server's max payload like [`encode_within`].
+fn splice_json(
+    catalog: &Catalog,
+    selection: Selection,
+    query: &Query,
+    max_payload: usize,
+) -> Vec<u8> {
+    let budget = max_payload.saturating_sub(4096).max(1024);
+    let mut body = Vec::with_capacity(budget.min(256 * 1024));
+    body.extend_from_slice(b"{\"nodes\":[");
+    let mut truncated = false;
+    let mut last: Option<u32> = None;
+    for slot in &selection.slots {
+        let Some(json) = catalog.json(*slot) else {
+            continue;
+        };
+        // Room for this record, a comma and the tail (total, revision, cursor).
+        if body.len() + json.len() + 256 > budget {
+            truncated = true;
+            break;
+        }
+        if last.is_some() {
+            body.push(b',');
+        }
+        body.extend_from_slice(json);
+        last = Some(*slot);
+    }
+    let next_cursor = if truncated {
+        (query.sort == SortOrder::NodeId)
+            .then(|| {
+                last.and_then(|slot| catalog.node_id(slot))
+                    .map(str::to_owned)
+            })
+            .flatten()
+    } else {
+        selection.next_cursor
+    };
+    body.extend_from_slice(
+        format!(
+            "],\"total\":{},\"revision\":{}",
+            selection.total, catalog.revision
+        )
+        .as_bytes(),
+    );
+    if let Some(cursor) = next_cursor {
+        body.extend_from_slice(b",\"next_cursor\":");
+        body.extend_from_slice(&serde_json::to_vec(&cursor).unwrap_or_default());
+    }
+    if truncated {
+        body.extend_from_slice(b",\"truncated\":true");
+    }
+    body.push(b'}');
     body
 }
 
