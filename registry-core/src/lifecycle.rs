@@ -651,6 +651,7 @@ impl Fleet {
 mod tests {
     use super::*;
     use schemas::{Metrics, NodeEvent};
+    use subjects::alert_types::*;
 
     fn t0() -> DateTime<Utc> {
         schemas::time::parse("2026-11-22T00:00:00Z").expect("valid time")
@@ -759,7 +760,7 @@ mod tests {
             }
             sim.send(EventType::Heartbeat, "n1", at);
         }
-        assert_eq!(sim.alert_types(), vec!["node.registered"]);
+        assert_eq!(sim.alert_types(), vec![NODE_REGISTERED]);
         assert_eq!(sim.status("n1"), Some(NodeStatus::Online));
         // One checkpoint per 60 s at most: 24 h → at most 1440 writes.
         let checkpoints = sim.writes - writes_after_register;
@@ -792,12 +793,7 @@ mod tests {
         assert_eq!(e.alerts[0].previous_status.as_deref(), Some("offline"));
         assert_eq!(
             sim.alert_types(),
-            vec![
-                "node.registered",
-                "node.degraded",
-                "node.offline",
-                "node.online"
-            ]
+            vec![NODE_REGISTERED, NODE_DEGRADED, NODE_OFFLINE, NODE_ONLINE]
         );
     }
 
@@ -807,7 +803,7 @@ mod tests {
         sim.send(EventType::Register, "n1", t0());
         let e = sim.sweep(t0() + secs(1000));
         assert_eq!(e.alerts.len(), 1);
-        assert_eq!(e.alerts[0].r#type, "node.offline");
+        assert_eq!(e.alerts[0].r#type, NODE_OFFLINE);
         assert_eq!(e.alerts[0].previous_status.as_deref(), Some("online"));
     }
 
@@ -826,10 +822,7 @@ mod tests {
             .send(EventType::Deregister, "n1", t0() + secs(6))
             .is_empty());
         assert!(sim.sweep(t0() + secs(1000)).is_empty());
-        assert_eq!(
-            sim.alert_types(),
-            vec!["node.registered", "node.deregistered"]
-        );
+        assert_eq!(sim.alert_types(), vec![NODE_REGISTERED, NODE_DEREGISTERED]);
     }
 
     #[test]
@@ -934,7 +927,7 @@ mod tests {
         assert!(restarted.sweep(start + secs(90)).alerts.is_empty());
         let e = restarted.sweep(start + secs(91));
         assert_eq!(e.alerts.len(), 1);
-        assert_eq!(e.alerts[0].r#type, "node.degraded");
+        assert_eq!(e.alerts[0].r#type, NODE_DEGRADED);
     }
 
     #[test]
@@ -960,7 +953,7 @@ mod tests {
         assert_eq!(
             sim.alert_types()
                 .iter()
-                .filter(|t| *t == "registry.self_preservation")
+                .filter(|t| *t == REGISTRY_SELF_PRESERVATION)
                 .count(),
             1
         );
@@ -972,7 +965,7 @@ mod tests {
         assert_eq!(e.alerts.len(), 1);
         assert_eq!(e.alerts[0].status.as_deref(), Some("left"));
         assert!(!sim.fleet.in_self_preservation());
-        assert!(!sim.alert_types().iter().any(|t| t == "node.degraded"));
+        assert!(!sim.alert_types().iter().any(|t| t == NODE_DEGRADED));
     }
 
     #[test]
@@ -994,7 +987,7 @@ mod tests {
         let degraded = sim
             .alert_types()
             .iter()
-            .filter(|t| *t == "node.degraded")
+            .filter(|t| *t == NODE_DEGRADED)
             .count();
         assert_eq!(degraded, 3);
     }

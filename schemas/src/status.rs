@@ -3,10 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use subjects::alert_types;
+
 /// Declares a string-backed enum with `as_str`, `Display`, `FromStr` and the
 /// list of its accepted values (for error messages).
 macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:expr),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name {
@@ -34,14 +36,14 @@ macro_rules! string_enum {
         impl FromStr for $name {
             type Err = UnknownValue;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok(Self::$variant),)+
-                    _ => Err(UnknownValue {
-                        what: stringify!($name),
-                        value: s.chars().take(64).collect(),
-                        expected: Self::ALL,
-                    }),
-                }
+                $(if s == $text {
+                    return Ok(Self::$variant);
+                })+
+                Err(UnknownValue {
+                    what: stringify!($name),
+                    value: s.chars().take(64).collect(),
+                    expected: Self::ALL,
+                })
             }
         }
     };
@@ -89,19 +91,19 @@ string_enum! {
     /// The type of an alert on `system.broadcast`.
     AlertType {
         /// A node the registry did not know registered.
-        Registered => "node.registered",
+        Registered => alert_types::NODE_REGISTERED,
         /// A degraded or offline node is back.
-        Online => "node.online",
+        Online => alert_types::NODE_ONLINE,
         /// A node missed heartbeats for `degraded_after`.
-        Degraded => "node.degraded",
+        Degraded => alert_types::NODE_DEGRADED,
         /// A node missed heartbeats for `offline_after`.
-        Offline => "node.offline",
+        Offline => alert_types::NODE_OFFLINE,
         /// A node deregistered.
-        Deregistered => "node.deregistered",
+        Deregistered => alert_types::NODE_DEREGISTERED,
         /// A node was put into maintenance.
-        Maintenance => "node.maintenance",
+        Maintenance => alert_types::NODE_MAINTENANCE,
         /// The registry suspects itself and holds transitions (or stops doing so).
-        SelfPreservation => "registry.self_preservation",
+        SelfPreservation => alert_types::REGISTRY_SELF_PRESERVATION,
     }
 }
 

@@ -61,6 +61,25 @@ pub const BUCKET_REGISTRY_META: &str = "registry_meta";
 /// Default name of the registry's durable pull consumer on `NODE_EVENTS`.
 pub const CONSUMER_REGISTRY: &str = "registry";
 
+/// Alert types on [`SYSTEM_BROADCAST`]. They are names of the contract that
+/// look like subjects, so they are spelled here too.
+pub mod alert_types {
+    /// A node the registry did not know registered.
+    pub const NODE_REGISTERED: &str = "node.registered";
+    /// A degraded or offline node is back.
+    pub const NODE_ONLINE: &str = "node.online";
+    /// A node missed heartbeats for `degraded_after`.
+    pub const NODE_DEGRADED: &str = "node.degraded";
+    /// A node missed heartbeats for `offline_after`.
+    pub const NODE_OFFLINE: &str = "node.offline";
+    /// A node deregistered.
+    pub const NODE_DEREGISTERED: &str = "node.deregistered";
+    /// A node was put into maintenance.
+    pub const NODE_MAINTENANCE: &str = "node.maintenance";
+    /// The registry suspects itself (entered / left).
+    pub const REGISTRY_SELF_PRESERVATION: &str = "registry.self_preservation";
+}
+
 /// Longest node id, in bytes.
 pub const NODE_ID_MAX_LEN: usize = 63;
 
