@@ -72,6 +72,9 @@ echo
 echo "\$ nodectl discover --capability gpu --label region=eu"
 "$bin/nodectl" discover --capability gpu --label region=eu
 echo
+echo "\$ nodectl discover 'region in (eu,us),!spot' --prefer region=us"
+"$bin/nodectl" discover 'region in (eu,us),!spot' --prefer region=us
+echo
 echo "\$ nodectl discover --label region=eu --sort node_id -o json | (first node, abridged)"
 "$bin/nodectl" discover --label region=eu --sort node_id -o json | python3 -c '
 import json, sys
