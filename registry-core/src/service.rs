@@ -234,7 +234,7 @@ async fn answer(
                 }
             }
             let index = ready(index)?;
-            if encoding == Encoding::Json && query.fields.is_none() {
+            if encoding == Encoding::Json {
                 // The catalog keeps each record as its JSON: splice them.
                 return Ok(index.read(|catalog| {
                     let selection = query.select(catalog);
@@ -277,7 +277,7 @@ async fn answer(
     }
 }
 
-/// Encodes a reply, projected to the query's fields, cut to fit under the
+/// Encodes a reply (protobuf; JSON replies are spliced), cut to fit under the
 /// server's max payload: a cut reply says `truncated` and, sorted by node
 /// id, carries the cursor to continue from.
 fn encode_within(
@@ -286,10 +286,7 @@ fn encode_within(
     encoding: Encoding,
     max_payload: usize,
 ) -> Vec<u8> {
-    let encode = |reply: &DiscoverReply| match (&query.fields, encoding) {
-        (Some(fields), Encoding::Json) => project_json(reply, fields),
-        _ => codec::encode(reply, encoding),
-    };
+    let encode = |reply: &DiscoverReply| codec::encode(reply, encoding);
     // Leave room for the headers and the reply subject.
     let budget = max_payload.saturating_sub(4096).max(1024);
     let mut body = encode(&reply);
@@ -319,8 +316,16 @@ fn splice_json(
     let mut truncated = false;
     let mut last: Option<u32> = None;
     for slot in &selection.slots {
-        let Some(json) = catalog.json(*slot) else {
+        let Some(stored) = catalog.json(*slot) else {
             continue;
+        };
+        let projected;
+        let json = match &query.fields {
+            None => stored,
+            Some(fields) => {
+                projected = project_stored(stored, fields);
+                &projected[..]
+            }
         };
         // Room for this record, a comma and the tail (total, revision, cursor).
         if body.len() + json.len() + 256 > budget {
@@ -361,17 +366,25 @@ fn splice_json(
     body
 }
 
-/// The JSON form with only the requested keys in each node.
-fn project_json(reply: &DiscoverReply, fields: &std::collections::BTreeSet<String>) -> Vec<u8> {
-    let mut value = serde_json::to_value(reply).unwrap_or_default();
-    if let Some(nodes) = value.get_mut("nodes").and_then(|n| n.as_array_mut()) {
-        for node in nodes {
-            if let Some(object) = node.as_object_mut() {
-                object.retain(|key, _| fields.contains(key));
-            }
+/// A stored record's JSON with only the requested top-level keys; values
+/// are copied as they are, not parsed.
+fn project_stored(stored: &[u8], fields: &std::collections::BTreeSet<String>) -> Vec<u8> {
+    type Raw<'a> = std::collections::BTreeMap<&'a str, &'a serde_json::value::RawValue>;
+    let Ok(object) = serde_json::from_slice::<Raw<'_>>(stored) else {
+        return b"{}".to_vec();
+    };
+    let mut out = Vec::with_capacity(stored.len() / 2);
+    out.push(b'{');
+    for (key, value) in object.iter().filter(|(k, _)| fields.contains(**k)) {
+        if out.len() > 1 {
+            out.push(b',');
         }
+        out.extend_from_slice(&serde_json::to_vec(key).unwrap_or_default());
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
     }
-    serde_json::to_vec(&value).unwrap_or_default()
+    out.push(b'}');
+    out
 }
 
 fn ready(index: &ReadIndex) -> Result<&ReadIndex, ServiceError> {
