@@ -1,0 +1,124 @@
+//! A short run of the fleet simulator against a real registry: every node
+//! registers, crashes are detected within bounds, and no node that kept
+//! beating is ever judged (the smoke version of the scale benchmarks).
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleet_tests::{
+    registry_client, spawn_registry, wait_registry, workspace_bin, AlertTap, NatsServer,
+};
+use schemas::DiscoverRequest;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_fleet_with_crashes_is_judged_right() {
+    let server = NatsServer::start().await;
+    let _registry = spawn_registry(
+        &server,
+        "registry",
+        &["--degraded-after", "2s", "--offline-after", "20s"],
+        &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")],
+    );
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+
+    let url = server.url();
+    let sim_started = Utc::now();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(workspace_bin("fleet-sim"))
+            .args([
+                "--nats-url",
+                &url,
+                "--nodes",
+                "200",
+                "--heartbeat-interval",
+                "500ms",
+            ])
+            .args([
+                "--crashes-per-sec",
+                "2",
+                "--duration",
+                "8s",
+                "--encoding",
+                "protobuf",
+                "--connections",
+                "2",
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("fleet-sim runs")
+    })
+    .await
+    .expect("join");
+    let sim_ended = Utc::now();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["registers"], 200);
+    assert_eq!(report["failed"], 0);
+    let crashes: Vec<(String, DateTime<Utc>)> = report["crashes"]
+        .as_array()
+        .expect("crashes")
+        .iter()
+        .map(|c| {
+            let id = c["node_id"].as_str().expect("id").to_owned();
+            let at =
+                schemas::time::parse(c["crashed_at"].as_str().expect("time")).expect("RFC 3339");
+            (id, at)
+        })
+        .collect();
+    assert!(crashes.len() >= 10, "{} crashes", crashes.len());
+
+    let request = DiscoverRequest {
+        status: Some("any".into()),
+        limit: Some(1000),
+        ..DiscoverRequest::default()
+    };
+    let all = client.list_all(&request).await.expect("list");
+    assert_eq!(all.len(), 200, "every simulated node is known");
+
+    // Crashes early enough to be judged before the fleet stopped are
+    // detected, never sooner than degraded_after.
+    let judged: Vec<&(String, DateTime<Utc>)> = crashes
+        .iter()
+        .filter(|(_, at)| *at + chrono::Duration::seconds(4) < sim_ended)
+        .collect();
+    let mut waiting: HashSet<&str> = judged.iter().map(|(id, _)| id.as_str()).collect();
+    while !waiting.is_empty() {
+        let alert = alerts
+            .expect("the crashed nodes degraded", Duration::from_secs(30), |a| {
+                a.r#type == "node.degraded"
+                    && a.node_id.as_deref().is_some_and(|id| waiting.contains(id))
+            })
+            .await;
+        let id = alert.node_id.clone().unwrap_or_default();
+        let crashed_at = crashes
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, at)| *at)
+            .expect("a crash");
+        let at = schemas::time::parse(&alert.at).expect("time");
+        assert!(
+            at - crashed_at >= chrono::Duration::milliseconds(1500),
+            "{id} judged {} after its crash",
+            at - crashed_at
+        );
+        waiting.remove(id.as_str());
+    }
+    // No false alarm while the fleet was running: every degraded alert
+    // before the end is about a node that crashed.
+    let crashed: HashSet<&str> = crashes.iter().map(|(id, _)| id.as_str()).collect();
+    for alert in &alerts.seen {
+        let at = schemas::time::parse(&alert.at).expect("time");
+        if alert.r#type == "node.degraded" && at < sim_ended && at > sim_started {
+            let id = alert.node_id.as_deref().unwrap_or("");
+            assert!(crashed.contains(id), "false alarm for {id}");
+        }
+    }
+}
