@@ -20,7 +20,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -29,12 +29,12 @@ impl Rng {
 
     /// Uniform in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// True with `percent` % probability.
@@ -141,7 +141,7 @@ pub fn register(node_id: &str, n: u64, seq: u64, seed: u64) -> NodeEvent {
         }),
         agent_version: Some("0.1.0-sim".into()),
         seq: Some(seq),
-        caps_hash: Some(format!("{:016x}", Rng::new(n ^ seed).next())),
+        caps_hash: Some(format!("{:016x}", Rng::new(n ^ seed).next_u64())),
         ..NodeEvent::default()
     }
 }
