@@ -225,7 +225,18 @@ async fn run_as(
                 spawn_detection(&agent, &detected_tx);
             }
             Some(event) = events_rx.recv() => match event {
-                async_nats::Event::Connected if !initial_connect_seen => initial_connect_seen = true,
+                async_nats::Event::Connected if !initial_connect_seen => {
+                    initial_connect_seen = true;
+                    // NATS was down at start: the registration may be in a
+                    // long backoff; try again now that the server is here.
+                    let late = agent.started.elapsed() > Duration::from_secs(2);
+                    if late && !agent.registered.load(Ordering::Relaxed) {
+                        if let Some(r) = registration.take() {
+                            r.task.abort();
+                        }
+                        spawn_detection(&agent, &detected_tx);
+                    }
+                }
                 async_nats::Event::Connected => {
                     info!("reconnected to NATS; registering again");
                     // Forget the hash so the fresh detection registers even

@@ -138,11 +138,16 @@ impl NatsServer {
     /// Starts a server with extra configuration (nats-server config syntax,
     /// e.g. `max_payload: 65536`).
     pub async fn start_with_config(config: &str) -> Self {
+        Self::start_on(free_port(), config).await
+    }
+
+    /// Starts a server on a given port (for clients started before it).
+    pub async fn start_on(port: u16, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
         std::fs::write(dir.path().join("extra.conf"), config).expect("write nats-server config");
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port,
             dir,
         };
         server.spawn().await;

@@ -469,3 +469,45 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
         assert!(text.contains("Restart=on-failure"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_before_nats_joins_once_the_server_is_up() {
+    let port = fleet_tests::free_port();
+    let state = tempfile::tempdir().expect("tmp");
+    let mut node = Proc::spawn(
+        "early-agent",
+        &workspace_bin("node-agent"),
+        &[
+            "--nats-url".to_owned(),
+            format!("nats://127.0.0.1:{port}"),
+            "--state-dir".to_owned(),
+            state.path().display().to_string(),
+            "--heartbeat-interval".to_owned(),
+            "300ms".to_owned(),
+            "--ollama-url".to_owned(),
+            "http://127.0.0.1:9".to_owned(),
+        ],
+        &[],
+        state.path().join("agent.log"),
+    );
+    // Nothing listens yet; the agent retries without a busy loop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let server = NatsServer::start_on(port, "").await;
+    let _registry = registry(&server);
+    let client = registry_client(&server).await;
+    let id = eventually("the agent's id", SOON, || async {
+        std::fs::read_to_string(state.path().join("node_id"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    })
+    .await;
+    record_where(&client, &id, "the early agent online", |r| {
+        r.status == "online"
+    })
+    .await;
+    let (status, _) = node
+        .terminate(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert!(status.success());
+}
