@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use registry_kv::alerts::AlertPublisher;
 use registry_kv::{RecordStore, StoreError};
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
@@ -21,6 +21,10 @@ use tracing::{debug, info, info_span, instrument, warn, Instrument};
 use crate::lifecycle::{Effects, Fleet, Write};
 use crate::service::Counters;
 
+/// Most events handled as one batch.
+const MAX_BATCH: usize = 1000;
+/// Most alerts or writes in flight at once.
+const MAX_IN_FLIGHT: usize = 256;
 /// Most alerts kept for a retry while `ALERTS` cannot be reached.
 const MAX_PENDING_ALERTS: usize = 10_000;
 /// How long one window of the server-clock estimate lasts.
@@ -156,7 +160,22 @@ impl<S: RecordStore> Worker<S> {
                     }
                 } => match next {
                     Some(Ok(message)) => {
-                        caught_up = self.on_message(message).await;
+                        // Take what else is ready now, up to a batch: its
+                        // writes go out together, one per node.
+                        let mut batch = vec![message];
+                        while batch.len() < MAX_BATCH {
+                            let Some(stream) = messages.as_mut() else { break };
+                            match stream.next().now_or_never() {
+                                Some(Some(Ok(more))) => batch.push(more),
+                                Some(Some(Err(e))) => debug!(error = %e, "event consumer hiccup"),
+                                Some(None) => {
+                                    messages = None;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        caught_up = self.on_batch(batch).await;
                     }
                     Some(Err(e)) => debug!(error = %e, "event consumer hiccup"),
                     None => messages = None,
@@ -200,44 +219,54 @@ impl<S: RecordStore> Worker<S> {
         info!(nodes = self.fleet.len(), "worker stopped");
     }
 
-    /// Handles one delivery; returns whether the consumer is caught up.
-    async fn on_message(&mut self, message: jetstream::Message) -> bool {
-        let meta = message
-            .info()
-            .map(|i| (i.stream_sequence, i.pending, i.published))
-            .map_err(|e| Rejection::Metadata(e.to_string()));
-        let (seq, pending, received) = match meta {
-            Ok(meta) => meta,
-            Err(reason) => {
-                self.reject(&message, &reason).await;
-                return false;
-            }
-        };
-        self.clock.observe(received);
-        let span = info_span!("event", seq, subject = %message.subject);
-        async {
+    /// Handles a batch of deliveries in stream order; returns whether the
+    /// consumer is caught up. Events are acked once the effects of the whole
+    /// batch are durable.
+    async fn on_batch(&mut self, batch: Vec<jetstream::Message>) -> bool {
+        let mut effects = Effects::default();
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut caught_up = false;
+        for message in batch {
+            let meta = message
+                .info()
+                .map(|i| (i.stream_sequence, i.pending, i.published))
+                .map_err(|e| Rejection::Metadata(e.to_string()));
+            let (seq, pending, received) = match meta {
+                Ok(meta) => meta,
+                Err(reason) => {
+                    self.reject(&message, &reason).await;
+                    continue;
+                }
+            };
+            caught_up = pending == 0;
+            self.clock.observe(received);
             match decode(&message) {
                 Err(reason) => self.reject(&message, &reason).await,
                 Ok(event) => {
-                    debug!(node_id = %event.node_id, kind = %event.kind, "event");
+                    debug!(seq, node_id = %event.node_id, kind = %event.kind, "event");
                     Counters::bump(&self.counters.events_applied);
-                    let effects = self.fleet.apply(&event, received, seq);
-                    let ack = if self.execute(effects).await {
-                        AckKind::Ack
-                    } else {
-                        // The fleet retries the failed parts; redelivery
-                        // covers a crash before it does.
-                        AckKind::Nak(Some(Duration::from_secs(1)))
-                    };
-                    if let Err(e) = message.ack_with(ack).await {
-                        warn!(error = %e, "acking an event");
-                    }
+                    let applied = self.fleet.apply(&event, received, seq);
+                    effects.alerts.extend(applied.alerts);
+                    effects.writes.extend(applied.writes);
+                    effects.reannounce.extend(applied.reannounce);
+                    accepted.push(message);
                 }
             }
         }
-        .instrument(span)
-        .await;
-        pending == 0
+        let span = info_span!("events", count = accepted.len());
+        let ack = if self.execute(effects).instrument(span).await {
+            AckKind::Ack
+        } else {
+            // The fleet retries the failed parts; redelivery covers a crash
+            // before it does.
+            AckKind::Nak(Some(Duration::from_secs(1)))
+        };
+        for message in &accepted {
+            if let Err(e) = message.ack_with(ack).await {
+                warn!(error = %e, "acking an event");
+            }
+        }
+        caught_up
     }
 
     async fn reject(&self, message: &jetstream::Message, reason: &Rejection) {
@@ -249,15 +278,73 @@ impl<S: RecordStore> Worker<S> {
         }
     }
 
-    /// Executes effects in order: alerts, writes, reannounces. Returns whether
+    /// Executes effects in order: alerts (all stored before any write, so a
+    /// crash never loses one), writes (one per node: the last decision wins;
+    /// different nodes in flight together), reannounces. Returns whether
     /// everything succeeded; what failed is retried later.
     async fn execute(&mut self, effects: Effects) -> bool {
         let mut ok = true;
-        for alert in effects.alerts {
-            ok &= self.publish_alert(alert).await;
+        let publisher = self.alerts.clone();
+        let published: Vec<(Alert, bool)> = futures::stream::iter(effects.alerts)
+            .map(|alert| {
+                let publisher = publisher.clone();
+                async move {
+                    let stored = publisher.publish(&alert).await;
+                    if let Err(e) = &stored {
+                        warn!(error = %e, "alert not stored; will retry");
+                    }
+                    (alert, stored.is_ok())
+                }
+            })
+            .buffered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        for (alert, stored) in published {
+            ok &= self.record_alert(alert, stored);
         }
+        // One write per node: a later decision carries the whole record.
+        let mut latest: Vec<Write> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for write in effects.writes {
-            ok &= self.write(write).await;
+            match index.get(write.node_id()) {
+                Some(&i) => latest[i] = write,
+                None => {
+                    index.insert(write.node_id().to_owned(), latest.len());
+                    latest.push(write);
+                }
+            }
+        }
+        // A node created and deregistered within the batch has no record to write.
+        latest.retain(|w| match w {
+            Write::Put { record, .. } => NodeId::parse(&record.node_id)
+                .ok()
+                .is_some_and(|id| self.fleet.get(&id).is_some()),
+            Write::Delete { .. } => true,
+        });
+        let store = &self.store;
+        let results: Vec<(Write, Result<Option<u64>, StoreError>)> = futures::stream::iter(latest)
+            .map(|write| async move {
+                let result = match &write {
+                    Write::Put {
+                        record,
+                        revision: None,
+                    } => store.create(record).await.map(Some),
+                    Write::Put {
+                        record,
+                        revision: Some(rev),
+                    } => store.update(record, *rev).await.map(Some),
+                    Write::Delete { node_id, revision } => store
+                        .delete(node_id.as_str(), *revision)
+                        .await
+                        .map(|()| None),
+                };
+                (write, result)
+            })
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        for (write, result) in results {
+            ok &= self.record_write(write, result).await;
         }
         for id in effects.reannounce {
             self.reannounce(&id).await;
@@ -265,28 +352,24 @@ impl<S: RecordStore> Worker<S> {
         ok
     }
 
-    async fn publish_alert(&mut self, alert: Alert) -> bool {
-        match self.alerts.publish(&alert).await {
-            Ok(()) => {
-                Counters::bump(&self.counters.alerts_published);
-                info!(
-                    alert = %alert.r#type,
-                    node_id = alert.node_id.as_deref().unwrap_or(""),
-                    message = alert.message.as_deref().unwrap_or(""),
-                    "alert"
-                );
-                true
-            }
-            Err(e) => {
-                warn!(error = %e, "alert not stored; will retry");
-                if self.pending_alerts.len() >= MAX_PENDING_ALERTS {
-                    warn!("alert retry queue full; dropping the oldest");
-                    self.pending_alerts.pop_front();
-                }
-                self.pending_alerts.push_back(alert);
-                false
-            }
+    /// Counts a stored alert, or keeps it for a retry.
+    fn record_alert(&mut self, alert: Alert, stored: bool) -> bool {
+        if stored {
+            Counters::bump(&self.counters.alerts_published);
+            info!(
+                alert = %alert.r#type,
+                node_id = alert.node_id.as_deref().unwrap_or(""),
+                message = alert.message.as_deref().unwrap_or(""),
+                "alert"
+            );
+            return true;
         }
+        if self.pending_alerts.len() >= MAX_PENDING_ALERTS {
+            warn!("alert retry queue full; dropping the oldest");
+            self.pending_alerts.pop_front();
+        }
+        self.pending_alerts.push_back(alert);
+        false
     }
 
     async fn retry_alerts(&mut self) {
@@ -300,23 +383,14 @@ impl<S: RecordStore> Worker<S> {
         }
     }
 
+    /// Takes in the outcome of one write: the new revision, or a conflict
+    /// (re-read, re-decide on the next sweep), or a failure (retried).
     #[instrument(skip_all, fields(node_id = write.node_id()))]
-    async fn write(&mut self, write: Write) -> bool {
-        let result = match &write {
-            Write::Put {
-                record,
-                revision: None,
-            } => self.store.create(record).await.map(Some),
-            Write::Put {
-                record,
-                revision: Some(rev),
-            } => self.store.update(record, *rev).await.map(Some),
-            Write::Delete { node_id, revision } => self
-                .store
-                .delete(node_id.as_str(), *revision)
-                .await
-                .map(|()| None),
-        };
+    async fn record_write(
+        &mut self,
+        write: Write,
+        result: Result<Option<u64>, StoreError>,
+    ) -> bool {
         let id = NodeId::parse(write.node_id()).ok();
         match (result, id) {
             (Ok(revision), Some(id)) => {
