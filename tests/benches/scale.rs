@@ -96,6 +96,8 @@ struct Run {
 }
 
 async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
+    // Three missed heartbeats, as in production (90 s at 30 s), at least 5 s.
+    let degraded_after = (interval * 3).max(Duration::from_secs(5));
     let server = NatsServer::start().await;
     let registry_bin = release_bin("registry-core", "node-registry");
     let spawn = |name: &str| {
@@ -106,9 +108,9 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
                 "--nats-url".to_owned(),
                 server.url(),
                 "--degraded-after".to_owned(),
-                "10s".to_owned(),
+                format!("{}ms", degraded_after.as_millis()),
                 "--offline-after".to_owned(),
-                "60s".to_owned(),
+                format!("{}ms", (degraded_after * 6).as_millis()),
             ],
             &[("RUST_LOG", "warn".to_owned())],
             server.temp_path(&format!("{name}.log")),
@@ -177,10 +179,11 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     // Detection latency and false transitions.
     let crash_at: std::collections::HashSet<&str> =
         report.crashes.iter().map(|c| c.node_id.as_str()).collect();
-    let seen = alerts.collect_for(Duration::from_secs(12)).await;
+    let window = degraded_after + Duration::from_secs(5);
+    let seen = alerts.collect_for(window).await;
     let mut latencies: Vec<i64> = Vec::new();
     let mut false_transitions = 0;
-    let sim_end = chrono::Utc::now() - chrono::Duration::seconds(12);
+    let sim_end = chrono::Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
     for alert in &seen {
         if alert.r#type != "node.degraded" {
             continue;
@@ -195,7 +198,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
                     .as_deref()
                     .and_then(schemas::time::parse)
                     .unwrap_or(at);
-                latencies.push((at - last).num_milliseconds() - 10_000);
+                latencies.push((at - last).num_milliseconds() - degraded_after.as_millis() as i64);
             }
             None if at < sim_end => false_transitions += 1,
             None => {}
@@ -303,6 +306,6 @@ async fn main() {
             r.cold_start_s
         );
     }
-    println!("\n(lag in pending events; detection in ms beyond degraded_after = 10 s, from the last heartbeat; {} crashes injected per run at 1 per 10 s)",
+    println!("\n(lag in pending events; detection in ms beyond degraded_after (3 heartbeat intervals, at least 5 s), from the last heartbeat; {} crashes injected per run at 1 per 10 s)",
         results.first().map_or(0, |r| r.crashes));
 }
