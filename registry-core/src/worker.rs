@@ -284,21 +284,18 @@ impl<S: RecordStore> Worker<S> {
     /// everything succeeded; what failed is retried later.
     async fn execute(&mut self, effects: Effects) -> bool {
         let mut ok = true;
-        let publisher = self.alerts.clone();
-        let published: Vec<(Alert, bool)> = futures::stream::iter(effects.alerts)
-            .map(|alert| {
-                let publisher = publisher.clone();
-                async move {
-                    let stored = publisher.publish(&alert).await;
-                    if let Err(e) = &stored {
-                        warn!(error = %e, "alert not stored; will retry");
-                    }
-                    (alert, stored.is_ok())
+        let stored = self.alerts.publish_all(&effects.alerts).await;
+        let published: Vec<(Alert, bool)> = effects
+            .alerts
+            .into_iter()
+            .zip(stored)
+            .map(|(alert, result)| {
+                if let Err(e) = &result {
+                    warn!(error = %e, "alert not stored; will retry");
                 }
+                (alert, result.is_ok())
             })
-            .buffered(MAX_IN_FLIGHT)
-            .collect()
-            .await;
+            .collect();
         for (alert, stored) in published {
             ok &= self.record_alert(alert, stored);
         }

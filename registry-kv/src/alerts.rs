@@ -30,24 +30,44 @@ impl AlertPublisher {
         Self { js }
     }
 
-    /// Publishes one alert (JSON, `Nats-Msg-Id` = its id) and waits for the ack.
-    #[instrument(skip_all, fields(alert = %alert.r#type, node_id = alert.node_id.as_deref().unwrap_or("")))]
-    pub async fn publish(&self, alert: &Alert) -> Result<(), AlertError> {
-        let fail = |source: async_nats::Error| AlertError {
+    /// Publishes alerts in order on one connection (so `ALERTS` stores them
+    /// in that order), then waits for all their acks together; one result
+    /// per alert.
+    pub async fn publish_all(&self, alerts: &[Alert]) -> Vec<Result<(), AlertError>> {
+        let fail = |alert: &Alert, source: async_nats::Error| AlertError {
             id: alert.id.clone(),
             kind: alert.r#type.clone(),
             source,
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, alert.id.as_str());
-        let payload = schemas::codec::encode(alert, Encoding::Json);
-        self.js
-            .publish_with_headers(subjects::SYSTEM_BROADCAST, headers, payload.into())
+        let mut sent = Vec::with_capacity(alerts.len());
+        for alert in alerts {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, alert.id.as_str());
+            let payload = schemas::codec::encode(alert, Encoding::Json);
+            sent.push(
+                self.js
+                    .publish_with_headers(subjects::SYSTEM_BROADCAST, headers, payload.into())
+                    .await,
+            );
+        }
+        let mut results = Vec::with_capacity(alerts.len());
+        for (alert, sent) in alerts.iter().zip(sent) {
+            let result = match sent {
+                Err(e) => Err(fail(alert, e.into())),
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| fail(alert, e.into())),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// Publishes one alert (JSON, `Nats-Msg-Id` = its id) and waits for the ack.
+    #[instrument(skip_all, fields(alert = %alert.r#type, node_id = alert.node_id.as_deref().unwrap_or("")))]
+    pub async fn publish(&self, alert: &Alert) -> Result<(), AlertError> {
+        self.publish_all(std::slice::from_ref(alert))
             .await
-            .map_err(|e| fail(e.into()))?
-            .await
-            .map_err(|e| fail(e.into()))?;
-        Ok(())
+            .pop()
+            .unwrap_or(Ok(()))
     }
 }
