@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use fleet_tests::procfs::{percentile, rss_kib};
 use fleet_tests::{eventually, release_bin, NatsServer, Proc};
 use futures::StreamExt;
 use registry_core::catalog::Catalog;
@@ -171,15 +172,6 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
     }
 }
 
-fn rss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[derive(Debug, Clone)]
 struct Latency {
     name: String,
@@ -188,11 +180,6 @@ struct Latency {
     p999: Duration,
     reply_bytes: usize,
     matches: Option<u64>,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 async fn measure(
@@ -259,8 +246,8 @@ async fn main() {
 
     // 1. The index alone, in this process: RSS before and after building it
     //    from records generated one by one.
-    let self_pid = std::process::id().to_string();
-    let before = rss_kib(&self_pid);
+    let self_pid = std::process::id();
+    let before = rss_kib(self_pid);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut catalog = Catalog::new();
     let mut json_bytes = 0usize;
@@ -271,7 +258,7 @@ async fn main() {
         catalog.upsert(r);
     }
     let build_time = build.elapsed();
-    let catalog_kib = rss_kib(&self_pid).saturating_sub(before);
+    let catalog_kib = rss_kib(self_pid).saturating_sub(before);
     let per_node_index = catalog_kib as f64 * 1024.0 / nodes as f64;
     // In-process query cost, without NATS.
     let selective_q = Query::from_request(
@@ -379,7 +366,7 @@ async fn main() {
     )
     .await;
     let ready_after = started.elapsed();
-    let registry_rss = registry.pid().map(|p| rss_kib(&p.to_string())).unwrap_or(0);
+    let registry_rss = registry.pid().map(rss_kib).unwrap_or(0);
 
     // 3. Latency, all over the same client connection.
     let echo = server.client().await;

@@ -15,31 +15,10 @@
 use std::time::{Duration, Instant};
 
 use fleet_sim::{SimConfig, Simulator};
+use fleet_tests::procfs::{clock_ticks, cpu_ticks, percentile, rss_kib};
 use fleet_tests::{eventually, release_bin, AlertTap, NatsServer, Proc};
 use schemas::codec::{encode, Encoding};
 use schemas::DiscoverRequest;
-
-fn proc_stat(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let rss_pages = field(21);
-    (field(11) + field(12), rss_pages * 4096)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
 
 /// Raw JetStream publish rate (acked, pipelined) into a fresh stream.
 async fn ceiling(server: &NatsServer, events: usize) -> f64 {
@@ -154,7 +133,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         .map(|i| i.state.messages)
         .unwrap_or(0);
     let pid = registry.pid().expect("running");
-    let (ticks_before, _) = proc_stat(pid);
+    let ticks_before = cpu_ticks(pid);
     let started = Instant::now();
     let mut lag = Vec::new();
     let mut rss_max = 0;
@@ -163,9 +142,9 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         if let Ok(info) = consumer.info().await {
             lag.push(info.num_pending);
         }
-        rss_max = rss_max.max(proc_stat(pid).1);
+        rss_max = rss_max.max(rss_kib(pid) * 1024);
     }
-    let (ticks_after, _) = proc_stat(pid);
+    let ticks_after = cpu_ticks(pid);
     let wall = started.elapsed().as_secs_f64();
     let report = sim.await.expect("join").expect("simulation");
     let writes = nodes_stream
@@ -236,7 +215,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         published_per_sec: report.events_per_sec,
         lag_p50: percentile(&lag, 0.5),
         lag_p99: percentile(&lag, 0.99),
-        cpu_pct: (ticks_after - ticks_before) as f64 / 100.0 / wall * 100.0,
+        cpu_pct: (ticks_after - ticks_before) as f64 / clock_ticks() / wall * 100.0,
         rss_bytes: rss_max,
         kv_writes_per_heartbeat: writes as f64 / report.heartbeats.max(1) as f64,
         crashes: report.crashes.len(),

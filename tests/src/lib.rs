@@ -93,6 +93,54 @@ pub fn release_bin(package: &str, name: &str) -> PathBuf {
     target_dir().join("release").join(name)
 }
 
+/// Resource use of a process, from procfs (for benchmarks).
+pub mod procfs {
+    /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ; 100 on Linux).
+    pub fn clock_ticks() -> f64 {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    }
+
+    /// User plus system CPU time of a process, in clock ticks.
+    pub fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name, which is in parentheses; utime
+        // and stime are fields 14 and 15 of the line, 11 and 12 after ")".
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    }
+
+    /// Resident set size of a process, in KiB.
+    pub fn rss_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The value at quantile `p` (0..=1) of sorted samples.
+    pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+        if sorted.is_empty() {
+            return T::default();
+        }
+        let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+        sorted[i]
+    }
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
