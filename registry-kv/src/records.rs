@@ -185,6 +185,22 @@ struct MemoryInner {
     records: BTreeMap<String, Versioned<NodeRecord>>,
 }
 
+impl MemoryInner {
+    /// Stores a record at the next revision, which it returns.
+    fn store(&mut self, record: &NodeRecord) -> u64 {
+        self.revision += 1;
+        let revision = self.revision;
+        self.records.insert(
+            record.node_id.clone(),
+            Versioned {
+                value: record.clone(),
+                revision,
+            },
+        );
+        revision
+    }
+}
+
 impl MemoryRecords {
     /// An empty store.
     pub fn new() -> Self {
@@ -214,16 +230,7 @@ impl RecordStore for MemoryRecords {
                 key: record.node_id.clone(),
             });
         }
-        inner.revision += 1;
-        let revision = inner.revision;
-        inner.records.insert(
-            record.node_id.clone(),
-            Versioned {
-                value: record.clone(),
-                revision,
-            },
-        );
-        Ok(revision)
+        Ok(inner.store(record))
     }
 
     async fn update(&self, record: &NodeRecord, revision: u64) -> Result<u64, StoreError> {
@@ -236,16 +243,7 @@ impl RecordStore for MemoryRecords {
                 })
             }
         }
-        inner.revision += 1;
-        let revision = inner.revision;
-        inner.records.insert(
-            record.node_id.clone(),
-            Versioned {
-                value: record.clone(),
-                revision,
-            },
-        );
-        Ok(revision)
+        Ok(inner.store(record))
     }
 
     async fn delete(&self, key: &str, revision: u64) -> Result<(), StoreError> {

@@ -347,24 +347,7 @@ async fn main() {
     let client = fleet_tests::registry_client(&server)
         .await
         .with_timeout(Duration::from_secs(30));
-    eventually(
-        "the registry to load every node",
-        Duration::from_secs(300),
-        || async {
-            let request = DiscoverRequest {
-                status: Some("any".into()),
-                limit: Some(1),
-                ..DiscoverRequest::default()
-            };
-            client
-                .list(&request)
-                .await
-                .ok()
-                .filter(|r| r.total == nodes)
-                .map(|_| ())
-        },
-    )
-    .await;
+    fleet_tests::wait_total(&client, nodes, Duration::from_secs(300)).await;
     let ready_after = started.elapsed();
     let registry_rss = registry.pid().map(rss_kib).unwrap_or(0);
 

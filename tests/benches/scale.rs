@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use fleet_sim::{SimConfig, Simulator};
 use fleet_tests::procfs::{clock_ticks, cpu_ticks, percentile, rss_kib};
-use fleet_tests::{eventually, release_bin, AlertTap, NatsServer, Proc};
+use fleet_tests::{release_bin, AlertTap, NatsServer, Proc};
 use schemas::codec::{encode, Encoding};
-use schemas::DiscoverRequest;
 
 /// Raw JetStream publish rate (acked, pipelined) into a fresh stream.
 async fn ceiling(server: &NatsServer, events: usize) -> f64 {
@@ -189,24 +188,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     drop(registry);
     let restarted_at = Instant::now();
     let _second = spawn("registry-2");
-    eventually(
-        "the restarted registry to answer with every node",
-        Duration::from_secs(600),
-        || async {
-            let request = DiscoverRequest {
-                status: Some("any".into()),
-                limit: Some(1),
-                ..DiscoverRequest::default()
-            };
-            client
-                .list(&request)
-                .await
-                .ok()
-                .filter(|r| r.total >= nodes)
-                .map(|_| ())
-        },
-    )
-    .await;
+    fleet_tests::wait_total(&client, nodes, Duration::from_secs(600)).await;
     let cold_start_s = restarted_at.elapsed().as_secs_f64();
 
     Run {

@@ -468,6 +468,29 @@ pub async fn wait_registry(client: &nodectl::Client) {
     .await;
 }
 
+/// Waits up to `limit` until the registry lists at least `nodes` nodes of
+/// any status.
+pub async fn wait_total(client: &nodectl::Client, nodes: u64, limit: Duration) {
+    eventually(
+        &format!("the registry to list {nodes} nodes"),
+        limit,
+        || async {
+            let request = schemas::DiscoverRequest {
+                status: Some("any".into()),
+                limit: Some(1),
+                ..schemas::DiscoverRequest::default()
+            };
+            client
+                .list(&request)
+                .await
+                .ok()
+                .filter(|r| r.total >= nodes)
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
 /// A live subscription to `system.broadcast`.
 #[derive(Debug)]
 pub struct AlertTap {

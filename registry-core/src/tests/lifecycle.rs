@@ -13,14 +13,9 @@ fn secs(s: i64) -> chrono::Duration {
 }
 
 fn settings() -> LifecycleSettings {
-    LifecycleSettings {
-        degraded_after: Duration::from_secs(90),
-        offline_after: Duration::from_secs(300),
-        checkpoint_interval: Duration::from_secs(60),
-        reannounce_interval: Duration::from_secs(10),
-        self_preservation_threshold: 0.5,
-        self_preservation_min_fleet: 10,
-    }
+    // The defaults: 90 s degraded, 5 min offline, 60 s checkpoints, 10 s
+    // between reannounces, self-preservation above 50 % of 10+ nodes.
+    LifecycleSettings::default()
 }
 
 fn event(kind: EventType, id: &str) -> ValidEvent {
