@@ -8,107 +8,29 @@
 //! kind) change the size. Targets: selective p99 ≤ 2 × echo p99; broad p99
 //! ≤ 5 ms; index memory ≤ 2 KiB per node.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use fleet_sim::generate::{self, Rng};
 use fleet_tests::procfs::{percentile, rss_kib};
-use fleet_tests::{eventually, release_bin, NatsServer, Proc};
+use fleet_tests::{release_bin, NatsServer, Proc};
 use futures::StreamExt;
 use registry_core::catalog::Catalog;
 use registry_core::discovery::Query;
 use schemas::codec::{encode, Encoding};
 use schemas::status::{SortOrder, StatusFilter};
-use schemas::{Capabilities, DiscoverRequest, Gpu, GpuUsage, Metrics, NodeRecord};
+use schemas::{GpuUsage, NodeRecord};
 
-/// A small deterministic generator (xorshift), so runs are comparable.
-struct Rng(u64);
+/// Seed of the generated fleet, so runs are comparable.
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-const MODELS: &[&str] = &[
-    "qwen3:8b",
-    "qwen3:32b",
-    "llama3.1:8b",
-    "llama3.1:70b",
-    "mistral:7b",
-    "mixtral:8x7b",
-    "gemma2:9b",
-    "gemma2:27b",
-    "phi4:14b",
-    "deepseek-r1:14b",
-    "deepseek-r1:70b",
-    "codellama:13b",
-    "nomic-embed-text",
-    "llava:13b",
-    "qwen2.5-coder:7b",
-    "starcoder2:15b",
-];
-const REGIONS: &[&str] = &["eu", "us", "ap", "sa", "af"];
-const TIERS: &[&str] = &["prod", "dev", "edge"];
-
-/// A realistic record: labels, tags, GPUs, models, metrics.
+/// A realistic record: the simulator's registration of node `i` (labels,
+/// tags, GPUs, models), as the registry would store it, with metrics.
 fn record(i: u64, rng: &mut Rng) -> NodeRecord {
-    let gpu = rng.chance(50);
-    let vendor = if rng.chance(80) { "nvidia" } else { "amd" };
-    let gpus: Vec<Gpu> = if gpu {
-        (0..1 + rng.below(8))
-            .map(|_| Gpu {
-                vendor: vendor.into(),
-                model: if vendor == "nvidia" {
-                    "NVIDIA RTX 4000 SFF Ada Generation"
-                } else {
-                    "AMD Instinct MI210"
-                }
-                .into(),
-                vram_gb: [16.0, 20.0, 24.0, 48.0, 80.0][rng.below(5) as usize],
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut tags = Vec::new();
-    if gpu {
-        tags.push("gpu".to_owned());
-        tags.push(vendor.to_owned());
-    }
-    let ollama = rng.chance(70);
-    let mut models: Vec<String> = Vec::new();
-    if ollama {
-        tags.push("ollama".to_owned());
-        for _ in 0..rng.below(5) {
-            models.push(MODELS[rng.below(MODELS.len() as u64) as usize].to_owned());
-        }
-        models.sort();
-        models.dedup();
-    }
-    tags.sort();
-    let mut labels = BTreeMap::new();
-    labels.insert(
-        "region".to_owned(),
-        REGIONS[rng.below(5) as usize].to_owned(),
-    );
-    labels.insert("zone".to_owned(), format!("z{:02}", rng.below(20)));
-    labels.insert("rack".to_owned(), format!("r{:02}", rng.below(100)));
-    labels.insert("tier".to_owned(), TIERS[rng.below(3) as usize].to_owned());
-    if gpu {
-        labels.insert("gpu".to_owned(), "true".to_owned());
-    }
-    if rng.chance(10) {
-        labels.insert("spot".to_owned(), "true".to_owned());
-    }
+    let event = generate::register(&format!("node-{i:07}"), i, 1, SEED);
+    let gpus = event
+        .capabilities
+        .as_ref()
+        .map_or(0, |c| c.gpus.len() as u32);
     let status = if rng.chance(95) {
         "online"
     } else if rng.chance(50) {
@@ -116,59 +38,36 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
     } else {
         "offline"
     };
-    let gpu_usage: Vec<GpuUsage> = (0..gpus.len() as u32)
+    let mut metrics = generate::heartbeat(&event.node_id, 2, rng)
+        .metrics
+        .unwrap_or_default();
+    metrics.gpus = (0..gpus)
         .map(|index| GpuUsage {
             index,
             util_pct: Some(rng.below(100) as f64),
             vram_used_gb: Some(rng.below(16) as f64),
         })
         .collect();
+    metrics.gpu_pct = (gpus > 0).then(|| rng.below(100) as f64);
     NodeRecord {
-        node_id: format!("node-{i:07}"),
-        node_name: Some(format!("host-{i}")),
-        role: Some(if gpu { "inference" } else { "worker" }.into()),
-        labels,
-        hostname: Some(format!("host-{i}.fleet.example")),
-        ip_address: Some(format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)),
-        local_ip: Some(format!("192.168.{}.{}", i >> 8 & 255, i & 255)),
-        capabilities: Some(Capabilities {
-            os: "linux".into(),
-            os_version: "12".into(),
-            arch: "x86_64".into(),
-            cpu_model: "AMD EPYC 9454P 48-Core Processor".into(),
-            cpu_cores: [8, 16, 32, 64, 96][rng.below(5) as usize],
-            ram_gb: [31.3, 62.7, 125.5, 251.5][rng.below(4) as usize],
-            disk_gb: [476.9, 953.9, 1907.7][rng.below(3) as usize],
-            gpus,
-            models,
-            tags,
-            ollama: None,
-        }),
-        agent_version: Some("0.1.0".into()),
-        seq: Some(rng.below(100_000)),
+        node_id: event.node_id,
+        node_name: event.node_name,
+        role: event.role,
+        labels: event.labels,
+        hostname: event.hostname,
+        ip_address: event.ip_address,
+        local_ip: event.local_ip,
+        capabilities: event.capabilities,
+        agent_version: event.agent_version,
+        seq: event.seq,
         status: status.into(),
         last_heartbeat: "2026-11-22T10:00:00.000Z".into(),
         registered_at: "2026-11-20T08:00:00.000Z".into(),
         updated_at: "2026-11-22T10:00:00.000Z".into(),
-        metrics: Some(Metrics {
-            cpu_pct: Some(rng.below(1000) as f64 / 10.0),
-            ram_pct: Some(rng.below(1000) as f64 / 10.0),
-            gpu_pct: if gpu {
-                Some(rng.below(100) as f64)
-            } else {
-                None
-            },
-            disk_pct: Some(rng.below(100) as f64),
-            load_1m: Some(rng.below(800) as f64 / 100.0),
-            gpus: gpu_usage,
-        }),
+        metrics: Some(metrics),
         models_loaded: Vec::new(),
-        services: if ollama {
-            vec!["ollama".into()]
-        } else {
-            Vec::new()
-        },
-        caps_hash: Some(format!("{:016x}", rng.next())),
+        services: vec!["ollama".into()],
+        caps_hash: event.caps_hash,
     }
 }
 
@@ -248,7 +147,7 @@ async fn main() {
     //    from records generated one by one.
     let self_pid = std::process::id();
     let before = rss_kib(self_pid);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(SEED);
     let mut catalog = Catalog::new();
     let mut json_bytes = 0usize;
     let build = Instant::now();
@@ -311,7 +210,7 @@ async fn main() {
     .await
     .expect("provision");
     let fill = Instant::now();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(SEED);
     let mut acks = Vec::with_capacity(2000);
     for i in 0..nodes {
         let r = record(i, &mut rng);
