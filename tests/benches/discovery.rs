@@ -263,7 +263,10 @@ async fn main() {
     });
     echo.flush().await.expect("flush");
     fleet_tests::eventually("the echo responder", Duration::from_secs(10), || async {
-        nats.request("bench.echo", "ping".into()).await.ok().map(|_| ())
+        nats.request("bench.echo", "ping".into())
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await;
     let get_body = format!(r#"{{"node_id":"node-{:07}"}}"#, nodes / 2);
