@@ -72,8 +72,29 @@ impl Facts {
 #[derive(Debug, Clone)]
 struct Slot {
     node_id: String,
-    encoded: Box<[u8]>,
+    /// The record as stored in KV; shared with the lifecycle's copy.
+    encoded: bytes::Bytes,
     facts: Facts,
+    /// The KV revision of `encoded`.
+    revision: u64,
+    /// Its status (`None` for a status this build does not know).
+    status: Option<NodeStatus>,
+    /// A digest of what the posting lists hold besides the status: when it
+    /// is unchanged, a new version only moves the status and the figures.
+    shape: u64,
+}
+
+/// A digest of the indexed fields of a record other than its status.
+fn shape(record: &NodeRecord) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    record.labels.hash(&mut hasher);
+    record.role.hash(&mut hasher);
+    if let Some(caps) = &record.capabilities {
+        caps.tags.hash(&mut hasher);
+        caps.models.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Every record, indexed.
@@ -173,16 +194,51 @@ impl Catalog {
             .unwrap_or([f64::INFINITY, 0.0, -1.0])
     }
 
+    /// Every record as stored (JSON) with its KV revision, in slot order.
+    pub fn stored(&self) -> impl Iterator<Item = (bytes::Bytes, u64)> + '_ {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|s| (s.encoded.clone(), s.revision))
+    }
+
     /// Every record, in slot order.
     pub fn records(&self) -> impl Iterator<Item = NodeRecord> + '_ {
         self.live.iter().filter_map(|slot| self.record(slot))
     }
 
-    /// Inserts or replaces the record of `record.node_id`.
+    /// Inserts or replaces the record of `record.node_id` (encodes it).
     pub fn upsert(&mut self, record: NodeRecord) {
+        let encoded = registry_kv::records::encode_record(&record);
+        let revision = self.revision;
+        self.insert(&record, encoded, revision);
+    }
+
+    /// The KV revision held for a node.
+    pub fn revision_of(&self, node_id: &str) -> Option<u64> {
+        let slot = *self.by_id.get(node_id)?;
+        self.slots.get(slot as usize)?.as_ref().map(|s| s.revision)
+    }
+
+    /// Inserts or replaces the record of `record.node_id`, stored as
+    /// `encoded` (its JSON, kept as it is) at KV `revision`.
+    pub fn insert(&mut self, record: &NodeRecord, encoded: bytes::Bytes, revision: u64) {
+        let status = record.status.parse::<NodeStatus>().ok();
+        let shape = shape(record);
         let slot = match self.by_id.get(&record.node_id) {
             Some(&slot) => {
-                self.unindex(slot);
+                let old = self.slots.get(slot as usize).and_then(Option::as_ref);
+                match old.map(|o| (o.shape, o.status)) {
+                    Some((old_shape, old_status)) if old_shape == shape => {
+                        if old_status != status {
+                            self.move_status(slot, old_status, status);
+                        }
+                    }
+                    _ => {
+                        self.unindex(slot);
+                        self.index(slot, record);
+                    }
+                }
                 slot
             }
             None => {
@@ -192,21 +248,32 @@ impl Catalog {
                     u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
                 });
                 self.by_id.insert(record.node_id.clone(), slot);
+                self.index(slot, record);
                 slot
             }
         };
-        self.index(slot, &record);
-        let facts = Facts::of(&record);
+        let facts = Facts::of(record);
         if let Some(hot) = self.hot.get_mut(slot as usize) {
             *hot = [facts.cpu_pct, facts.gpu_pct, facts.free_vram_gb];
         }
         if let Some(entry) = self.slots.get_mut(slot as usize) {
             *entry = Some(Slot {
                 facts,
-                encoded: schemas::codec::encode(&record, schemas::Encoding::Json)
-                    .into_boxed_slice(),
-                node_id: record.node_id,
+                encoded,
+                node_id: record.node_id.clone(),
+                revision,
+                status,
+                shape,
             });
+        }
+    }
+
+    fn move_status(&mut self, slot: u32, from: Option<NodeStatus>, to: Option<NodeStatus>) {
+        if let Some(bitmap) = from.and_then(|s| self.status.get_mut(&s)) {
+            bitmap.remove(slot);
+        }
+        if let Some(to) = to {
+            self.status.entry(to).or_default().insert(slot);
         }
     }
 
@@ -386,6 +453,22 @@ mod tests {
         c.upsert(record("c", "online", &[], &[]));
         assert_eq!(c.slots.len(), 2, "the freed slot is reused");
         assert_eq!(c.all().len(), 2);
+    }
+
+    #[test]
+    fn a_new_version_of_the_same_shape_moves_only_the_status() {
+        let mut c = Catalog::new();
+        let a = record("a", "online", &[("region", "eu")], &["gpu"]);
+        c.insert(&a, registry_kv::records::encode_record(&a), 5);
+        let degraded = record("a", "degraded", &[("region", "eu")], &["gpu"]);
+        c.insert(&degraded, registry_kv::records::encode_record(&degraded), 6);
+        assert!(c.with_status(NodeStatus::Online).is_empty());
+        assert_eq!(c.with_status(NodeStatus::Degraded).len(), 1);
+        assert_eq!(c.equals("region", "eu").len(), 1);
+        assert_eq!(c.exists("gpu").len(), 1);
+        assert_eq!(c.revision_of("a"), Some(6));
+        assert_eq!(c.get("a").map(|r| r.status), Some("degraded".to_owned()));
+        assert_eq!(c.stored().count(), 1);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use registry_kv::watch::{watch_nodes, NodeChange};
+use registry_kv::watch::{watch_raw, RawChange};
+use schemas::NodeRecord;
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
@@ -42,6 +43,16 @@ impl ReadIndex {
     pub fn read<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         f(&state)
+    }
+
+    /// Puts a record this process has just written at `revision` into the
+    /// index, unless the watch has already delivered that revision or a later
+    /// one (then the index holds it, or what replaced it).
+    pub fn write_through(&self, record: &NodeRecord, encoded: bytes::Bytes, revision: u64) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if revision > state.revision {
+            state.insert(record, encoded, revision);
+        }
     }
 
     /// Waits up to `limit` for the index to reach KV revision `revision`;
@@ -92,22 +103,22 @@ async fn reflect(
     ready: &watch::Sender<bool>,
     revision: &watch::Sender<u64>,
 ) -> Result<(), registry_kv::watch::WatchError> {
-    let mut changes = Box::pin(watch_nodes(store).await?);
+    // Once loaded, a reopened watch resumes after what the index holds.
+    let resume = ready
+        .borrow()
+        .then(|| state.read().unwrap_or_else(|p| p.into_inner()).revision);
+    let mut changes = Box::pin(watch_raw(store, resume).await?);
     let mut buffer = Catalog::new();
-    let mut live = false;
+    let mut live = resume.is_some();
     while let Some(change) = changes.next().await {
         let change = change?;
         if live {
-            let now = {
-                let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
-                apply(&mut guard, change);
-                guard.revision
-            };
+            let now = apply_live(state, change);
             revision.send_replace(now);
             continue;
         }
         match change {
-            NodeChange::Current => {
+            RawChange::Current => {
                 info!(
                     nodes = buffer.len(),
                     revision = buffer.revision,
@@ -119,22 +130,77 @@ async fn reflect(
                 revision.send_replace(now);
                 ready.send_replace(true);
             }
-            other => apply(&mut buffer, other),
+            other => {
+                let decoded = decode_put(&buffer, &other);
+                apply(&mut buffer, other, decoded);
+            }
         }
     }
     Ok(())
 }
 
-fn apply(catalog: &mut Catalog, change: NodeChange) {
+/// Decodes a put the catalog does not hold yet; `None` for anything else
+/// (a put already held, as after a write-through, is not decoded again).
+fn decode_put(catalog: &Catalog, change: &RawChange) -> Option<NodeRecord> {
+    let RawChange::Put {
+        key,
+        value,
+        revision,
+    } = change
+    else {
+        return None;
+    };
+    if catalog
+        .revision_of(key)
+        .is_some_and(|held| held >= *revision)
+    {
+        return None;
+    }
+    match registry_kv::records::decode_record(key, value) {
+        Ok(record) if record.node_id == *key => Some(record),
+        Ok(record) => {
+            warn!(%key, node_id = %record.node_id, "skipping a record stored under another node's key");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "skipping a value that is not a node record");
+            None
+        }
+    }
+}
+
+/// Applies one live change: decoded outside the lock, so readers are held
+/// only for the insert.
+fn apply_live(state: &RwLock<Catalog>, change: RawChange) -> u64 {
+    let decoded = {
+        let catalog = state.read().unwrap_or_else(|p| p.into_inner());
+        decode_put(&catalog, &change)
+    };
+    let mut catalog = state.write().unwrap_or_else(|p| p.into_inner());
+    apply(&mut catalog, change, decoded);
+    catalog.revision
+}
+
+fn apply(catalog: &mut Catalog, change: RawChange, decoded: Option<NodeRecord>) {
     match change {
-        NodeChange::Put(v) => {
-            catalog.revision = catalog.revision.max(v.revision);
-            catalog.upsert(v.value);
-        }
-        NodeChange::Delete { key, revision } => {
+        RawChange::Put {
+            key,
+            value,
+            revision,
+        } => {
             catalog.revision = catalog.revision.max(revision);
-            catalog.remove(&key);
+            let newer = catalog.revision_of(&key).is_none_or(|held| held < revision);
+            if let (Some(record), true) = (decoded, newer) {
+                // A copy: the received bytes share the connection's buffer.
+                catalog.insert(&record, bytes::Bytes::copy_from_slice(&value), revision);
+            }
         }
-        NodeChange::Current => {}
+        RawChange::Delete { key, revision } => {
+            catalog.revision = catalog.revision.max(revision);
+            if catalog.revision_of(&key).is_none_or(|held| held < revision) {
+                catalog.remove(&key);
+            }
+        }
+        RawChange::Current => {}
     }
 }

@@ -24,8 +24,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use registry_kv::watch::{watch_nodes, NodeChange};
 use registry_kv::{JetStreamRecords, StreamSettings};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -138,10 +136,19 @@ pub async fn run(
             stop_rx.clone(),
         ));
 
+        // The fleet starts from what the read index loaded: one read of the
+        // bucket, and the record bytes shared between the two.
         let mut fleet = lifecycle::Fleet::new(config.lifecycle());
-        let records = restore(&provisioned.nodes).await?;
-        let count = records.len();
-        let skipped = fleet.restore(records, chrono::Utc::now());
+        tokio::select! {
+            _ = stop_rx.wait_for(|s| *s) => return Ok(()),
+            () = index.wait_ready() => {}
+        }
+        let (count, skipped) = index.read(|catalog| {
+            (
+                catalog.len(),
+                fleet.restore(catalog.stored(), chrono::Utc::now()),
+            )
+        });
         for id in skipped {
             warn!(node_id = %id, "skipping an unreadable record at start");
         }
@@ -156,7 +163,8 @@ pub async fn run(
             client.clone(),
             js.clone(),
             counters,
-        );
+        )
+        .with_index(index.clone());
         worker
             .run(
                 provisioned.consumer,
@@ -203,24 +211,4 @@ async fn provision_with_retry(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
-}
-
-/// Reads every record of `nodes` (latest value per key).
-async fn restore(
-    nodes: &async_nats::jetstream::kv::Store,
-) -> Result<Vec<(schemas::NodeRecord, u64)>, registry_kv::watch::WatchError> {
-    let mut changes = Box::pin(watch_nodes(nodes).await?);
-    let mut records = std::collections::HashMap::new();
-    while let Some(change) = changes.next().await {
-        match change? {
-            NodeChange::Put(v) => {
-                records.insert(v.value.node_id.clone(), (v.value, v.revision));
-            }
-            NodeChange::Delete { key, .. } => {
-                records.remove(&key);
-            }
-            NodeChange::Current => break,
-        }
-    }
-    Ok(records.into_values().collect())
 }

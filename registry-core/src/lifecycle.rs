@@ -12,19 +12,32 @@
 //!                └────────── heartbeat / register ┴─────────────────────────────┘
 //! deregister: record deleted (from any status)
 //! ```
+//!
+//! Cost at scale: a heartbeat touches one node and no queue; a sweep touches
+//! only the nodes whose deadline has come (a deadline wheel, re-checked
+//! lazily: a node's one entry moves when it is found early), so a million
+//! quiet nodes cost nothing between their checkpoints. Each node keeps the
+//! liveness figures and the bytes of its record as last written (shared with
+//! the read index), not a decoded copy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use schemas::status::{AlertType, EventType, NodeStatus};
 use schemas::validate::ValidEvent;
 use schemas::{Alert, NodeRecord};
 use subjects::NodeId;
+use tracing::warn;
 use uuid::Uuid;
 
 /// Namespace of the registry's deterministic alert ids (UUID v5).
 const ALERT_NAMESPACE: Uuid = Uuid::from_u128(0x6d1f_5e2a_8c1b_4f4e_9a57_0e3c_2b1d_7a90);
+
+/// Width of one deadline-wheel bucket, in milliseconds.
+const GRAIN_MS: i64 = 100;
 
 /// The knobs of the lifecycle.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,12 +127,21 @@ impl Effects {
     }
 }
 
+/// A node's record: the bytes last written to KV, or a newer decision that
+/// is not written yet.
+#[derive(Debug, Clone, PartialEq)]
+enum RecordState {
+    /// As stored in KV (the JSON value); shared with the read index.
+    Written(Bytes),
+    /// Decided, handed to the worker, not yet confirmed (or failed).
+    Pending(Box<NodeRecord>),
+}
+
 /// What the registry knows of one node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tracked {
-    /// The record as it should be in KV (more current than KV between
-    /// checkpoints).
-    pub record: NodeRecord,
+    id: NodeId,
+    record: RecordState,
     /// Its status.
     pub status: NodeStatus,
     /// Server receive time of its latest register or heartbeat.
@@ -135,13 +157,53 @@ pub struct Tracked {
     pub revision: Option<u64>,
     /// A write failed or a checkpoint is owed: write on the next sweep.
     pub needs_write: bool,
+    /// Digest of the `caps_hash` of the register held (0: none).
+    caps_hash: u64,
+    /// Digest of the loaded models and the services up, as last written.
+    usage: u64,
+    /// Whether the record holds metrics yet.
+    has_metrics: bool,
+    /// The deadline-wheel bucket of this node's one entry, if queued.
+    queued: Option<i64>,
+}
+
+impl Tracked {
+    /// The node's record as the registry would write it now.
+    pub fn record(&self) -> NodeRecord {
+        match &self.record {
+            RecordState::Pending(record) => (**record).clone(),
+            RecordState::Written(bytes) => match serde_json::from_slice(bytes) {
+                Ok(record) => record,
+                Err(e) => {
+                    // Only bytes that decoded once are kept; this is a bug.
+                    warn!(node_id = %self.id, error = %e, "kept record does not decode");
+                    NodeRecord {
+                        node_id: self.id.to_string(),
+                        ..NodeRecord::default()
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// Every known node, and the registry's own judgement state.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     settings: LifecycleSettings,
-    nodes: HashMap<NodeId, Tracked>,
+    ids: HashMap<NodeId, u32>,
+    slots: Vec<Option<Tracked>>,
+    free: Vec<u32>,
+    /// Deadline wheel: bucket (`GRAIN_MS` wide) → slots to look at then.
+    wheel: BTreeMap<i64, Vec<u32>>,
+    /// Nodes by status: online, degraded, offline, maintenance.
+    counts: [usize; 4],
+    /// Degradations, in order, for the self-preservation census.
+    degradations: VecDeque<(DateTime<Utc>, u32)>,
+    /// Silent nodes whose judgement is held (self-preservation).
+    held: Vec<u32>,
+    /// Nodes with a write owed.
+    owed: Vec<u32>,
     reannounced: HashMap<NodeId, DateTime<Utc>>,
     self_preservation: bool,
 }
@@ -153,6 +215,28 @@ pub struct SilenceCensus {
     pub watched: usize,
     /// Of those, the ones silent for `degraded_after` or more.
     pub silent: usize,
+}
+
+/// The fields of a stored record that liveness needs, read without
+/// decoding (or allocating) the rest.
+#[derive(Debug, serde::Deserialize)]
+struct Liveness<'a> {
+    #[serde(borrow)]
+    node_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    status: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    last_heartbeat: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    updated_at: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    caps_hash: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    models_loaded: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    services: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    metrics: Option<serde::de::IgnoredAny>,
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
@@ -172,12 +256,60 @@ fn seconds(d: chrono::Duration) -> i64 {
     d.num_seconds().max(0)
 }
 
+/// A digest of a `caps_hash` (0 for none).
+fn caps_digest(hash: Option<&str>) -> u64 {
+    hash.map_or(0, |h| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        h.hash(&mut hasher);
+        hasher.finish() | 1
+    })
+}
+
+/// A digest of the loaded models and the services up.
+fn usage_digest<'a>(
+    models: impl IntoIterator<Item = &'a str>,
+    services: impl IntoIterator<Item = &'a str>,
+) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for model in models {
+        model.hash(&mut hasher);
+    }
+    0xffu8.hash(&mut hasher);
+    for service in services {
+        service.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+fn status_index(status: NodeStatus) -> usize {
+    match status {
+        NodeStatus::Online => 0,
+        NodeStatus::Degraded => 1,
+        NodeStatus::Offline => 2,
+        NodeStatus::Maintenance => 3,
+    }
+}
+
+/// The wheel bucket at or after `at`: a node queued there is never looked at
+/// before its deadline.
+fn bucket_of(at: DateTime<Utc>) -> i64 {
+    let ms = at.timestamp_millis();
+    ms.div_euclid(GRAIN_MS) + i64::from(ms.rem_euclid(GRAIN_MS) != 0)
+}
+
 impl Fleet {
     /// An empty fleet.
     pub fn new(settings: LifecycleSettings) -> Self {
         Self {
             settings,
-            nodes: HashMap::new(),
+            ids: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            wheel: BTreeMap::new(),
+            counts: [0; 4],
+            degradations: VecDeque::new(),
+            held: Vec::new(),
+            owed: Vec::new(),
             reannounced: HashMap::new(),
             self_preservation: false,
         }
@@ -188,40 +320,51 @@ impl Fleet {
         &self.settings
     }
 
-    /// Loads the records found in KV at start. Every node gets one full
-    /// `degraded_after` window from `now` before its silence is judged, so a
-    /// restarted registry raises no false alarm on stale knowledge. Records
-    /// that do not parse are returned as the ids that were skipped.
+    /// Loads the records found in KV at start, as stored (JSON) with their
+    /// revisions. Every node gets one full `degraded_after` window from
+    /// `now` before its silence is judged, so a restarted registry raises no
+    /// false alarm on stale knowledge. Returns what was skipped as
+    /// unreadable (the node id when it could be read).
     pub fn restore(
         &mut self,
-        records: impl IntoIterator<Item = (NodeRecord, u64)>,
+        records: impl IntoIterator<Item = (Bytes, u64)>,
         now: DateTime<Utc>,
     ) -> Vec<String> {
         let mut skipped = Vec::new();
-        for (record, revision) in records {
-            let Ok(id) = NodeId::parse(&record.node_id) else {
-                skipped.push(record.node_id.clone());
+        for (bytes, revision) in records {
+            let Ok(live) = serde_json::from_slice::<Liveness<'_>>(&bytes) else {
+                skipped.push(String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned());
                 continue;
             };
-            let Ok(status) = record.status.parse::<NodeStatus>() else {
-                skipped.push(record.node_id.clone());
+            let (Ok(id), Ok(status)) = (
+                NodeId::parse(&live.node_id),
+                live.status.parse::<NodeStatus>(),
+            ) else {
+                skipped.push(live.node_id.into_owned());
                 continue;
             };
-            let last_seen = schemas::time::parse(&record.last_heartbeat).unwrap_or(now);
-            let updated = schemas::time::parse(&record.updated_at).unwrap_or(now);
-            self.nodes.insert(
-                id,
-                Tracked {
-                    record,
-                    status,
-                    last_seen,
-                    judged_from: now,
-                    status_since: updated,
-                    last_written: updated,
-                    revision: Some(revision),
-                    needs_write: false,
-                },
-            );
+            let last_seen = schemas::time::parse(&live.last_heartbeat).unwrap_or(now);
+            let updated = schemas::time::parse(&live.updated_at).unwrap_or(now);
+            let tracked = Tracked {
+                caps_hash: caps_digest(live.caps_hash.as_deref()),
+                usage: usage_digest(
+                    live.models_loaded.iter().map(|m| &**m),
+                    live.services.iter().map(|s| &**s),
+                ),
+                has_metrics: live.metrics.is_some(),
+                id: id.clone(),
+                record: RecordState::Written(bytes.clone()),
+                status,
+                last_seen,
+                judged_from: now,
+                status_since: updated,
+                last_written: updated,
+                revision: Some(revision),
+                needs_write: false,
+                queued: None,
+            };
+            self.take(&id);
+            self.put(tracked);
         }
         skipped
     }
@@ -229,24 +372,30 @@ impl Fleet {
     /// Grants every node a fresh `degraded_after` window from `now` (after the
     /// registry lost its NATS link, or left self-preservation).
     pub fn grant_grace(&mut self, now: DateTime<Utc>) {
-        for node in self.nodes.values_mut() {
+        for node in self.slots.iter_mut().flatten() {
             node.judged_from = node.judged_from.max(now);
+        }
+        // Deadlines only moved later: queued entries find that out lazily.
+        // Held nodes have none; queue them again.
+        for slot in std::mem::take(&mut self.held) {
+            self.schedule(slot);
         }
     }
 
     /// A known node.
     pub fn get(&self, id: &NodeId) -> Option<&Tracked> {
-        self.nodes.get(id)
+        let slot = *self.ids.get(id)?;
+        self.slots.get(slot as usize)?.as_ref()
     }
 
     /// How many nodes are known.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.ids.len()
     }
 
     /// Whether no node is known.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.ids.is_empty()
     }
 
     /// Whether transitions are held because the registry suspects itself.
@@ -254,23 +403,112 @@ impl Fleet {
         self.self_preservation
     }
 
-    /// Records that a write succeeded at `revision`.
-    pub fn confirm_write(&mut self, id: &NodeId, revision: u64) {
-        if let Some(node) = self.nodes.get_mut(id) {
+    /// Records that a write succeeded at `revision`; `stored` is the value
+    /// written (kept as the node's record).
+    pub fn confirm_write(&mut self, id: &NodeId, revision: u64, stored: Bytes) {
+        if let Some(node) = self.node_mut(id) {
             node.revision = Some(revision);
             node.needs_write = false;
+            node.record = RecordState::Written(stored);
         }
     }
 
     /// Records that a write failed; `current` is the revision the key is at
     /// now, when known (after a conflict). The next sweep writes it again.
     pub fn write_failed(&mut self, id: &NodeId, current: Option<Option<u64>>) {
-        if let Some(node) = self.nodes.get_mut(id) {
+        let Some(&slot) = self.ids.get(id) else {
+            return;
+        };
+        if let Some(node) = self.slot_mut(slot) {
             if let Some(revision) = current {
                 node.revision = revision;
             }
             node.needs_write = true;
+            self.owed.push(slot);
         }
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> Option<&mut Tracked> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    fn node_mut(&mut self, id: &NodeId) -> Option<&mut Tracked> {
+        let slot = *self.ids.get(id)?;
+        self.slot_mut(slot)
+    }
+
+    /// Removes a node, keeping the counts right.
+    fn take(&mut self, id: &NodeId) -> Option<Tracked> {
+        let slot = self.ids.remove(id)?;
+        let node = self.slots.get_mut(slot as usize)?.take()?;
+        self.counts[status_index(node.status)] -= 1;
+        self.free.push(slot);
+        Some(node)
+    }
+
+    /// Adds a node (not present), queues it and returns its slot.
+    fn put(&mut self, node: Tracked) -> u32 {
+        self.counts[status_index(node.status)] += 1;
+        let id = node.id.clone();
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(entry) = self.slots.get_mut(slot as usize) {
+                    *entry = Some(node);
+                }
+                slot
+            }
+            None => {
+                self.slots.push(Some(node));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.ids.insert(id, slot);
+        self.schedule(slot);
+        slot
+    }
+
+    /// Moves a node to `status` at `at`, keeping the counts right.
+    fn set_status(&mut self, slot: u32, status: NodeStatus, at: DateTime<Utc>) {
+        let Some(node) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let from = node.status;
+        node.status = status;
+        node.status_since = at;
+        self.counts[status_index(from)] -= 1;
+        self.counts[status_index(status)] += 1;
+        if status == NodeStatus::Degraded {
+            self.degradations.push_back((at, slot));
+        }
+    }
+
+    /// When a node's silence is next to be judged, if ever.
+    fn deadline(&self, node: &Tracked) -> Option<DateTime<Utc>> {
+        let from = node.last_seen.max(node.judged_from);
+        match node.status {
+            NodeStatus::Online => Some(from + chrono_duration(self.settings.degraded_after)),
+            NodeStatus::Degraded => Some(from + chrono_duration(self.settings.offline_after)),
+            NodeStatus::Offline | NodeStatus::Maintenance => None,
+        }
+    }
+
+    /// Queues a node at its deadline unless it already has an entry as
+    /// early (an early entry is moved when it comes up).
+    fn schedule(&mut self, slot: u32) {
+        let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let Some(deadline) = self.deadline(node) else {
+            return;
+        };
+        let bucket = bucket_of(deadline);
+        if node.queued.is_some_and(|q| q <= bucket) {
+            return;
+        }
+        if let Some(node) = self.slot_mut(slot) {
+            node.queued = Some(bucket);
+        }
+        self.wheel.entry(bucket).or_default().push(slot);
     }
 
     /// Applies one validated event received by the server at `at`; `seq` is
@@ -289,7 +527,6 @@ impl Fleet {
         let e = &event.event;
         let mut effects = Effects::default();
         self.reannounced.remove(id);
-        let previous = self.nodes.remove(id);
         let mut record = NodeRecord {
             node_id: id.to_string(),
             node_name: e.node_name.clone(),
@@ -304,14 +541,18 @@ impl Fleet {
             caps_hash: e.caps_hash.clone(),
             ..NodeRecord::default()
         };
-        let tracked = match previous {
+        let slot = match self.ids.get(id).copied() {
             None => {
                 record.status = NodeStatus::Online.to_string();
                 record.registered_at = schemas::time::format(at);
                 record.last_heartbeat = schemas::time::format(at);
                 record.updated_at = schemas::time::format(at);
                 let tracked = Tracked {
-                    record,
+                    id: id.clone(),
+                    caps_hash: caps_digest(record.caps_hash.as_deref()),
+                    usage: usage_digest([], []),
+                    has_metrics: false,
+                    record: RecordState::Pending(Box::default()),
                     status: NodeStatus::Online,
                     last_seen: at,
                     judged_from: at,
@@ -319,6 +560,7 @@ impl Fleet {
                     last_written: at,
                     revision: None,
                     needs_write: false,
+                    queued: None,
                 };
                 effects.alerts.push(self.alert(
                     AlertType::Registered,
@@ -328,38 +570,56 @@ impl Fleet {
                     &seq.to_string(),
                     format!("node {id} registered"),
                 ));
-                tracked
+                self.put(tracked)
             }
-            Some(mut old) => {
+            Some(slot) => {
+                self.come_back(slot, at, seq, &mut effects);
+                let Some(old) = self.slot_mut(slot) else {
+                    return effects;
+                };
                 // Keep what a register does not carry.
-                record.registered_at = old.record.registered_at.clone();
-                record.metrics = old.record.metrics.take();
-                record.models_loaded = std::mem::take(&mut old.record.models_loaded);
-                record.services = std::mem::take(&mut old.record.services);
-                old.record = record;
+                let previous = old.record();
+                record.registered_at = previous.registered_at;
+                record.metrics = previous.metrics;
+                record.models_loaded = previous.models_loaded;
+                record.services = previous.services;
                 old.last_seen = old.last_seen.max(at);
-                self.come_back(&mut old, at, seq, &mut effects);
-                old.record.status = old.status.to_string();
-                old.record.last_heartbeat = schemas::time::format(old.last_seen);
-                old.record.updated_at = schemas::time::format(at);
-                old
+                old.caps_hash = caps_digest(record.caps_hash.as_deref());
+                record.status = old.status.to_string();
+                record.last_heartbeat = schemas::time::format(old.last_seen);
+                record.updated_at = schemas::time::format(at);
+                slot
             }
         };
-        effects.writes.push(Write::Put {
-            record: tracked.record.clone(),
-            revision: tracked.revision,
-        });
-        let mut tracked = tracked;
-        tracked.last_written = at;
-        self.nodes.insert(id.clone(), tracked);
+        self.write(slot, record, at, &mut effects);
+        self.schedule(slot);
         effects
+    }
+
+    /// Hands `record` to the worker as the node's next write.
+    fn write(&mut self, slot: u32, record: NodeRecord, at: DateTime<Utc>, effects: &mut Effects) {
+        let Some(node) = self.slot_mut(slot) else {
+            return;
+        };
+        node.usage = usage_digest(
+            record.models_loaded.iter().map(String::as_str),
+            record.services.iter().map(String::as_str),
+        );
+        node.has_metrics = record.metrics.is_some();
+        node.last_written = at;
+        node.needs_write = false;
+        effects.writes.push(Write::Put {
+            record: record.clone(),
+            revision: node.revision,
+        });
+        node.record = RecordState::Pending(Box::new(record));
     }
 
     fn on_heartbeat(&mut self, event: &ValidEvent, at: DateTime<Utc>, seq: u64) -> Effects {
         let id = &event.node_id;
         let e = &event.event;
         let mut effects = Effects::default();
-        let Some(mut node) = self.nodes.remove(id) else {
+        let Some(slot) = self.ids.get(id).copied() else {
             // A heartbeat from a node we don't know (its record was lost, or
             // it registered before this registry existed): ask it to register.
             if self.reannounce_due(id, at) {
@@ -367,45 +627,53 @@ impl Fleet {
             }
             return effects;
         };
+        let came_back = self.come_back(slot, at, seq, &mut effects);
+        let checkpoint = chrono_duration(self.settings.checkpoint_interval);
+        let Some(node) = self.slot_mut(slot) else {
+            return effects;
+        };
         // The node's capabilities changed since the register we hold (a
         // register lost or rejected): ask for a fresh one.
-        if let Some(hash) = &e.caps_hash {
-            if node.record.caps_hash.as_ref() != Some(hash) && self.reannounce_due(id, at) {
-                effects.reannounce.push(id.clone());
-            }
-        }
+        let stale_caps = e
+            .caps_hash
+            .as_deref()
+            .is_some_and(|hash| node.caps_hash != caps_digest(Some(hash)));
         node.last_seen = node.last_seen.max(at);
-        // The first metrics after a registration are worth a write: until
-        // then discovery cannot rank the node by load.
-        let first_metrics = node.record.metrics.is_none() && e.metrics.is_some();
-        if e.metrics.is_some() {
-            node.record.metrics = e.metrics.clone();
-        }
+        let unqueued = node.queued.is_none();
         // Which models are loaded and which services are up change rarely
         // and matter to whoever picks a node: write them at once.
-        let usage_changed =
-            node.record.models_loaded != e.models_loaded || node.record.services != e.services;
-        node.record.models_loaded = e.models_loaded.clone();
-        node.record.services = e.services.clone();
-        if e.seq.is_some() {
-            node.record.seq = e.seq;
-        }
-        let came_back = self.come_back(&mut node, at, seq, &mut effects);
-        let checkpoint_due = at.signed_duration_since(node.last_written)
-            >= chrono_duration(self.settings.checkpoint_interval);
+        let usage = usage_digest(
+            e.models_loaded.iter().map(String::as_str),
+            e.services.iter().map(String::as_str),
+        );
+        let usage_changed = usage != node.usage;
+        let checkpoint_due = at.signed_duration_since(node.last_written) >= checkpoint;
+        // The first metrics after a registration are worth a write: until
+        // then discovery cannot rank the node by load.
+        let first_metrics = !node.has_metrics && e.metrics.is_some();
         if came_back || checkpoint_due || first_metrics || usage_changed || node.needs_write {
-            node.record.status = node.status.to_string();
-            node.record.last_heartbeat = schemas::time::format(node.last_seen);
-            if came_back {
-                node.record.updated_at = schemas::time::format(at);
+            let mut record = node.record();
+            if e.metrics.is_some() {
+                record.metrics = e.metrics.clone();
             }
-            node.last_written = at;
-            effects.writes.push(Write::Put {
-                record: node.record.clone(),
-                revision: node.revision,
-            });
+            record.models_loaded = e.models_loaded.clone();
+            record.services = e.services.clone();
+            if e.seq.is_some() {
+                record.seq = e.seq;
+            }
+            record.status = node.status.to_string();
+            record.last_heartbeat = schemas::time::format(node.last_seen);
+            if came_back {
+                record.updated_at = schemas::time::format(at);
+            }
+            self.write(slot, record, at, &mut effects);
         }
-        self.nodes.insert(id.clone(), node);
+        if stale_caps && self.reannounce_due(id, at) {
+            effects.reannounce.push(id.clone());
+        }
+        if unqueued {
+            self.schedule(slot);
+        }
         effects
     }
 
@@ -425,7 +693,7 @@ impl Fleet {
         let id = &event.node_id;
         let mut effects = Effects::default();
         self.reannounced.remove(id);
-        let Some(node) = self.nodes.remove(id) else {
+        let Some(node) = self.take(id) else {
             return effects;
         };
         let reason = event.event.reason.as_deref().unwrap_or("deregistered");
@@ -447,47 +715,80 @@ impl Fleet {
     }
 
     /// A degraded or offline node that was heard from is online again.
-    fn come_back(
-        &self,
-        node: &mut Tracked,
-        at: DateTime<Utc>,
-        seq: u64,
-        effects: &mut Effects,
-    ) -> bool {
+    fn come_back(&mut self, slot: u32, at: DateTime<Utc>, seq: u64, effects: &mut Effects) -> bool {
+        let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return false;
+        };
         if !matches!(node.status, NodeStatus::Degraded | NodeStatus::Offline) {
             return false;
         }
         let previous = node.status;
-        node.status = NodeStatus::Online;
-        node.status_since = at;
-        node.record.status = NodeStatus::Online.to_string();
+        self.set_status(slot, NodeStatus::Online, at);
+        let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return false;
+        };
         effects.alerts.push(self.alert(
             AlertType::Online,
             node,
             Some(previous),
             at,
             &seq.to_string(),
-            format!("node {} is back (was {previous})", node.record.node_id),
+            format!("node {} is back (was {previous})", node.id),
         ));
+        // Its deadline may now be earlier than its queued entry.
+        if let Some(node) = self.slot_mut(slot) {
+            node.last_seen = node.last_seen.max(at);
+        }
+        self.schedule(slot);
         true
     }
 
-    /// Counts the nodes watched for liveness and the silent ones among them.
-    pub fn census(&self, now: DateTime<Utc>) -> SilenceCensus {
-        let degraded_after = chrono_duration(self.settings.degraded_after);
-        let mut census = SilenceCensus::default();
-        for node in self.nodes.values() {
-            let recently_degraded = node.status == NodeStatus::Degraded
-                && now.signed_duration_since(node.status_since) < degraded_after;
-            if node.status != NodeStatus::Online && !recently_degraded {
-                continue;
-            }
-            census.watched += 1;
-            if recently_degraded || self.silence(node, now) >= degraded_after {
-                census.silent += 1;
-            }
+    /// Counts the nodes watched for liveness and the silent ones among them:
+    /// the nodes degraded within the last window, and the online nodes whose
+    /// silence is being held. Nodes due at this moment but not yet swept are
+    /// counted by the sweep itself.
+    pub fn census(&mut self, now: DateTime<Utc>) -> SilenceCensus {
+        let window = chrono_duration(self.settings.degraded_after);
+        while self
+            .degradations
+            .front()
+            .is_some_and(|(at, _)| now.signed_duration_since(*at) >= window)
+        {
+            self.degradations.pop_front();
         }
-        census
+        let recently_degraded = self
+            .degradations
+            .iter()
+            .filter(|(at, slot)| {
+                self.slots
+                    .get(*slot as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|n| n.status == NodeStatus::Degraded && n.status_since == *at)
+            })
+            .count();
+        let degraded_after = chrono_duration(self.settings.degraded_after);
+        let mut held = std::mem::take(&mut self.held);
+        // A held node leaves the list when it is queued again (it was heard
+        // from) or gone; the degraded ones wait for their offline judgement.
+        held.retain(|slot| {
+            self.slots
+                .get(*slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|n| {
+                    n.queued.is_none()
+                        && matches!(n.status, NodeStatus::Online | NodeStatus::Degraded)
+                })
+        });
+        let silent_online = held
+            .iter()
+            .filter_map(|slot| self.slots.get(*slot as usize).and_then(Option::as_ref))
+            .filter(|n| n.status == NodeStatus::Online && self.silence(n, now) >= degraded_after)
+            .count();
+        self.held = held;
+        SilenceCensus {
+            watched: self.counts[status_index(NodeStatus::Online)] + recently_degraded,
+            silent: recently_degraded + silent_online,
+        }
     }
 
     /// How long a node has been silent, for judgement: measured from its last
@@ -496,31 +797,73 @@ impl Fleet {
         now.signed_duration_since(node.last_seen.max(node.judged_from))
     }
 
+    /// Takes the nodes whose deadline has come off the wheel (moving the ones
+    /// found early to their real deadline).
+    fn due(&mut self, now: DateTime<Utc>) -> Vec<u32> {
+        let mut due = Vec::new();
+        let now_bucket = now.timestamp_millis().div_euclid(GRAIN_MS);
+        while let Some(entry) = self.wheel.first_entry() {
+            if *entry.key() > now_bucket {
+                break;
+            }
+            let bucket = *entry.key();
+            for slot in entry.remove() {
+                let Some(node) = self.slot_mut(slot) else {
+                    continue;
+                };
+                if node.queued != Some(bucket) {
+                    continue; // a stale entry: the node moved or left
+                }
+                node.queued = None;
+                let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                    continue;
+                };
+                match self.deadline(node) {
+                    Some(deadline) if deadline <= now => due.push(slot),
+                    Some(_) => self.schedule(slot),
+                    None => {}
+                }
+            }
+        }
+        due
+    }
+
     /// Judges silence at `now`: online → degraded → offline, unless the
     /// registry is in self-preservation. Also re-issues writes that failed.
     ///
     /// Call it only while the registry is caught up with the event stream and
     /// connected; otherwise silence may be the registry's, not the node's.
     pub fn sweep(&mut self, now: DateTime<Utc>) -> Effects {
-        let mut effects = self.self_preservation_check(now);
-        if !self.self_preservation {
-            effects.extend(self.judge(now));
+        let due = self.due(now);
+        let mut census = self.census(now);
+        census.silent += due
+            .iter()
+            .filter(|slot| {
+                self.slots
+                    .get(**slot as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|n| n.status == NodeStatus::Online)
+            })
+            .count();
+        let mut effects = self.self_preservation_check(census, now);
+        if self.self_preservation {
+            self.held.extend(due);
+        } else if !due.is_empty() {
+            effects.extend(self.judge(due, now));
         }
-        for node in self.nodes.values_mut() {
+        for slot in std::mem::take(&mut self.owed) {
+            let Some(node) = self.slot_mut(slot) else {
+                continue;
+            };
             if node.needs_write {
-                node.needs_write = false;
-                node.last_written = now;
-                effects.writes.push(Write::Put {
-                    record: node.record.clone(),
-                    revision: node.revision,
-                });
+                let record = node.record();
+                self.write(slot, record, now, &mut effects);
             }
         }
         effects
     }
 
-    fn self_preservation_check(&mut self, now: DateTime<Utc>) -> Effects {
-        let census = self.census(now);
+    fn self_preservation_check(&mut self, census: SilenceCensus, now: DateTime<Utc>) -> Effects {
         let suspicious = census.watched >= self.settings.self_preservation_min_fleet
             && census.silent as f64
                 > self.settings.self_preservation_threshold * census.watched as f64;
@@ -566,33 +909,46 @@ impl Fleet {
         effects
     }
 
-    fn judge(&mut self, now: DateTime<Utc>) -> Effects {
+    fn judge(&mut self, mut due: Vec<u32>, now: DateTime<Utc>) -> Effects {
         let degraded_after = chrono_duration(self.settings.degraded_after);
         let offline_after = chrono_duration(self.settings.offline_after);
-        let mut due: BTreeMap<NodeId, NodeStatus> = BTreeMap::new();
-        for (id, node) in &self.nodes {
+        // In id order, so a sweep's alerts come out the same on every run.
+        due.sort_by(|a, b| {
+            let id = |slot: &u32| {
+                self.slots
+                    .get(*slot as usize)
+                    .and_then(Option::as_ref)
+                    .map(|n| n.id.as_str())
+            };
+            id(a).cmp(&id(b))
+        });
+        let mut effects = Effects::default();
+        for slot in due {
+            let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
             let silence = self.silence(node, now);
             let target = match node.status {
                 NodeStatus::Online | NodeStatus::Degraded if silence >= offline_after => {
                     NodeStatus::Offline
                 }
                 NodeStatus::Online if silence >= degraded_after => NodeStatus::Degraded,
-                _ => continue,
-            };
-            due.insert(id.clone(), target);
-        }
-        let mut effects = Effects::default();
-        for (id, target) in due {
-            let Some(mut node) = self.nodes.remove(&id) else {
-                continue;
+                _ => {
+                    self.schedule(slot);
+                    continue;
+                }
             };
             let previous = node.status;
-            let silent_for = seconds(now.signed_duration_since(node.last_seen));
-            node.status = target;
-            node.status_since = now;
-            node.record.status = target.to_string();
-            node.record.last_heartbeat = schemas::time::format(node.last_seen);
-            node.record.updated_at = schemas::time::format(now);
+            let last_seen = node.last_seen;
+            let silent_for = seconds(now.signed_duration_since(last_seen));
+            let mut record = node.record();
+            self.set_status(slot, target, now);
+            let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            record.status = target.to_string();
+            record.last_heartbeat = schemas::time::format(last_seen);
+            record.updated_at = schemas::time::format(now);
             let kind = if target == NodeStatus::Offline {
                 AlertType::Offline
             } else {
@@ -600,22 +956,17 @@ impl Fleet {
             };
             // The cause is the silence itself (its start), so a registry that
             // crashed after publishing re-derives the same id.
-            let cause = node.last_seen.timestamp_millis().to_string();
+            let cause = last_seen.timestamp_millis().to_string();
             effects.alerts.push(self.alert(
                 kind,
-                &node,
+                node,
                 Some(previous),
                 now,
                 &cause,
                 format!("no heartbeat for {silent_for}s"),
             ));
-            node.last_written = now;
-            node.needs_write = false;
-            effects.writes.push(Write::Put {
-                record: node.record.clone(),
-                revision: node.revision,
-            });
-            self.nodes.insert(id, node);
+            self.write(slot, record, now, &mut effects);
+            self.schedule(slot);
         }
         effects
     }
@@ -629,15 +980,14 @@ impl Fleet {
         cause: &str,
         message: String,
     ) -> Alert {
-        let id = NodeId::parse(&node.record.node_id).ok();
         let status = match kind {
             AlertType::Deregistered => None,
             _ => Some(node.status.to_string()),
         };
         Alert {
-            id: alert_id(id.as_ref(), kind, cause),
+            id: alert_id(Some(&node.id), kind, cause),
             r#type: kind.to_string(),
-            node_id: Some(node.record.node_id.clone()),
+            node_id: Some(node.id.to_string()),
             status,
             previous_status: previous.map(|s| s.to_string()),
             at: schemas::time::format(at),

@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use registry_kv::alerts::AlertPublisher;
-use registry_kv::{RecordStore, StoreError};
+use registry_kv::{EncodedRecord, RecordStore, StoreError};
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
 use schemas::validate::{validate_event, ValidEvent};
 use schemas::{Alert, NodeEvent, TaskRequest};
@@ -18,6 +18,7 @@ use subjects::NodeId;
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, instrument, warn, Instrument};
 
+use crate::index::ReadIndex;
 use crate::lifecycle::{Effects, Fleet, Write};
 use crate::service::Counters;
 
@@ -73,6 +74,13 @@ impl ServerClock {
     }
 }
 
+/// A write, the bytes it stored (for a put), and how it went.
+type WriteOutcome = (
+    Write,
+    Option<EncodedRecord>,
+    Result<Option<u64>, StoreError>,
+);
+
 /// Why an event was rejected.
 #[derive(Debug, thiserror::Error)]
 enum Rejection {
@@ -96,6 +104,7 @@ pub struct Worker<S> {
     counters: Arc<Counters>,
     clock: ServerClock,
     pending_alerts: VecDeque<Alert>,
+    index: Option<ReadIndex>,
 }
 
 impl<S: RecordStore> Worker<S> {
@@ -115,7 +124,16 @@ impl<S: RecordStore> Worker<S> {
             counters,
             clock: ServerClock::default(),
             pending_alerts: VecDeque::new(),
+            index: None,
         }
+    }
+
+    /// Writes through to `index`: every record this worker stores goes into
+    /// the read index at once (the bytes shared with the fleet), so the
+    /// watch's echo of it is skipped instead of decoded again.
+    pub fn with_index(mut self, index: ReadIndex) -> Self {
+        self.index = Some(index);
+        self
     }
 
     /// Runs until `shutdown` flips to true. Sweeps only while connected and
@@ -319,29 +337,32 @@ impl<S: RecordStore> Worker<S> {
             Write::Delete { .. } => true,
         });
         let store = &self.store;
-        let results: Vec<(Write, Result<Option<u64>, StoreError>)> = futures::stream::iter(latest)
+        let results: Vec<WriteOutcome> = futures::stream::iter(latest)
             .map(|write| async move {
-                let result = match &write {
-                    Write::Put {
-                        record,
-                        revision: None,
-                    } => store.create(record).await.map(Some),
-                    Write::Put {
-                        record,
-                        revision: Some(rev),
-                    } => store.update(record, *rev).await.map(Some),
-                    Write::Delete { node_id, revision } => store
-                        .delete(node_id.as_str(), *revision)
-                        .await
-                        .map(|()| None),
+                let (encoded, result) = match &write {
+                    Write::Put { record, revision } => {
+                        let encoded = EncodedRecord::of(record);
+                        let result = match revision {
+                            None => store.create(&encoded).await,
+                            Some(rev) => store.update(&encoded, *rev).await,
+                        };
+                        (Some(encoded), result.map(Some))
+                    }
+                    Write::Delete { node_id, revision } => (
+                        None,
+                        store
+                            .delete(node_id.as_str(), *revision)
+                            .await
+                            .map(|()| None),
+                    ),
                 };
-                (write, result)
+                (write, encoded, result)
             })
             .buffer_unordered(MAX_IN_FLIGHT)
             .collect()
             .await;
-        for (write, result) in results {
-            ok &= self.record_write(write, result).await;
+        for (write, encoded, result) in results {
+            ok &= self.record_write(write, encoded, result).await;
         }
         for id in effects.reannounce {
             self.reannounce(&id).await;
@@ -386,14 +407,20 @@ impl<S: RecordStore> Worker<S> {
     async fn record_write(
         &mut self,
         write: Write,
+        encoded: Option<EncodedRecord>,
         result: Result<Option<u64>, StoreError>,
     ) -> bool {
         let id = NodeId::parse(write.node_id()).ok();
         match (result, id) {
             (Ok(revision), Some(id)) => {
                 Counters::bump(&self.counters.kv_writes);
-                if let Some(revision) = revision {
-                    self.fleet.confirm_write(&id, revision);
+                if let (Some(revision), Some(encoded), Write::Put { record, .. }) =
+                    (revision, encoded, &write)
+                {
+                    if let Some(index) = &self.index {
+                        index.write_through(record, encoded.value.clone(), revision);
+                    }
+                    self.fleet.confirm_write(&id, revision, encoded.value);
                 }
                 true
             }

@@ -18,4 +18,6 @@ pub mod records;
 pub mod watch;
 
 pub use provision::{provision, Provisioned, StreamSettings};
-pub use records::{JetStreamRecords, MemoryRecords, RecordStore, StoreError, Versioned};
+pub use records::{
+    EncodedRecord, JetStreamRecords, MemoryRecords, RecordStore, StoreError, Versioned,
+};

@@ -18,6 +18,26 @@ pub struct Versioned<T> {
     pub revision: u64,
 }
 
+/// A record encoded as its KV value, with its key: what the store writes,
+/// and what the registry keeps afterwards (the same bytes, shared).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedRecord {
+    /// The key (the node id).
+    pub key: String,
+    /// The value: the record as JSON.
+    pub value: bytes::Bytes,
+}
+
+impl EncodedRecord {
+    /// Encodes `record`.
+    pub fn of(record: &NodeRecord) -> Self {
+        Self {
+            key: record.node_id.clone(),
+            value: encode_record(record),
+        }
+    }
+}
+
 /// Why a record operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,11 +85,14 @@ pub trait RecordStore: Send + Sync {
         key: &str,
     ) -> impl Future<Output = Result<Option<Versioned<NodeRecord>>, StoreError>> + Send;
     /// Writes a record whose key must not exist (or was deleted).
-    fn create(&self, record: &NodeRecord) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn create(
+        &self,
+        record: &EncodedRecord,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Replaces a record whose key is at `revision`.
     fn update(
         &self,
-        record: &NodeRecord,
+        record: &EncodedRecord,
         revision: u64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Deletes a record whose key is at `revision`.
@@ -80,9 +103,12 @@ pub trait RecordStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Encodes a record as its KV value (JSON, so `nats kv get` can read it).
+/// Encodes a record as its KV value (JSON, so `nats kv get` can read it),
+/// in an allocation of exactly its size: the registry keeps these bytes.
 pub fn encode_record(record: &NodeRecord) -> bytes::Bytes {
-    schemas::codec::encode(record, Encoding::Json).into()
+    schemas::codec::encode(record, Encoding::Json)
+        .into_boxed_slice()
+        .into()
 }
 
 /// Decodes a KV value into a record.
@@ -131,11 +157,11 @@ impl RecordStore for JetStreamRecords {
         }
     }
 
-    #[instrument(skip_all, fields(node_id = %record.node_id))]
-    async fn create(&self, record: &NodeRecord) -> Result<u64, StoreError> {
-        let key = record.node_id.as_str();
+    #[instrument(skip_all, fields(node_id = %record.key))]
+    async fn create(&self, record: &EncodedRecord) -> Result<u64, StoreError> {
+        let key = record.key.as_str();
         self.store
-            .create(key, encode_record(record))
+            .create(key, record.value.clone())
             .await
             .map_err(|e| match e.kind() {
                 kv::CreateErrorKind::AlreadyExists => StoreError::Conflict {
@@ -145,11 +171,11 @@ impl RecordStore for JetStreamRecords {
             })
     }
 
-    #[instrument(skip_all, fields(node_id = %record.node_id, revision))]
-    async fn update(&self, record: &NodeRecord, revision: u64) -> Result<u64, StoreError> {
-        let key = record.node_id.as_str();
+    #[instrument(skip_all, fields(node_id = %record.key, revision))]
+    async fn update(&self, record: &EncodedRecord, revision: u64) -> Result<u64, StoreError> {
+        let key = record.key.as_str();
         self.store
-            .update(key, encode_record(record), revision)
+            .update(key, record.value.clone(), revision)
             .await
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict {
@@ -187,16 +213,11 @@ struct MemoryInner {
 
 impl MemoryInner {
     /// Stores a record at the next revision, which it returns.
-    fn store(&mut self, record: &NodeRecord) -> u64 {
+    fn store(&mut self, key: &str, value: NodeRecord) -> u64 {
         self.revision += 1;
         let revision = self.revision;
-        self.records.insert(
-            record.node_id.clone(),
-            Versioned {
-                value: record.clone(),
-                revision,
-            },
-        );
+        self.records
+            .insert(key.to_owned(), Versioned { value, revision });
         revision
     }
 }
@@ -223,27 +244,29 @@ impl RecordStore for MemoryRecords {
         Ok(self.lock().records.get(key).cloned())
     }
 
-    async fn create(&self, record: &NodeRecord) -> Result<u64, StoreError> {
+    async fn create(&self, record: &EncodedRecord) -> Result<u64, StoreError> {
+        let value = decode_record(&record.key, &record.value)?;
         let mut inner = self.lock();
-        if inner.records.contains_key(&record.node_id) {
+        if inner.records.contains_key(&record.key) {
             return Err(StoreError::Conflict {
-                key: record.node_id.clone(),
+                key: record.key.clone(),
             });
         }
-        Ok(inner.store(record))
+        Ok(inner.store(&record.key, value))
     }
 
-    async fn update(&self, record: &NodeRecord, revision: u64) -> Result<u64, StoreError> {
+    async fn update(&self, record: &EncodedRecord, revision: u64) -> Result<u64, StoreError> {
+        let value = decode_record(&record.key, &record.value)?;
         let mut inner = self.lock();
-        match inner.records.get(&record.node_id) {
+        match inner.records.get(&record.key) {
             Some(current) if current.revision == revision => {}
             _ => {
                 return Err(StoreError::Conflict {
-                    key: record.node_id.clone(),
+                    key: record.key.clone(),
                 })
             }
         }
-        Ok(inner.store(record))
+        Ok(inner.store(&record.key, value))
     }
 
     async fn delete(&self, key: &str, revision: u64) -> Result<(), StoreError> {

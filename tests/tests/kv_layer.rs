@@ -5,7 +5,8 @@
 use fleet_tests::NatsServer;
 use registry_kv::provision::ProvisionError;
 use registry_kv::{
-    provision, JetStreamRecords, MemoryRecords, RecordStore, StoreError, StreamSettings,
+    provision, EncodedRecord, JetStreamRecords, MemoryRecords, RecordStore, StoreError,
+    StreamSettings,
 };
 use schemas::NodeRecord;
 use subjects::Names;
@@ -21,19 +22,26 @@ fn record(id: &str, status: &str) -> NodeRecord {
 /// The CAS contract every RecordStore keeps.
 async fn cas_contract(store: &impl RecordStore) {
     assert!(store.get("n1").await.expect("get").is_none());
-    let r1 = store.create(&record("n1", "online")).await.expect("create");
+    let r1 = store
+        .create(&EncodedRecord::of(&record("n1", "online")))
+        .await
+        .expect("create");
     assert!(matches!(
-        store.create(&record("n1", "online")).await,
+        store
+            .create(&EncodedRecord::of(&record("n1", "online")))
+            .await,
         Err(StoreError::Conflict { .. })
     ));
     let r2 = store
-        .update(&record("n1", "degraded"), r1)
+        .update(&EncodedRecord::of(&record("n1", "degraded")), r1)
         .await
         .expect("update at the right revision");
     assert!(r2 > r1);
     // A writer holding the old revision (a deposed leader) fails.
     assert!(matches!(
-        store.update(&record("n1", "online"), r1).await,
+        store
+            .update(&EncodedRecord::of(&record("n1", "online")), r1)
+            .await,
         Err(StoreError::Conflict { .. })
     ));
     let current = store.get("n1").await.expect("get").expect("exists");
@@ -50,7 +58,7 @@ async fn cas_contract(store: &impl RecordStore) {
     assert!(store.get("n1").await.expect("get").is_none());
     // A deleted key can be created again.
     store
-        .create(&record("n1", "online"))
+        .create(&EncodedRecord::of(&record("n1", "online")))
         .await
         .expect("create after delete");
 }

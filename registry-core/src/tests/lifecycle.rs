@@ -62,7 +62,8 @@ impl Sim {
             self.revision += 1;
             if let Write::Put { record, .. } = write {
                 let id = NodeId::parse(&record.node_id).expect("valid id");
-                self.fleet.confirm_write(&id, self.revision);
+                let stored = registry_kv::records::encode_record(&record);
+                self.fleet.confirm_write(&id, self.revision, stored);
             }
         }
     }
@@ -178,7 +179,7 @@ fn re_register_of_a_known_node_is_not_a_new_registration() {
     let registered_at = sim
         .fleet
         .get(&NodeId::parse("n1").expect("id"))
-        .map(|n| n.record.registered_at.clone());
+        .map(|n| n.record().registered_at);
     let e = sim.send(EventType::Register, "n1", t0() + secs(10));
     assert!(e.alerts.is_empty());
     assert!(matches!(
@@ -189,7 +190,7 @@ fn re_register_of_a_known_node_is_not_a_new_registration() {
         }]
     ));
     let node = sim.fleet.get(&NodeId::parse("n1").expect("id")).cloned();
-    assert_eq!(node.map(|n| n.record.registered_at), registered_at);
+    assert_eq!(node.map(|n| n.record().registered_at), registered_at);
 }
 
 #[test]
@@ -261,10 +262,13 @@ fn restart_grants_a_full_window_and_raises_no_registration() {
     let record = sim
         .fleet
         .get(&NodeId::parse("n1").expect("id"))
-        .map(|n| n.record.clone());
+        .map(|n| n.record());
     let mut restarted = Fleet::new(settings());
     let start = t0() + secs(80);
-    let skipped = restarted.restore(record.map(|r| (r, 1)), start);
+    let skipped = restarted.restore(
+        record.map(|r| (registry_kv::records::encode_record(&r), 1)),
+        start,
+    );
     assert!(skipped.is_empty());
     // Without the grace it would be degraded at t0+90; with it, not before start+90.
     assert!(restarted.sweep(start + secs(89)).alerts.is_empty());
@@ -361,6 +365,175 @@ fn failed_writes_are_retried_by_the_next_sweep() {
         e.writes.as_slice(),
         [Write::Put { revision: None, .. }]
     ));
-    fleet.confirm_write(&id, 3);
+    fleet.confirm_write(&id, 3, bytes::Bytes::from_static(b"{}"));
     assert!(fleet.sweep(t0() + secs(2)).writes.is_empty());
+}
+
+#[test]
+fn a_node_held_while_degraded_is_still_judged_offline_after_self_preservation() {
+    let mut sim = Sim::new();
+    let ids: Vec<String> = (0..20).map(|i| format!("n{i}")).collect();
+    for id in &ids {
+        sim.send(EventType::Register, id, t0());
+    }
+    // n0 alone goes silent first and is degraded normally at +90 s.
+    let mut now = t0();
+    for s in 1..=120 {
+        now = t0() + secs(s);
+        if s % 30 == 0 {
+            for id in &ids[1..] {
+                sim.send(EventType::Heartbeat, id, now);
+            }
+        }
+        sim.sweep(now);
+    }
+    assert_eq!(sim.status("n0"), Some(NodeStatus::Degraded));
+    // Then most of the rest go silent: self-preservation holds n0 too.
+    for s in 121..=400 {
+        now = t0() + secs(s);
+        if s % 30 == 0 {
+            for id in &ids[15..] {
+                sim.send(EventType::Heartbeat, id, now);
+            }
+        }
+        sim.sweep(now);
+    }
+    assert!(sim.fleet.in_self_preservation());
+    assert_eq!(sim.status("n0"), Some(NodeStatus::Degraded), "held");
+    // They come back; after the fresh window n0 is judged offline.
+    for id in &ids[1..] {
+        sim.send(EventType::Heartbeat, id, now);
+    }
+    for s in 1..=400 {
+        let at = now + secs(s);
+        if s % 30 == 0 {
+            for id in &ids[1..] {
+                sim.send(EventType::Heartbeat, id, at);
+            }
+        }
+        sim.sweep(at);
+    }
+    assert!(!sim.fleet.in_self_preservation());
+    assert_eq!(sim.status("n0"), Some(NodeStatus::Offline));
+}
+
+#[test]
+fn the_deadline_wheel_holds_one_entry_per_node_however_often_they_beat() {
+    let mut sim = Sim::new();
+    for i in 0..50 {
+        sim.send(EventType::Register, &format!("n{i}"), t0());
+    }
+    for s in 1..=600 {
+        let now = t0() + secs(s);
+        for i in 0..50 {
+            sim.send(EventType::Heartbeat, &format!("n{i}"), now);
+        }
+        sim.sweep(now);
+    }
+    let entries: usize = sim.fleet.wheel.values().map(Vec::len).sum();
+    assert!(entries <= 50, "{entries} wheel entries for 50 nodes");
+    assert!(sim.alerts.iter().all(|a| a.r#type == NODE_REGISTERED));
+}
+
+mod properties {
+    //! Invariants of the state machine over random event sequences, checked
+    //! against a brute-force reading of the same history.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register(usize),
+        Heartbeat(usize),
+        Deregister(usize),
+        Sweep,
+    }
+
+    fn op() -> impl Strategy<Value = (Op, u16)> {
+        let kind = prop_oneof![
+            2 => (0..6usize).prop_map(Op::Register),
+            6 => (0..6usize).prop_map(Op::Heartbeat),
+            1 => (0..6usize).prop_map(Op::Deregister),
+            6 => Just(Op::Sweep),
+        ];
+        // Time advances 0 to 200 s between operations.
+        (kind, 0..200u16)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn transitions_follow_silence_exactly(ops in proptest::collection::vec(op(), 1..300)) {
+            let mut sim = Sim::new();
+            let mut now = t0();
+            // What the history says: per node, when it was last heard from.
+            let mut heard: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+            for (op, dt) in ops {
+                now += secs(i64::from(dt));
+                let before = sim.alerts.len();
+                match op {
+                    Op::Register(n) | Op::Heartbeat(n) => {
+                        let id = format!("n{n}");
+                        let kind = if matches!(op, Op::Register(_)) { EventType::Register } else { EventType::Heartbeat };
+                        let known = heard.contains_key(&id);
+                        sim.send(kind, &id, now);
+                        if known || kind == EventType::Register {
+                            heard.insert(id, now);
+                        }
+                    }
+                    Op::Deregister(n) => {
+                        let id = format!("n{n}");
+                        sim.send(EventType::Deregister, &id, now);
+                        heard.remove(&id);
+                    }
+                    Op::Sweep => {
+                        sim.sweep(now);
+                        // Six nodes at most: below self-preservation's
+                        // minimum fleet, so every silence is judged.
+                        for (id, last) in &heard {
+                            let silence = now.signed_duration_since(*last);
+                            let expected = if silence >= secs(300) {
+                                NodeStatus::Offline
+                            } else if silence >= secs(90) {
+                                NodeStatus::Degraded
+                            } else {
+                                NodeStatus::Online
+                            };
+                            let status = sim.status(id);
+                            // A node degraded earlier stays degraded until offline.
+                            prop_assert!(
+                                status == Some(expected),
+                                "{id}: {status:?}, expected {expected:?} after {silence}"
+                            );
+                        }
+                    }
+                }
+                for alert in &sim.alerts[before..] {
+                    let silence = alert.last_heartbeat.as_deref()
+                        .and_then(schemas::time::parse)
+                        .map(|last| now.signed_duration_since(last));
+                    match alert.r#type.as_str() {
+                        // Never judged before its silence.
+                        NODE_DEGRADED => prop_assert!(silence >= Some(secs(90))),
+                        NODE_OFFLINE => prop_assert!(silence >= Some(secs(300))),
+                        // Online again only on hearing from it.
+                        NODE_ONLINE => prop_assert!(matches!(op, Op::Register(_) | Op::Heartbeat(_))),
+                        NODE_REGISTERED => prop_assert!(matches!(op, Op::Register(_))),
+                        NODE_DEREGISTERED => prop_assert!(matches!(op, Op::Deregister(_))),
+                        other => prop_assert!(false, "unexpected alert {other}"),
+                    }
+                }
+                // No alert without a change: each node's alerts alternate.
+                let mut last_type: BTreeMap<&str, &str> = BTreeMap::new();
+                for alert in &sim.alerts {
+                    let node = alert.node_id.as_deref().unwrap_or("");
+                    if let Some(previous) = last_type.insert(node, alert.r#type.as_str()) {
+                        prop_assert_ne!(previous, alert.r#type.as_str(), "repeated alert for {}", node);
+                    }
+                }
+            }
+        }
+    }
 }
