@@ -122,6 +122,36 @@ enum Life {
     Gone,
 }
 
+/// Events published so far, by type: read while a run goes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// Registrations.
+    pub registers: u64,
+    /// Heartbeats.
+    pub heartbeats: u64,
+    /// Deregistrations.
+    pub deregisters: u64,
+}
+
+impl Published {
+    /// All events.
+    pub fn total(&self) -> u64 {
+        self.registers + self.heartbeats + self.deregisters
+    }
+}
+
+impl std::ops::Sub for Published {
+    type Output = Published;
+
+    fn sub(self, earlier: Published) -> Published {
+        Published {
+            registers: self.registers.saturating_sub(earlier.registers),
+            heartbeats: self.heartbeats.saturating_sub(earlier.heartbeats),
+            deregisters: self.deregisters.saturating_sub(earlier.deregisters),
+        }
+    }
+}
+
 /// Runs a simulated fleet against a JetStream context.
 #[derive(Debug)]
 pub struct Simulator {
@@ -129,6 +159,8 @@ pub struct Simulator {
     js: jetstream::Context,
     in_flight: Arc<tokio::sync::Semaphore>,
     failed: Arc<AtomicU64>,
+    counts: [AtomicU64; 3],
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl Simulator {
@@ -140,7 +172,29 @@ impl Simulator {
             js,
             in_flight,
             failed: Arc::new(AtomicU64::new(0)),
+            counts: Default::default(),
+            stop: Default::default(),
         }
+    }
+
+    /// Events published so far.
+    pub fn published(&self) -> Published {
+        let [registers, heartbeats, deregisters] =
+            self.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        Published {
+            registers,
+            heartbeats,
+            deregisters,
+        }
+    }
+
+    /// Ends a run before its `duration` (it returns its report as usual).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn count(&self, kind: usize) {
+        self.counts[kind].fetch_add(1, Ordering::Relaxed);
     }
 
     fn node_id(&self, n: u64) -> String {
@@ -216,7 +270,7 @@ impl Simulator {
 
         loop {
             let now = Instant::now();
-            if now >= end {
+            if now >= end || self.stop.load(Ordering::Relaxed) {
                 break;
             }
             // Churn events due now.
@@ -238,6 +292,7 @@ impl Simulator {
                         self.publish(&event).await?;
                         report.deregisters += 1;
                         report.published += 1;
+                        self.count(2);
                     }
                     next_leave = Some(at + every);
                 }
@@ -273,9 +328,11 @@ impl Simulator {
                     self.publish(&generate::register(&id, n, s, self.config.seed))
                         .await?;
                     report.registers += 1;
+                    self.count(0);
                 } else {
                     self.publish(&generate::heartbeat(&id, s, &mut rng)).await?;
                     report.heartbeats += 1;
+                    self.count(1);
                 }
                 report.published += 1;
                 sent += 1;

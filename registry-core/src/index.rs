@@ -6,7 +6,8 @@
 //! half-loaded fleet. If the watch fails it is reopened and the index rebuilt
 //! the same way, still serving the old view meanwhile.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -18,10 +19,14 @@ use tokio::sync::watch;
 use crate::catalog::Catalog;
 use tracing::{info, instrument, warn};
 
+/// Writes announced by this process, by key: the bytes and the record.
+type Expected = HashMap<String, (bytes::Bytes, NodeRecord)>;
+
 /// A shared, read-mostly view of the `nodes` bucket.
 #[derive(Debug, Clone)]
 pub struct ReadIndex {
     state: Arc<RwLock<Catalog>>,
+    expected: Arc<Mutex<Expected>>,
     ready: watch::Receiver<bool>,
     revision: watch::Receiver<u64>,
 }
@@ -45,14 +50,19 @@ impl ReadIndex {
         f(&state)
     }
 
-    /// Puts a record this process has just written at `revision` into the
-    /// index, unless the watch has already delivered that revision or a later
-    /// one (then the index holds it, or what replaced it).
-    pub fn write_through(&self, record: &NodeRecord, encoded: bytes::Bytes, revision: u64) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if revision > state.revision {
-            state.insert(record, encoded, revision);
-        }
+    /// Announces a record this process is about to write: when the watch
+    /// delivers exactly these bytes for its key, the index takes `record` as
+    /// it is and keeps `encoded` (shared with the writer) instead of
+    /// decoding and copying the delivery.
+    pub fn expect_write(&self, record: NodeRecord, encoded: bytes::Bytes) {
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        expected.insert(record.node_id.clone(), (encoded, record));
+    }
+
+    /// Withdraws an announced write that did not happen.
+    pub fn forget_write(&self, node_id: &str) {
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        expected.remove(node_id);
     }
 
     /// Waits up to `limit` for the index to reach KV revision `revision`;
@@ -67,10 +77,12 @@ impl ReadIndex {
 /// Starts the reflector on `store`; it runs until `shutdown` flips to true.
 pub fn spawn_reflector(store: kv::Store, mut shutdown: watch::Receiver<bool>) -> ReadIndex {
     let state = Arc::new(RwLock::new(Catalog::new()));
+    let expected = Arc::new(Mutex::new(Expected::new()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (revision_tx, revision_rx) = watch::channel(0);
     let index = ReadIndex {
         state: state.clone(),
+        expected: expected.clone(),
         ready: ready_rx,
         revision: revision_rx,
     };
@@ -79,7 +91,7 @@ pub fn spawn_reflector(store: kv::Store, mut shutdown: watch::Receiver<bool>) ->
         loop {
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return,
-                result = reflect(&store, &state, &ready_tx, &revision_tx) => {
+                result = reflect(&store, &state, &expected, &ready_tx, &revision_tx) => {
                     match result {
                         Ok(()) => warn!("nodes watch ended; reopening"),
                         Err(e) => warn!(error = %e, "nodes watch failed; reopening"),
@@ -100,6 +112,7 @@ pub fn spawn_reflector(store: kv::Store, mut shutdown: watch::Receiver<bool>) ->
 async fn reflect(
     store: &kv::Store,
     state: &Arc<RwLock<Catalog>>,
+    expected: &Mutex<Expected>,
     ready: &watch::Sender<bool>,
     revision: &watch::Sender<u64>,
 ) -> Result<(), registry_kv::watch::WatchError> {
@@ -113,7 +126,7 @@ async fn reflect(
     while let Some(change) = changes.next().await {
         let change = change?;
         if live {
-            let now = apply_live(state, change);
+            let now = apply_live(state, expected, change);
             revision.send_replace(now);
             continue;
         }
@@ -131,7 +144,7 @@ async fn reflect(
                 ready.send_replace(true);
             }
             other => {
-                let decoded = decode_put(&buffer, &other);
+                let decoded = decode_put(&buffer, &other).map(|r| (r, None));
                 apply(&mut buffer, other, decoded);
             }
         }
@@ -169,19 +182,44 @@ fn decode_put(catalog: &Catalog, change: &RawChange) -> Option<NodeRecord> {
     }
 }
 
-/// Applies one live change: decoded outside the lock, so readers are held
-/// only for the insert.
-fn apply_live(state: &RwLock<Catalog>, change: RawChange) -> u64 {
-    let decoded = {
-        let catalog = state.read().unwrap_or_else(|p| p.into_inner());
-        decode_put(&catalog, &change)
+/// Applies one live change: a write this process announced is taken as it
+/// is; anything else is decoded outside the lock, so readers are held only
+/// for the insert.
+fn apply_live(state: &RwLock<Catalog>, expected: &Mutex<Expected>, change: RawChange) -> u64 {
+    let announced = match &change {
+        RawChange::Put { key, value, .. } => {
+            let mut expected = expected.lock().unwrap_or_else(|p| p.into_inner());
+            match expected.remove(key) {
+                Some((bytes, record)) if bytes == *value => Some((record, Some(bytes))),
+                Some(other) => {
+                    // Not (yet) ours: keep waiting for it.
+                    expected.insert(key.clone(), other);
+                    None
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let decoded = match announced {
+        Some(announced) => Some(announced),
+        None => {
+            let catalog = state.read().unwrap_or_else(|p| p.into_inner());
+            decode_put(&catalog, &change).map(|r| (r, None))
+        }
     };
     let mut catalog = state.write().unwrap_or_else(|p| p.into_inner());
     apply(&mut catalog, change, decoded);
     catalog.revision
 }
 
-fn apply(catalog: &mut Catalog, change: RawChange, decoded: Option<NodeRecord>) {
+/// Applies a change; a put comes with its record, and with the bytes to
+/// keep when they are already held elsewhere.
+fn apply(
+    catalog: &mut Catalog,
+    change: RawChange,
+    decoded: Option<(NodeRecord, Option<bytes::Bytes>)>,
+) {
     match change {
         RawChange::Put {
             key,
@@ -190,9 +228,10 @@ fn apply(catalog: &mut Catalog, change: RawChange, decoded: Option<NodeRecord>) 
         } => {
             catalog.revision = catalog.revision.max(revision);
             let newer = catalog.revision_of(&key).is_none_or(|held| held < revision);
-            if let (Some(record), true) = (decoded, newer) {
-                // A copy: the received bytes share the connection's buffer.
-                catalog.insert(&record, bytes::Bytes::copy_from_slice(&value), revision);
+            if let (Some((record, kept)), true) = (decoded, newer) {
+                // Received bytes share the connection's buffer: keep a copy.
+                let kept = kept.unwrap_or_else(|| bytes::Bytes::copy_from_slice(&value));
+                catalog.insert(&record, kept, revision);
             }
         }
         RawChange::Delete { key, revision } => {

@@ -128,9 +128,9 @@ impl<S: RecordStore> Worker<S> {
         }
     }
 
-    /// Writes through to `index`: every record this worker stores goes into
-    /// the read index at once (the bytes shared with the fleet), so the
-    /// watch's echo of it is skipped instead of decoded again.
+    /// Announces every record this worker writes to `index`, which then
+    /// takes the record as it is from the watch (the bytes shared with the
+    /// fleet) instead of decoding it again.
     pub fn with_index(mut self, index: ReadIndex) -> Self {
         self.index = Some(index);
         self
@@ -337,11 +337,15 @@ impl<S: RecordStore> Worker<S> {
             Write::Delete { .. } => true,
         });
         let store = &self.store;
+        let index = self.index.as_ref();
         let results: Vec<WriteOutcome> = futures::stream::iter(latest)
             .map(|write| async move {
                 let (encoded, result) = match &write {
                     Write::Put { record, revision } => {
                         let encoded = EncodedRecord::of(record);
+                        if let Some(index) = index {
+                            index.expect_write(record.clone(), encoded.value.clone());
+                        }
                         let result = match revision {
                             None => store.create(&encoded).await,
                             Some(rev) => store.update(&encoded, *rev).await,
@@ -411,15 +415,13 @@ impl<S: RecordStore> Worker<S> {
         result: Result<Option<u64>, StoreError>,
     ) -> bool {
         let id = NodeId::parse(write.node_id()).ok();
+        if let (Err(_), Some(index)) = (&result, &self.index) {
+            index.forget_write(write.node_id());
+        }
         match (result, id) {
             (Ok(revision), Some(id)) => {
                 Counters::bump(&self.counters.kv_writes);
-                if let (Some(revision), Some(encoded), Write::Put { record, .. }) =
-                    (revision, encoded, &write)
-                {
-                    if let Some(index) = &self.index {
-                        index.write_through(record, encoded.value.clone(), revision);
-                    }
+                if let (Some(revision), Some(encoded)) = (revision, encoded) {
                     self.fleet.confirm_write(&id, revision, encoded.value);
                 }
                 true

@@ -1,28 +1,41 @@
-//! How far one registry goes on this machine: a first version of issue 5's
-//! harness. It measures, in one run:
-//! - the ceiling: raw JetStream publish rate into a stream like NODE_EVENTS;
-//! - per fleet size: events/s the simulator published, the registry's
-//!   consumer lag (pending events, sampled every second), registry CPU and
-//!   RSS, KV writes per heartbeat, detection latency of injected crashes and
-//!   false transitions;
-//! - cold start: a restarted registry's time to answer with every node.
+//! How far one registry goes on this machine (issue 5). In one run it
+//! measures, and prints as a table and as JSON:
+//! - the ceiling: raw JetStream publish rate (acked, pipelined) into a stream
+//!   like `NODE_EVENTS`;
+//! - the ingest ceiling: how fast a registry works off a backlog of
+//!   heartbeats (events/s), and its ratio to the ceiling;
+//! - per fleet size (`nodes@interval`): events/s published, consumer lag
+//!   (age of the oldest unprocessed event, sampled every second, p50/p99 in
+//!   seconds), registry CPU (% of one core) and RSS (bytes per node), KV
+//!   writes per heartbeat, detection latency of injected crashes beyond
+//!   `degraded_after`, false transitions, and cold start (a restarted
+//!   registry's time to answer with every node in KV).
+//!
+//! It also draws lag and CPU against fleet size into `scale.png`.
 //!
 //!     cargo bench -p fleet-tests --bench scale
 //!
-//! `SCALE_RUNS` = comma-separated `nodes@interval` (default
-//! `10000@1s,100000@30s`), `SCALE_SECONDS` = length of each run (default 60).
+//! Knobs: `SCALE_RUNS` = comma-separated `nodes@interval` (default
+//! `10000@30s,100000@30s,1000000@30s`), `SCALE_SECONDS` = measured length of
+//! each run (default 60), `SCALE_ENCODING` = `json` (default) or
+//! `protobuf`, `SCALE_INGEST_NODES` (default 100000, 0 to skip),
+//! `SCALE_OUT` = folder for `scale.json` and `scale.png` (default
+//! `target/scale`).
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use fleet_sim::{SimConfig, Simulator};
 use fleet_tests::procfs::{clock_ticks, cpu_ticks, percentile, rss_kib};
 use fleet_tests::{release_bin, AlertTap, NatsServer, Proc};
-use schemas::codec::{encode, Encoding};
+use schemas::codec::{encode, Encoding, HEADER_CONTENT_TYPE};
+use serde::Serialize;
 
 /// Raw JetStream publish rate (acked, pipelined) into a fresh stream.
 async fn ceiling(server: &NatsServer, events: usize) -> f64 {
-    let js = async_nats::jetstream::new(server.client().await);
-    js.create_stream(async_nats::jetstream::stream::Config {
+    let js = jetstream::new(server.client().await);
+    js.create_stream(jetstream::stream::Config {
         name: "CEILING".into(),
         subjects: vec!["ceiling.>".into()],
         duplicate_window: Duration::from_secs(120),
@@ -56,15 +69,89 @@ async fn ceiling(server: &NatsServer, events: usize) -> f64 {
     events as f64 / start.elapsed().as_secs_f64()
 }
 
-#[derive(Debug)]
+/// The registry under test, as a release process.
+fn spawn_registry(server: &NatsServer, name: &str, degraded_after: Duration) -> Proc {
+    Proc::spawn(
+        name,
+        &release_bin("registry-core", "node-registry"),
+        &[
+            "--nats-url".to_owned(),
+            server.url(),
+            "--degraded-after".to_owned(),
+            format!("{}ms", degraded_after.as_millis()),
+            "--offline-after".to_owned(),
+            format!("{}ms", (degraded_after * 6).as_millis()),
+        ],
+        &[("RUST_LOG", "warn".to_owned())],
+        server.temp_path(&format!("{name}.log")),
+    )
+}
+
+async fn registry_consumer(js: &jetstream::Context) -> PullConsumer {
+    js.get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("events stream")
+        .get_consumer(subjects::CONSUMER_REGISTRY)
+        .await
+        .expect("registry consumer")
+}
+
+/// One lag sample: events not yet processed, and the age in seconds of the
+/// oldest of them (0 when there are none).
+async fn lag(js: &jetstream::Context, consumer: &mut PullConsumer) -> Option<(u64, f64)> {
+    let info = consumer.info().await.ok()?;
+    let waiting = info.num_pending + info.num_ack_pending as u64;
+    if waiting == 0 {
+        return Some((0, 0.0));
+    }
+    let oldest = info.ack_floor.stream_sequence + 1;
+    let stream = js.get_stream(subjects::STREAM_NODE_EVENTS).await.ok()?;
+    let message = stream.get_raw_message(oldest).await.ok()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let age = (now - message.time.timestamp_millis()).max(0) as f64 / 1e3;
+    Some((waiting, age))
+}
+
+/// Waits until the registry has worked off its backlog; returns how long
+/// that took.
+async fn settle(js: &jetstream::Context, consumer: &mut PullConsumer, limit: Duration) -> f64 {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some((_, age)) = lag(js, consumer).await {
+            if age < 1.0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn encoding() -> Encoding {
+    match std::env::var("SCALE_ENCODING").as_deref() {
+        Ok("protobuf") => Encoding::Protobuf,
+        _ => Encoding::Json,
+    }
+}
+
+#[derive(Debug, Serialize)]
 struct Run {
     nodes: u64,
-    interval: Duration,
-    published_per_sec: f64,
-    lag_p50: u64,
-    lag_p99: u64,
+    interval_s: f64,
+    encoding: String,
+    /// Time for the registry to work off the registration backlog.
+    settle_s: f64,
+    events_per_sec: f64,
+    lag_p50_s: f64,
+    lag_p99_s: f64,
+    lag_max_s: f64,
+    pending_p99: u64,
     cpu_pct: f64,
     rss_bytes: u64,
+    rss_bytes_per_node: f64,
     kv_writes_per_heartbeat: f64,
     crashes: usize,
     detection_p50_ms: i64,
@@ -77,82 +164,73 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     // Three missed heartbeats, as in production (90 s at 30 s), at least 5 s.
     let degraded_after = (interval * 3).max(Duration::from_secs(5));
     let server = NatsServer::start().await;
-    let registry_bin = release_bin("registry-core", "node-registry");
-    let spawn = |name: &str| {
-        Proc::spawn(
-            name,
-            &registry_bin,
-            &[
-                "--nats-url".to_owned(),
-                server.url(),
-                "--degraded-after".to_owned(),
-                format!("{}ms", degraded_after.as_millis()),
-                "--offline-after".to_owned(),
-                format!("{}ms", (degraded_after * 6).as_millis()),
-            ],
-            &[("RUST_LOG", "warn".to_owned())],
-            server.temp_path(&format!("{name}.log")),
-        )
-    };
-    let registry = spawn("registry");
+    let registry = spawn_registry(&server, "registry", degraded_after);
     let client = fleet_tests::registry_client(&server)
         .await
         .with_timeout(Duration::from_secs(30));
     fleet_tests::wait_registry(&client).await;
     let mut alerts = AlertTap::new(client.nats()).await;
-    let js = async_nats::jetstream::new(server.client().await);
+    let js = jetstream::new(server.client().await);
     let mut nodes_stream = js
         .get_stream("KV_nodes")
         .await
         .expect("nodes bucket stream");
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(subjects::STREAM_NODE_EVENTS)
-        .await
-        .expect("events stream")
-        .get_consumer(subjects::CONSUMER_REGISTRY)
-        .await
-        .expect("registry consumer");
+    let mut consumer = registry_consumer(&js).await;
 
-    // Register the fleet first (one interval), then measure a steady run
-    // with crashes injected at 1 per 10 s.
+    // Register the fleet (over one interval), let the registry work off the
+    // registrations and the first metrics, then measure a steady run with
+    // crashes injected at 1 per 10 s.
+    let settle_limit = Duration::from_secs(600);
     let config = SimConfig {
         nodes,
         heartbeat_interval: interval,
         crashes_per_sec: 0.1,
-        duration: interval + Duration::from_secs(seconds),
+        encoding: encoding(),
+        duration: interval * 2 + settle_limit + Duration::from_secs(seconds),
         seed: 5,
         ..SimConfig::default()
     };
-    let sim_js = async_nats::jetstream::new(server.client().await);
-    let sim = tokio::spawn(async move { Simulator::new(config, sim_js).run().await });
-    tokio::time::sleep(interval).await;
-    let writes_before = nodes_stream
-        .info()
-        .await
-        .map(|i| i.state.messages)
-        .unwrap_or(0);
+    let sim_js = jetstream::new(server.client().await);
+    let simulator = std::sync::Arc::new(Simulator::new(config, sim_js));
+    let sim = {
+        let simulator = simulator.clone();
+        tokio::spawn(async move { simulator.run().await })
+    };
+    tokio::time::sleep(interval * 2).await;
+    let settle_s = settle(&js, &mut consumer, settle_limit).await + (interval * 2).as_secs_f64();
+    println!("  {nodes} nodes registered and worked off in {settle_s:.0} s; measuring {seconds} s");
+
+    let sequence = |info: &jetstream::stream::Info| info.state.last_sequence;
+    let writes_before = nodes_stream.info().await.map(sequence).unwrap_or(0);
+    let published_before = simulator.published();
     let pid = registry.pid().expect("running");
     let ticks_before = cpu_ticks(pid);
     let started = Instant::now();
-    let mut lag = Vec::new();
+    let mut ages = Vec::new();
+    let mut pending = Vec::new();
     let mut rss_max = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Ok(info) = consumer.info().await {
-            lag.push(info.num_pending);
+        if let Some((waiting, age)) = lag(&js, &mut consumer).await {
+            pending.push(waiting);
+            ages.push((age * 1000.0) as u64);
         }
         rss_max = rss_max.max(rss_kib(pid) * 1024);
     }
     let ticks_after = cpu_ticks(pid);
     let wall = started.elapsed().as_secs_f64();
-    let report = sim.await.expect("join").expect("simulation");
+    let published = simulator.published() - published_before;
+    let heartbeats = published.heartbeats.max(1);
     let writes = nodes_stream
         .info()
         .await
-        .map(|i| i.state.messages)
+        .map(sequence)
         .unwrap_or(0)
         .saturating_sub(writes_before);
-    lag.sort();
+    simulator.stop();
+    let report = sim.await.expect("join").expect("simulation");
+    ages.sort();
+    pending.sort();
 
     // Detection latency and false transitions.
     let crash_at: std::collections::HashSet<&str> =
@@ -163,14 +241,14 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     let mut false_transitions = 0;
     let sim_end = chrono::Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
     for alert in &seen {
-        if alert.r#type != "node.degraded" {
+        if alert.r#type != "node.degraded" && alert.r#type != "node.offline" {
             continue;
         }
         let at = schemas::time::parse(&alert.at).unwrap_or_else(chrono::Utc::now);
         match alert.node_id.as_deref().filter(|id| crash_at.contains(id)) {
             // Beyond degraded_after, from the last heartbeat the registry saw
             // (the crash itself falls up to one interval after it).
-            Some(_) => {
+            Some(_) if alert.r#type == "node.degraded" => {
                 let last = alert
                     .last_heartbeat
                     .as_deref()
@@ -178,6 +256,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
                     .unwrap_or(at);
                 latencies.push((at - last).num_milliseconds() - degraded_after.as_millis() as i64);
             }
+            Some(_) => {}
             None if at < sim_end => false_transitions += 1,
             None => {}
         }
@@ -187,40 +266,197 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     // Cold start: a fresh registry on the same KV.
     drop(registry);
     let restarted_at = Instant::now();
-    let _second = spawn("registry-2");
+    let _second = spawn_registry(&server, "registry-2", degraded_after);
     fleet_tests::wait_total(&client, nodes, Duration::from_secs(600)).await;
     let cold_start_s = restarted_at.elapsed().as_secs_f64();
 
+    let ms = |v: u64| v as f64 / 1000.0;
     Run {
         nodes,
-        interval,
-        published_per_sec: report.events_per_sec,
-        lag_p50: percentile(&lag, 0.5),
-        lag_p99: percentile(&lag, 0.99),
+        interval_s: interval.as_secs_f64(),
+        encoding: format!("{:?}", encoding()).to_lowercase(),
+        settle_s,
+        events_per_sec: published.total() as f64 / wall,
+        lag_p50_s: ms(percentile(&ages, 0.5)),
+        lag_p99_s: ms(percentile(&ages, 0.99)),
+        lag_max_s: ms(ages.last().copied().unwrap_or(0)),
+        pending_p99: percentile(&pending, 0.99),
         cpu_pct: (ticks_after - ticks_before) as f64 / clock_ticks() / wall * 100.0,
         rss_bytes: rss_max,
-        kv_writes_per_heartbeat: writes as f64 / report.heartbeats.max(1) as f64,
+        rss_bytes_per_node: rss_max as f64 / nodes as f64,
+        kv_writes_per_heartbeat: writes as f64 / heartbeats as f64,
         crashes: report.crashes.len(),
         detection_p50_ms: latencies.get(latencies.len() / 2).copied().unwrap_or(-1),
-        detection_p99_ms: latencies.last().copied().unwrap_or(-1),
+        detection_p99_ms: percentile_i64(&latencies, 0.99),
         false_transitions,
         cold_start_s,
     }
 }
 
+fn percentile_i64(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return -1;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+#[derive(Debug, Serialize)]
+struct Ingest {
+    nodes: u64,
+    backlog: u64,
+    /// How fast the backlog was published (acked), events/s.
+    published_per_sec: f64,
+    /// How fast the registry worked it off, events/s.
+    ingest_per_sec: f64,
+    registry_cpu_pct: f64,
+}
+
+/// The registry's ingest ceiling: with `nodes` registered, a backlog of
+/// heartbeats (`per_node` each) is published while the registry is down;
+/// a fresh registry then works it off as fast as it can.
+async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
+    let degraded_after = Duration::from_secs(600);
+    let server = NatsServer::start().await;
+    let registry = spawn_registry(&server, "registry", degraded_after);
+    let client = fleet_tests::registry_client(&server)
+        .await
+        .with_timeout(Duration::from_secs(30));
+    fleet_tests::wait_registry(&client).await;
+    let js = jetstream::new(server.client().await);
+    let mut consumer = registry_consumer(&js).await;
+    let encoding = encoding();
+    let publish_all = |events: Vec<(String, bytes::Bytes)>| {
+        let js = js.clone();
+        async move {
+            let mut acks = Vec::with_capacity(2000);
+            for (subject, payload) in events {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
+                acks.push(
+                    js.publish_with_headers(subject, headers, payload)
+                        .await
+                        .expect("publish"),
+                );
+                if acks.len() >= 2000 {
+                    for ack in acks.drain(..) {
+                        ack.await.expect("ack");
+                    }
+                }
+            }
+            for ack in acks.drain(..) {
+                ack.await.expect("ack");
+            }
+        }
+    };
+    let subject = |n: u64| format!("node.sim-{n}.events");
+    let registers: Vec<(String, bytes::Bytes)> = (0..nodes)
+        .map(|n| {
+            let event = fleet_sim::generate::register(&format!("sim-{n}"), n, 1, 5);
+            (subject(n), encode(&event, encoding).into())
+        })
+        .collect();
+    publish_all(registers).await;
+    fleet_tests::wait_total(&client, nodes, Duration::from_secs(600)).await;
+    settle(&js, &mut consumer, Duration::from_secs(600)).await;
+    drop(registry);
+
+    let mut rng = fleet_sim::generate::Rng::new(11);
+    let mut beats = Vec::with_capacity((nodes * per_node) as usize);
+    for round in 0..per_node {
+        for n in 0..nodes {
+            let event = fleet_sim::generate::heartbeat(&format!("sim-{n}"), 2 + round, &mut rng);
+            beats.push((subject(n), encode(&event, encoding).into()));
+        }
+    }
+    let backlog = beats.len() as u64;
+    let start = Instant::now();
+    publish_all(beats).await;
+    let published_per_sec = backlog as f64 / start.elapsed().as_secs_f64();
+
+    let registry = spawn_registry(&server, "registry-2", degraded_after);
+    fleet_tests::wait_registry(&client).await;
+    let pid = registry.pid().expect("running");
+    let ticks_before = cpu_ticks(pid);
+    let start = Instant::now();
+    loop {
+        if let Ok(info) = consumer.info().await {
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ingest {
+        nodes,
+        backlog,
+        published_per_sec,
+        ingest_per_sec: backlog as f64 / wall,
+        registry_cpu_pct: (cpu_ticks(pid) - ticks_before) as f64 / clock_ticks() / wall * 100.0,
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    ceiling_events_per_sec: f64,
+    ingest: Option<Ingest>,
+    ingest_ratio_to_ceiling: Option<f64>,
+    runs: Vec<Run>,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs = std::env::var("SCALE_RUNS").unwrap_or_else(|_| "10000@1s,100000@30s".to_owned());
+    let runs = std::env::var("SCALE_RUNS")
+        .unwrap_or_else(|_| "10000@30s,100000@30s,1000000@30s".to_owned());
     let seconds: u64 = std::env::var("SCALE_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
+    let ingest_nodes: u64 = std::env::var("SCALE_INGEST_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let out =
+        PathBuf::from(std::env::var("SCALE_OUT").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/scale").to_owned()
+        }));
     let server = NatsServer::start().await;
-    let ceiling = ceiling(&server, 100_000).await;
+    let ceiling = ceiling(&server, 200_000).await;
     drop(server);
     println!(
         "raw JetStream publish ceiling: {ceiling:.0} events/s (acked, pipelined, same machine)"
     );
+    let ingest = if ingest_nodes > 0 {
+        let ingest = ingest_ceiling(ingest_nodes, 10).await;
+        println!(
+            "ingest ceiling: {} heartbeats of {} nodes worked off at {:.0} events/s ({:.0} % of the ceiling; registry {:.0} % of a core); published at {:.0}/s",
+            ingest.backlog,
+            ingest.nodes,
+            ingest.ingest_per_sec,
+            ingest.ingest_per_sec / ceiling * 100.0,
+            ingest.registry_cpu_pct,
+            ingest.published_per_sec
+        );
+        Some(ingest)
+    } else {
+        None
+    };
     let mut results = Vec::new();
     for spec in runs.split(',') {
         let Some((nodes, interval)) = spec.split_once('@') else {
@@ -234,39 +470,136 @@ async fn main() {
         results.push(run(nodes, interval, seconds).await);
     }
     println!(
-        "\n{:>8} {:>8} {:>10} {:>9} {:>9} {:>7} {:>10} {:>9} {:>8} {:>9} {:>9} {:>6} {:>8}",
+        "\n{:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>10} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7}",
         "nodes",
         "interval",
         "events/s",
         "ceiling%",
         "lag p50",
         "lag p99",
+        "settle",
         "CPU %",
         "RSS B/node",
         "KV w/hb",
         "detect50",
         "detect99",
         "false",
-        "cold s"
+        "cold s",
+        "crashes"
     );
     for r in &results {
         println!(
-            "{:>8} {:>8} {:>10.0} {:>9.1} {:>9} {:>7} {:>10.1} {:>9.0} {:>8.3} {:>9} {:>9} {:>6} {:>8.1}",
+            "{:>8} {:>7}s {:>9.0} {:>9.1} {:>7.2}s {:>7.2}s {:>7.0}s {:>7.1} {:>10.0} {:>8.3} {:>7}ms {:>7}ms {:>6} {:>7.1} {:>7}",
             r.nodes,
-            humantime::format_duration(r.interval).to_string(),
-            r.published_per_sec,
-            r.published_per_sec / ceiling * 100.0,
-            r.lag_p50,
-            r.lag_p99,
+            r.interval_s,
+            r.events_per_sec,
+            r.events_per_sec / ceiling * 100.0,
+            r.lag_p50_s,
+            r.lag_p99_s,
+            r.settle_s,
             r.cpu_pct,
-            r.rss_bytes as f64 / r.nodes as f64,
+            r.rss_bytes_per_node,
             r.kv_writes_per_heartbeat,
             r.detection_p50_ms,
             r.detection_p99_ms,
             r.false_transitions,
-            r.cold_start_s
+            r.cold_start_s,
+            r.crashes
         );
     }
-    println!("\n(lag in pending events; detection in ms beyond degraded_after (3 heartbeat intervals, at least 5 s), from the last heartbeat; {} crashes injected per run at 1 per 10 s)",
-        results.first().map_or(0, |r| r.crashes));
+    println!("\n(lag: age of the oldest unprocessed event, sampled each second; detection beyond degraded_after = 3 intervals, from the last heartbeat; crashes injected at 1 per 10 s)");
+    let report = Report {
+        machine: machine(),
+        ceiling_events_per_sec: ceiling,
+        ingest_ratio_to_ceiling: ingest.as_ref().map(|i| i.ingest_per_sec / ceiling),
+        ingest,
+        runs: results,
+    };
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    println!("\n{json}");
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("creating {}: {e}", out.display());
+        return;
+    }
+    let _ = std::fs::write(out.join("scale.json"), &json);
+    match plot::draw(&report.runs, &out.join("scale.png")) {
+        Ok(()) => println!("plot: {}", out.join("scale.png").display()),
+        Err(e) => eprintln!("no plot: {e}"),
+    }
+}
+
+mod plot {
+    //! Lag and CPU against fleet size, as a PNG.
+
+    use super::Run;
+    use plotters::prelude::*;
+
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+    pub fn draw(runs: &[Run], path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+        if runs.is_empty() {
+            return Err("no runs".into());
+        }
+        // ab_glyph needs a font with a static lifetime; one per process.
+        let font = std::fs::read(FONT).map_err(|e| format!("{FONT}: {e}"))?;
+        plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into()))
+            .map_err(|_| "font does not load")?;
+        let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (left, right) = root.split_horizontally(600);
+        let max_nodes = runs.iter().map(|r| r.nodes).max().unwrap_or(1) as f64 * 2.0;
+        let min_nodes = runs.iter().map(|r| r.nodes).min().unwrap_or(1) as f64 / 2.0;
+        let series = |f: fn(&Run) -> f64| -> Vec<(f64, f64)> {
+            runs.iter().map(|r| (r.nodes as f64, f(r))).collect()
+        };
+        for (area, title, unit, target, data) in [
+            (
+                &left,
+                "Consumer lag p99 (s)",
+                "seconds",
+                1.0,
+                series(|r| r.lag_p99_s),
+            ),
+            (
+                &right,
+                "Registry CPU (% of one core)",
+                "% of a core",
+                15.0,
+                series(|r| r.cpu_pct),
+            ),
+        ] {
+            let top = data.iter().map(|p| p.1).fold(target, f64::max) * 1.3;
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 22))
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(60)
+                .build_cartesian_2d((min_nodes..max_nodes).log_scale(), 0.0..top)?;
+            chart
+                .configure_mesh()
+                .x_desc("nodes (30 s heartbeat interval)")
+                .y_desc(unit)
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .draw()?;
+            chart
+                .draw_series(LineSeries::new(data.clone(), BLUE.stroke_width(2)))?
+                .label("measured")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+            chart.draw_series(data.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
+            chart
+                .draw_series(LineSeries::new(
+                    [(min_nodes, target), (max_nodes, target)],
+                    RED.stroke_width(1),
+                ))?
+                .label("target")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    }
 }

@@ -30,7 +30,10 @@ struct Cli {
     print_config: bool,
 }
 
-#[tokio::main]
+// One thread: the work is a pipeline of small steps on NATS messages, and on
+// a small machine hopping between threads cost more than it gave (measured
+// with the scale bench: see docs/BENCHMARKS.md).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = Overrides {
