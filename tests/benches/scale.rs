@@ -130,6 +130,22 @@ async fn settle(js: &jetstream::Context, consumer: &mut PullConsumer, limit: Dur
     start.elapsed().as_secs_f64()
 }
 
+/// With `SCALE_PERF=<folder>`, records a CPU profile of `pid` for
+/// `seconds` into `<folder>/<name>.data` (read it with `perf report -i`).
+fn profile(pid: u32, name: &str, seconds: u64) -> Option<std::process::Child> {
+    let dir = std::env::var("SCALE_PERF").ok()?;
+    let _ = std::fs::create_dir_all(&dir);
+    std::process::Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(format!("{dir}/{name}.data"))
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("perf: {e}"))
+        .ok()
+}
+
 fn encoding() -> Encoding {
     match std::env::var("SCALE_ENCODING").as_deref() {
         Ok("protobuf") => Encoding::Protobuf,
@@ -150,6 +166,8 @@ struct Run {
     lag_max_s: f64,
     pending_p99: u64,
     cpu_pct: f64,
+    /// nats-server's CPU over the same window (% of one core).
+    server_cpu_pct: f64,
     rss_bytes: u64,
     rss_bytes_per_node: f64,
     kv_writes_per_heartbeat: f64,
@@ -180,7 +198,12 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     // Register the fleet (over one interval), let the registry work off the
     // registrations and the first metrics, then measure a steady run with
     // crashes injected at 1 per 10 s.
-    let settle_limit = Duration::from_secs(600);
+    let settle_limit = Duration::from_secs(
+        std::env::var("SCALE_SETTLE_MAX")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    );
     let config = SimConfig {
         nodes,
         heartbeat_interval: interval,
@@ -205,6 +228,12 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     let published_before = simulator.published();
     let pid = registry.pid().expect("running");
     let ticks_before = cpu_ticks(pid);
+    let server_pid = server.pid().expect("server running");
+    let server_ticks_before = cpu_ticks(server_pid);
+    let profiles = [
+        profile(pid, &format!("registry-{nodes}"), seconds.min(30)),
+        profile(server_pid, &format!("nats-server-{nodes}"), seconds.min(30)),
+    ];
     let started = Instant::now();
     let mut ages = Vec::new();
     let mut pending = Vec::new();
@@ -218,6 +247,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         rss_max = rss_max.max(rss_kib(pid) * 1024);
     }
     let ticks_after = cpu_ticks(pid);
+    let server_ticks = cpu_ticks(server_pid) - server_ticks_before;
     let wall = started.elapsed().as_secs_f64();
     let published = simulator.published() - published_before;
     let heartbeats = published.heartbeats.max(1);
@@ -228,9 +258,23 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         .unwrap_or(0)
         .saturating_sub(writes_before);
     simulator.stop();
+    for mut p in profiles.into_iter().flatten() {
+        let _ = p.wait();
+    }
     let report = sim.await.expect("join").expect("simulation");
     ages.sort();
     pending.sort();
+    println!(
+        "  measured: {:.0} events/s, lag p50 {:.2} s p99 {:.2} s, pending p99 {}, registry CPU {:.1} %, nats-server CPU {:.1} %, RSS {} B/node, KV writes/heartbeat {:.3}",
+        published.total() as f64 / wall,
+        percentile(&ages, 0.5) as f64 / 1000.0,
+        percentile(&ages, 0.99) as f64 / 1000.0,
+        percentile(&pending, 0.99),
+        (ticks_after - ticks_before) as f64 / clock_ticks() / wall * 100.0,
+        server_ticks as f64 / clock_ticks() / wall * 100.0,
+        rss_max / nodes.max(1),
+        writes as f64 / heartbeats as f64
+    );
 
     // Detection latency and false transitions.
     let crash_at: std::collections::HashSet<&str> =
@@ -263,11 +307,20 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     }
     latencies.sort();
 
-    // Cold start: a fresh registry on the same KV.
+    // Cold start: a fresh registry on the same KV, ready to answer with
+    // every record there (a lagging registry may not have written them all).
+    let in_kv = client
+        .list(&schemas::DiscoverRequest {
+            status: Some("any".into()),
+            limit: Some(1),
+            ..schemas::DiscoverRequest::default()
+        })
+        .await
+        .map_or(nodes, |r| r.total);
     drop(registry);
     let restarted_at = Instant::now();
     let _second = spawn_registry(&server, "registry-2", degraded_after);
-    fleet_tests::wait_total(&client, nodes, Duration::from_secs(600)).await;
+    fleet_tests::wait_total(&client, in_kv, Duration::from_secs(600)).await;
     let cold_start_s = restarted_at.elapsed().as_secs_f64();
 
     let ms = |v: u64| v as f64 / 1000.0;
@@ -282,6 +335,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         lag_max_s: ms(ages.last().copied().unwrap_or(0)),
         pending_p99: percentile(&pending, 0.99),
         cpu_pct: (ticks_after - ticks_before) as f64 / clock_ticks() / wall * 100.0,
+        server_cpu_pct: server_ticks as f64 / clock_ticks() / wall * 100.0,
         rss_bytes: rss_max,
         rss_bytes_per_node: rss_max as f64 / nodes as f64,
         kv_writes_per_heartbeat: writes as f64 / heartbeats as f64,
@@ -310,6 +364,7 @@ struct Ingest {
     /// How fast the registry worked it off, events/s.
     ingest_per_sec: f64,
     registry_cpu_pct: f64,
+    server_cpu_pct: f64,
 }
 
 /// The registry's ingest ceiling: with `nodes` registered, a backlog of
@@ -378,6 +433,12 @@ async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
     fleet_tests::wait_registry(&client).await;
     let pid = registry.pid().expect("running");
     let ticks_before = cpu_ticks(pid);
+    let server_pid = server.pid().expect("server running");
+    let server_ticks_before = cpu_ticks(server_pid);
+    let profiles = [
+        profile(pid, "registry-ingest", 10),
+        profile(server_pid, "nats-server-ingest", 10),
+    ];
     let start = Instant::now();
     loop {
         if let Ok(info) = consumer.info().await {
@@ -388,12 +449,17 @@ async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let wall = start.elapsed().as_secs_f64();
+    for mut p in profiles.into_iter().flatten() {
+        let _ = p.wait();
+    }
     Ingest {
         nodes,
         backlog,
         published_per_sec,
         ingest_per_sec: backlog as f64 / wall,
         registry_cpu_pct: (cpu_ticks(pid) - ticks_before) as f64 / clock_ticks() / wall * 100.0,
+        server_cpu_pct: (cpu_ticks(server_pid) - server_ticks_before) as f64 / clock_ticks() / wall
+            * 100.0,
     }
 }
 
@@ -445,12 +511,13 @@ async fn main() {
     let ingest = if ingest_nodes > 0 {
         let ingest = ingest_ceiling(ingest_nodes, 10).await;
         println!(
-            "ingest ceiling: {} heartbeats of {} nodes worked off at {:.0} events/s ({:.0} % of the ceiling; registry {:.0} % of a core); published at {:.0}/s",
+            "ingest ceiling: {} heartbeats of {} nodes worked off at {:.0} events/s ({:.0} % of the ceiling; registry {:.0} %, nats-server {:.0} % of a core); published at {:.0}/s",
             ingest.backlog,
             ingest.nodes,
             ingest.ingest_per_sec,
             ingest.ingest_per_sec / ceiling * 100.0,
             ingest.registry_cpu_pct,
+            ingest.server_cpu_pct,
             ingest.published_per_sec
         );
         Some(ingest)
@@ -470,7 +537,7 @@ async fn main() {
         results.push(run(nodes, interval, seconds).await);
     }
     println!(
-        "\n{:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>10} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7}",
+        "\n{:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>10} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7}",
         "nodes",
         "interval",
         "events/s",
@@ -479,6 +546,7 @@ async fn main() {
         "lag p99",
         "settle",
         "CPU %",
+        "server%",
         "RSS B/node",
         "KV w/hb",
         "detect50",
@@ -489,7 +557,7 @@ async fn main() {
     );
     for r in &results {
         println!(
-            "{:>8} {:>7}s {:>9.0} {:>9.1} {:>7.2}s {:>7.2}s {:>7.0}s {:>7.1} {:>10.0} {:>8.3} {:>7}ms {:>7}ms {:>6} {:>7.1} {:>7}",
+            "{:>8} {:>7}s {:>9.0} {:>9.1} {:>7.2}s {:>7.2}s {:>7.0}s {:>7.1} {:>7.1} {:>10.0} {:>8.3} {:>7}ms {:>7}ms {:>6} {:>7.1} {:>7}",
             r.nodes,
             r.interval_s,
             r.events_per_sec,
@@ -498,6 +566,7 @@ async fn main() {
             r.lag_p99_s,
             r.settle_s,
             r.cpu_pct,
+            r.server_cpu_pct,
             r.rss_bytes_per_node,
             r.kv_writes_per_heartbeat,
             r.detection_p50_ms,

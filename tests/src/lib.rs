@@ -250,6 +250,11 @@ impl NatsServer {
             .expect("connecting to the test nats-server")
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// A temp directory that lives as long as the server (for agents' state).
     pub fn temp_path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

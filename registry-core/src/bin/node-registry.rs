@@ -30,6 +30,12 @@ struct Cli {
     print_config: bool,
 }
 
+/// The allocator: the registry's work is millions of small, short-lived
+/// allocations (decoded events, records, replies); under glibc's malloc half
+/// of the ingest profile was the allocator itself (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // One thread: the work is a pipeline of small steps on NATS messages, and on
 // a small machine hopping between threads cost more than it gave (measured
 // with the scale bench: see docs/BENCHMARKS.md).
