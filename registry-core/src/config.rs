@@ -55,6 +55,12 @@ pub struct RegistryConfig {
     pub names: Names,
     /// Log format: `text` (default) or `json`.
     pub log_format: String,
+    /// TTL of the leader lease. Default 10s: a standby takes over within
+    /// this (plus one renewal period) after the leader dies.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// This instance's name in the lease. Default: `<hostname>-<pid>`.
+    pub instance: String,
 }
 
 impl Default for RegistryConfig {
@@ -73,6 +79,8 @@ impl Default for RegistryConfig {
             events_max_bytes: 1024 * 1024 * 1024,
             names: Names::default(),
             log_format: "text".to_owned(),
+            lease_ttl: Duration::from_secs(10),
+            instance: String::new(),
         }
     }
 }
@@ -130,10 +138,22 @@ impl RegistryConfig {
                 self.log_format
             ));
         }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return invalid("lease_ttl must be at least 300ms".into());
+        }
         if self.replicas == 0 || self.replicas > 5 {
             return invalid("replicas must be 1 to 5".into());
         }
         Ok(())
+    }
+
+    /// This instance's name: `instance`, or `<hostname>-<pid>`.
+    pub fn instance_name(&self) -> String {
+        if !self.instance.is_empty() {
+            return self.instance.clone();
+        }
+        let host = sysinfo_free_hostname();
+        format!("{host}-{}", std::process::id())
     }
 
     /// The lifecycle part.
@@ -147,6 +167,16 @@ impl RegistryConfig {
             self_preservation_min_fleet: self.self_preservation_min_fleet,
         }
     }
+}
+
+/// The host's name, from the kernel (no dependency for one string).
+fn sysinfo_free_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "registry".to_owned())
 }
 
 #[cfg(test)]

@@ -136,43 +136,48 @@ pub async fn run(
             stop_rx.clone(),
         ));
 
-        // The fleet starts from what the read index loaded: one read of the
-        // bucket, and the record bytes shared between the two.
-        let mut fleet = lifecycle::Fleet::new(config.lifecycle());
-        tokio::select! {
-            _ = stop_rx.wait_for(|s| *s) => return Ok(()),
-            () = index.wait_ready() => {}
-        }
-        let (count, skipped) = index.read(|catalog| {
-            (
-                catalog.len(),
-                fleet.restore(catalog.stored(), chrono::Utc::now()),
-            )
-        });
-        for id in skipped {
-            warn!(node_id = %id, "skipping an unreadable record at start");
-        }
-        info!(
-            nodes = count,
-            grace_s = config.degraded_after.as_secs(),
-            "fleet restored; every known node has one full window before it is judged"
-        );
-        let worker = worker::Worker::new(
-            fleet,
-            JetStreamRecords::new(provisioned.nodes.clone()),
-            client.clone(),
-            js.clone(),
-            counters,
-        )
-        .with_index(index.clone());
-        worker
-            .run(
-                provisioned.consumer,
-                config.sweep_interval,
-                connected,
+        // Every instance answers discovery; the lease holder alone consumes
+        // events and writes records.
+        let (leading_tx, leading) = watch::channel(false);
+        let lease_task = tokio::spawn(hold_lease(
+            registry_kv::lease::Lease::new(
+                provisioned.meta.clone(),
+                config.instance_name(),
+                config.lease_ttl,
+            ),
+            leading_tx,
+            connected.clone(),
+            stop_rx.clone(),
+        ));
+        let mut terms = 0u32;
+        loop {
+            let mut waiting = leading.clone();
+            let mut stop = stop_rx.clone();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                became = waiting.wait_for(|l| *l) => if became.is_err() { break },
+            }
+            terms += 1;
+            lead(
+                &config,
+                &provisioned,
+                &client,
+                &js,
+                &index,
+                &counters,
+                terms,
+                connected.clone(),
+                leading.clone(),
                 stop_rx.clone(),
             )
             .await;
+            if *stop_rx.borrow() {
+                break;
+            }
+        }
+        if let Err(e) = lease_task.await {
+            warn!(error = %e, "lease task");
+        }
         match service.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e.into()),
@@ -187,6 +192,103 @@ pub async fn run(
         result = body => result,
         () = async { shutdown_task.await; std::future::pending::<()>().await } => Ok(()),
     }
+}
+
+/// Keeps the lease: renews or takes it every third of its TTL, and says on
+/// `leading` whether this instance leads. Releases it at shutdown.
+async fn hold_lease(
+    mut lease: registry_kv::lease::Lease,
+    leading: watch::Sender<bool>,
+    connected: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(lease.tick_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tick.tick() => {}
+        }
+        // A standby that cannot reach NATS must not take over; a leader that
+        // cannot renew counts down its own TTL.
+        if *connected.borrow() || lease.is_held() {
+            if let Err(e) = lease.tick().await {
+                warn!(error = %e, "lease");
+            }
+        }
+        let held = lease.is_held();
+        if *leading.borrow() != held {
+            info!(instance = lease.holder(), held, "leadership changed");
+        }
+        leading.send_replace(held);
+    }
+    leading.send_replace(false);
+    lease.release().await;
+}
+
+/// One term as leader: builds the fleet from the read index, then consumes
+/// and judges until the lease is lost or the registry stops.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    config: &RegistryConfig,
+    provisioned: &registry_kv::Provisioned,
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    index: &index::ReadIndex,
+    counters: &Arc<service::Counters>,
+    term: u32,
+    connected: watch::Receiver<bool>,
+    leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // The fleet starts from what the read index loaded: one read of the
+    // bucket, and the record bytes shared between the two.
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => return,
+        () = index.wait_ready() => {}
+    }
+    // The first term after a start grants every node a full window
+    // (principle 4). A later takeover keeps each node's deadline from its
+    // last checkpointed heartbeat, pushed back by one checkpoint interval:
+    // what the previous leader heard but did not checkpoint is no later.
+    let grace = if term == 1 {
+        lifecycle::Grace::Full
+    } else {
+        lifecycle::Grace::SinceCheckpoint
+    };
+    let mut fleet = lifecycle::Fleet::new(config.lifecycle());
+    let (count, skipped) = index.read(|catalog| {
+        (
+            catalog.len(),
+            fleet.restore_with(catalog.stored(), chrono::Utc::now(), grace),
+        )
+    });
+    for id in skipped {
+        warn!(node_id = %id, "skipping an unreadable record at start");
+    }
+    info!(
+        nodes = count,
+        term,
+        ?grace,
+        "leading: fleet restored from the read index"
+    );
+    let worker = worker::Worker::new(
+        fleet,
+        JetStreamRecords::new(provisioned.nodes.clone()),
+        client.clone(),
+        js.clone(),
+        counters.clone(),
+    )
+    .with_index(index.clone());
+    worker
+        .run(
+            provisioned.consumer.clone(),
+            config.sweep_interval,
+            connected,
+            leading,
+            stop,
+        )
+        .await;
 }
 
 async fn provision_with_retry(

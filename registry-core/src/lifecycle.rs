@@ -208,6 +208,19 @@ pub struct Fleet {
     self_preservation: bool,
 }
 
+/// How much benefit of the doubt restored nodes get before their silence is
+/// judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grace {
+    /// A full `degraded_after` window from the restore (a registry start:
+    /// what KV says may be arbitrarily old).
+    Full,
+    /// From the last checkpointed heartbeat plus one checkpoint interval (a
+    /// takeover from a leader that was running: it checkpointed every node
+    /// it heard at least that often, so no node was heard later than that).
+    SinceCheckpoint,
+}
+
 /// A summary of the fleet for self-preservation and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SilenceCensus {
@@ -330,6 +343,17 @@ impl Fleet {
         records: impl IntoIterator<Item = (Bytes, u64)>,
         now: DateTime<Utc>,
     ) -> Vec<String> {
+        self.restore_with(records, now, Grace::Full)
+    }
+
+    /// Like [`Fleet::restore`], with the given grace.
+    pub fn restore_with(
+        &mut self,
+        records: impl IntoIterator<Item = (Bytes, u64)>,
+        now: DateTime<Utc>,
+        grace: Grace,
+    ) -> Vec<String> {
+        let checkpoint = chrono_duration(self.settings.checkpoint_interval);
         let mut skipped = Vec::new();
         for (bytes, revision) in records {
             let Ok(live) = serde_json::from_slice::<Liveness<'_>>(&bytes) else {
@@ -356,7 +380,10 @@ impl Fleet {
                 record: RecordState::Written(bytes.clone()),
                 status,
                 last_seen,
-                judged_from: now,
+                judged_from: match grace {
+                    Grace::Full => now,
+                    Grace::SinceCheckpoint => (last_seen + checkpoint).min(now),
+                },
                 status_since: updated,
                 last_written: updated,
                 revision: Some(revision),
@@ -954,9 +981,11 @@ impl Fleet {
             } else {
                 AlertType::Degraded
             };
-            // The cause is the silence itself (its start), so a registry that
-            // crashed after publishing re-derives the same id.
-            let cause = last_seen.timestamp_millis().to_string();
+            // The cause is the record version judged (every return to online
+            // writes a new one), so a registry that crashed after publishing,
+            // or the standby that took over from it, derives the same id
+            // from what KV holds.
+            let cause = format!("r{}", node.revision.unwrap_or(0));
             effects.alerts.push(self.alert(
                 kind,
                 node,

@@ -136,13 +136,15 @@ impl<S: RecordStore> Worker<S> {
         self
     }
 
-    /// Runs until `shutdown` flips to true. Sweeps only while connected and
-    /// caught up with the stream (DESIGN principle 4).
+    /// Runs until `shutdown` flips to true or `leading` to false. Sweeps
+    /// only while connected and caught up with the stream (DESIGN
+    /// principle 4).
     pub async fn run(
         mut self,
         mut consumer: PullConsumer,
         sweep_interval: Duration,
         mut connected: watch::Receiver<bool>,
+        mut leading: watch::Receiver<bool>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(sweep_interval);
@@ -168,6 +170,10 @@ impl<S: RecordStore> Worker<S> {
             }
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
+                _ = leading.wait_for(|l| !*l) => {
+                    warn!("lease lost: no longer consuming or writing");
+                    break;
+                }
                 next = async {
                     match messages.as_mut() {
                         Some(stream) => stream.next().await,

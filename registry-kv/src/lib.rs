@@ -8,11 +8,14 @@
 //!   JetStream KV implementation and an in-memory one for unit tests.
 //! - [`watch`]: a typed watch of the `nodes` bucket that says when its initial
 //!   replay is complete (what the read index and a cold start need).
+//! - [`lease`]: the leader lease in `registry_meta`, renewed by CAS, judged
+//!   without a shared clock.
 //! - [`alerts`]: publishes alerts on `system.broadcast` with `Nats-Msg-Id`, so
 //!   a replayed alert is dropped by the stream's duplicate window.
 #![deny(missing_docs)]
 
 pub mod alerts;
+pub mod lease;
 pub mod provision;
 pub mod records;
 pub mod watch;

@@ -435,6 +435,38 @@ fn the_deadline_wheel_holds_one_entry_per_node_however_often_they_beat() {
     assert!(sim.alerts.iter().all(|a| a.r#type == NODE_REGISTERED));
 }
 
+#[test]
+fn a_takeover_keeps_deadlines_from_the_last_checkpoint_and_the_same_alert_ids() {
+    let mut sim = Sim::new();
+    sim.send(EventType::Register, "n1", t0());
+    let stored = sim.fleet.get(&NodeId::parse("n1").expect("id")).map(|n| {
+        (
+            registry_kv::records::encode_record(&n.record()),
+            n.revision.unwrap_or(0),
+        )
+    });
+    // The old leader judges n1 at +90 s and crashes before its write lands.
+    let old = sim.sweep(t0() + secs(90));
+    assert_eq!(old.alerts[0].r#type, NODE_DEGRADED);
+    // A standby takes over at +95 s from what KV holds (checkpoint at +0).
+    let mut standby = Fleet::new(settings());
+    standby.restore_with(stored.clone(), t0() + secs(95), Grace::SinceCheckpoint);
+    // It may have been heard up to one checkpoint interval (60 s) after
+    // its checkpoint: judged at +150 s, not a full window after +95 s.
+    assert!(standby.sweep(t0() + secs(149)).alerts.is_empty());
+    let new = standby.sweep(t0() + secs(150));
+    assert_eq!(new.alerts.len(), 1, "judged from the checkpoint, not reset");
+    assert_eq!(
+        new.alerts[0].id, old.alerts[0].id,
+        "the same transition, the same id"
+    );
+    // After a plain restart the same node gets a full window instead.
+    let mut restarted = Fleet::new(settings());
+    restarted.restore(stored, t0() + secs(95));
+    assert!(restarted.sweep(t0() + secs(96)).alerts.is_empty());
+    assert!(!restarted.sweep(t0() + secs(185)).alerts.is_empty());
+}
+
 mod properties {
     //! Invariants of the state machine over random event sequences, checked
     //! against a brute-force reading of the same history.

@@ -1,0 +1,199 @@
+//! Reliability against a real nats-server: several registry instances under
+//! one leader lease, failover without false or repeated alarms.
+
+use std::time::{Duration, Instant};
+
+use fleet_tests::{
+    agent_node_id, eventually, registry_client, spawn_agent, spawn_registry, wait_registry,
+    AlertTap, NatsServer, Proc,
+};
+use registry_kv::lease::{LeaseRecord, LEASE_KEY};
+
+/// The lease TTL the tests run with.
+const TTL: Duration = Duration::from_secs(2);
+/// Generous bound for anything that should happen "soon".
+const SOON: Duration = Duration::from_secs(20);
+
+fn registry(server: &NatsServer, instance: &str) -> Proc {
+    spawn_registry(
+        server,
+        &format!("registry-{instance}"),
+        &["--degraded-after", "4s", "--offline-after", "60s"],
+        &[
+            ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
+            ("NODE_REGISTRY_CHECKPOINT_INTERVAL", "1s"),
+            ("NODE_REGISTRY_LEASE_TTL", "2s"),
+            ("NODE_REGISTRY_INSTANCE", instance),
+        ],
+    )
+}
+
+fn agent(server: &NatsServer, state: &str) -> Proc {
+    spawn_agent(server, state, &["--heartbeat-interval", "1s"])
+}
+
+/// Who holds the lease now, per `registry_meta`.
+async fn holder(js: &async_nats::jetstream::Context) -> Option<String> {
+    let meta = js
+        .get_key_value(subjects::BUCKET_REGISTRY_META)
+        .await
+        .ok()?;
+    let value = meta.get(LEASE_KEY).await.ok()??;
+    serde_json::from_slice::<LeaseRecord>(&value)
+        .ok()
+        .map(|r| r.holder)
+}
+
+async fn wait_holder(js: &async_nats::jetstream::Context, who: &str, limit: Duration) {
+    eventually(&format!("{who} to hold the lease"), limit, || async {
+        (holder(js).await.as_deref() == Some(who)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_within_the_ttl_without_false_or_repeated_alerts() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let mut a = registry(&server, "a");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    wait_holder(&js, "a", SOON).await;
+    let _b = registry(&server, "b");
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let _steady = agent(&server, "steady");
+    let mut doomed = agent(&server, "doomed");
+    let steady_id = agent_node_id(&server, "steady").await;
+    let doomed_id = agent_node_id(&server, "doomed").await;
+    let mut registered = std::collections::BTreeSet::new();
+    while registered.len() < 2 {
+        let x = alerts
+            .expect("node.registered", SOON, |x| x.r#type == "node.registered")
+            .await;
+        registered.insert(x.node_id.unwrap_or_default());
+    }
+    assert_eq!(
+        registered,
+        [steady_id.clone(), doomed_id.clone()].into_iter().collect()
+    );
+    // Let the leader checkpoint both nodes, then kill it without warning.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.kill9();
+    let killed = Instant::now();
+    // The standby answers discovery all along.
+    let record = client
+        .get(&steady_id)
+        .await
+        .expect("the standby answers get")
+        .expect("it knows the node");
+    assert_eq!(record.status, "online");
+    wait_holder(&js, "b", SOON).await;
+    let took = killed.elapsed();
+    assert!(
+        took <= TTL + TTL / 3 + Duration::from_secs(1),
+        "took over after {took:?} (TTL {TTL:?})"
+    );
+    // The new leader judges: a node that dies now is degraded once; the
+    // live one raises nothing.
+    doomed.kill9();
+    alerts
+        .expect("node.degraded", SOON, |x| {
+            x.r#type == "node.degraded" && x.node_id.as_deref() == Some(doomed_id.as_str())
+        })
+        .await;
+    alerts.collect_for(Duration::from_secs(3)).await;
+    let about = |id: &str| {
+        alerts
+            .seen
+            .iter()
+            .filter(|x| x.node_id.as_deref() == Some(id))
+            .map(|x| x.r#type.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(about(&steady_id), ["node.registered"], "no false alarm");
+    assert_eq!(
+        about(&doomed_id),
+        ["node.registered", "node.degraded"],
+        "each transition alerted once"
+    );
+    let record = client
+        .get(&doomed_id)
+        .await
+        .expect("get answers")
+        .expect("known node");
+    assert_eq!(record.status, "degraded", "the new leader writes records");
+}
+
+#[tokio::test]
+async fn a_stopped_leader_hands_over_at_once_and_a_lost_lease_stops_its_writes() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let mut a = registry(&server, "a");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    wait_holder(&js, "a", SOON).await;
+    let _b = registry(&server, "b");
+    // A clean stop releases the lease: the standby takes it within one
+    // renewal period, not a whole TTL.
+    let stopped = Instant::now();
+    a.terminate(Duration::from_secs(10)).await;
+    wait_holder(&js, "b", SOON).await;
+    assert!(
+        stopped.elapsed() < TTL + Duration::from_secs(1),
+        "handover took {:?}",
+        stopped.elapsed()
+    );
+    // Someone else takes the lease from under b and keeps renewing it (a
+    // leader b cannot see, as across a partition): b stops leading, and a
+    // new agent's registration waits in the stream.
+    let meta = js
+        .get_key_value(subjects::BUCKET_REGISTRY_META)
+        .await
+        .expect("meta bucket");
+    let usurper = {
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(Some(entry)) = meta.entry(LEASE_KEY).await else {
+                    return;
+                };
+                let record = LeaseRecord {
+                    holder: "usurper".into(),
+                    ttl_ms: 2000,
+                    renewed_at: chrono::Utc::now().to_rfc3339(),
+                };
+                let value = serde_json::to_vec(&record).unwrap_or_default();
+                if meta
+                    .update(LEASE_KEY, value.into(), entry.revision)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    wait_holder(&js, "usurper", SOON).await;
+    tokio::time::sleep(TTL).await;
+    assert_eq!(
+        holder(&js).await.as_deref(),
+        Some("usurper"),
+        "b stepped down"
+    );
+    let _late = agent(&server, "late");
+    let late_id = agent_node_id(&server, "late").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        client.get(&late_id).await.expect("get answers").is_none(),
+        "a deposed leader registered a node"
+    );
+    // The usurper goes quiet: b takes over after a TTL and works off what
+    // waited.
+    usurper.abort();
+    wait_holder(&js, "b", SOON).await;
+    eventually("the late node to be registered", SOON, || async {
+        client.get(&late_id).await.ok().flatten().map(|_| ())
+    })
+    .await;
+}
