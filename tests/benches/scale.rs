@@ -20,7 +20,10 @@
 //! each run (default 60), `SCALE_ENCODING` = `json` (default) or
 //! `protobuf`, `SCALE_INGEST_NODES` (default 100000, 0 to skip),
 //! `SCALE_OUT` = folder for `scale.json` and `scale.png` (default
-//! `target/scale`).
+//! `target/scale`), `SCALE_MERGE` = comma-separated `scale.json` files of
+//! earlier runs to draw in the same plot, `SCALE_SETTLE_MAX` = seconds to
+//! wait for the registration backlog (default 600), `SCALE_PERF=<folder>`
+//! to record `perf` profiles of the registry and nats-server.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -153,7 +156,7 @@ fn encoding() -> Encoding {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Run {
     nodes: u64,
     interval_s: f64,
@@ -355,7 +358,7 @@ fn percentile_i64(sorted: &[i64], p: f64) -> i64 {
     sorted[i]
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Ingest {
     nodes: u64,
     backlog: u64,
@@ -463,7 +466,7 @@ async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Report {
     machine: String,
     ceiling_events_per_sec: f64,
@@ -591,7 +594,22 @@ async fn main() {
         return;
     }
     let _ = std::fs::write(out.join("scale.json"), &json);
-    match plot::draw(&report.runs, &out.join("scale.png")) {
+    // Runs saved by earlier invocations join the plot (long runs are made
+    // one at a time).
+    let mut plotted = report.runs;
+    for file in std::env::var("SCALE_MERGE").unwrap_or_default().split(',') {
+        if file.is_empty() {
+            continue;
+        }
+        match std::fs::read(file).map(|b| serde_json::from_slice::<Report>(&b)) {
+            Ok(Ok(earlier)) => plotted.extend(earlier.runs),
+            Ok(Err(e)) => eprintln!("{file}: {e}"),
+            Err(e) => eprintln!("{file}: {e}"),
+        }
+    }
+    plotted.sort_by_key(|r| r.nodes);
+    plotted.dedup_by_key(|r| r.nodes);
+    match plot::draw(&plotted, &out.join("scale.png")) {
         Ok(()) => println!("plot: {}", out.join("scale.png").display()),
         Err(e) => eprintln!("no plot: {e}"),
     }
@@ -604,6 +622,46 @@ mod plot {
     use plotters::prelude::*;
 
     const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+    /// The measured line (blue, labelled "registry" on the CPU chart) and
+    /// the target (red).
+    fn draw_series<'a, Y>(
+        chart: &mut ChartContext<
+            'a,
+            BitMapBackend<'a>,
+            Cartesian2d<plotters::coord::combinators::LogCoord<f64>, Y>,
+        >,
+        data: &[(f64, f64)],
+        target: f64,
+        (min_nodes, max_nodes): (f64, f64),
+    ) -> Result<(), String>
+    where
+        Y: Ranged<ValueType = f64>,
+    {
+        chart
+            .draw_series(LineSeries::new(data.to_vec(), BLUE.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label("registry")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_series(data.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(
+                [(min_nodes, target), (max_nodes, target)],
+                RED.stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?
+            .label("target")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
 
     pub fn draw(runs: &[Run], path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
         if runs.is_empty() {
@@ -621,53 +679,44 @@ mod plot {
         let series = |f: fn(&Run) -> f64| -> Vec<(f64, f64)> {
             runs.iter().map(|r| (r.nodes as f64, f(r))).collect()
         };
-        for (area, title, unit, target, data) in [
-            (
-                &left,
-                "Consumer lag p99 (s)",
-                "seconds",
-                1.0,
-                series(|r| r.lag_p99_s),
-            ),
-            (
-                &right,
-                "Registry CPU (% of one core)",
-                "% of a core",
-                15.0,
-                series(|r| r.cpu_pct),
-            ),
-        ] {
-            let top = data.iter().map(|p| p.1).fold(target, f64::max) * 1.3;
-            let mut chart = ChartBuilder::on(area)
-                .caption(title, ("sans-serif", 22))
-                .margin(15)
-                .x_label_area_size(45)
-                .y_label_area_size(60)
-                .build_cartesian_2d((min_nodes..max_nodes).log_scale(), 0.0..top)?;
-            chart
-                .configure_mesh()
-                .x_desc("nodes (30 s heartbeat interval)")
-                .y_desc(unit)
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .draw()?;
-            chart
-                .draw_series(LineSeries::new(data.clone(), BLUE.stroke_width(2)))?
-                .label("measured")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-            chart.draw_series(data.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
-            chart
-                .draw_series(LineSeries::new(
-                    [(min_nodes, target), (max_nodes, target)],
-                    RED.stroke_width(1),
-                ))?
-                .label("target")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()?;
-        }
+        // Lag spans milliseconds to minutes: a log axis (zero drawn as 1 ms).
+        let lag: Vec<(f64, f64)> = series(|r| r.lag_p99_s.max(0.001));
+        let top = lag.iter().map(|p| p.1).fold(1.0, f64::max) * 3.0;
+        let mut chart = ChartBuilder::on(&left)
+            .caption("Consumer lag p99 (s, log)", ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((min_nodes..max_nodes).log_scale(), (0.001..top).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("nodes (30 s heartbeat interval)")
+            .y_desc("seconds")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v}"))
+            .draw()?;
+        draw_series(&mut chart, &lag, 1.0, (min_nodes, max_nodes))?;
+        let cpu = series(|r| r.cpu_pct);
+        let server = series(|r| r.server_cpu_pct);
+        let top = cpu.iter().chain(&server).map(|p| p.1).fold(15.0, f64::max) * 1.2;
+        let mut chart = ChartBuilder::on(&right)
+            .caption("CPU (% of one core)", ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((min_nodes..max_nodes).log_scale(), 0.0..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("nodes (30 s heartbeat interval)")
+            .y_desc("% of a core")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(server.clone(), GREEN.stroke_width(2)))?
+            .label("nats-server")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GREEN));
+        chart.draw_series(server.iter().map(|p| Circle::new(*p, 4, GREEN.filled())))?;
+        draw_series(&mut chart, &cpu, 15.0, (min_nodes, max_nodes))?;
         root.present()?;
         Ok(())
     }
