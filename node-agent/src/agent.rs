@@ -156,6 +156,16 @@ async fn run_as(
             subject: task_subject,
             source,
         })?;
+    // The registry broadcasts a `registry.reannounce` alert when it lost its
+    // records; every node registers again, spread over a few seconds.
+    let mut broadcast = client
+        .subscribe(subjects::SYSTEM_BROADCAST)
+        .await
+        .map_err(|source| AgentError::Subscribe {
+            subject: subjects::SYSTEM_BROADCAST.to_owned(),
+            source,
+        })?;
+    let mut reannounce_at: Option<Instant> = None;
     info!(url = %config.nats_url, "node agent starting");
     let agent = Arc::new(Shared {
         detector: Mutex::new(Detector::new(&config)),
@@ -250,6 +260,26 @@ async fn run_as(
                 async_nats::Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
                 other => debug!(event = %other, "NATS connection event"),
             },
+            Some(message) = broadcast.next() => {
+                if asks_to_reannounce(&message.payload) && reannounce_at.is_none() {
+                    let spread = Duration::from_millis(u64::from(rand::random::<u16>() % 5000));
+                    info!(in_ms = spread.as_millis() as u64, "the registry asks every node to register again");
+                    reannounce_at = Some(Instant::now() + spread);
+                }
+            }
+            () = async {
+                match reannounce_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                reannounce_at = None;
+                *agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if let Some(r) = registration.take() {
+                    r.task.abort();
+                }
+                spawn_detection(&agent, &detected_tx);
+            }
             Some(message) = tasks.next() => {
                 if handle_task(&agent, message).await {
                     *agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -523,6 +553,20 @@ async fn deregister(agent: &Arc<Shared>) {
 
 /// Answers one control task; returns whether a fresh `register` is due.
 #[instrument(skip_all)]
+/// Whether a `system.broadcast` message is the registry's request that every
+/// node register again. Anything else there (alerts) is not for the agent;
+/// oversized or malformed messages are ignored.
+fn asks_to_reannounce(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow)]
+        r#type: std::borrow::Cow<'a, str>,
+    }
+    payload.len() <= schemas::codec::MAX_EVENT_BYTES
+        && serde_json::from_slice::<Kind<'_>>(payload)
+            .is_ok_and(|k| k.r#type == subjects::alert_types::REGISTRY_REANNOUNCE)
+}
+
 async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
     let mut reregister = false;
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {

@@ -116,10 +116,26 @@ async fn reflect(
     ready: &watch::Sender<bool>,
     revision: &watch::Sender<u64>,
 ) -> Result<(), registry_kv::watch::WatchError> {
-    // Once loaded, a reopened watch resumes after what the index holds.
-    let resume = ready
+    // Once loaded, a reopened watch resumes after what the index holds,
+    // unless the bucket is younger than that (deleted and created again):
+    // then it loads everything anew.
+    let mut resume = ready
         .borrow()
         .then(|| state.read().unwrap_or_else(|p| p.into_inner()).revision);
+    if let Some(revision) = resume {
+        let last = store
+            .status()
+            .await
+            .map(|s| s.info.state.last_sequence)
+            .unwrap_or(0);
+        if last < revision {
+            warn!(
+                last,
+                revision, "the nodes bucket was recreated; reloading the index"
+            );
+            resume = None;
+        }
+    }
     let mut changes = Box::pin(watch_raw(store, resume).await?);
     let mut buffer = Catalog::new();
     let mut live = resume.is_some();

@@ -117,11 +117,7 @@ pub async fn run(
         };
         info!(url = %config.nats_url, "connected to NATS");
         let js = async_nats::jetstream::new(client.clone());
-        let settings = StreamSettings {
-            replicas: config.replicas,
-            events_max_bytes: config.events_max_bytes,
-            ..StreamSettings::default()
-        };
+        let settings = stream_settings(&config);
         let provisioned = provision_with_retry(&js, &config, &settings, &mut stop_rx).await?;
         let Some(provisioned) = provisioned else {
             return Ok(());
@@ -280,6 +276,14 @@ async fn lead(
         counters.clone(),
     )
     .with_index(index.clone());
+    let (lost_tx, lost_rx) = watch::channel(0u32);
+    let guard = tokio::spawn(guard_bucket(
+        config.clone(),
+        js.clone(),
+        lost_tx,
+        leading.clone(),
+        stop.clone(),
+    ));
     worker
         .run(
             provisioned.consumer.clone(),
@@ -287,8 +291,77 @@ async fn lead(
             connected,
             leading,
             stop,
+            lost_rx,
         )
         .await;
+    guard.abort();
+}
+
+/// How often the leader checks that the `nodes` bucket still exists.
+const BUCKET_CHECK: Duration = Duration::from_secs(2);
+
+/// While leading: notices the loss of the `nodes` bucket (deleted by
+/// mistake, or lost with its servers), provisions it again, tells the
+/// worker to write every record it holds, and broadcasts a
+/// `registry.reannounce` alert so every node registers again (what the
+/// registry did not hold comes back that way).
+async fn guard_bucket(
+    config: RegistryConfig,
+    js: async_nats::jetstream::Context,
+    lost: watch::Sender<u32>,
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stream = format!("KV_{}", config.names.nodes_bucket);
+    let alerts = registry_kv::alerts::AlertPublisher::new(js.clone());
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = leading.wait_for(|l| !*l) => return,
+            _ = tokio::time::sleep(BUCKET_CHECK) => {}
+        }
+        let missing = match js.get_stream(&stream).await {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ),
+        };
+        if !missing {
+            continue;
+        }
+        warn!(bucket = %config.names.nodes_bucket, "the nodes bucket is gone; provisioning it again");
+        if let Err(e) = registry_kv::provision(&js, &config.names, &stream_settings(&config)).await
+        {
+            warn!(error = %e, "provisioning after the loss of the nodes bucket; retrying");
+            continue;
+        }
+        lost.send_modify(|n| *n += 1);
+        let now = chrono::Utc::now();
+        let alert = schemas::Alert {
+            id: uuid::Uuid::new_v4().to_string(),
+            r#type: schemas::status::AlertType::Reannounce.to_string(),
+            at: schemas::time::format(now),
+            message: Some(format!(
+                "the {} bucket was lost and is being rebuilt: every node, register again",
+                config.names.nodes_bucket
+            )),
+            ..schemas::Alert::default()
+        };
+        if let Err(e) = alerts.publish(&alert).await {
+            warn!(error = %e, "broadcasting the reannounce request");
+        }
+    }
+}
+
+/// The stream settings the configuration asks for.
+fn stream_settings(config: &RegistryConfig) -> StreamSettings {
+    StreamSettings {
+        replicas: config.replicas,
+        events_max_bytes: config.events_max_bytes,
+        ..StreamSettings::default()
+    }
 }
 
 async fn provision_with_retry(

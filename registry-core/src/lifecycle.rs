@@ -409,6 +409,18 @@ impl Fleet {
         }
     }
 
+    /// The `nodes` bucket was lost: every record is to be created again
+    /// from what the fleet holds (by the next sweep).
+    pub fn rewrite_all(&mut self) {
+        for (slot, node) in self.slots.iter_mut().enumerate() {
+            if let Some(node) = node {
+                node.revision = None;
+                node.needs_write = true;
+                self.owed.push(u32::try_from(slot).unwrap_or(u32::MAX));
+            }
+        }
+    }
+
     /// A known node.
     pub fn get(&self, id: &NodeId) -> Option<&Tracked> {
         let slot = *self.ids.get(id)?;

@@ -146,6 +146,7 @@ impl<S: RecordStore> Worker<S> {
         mut connected: watch::Receiver<bool>,
         mut leading: watch::Receiver<bool>,
         mut shutdown: watch::Receiver<bool>,
+        mut bucket_lost: watch::Receiver<u32>,
     ) {
         let mut tick = tokio::time::interval(sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,6 +205,11 @@ impl<S: RecordStore> Worker<S> {
                     Some(Err(e)) => debug!(error = %e, "event consumer hiccup"),
                     None => messages = None,
                 },
+                Ok(()) = bucket_lost.changed() => {
+                    bucket_lost.borrow_and_update();
+                    warn!(nodes = self.fleet.len(), "nodes bucket lost: writing every record again");
+                    self.fleet.rewrite_all();
+                }
                 Ok(()) = connected.changed() => {
                     let is_connected = *connected.borrow_and_update();
                     if is_connected && !was_connected {

@@ -104,6 +104,8 @@ string_enum! {
         Maintenance => alert_types::NODE_MAINTENANCE,
         /// The registry suspects itself and holds transitions (or stops doing so).
         SelfPreservation => alert_types::REGISTRY_SELF_PRESERVATION,
+        /// The registry asks every node to register again.
+        Reannounce => alert_types::REGISTRY_REANNOUNCE,
     }
 }
 

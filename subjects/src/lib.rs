@@ -78,6 +78,9 @@ pub mod alert_types {
     pub const NODE_MAINTENANCE: &str = "node.maintenance";
     /// The registry suspects itself (entered / left).
     pub const REGISTRY_SELF_PRESERVATION: &str = "registry.self_preservation";
+    /// The registry lost its records and asks every node to register again
+    /// (agents listening on `system.broadcast` do, after a random delay).
+    pub const REGISTRY_REANNOUNCE: &str = "registry.reannounce";
 }
 
 /// Longest node id, in bytes.

@@ -197,3 +197,47 @@ async fn a_stopped_leader_hands_over_at_once_and_a_lost_lease_stops_its_writes()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_lost_nodes_bucket_is_rebuilt_and_every_node_registers_again() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let _registry = registry(&server, "a");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let _one = agent(&server, "one");
+    let _two = agent(&server, "two");
+    let ids = [
+        agent_node_id(&server, "one").await,
+        agent_node_id(&server, "two").await,
+    ];
+    fleet_tests::wait_total(&client, 2, SOON).await;
+    js.delete_key_value(subjects::BUCKET_NODES)
+        .await
+        .expect("delete the nodes bucket");
+    let broadcast = alerts
+        .expect("registry.reannounce", SOON, |x| {
+            x.r#type == "registry.reannounce"
+        })
+        .await;
+    assert!(broadcast.node_id.is_none());
+    // Both records are back in KV, and discovery lists them.
+    eventually("both records back in KV", SOON, || async {
+        let nodes = js.get_key_value(subjects::BUCKET_NODES).await.ok()?;
+        for id in &ids {
+            nodes.get(id).await.ok()??;
+        }
+        Some(())
+    })
+    .await;
+    fleet_tests::wait_total(&client, 2, SOON).await;
+    for id in &ids {
+        let record = client
+            .get(id)
+            .await
+            .expect("get answers")
+            .expect("known again");
+        assert_eq!(record.status, "online");
+    }
+}
