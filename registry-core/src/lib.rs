@@ -179,8 +179,12 @@ pub async fn run(
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => warn!(error = %e, "service task"),
         }
-        if let Err(e) = client.flush().await {
-            warn!(error = %e, "flushing at shutdown");
+        // Bounded: with NATS unreachable a flush would wait for a
+        // reconnect that may never come, and SIGTERM must still stop us.
+        match tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "flushing at shutdown"),
+            Err(_) => warn!("NATS unreachable at shutdown; unsent messages are dropped"),
         }
         Ok(())
     };

@@ -241,3 +241,19 @@ async fn a_lost_nodes_bucket_is_rebuilt_and_every_node_registers_again() {
         assert_eq!(record.status, "online");
     }
 }
+
+#[tokio::test]
+async fn a_registry_cut_off_from_nats_still_stops_on_sigterm() {
+    let mut server = NatsServer::start().await;
+    let mut registry = registry(&server, "a");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let js = async_nats::jetstream::new(server.client().await);
+    wait_holder(&js, "a", SOON).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = registry.terminate(Duration::from_secs(15)).await;
+    let (status, took) = stopped.expect("the registry exits on SIGTERM without NATS");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
