@@ -139,6 +139,11 @@ async fn reflect(
     let mut changes = Box::pin(watch_raw(store, resume).await?);
     let mut buffer = Catalog::new();
     let mut live = resume.is_some();
+    // The initial replay is decoded in chunks on a blocking thread (the
+    // other core), while this task receives the next chunk and indexes the
+    // previous one.
+    let mut chunk: Vec<RawChange> = Vec::new();
+    let mut decoding: Option<tokio::task::JoinHandle<Vec<Decoded>>> = None;
     while let Some(change) = changes.next().await {
         let change = change?;
         if live {
@@ -146,26 +151,64 @@ async fn reflect(
             revision.send_replace(now);
             continue;
         }
-        match change {
-            RawChange::Current => {
-                info!(
-                    nodes = buffer.len(),
-                    revision = buffer.revision,
-                    "read index loaded"
-                );
-                let now = buffer.revision;
-                *state.write().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut buffer);
-                live = true;
-                revision.send_replace(now);
-                ready.send_replace(true);
+        if !matches!(change, RawChange::Current) {
+            chunk.push(change);
+            if chunk.len() >= LOAD_CHUNK {
+                index_decoded(&mut buffer, decoding.take()).await;
+                decoding = Some(decode_chunk(std::mem::take(&mut chunk)));
             }
-            other => {
-                let decoded = decode_put(&buffer, &other).map(|r| (r, None));
-                apply(&mut buffer, other, decoded);
-            }
+            continue;
         }
+        index_decoded(&mut buffer, decoding.take()).await;
+        index_decoded(&mut buffer, Some(decode_chunk(std::mem::take(&mut chunk)))).await;
+        info!(
+            nodes = buffer.len(),
+            revision = buffer.revision,
+            "read index loaded"
+        );
+        let now = buffer.revision;
+        *state.write().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut buffer);
+        live = true;
+        revision.send_replace(now);
+        ready.send_replace(true);
     }
     Ok(())
+}
+
+/// Changes of the initial replay decoded per chunk.
+const LOAD_CHUNK: usize = 4096;
+
+/// A change with its record, when it is a put that decodes.
+type Decoded = (RawChange, Option<NodeRecord>);
+
+fn decode_chunk(chunk: Vec<RawChange>) -> tokio::task::JoinHandle<Vec<Decoded>> {
+    tokio::task::spawn_blocking(move || {
+        let empty = Catalog::new();
+        chunk
+            .into_iter()
+            .map(|change| {
+                let record = decode_put(&empty, &change);
+                (change, record)
+            })
+            .collect()
+    })
+}
+
+async fn index_decoded(
+    buffer: &mut Catalog,
+    decoding: Option<tokio::task::JoinHandle<Vec<Decoded>>>,
+) {
+    let Some(decoding) = decoding else {
+        return;
+    };
+    match decoding.await {
+        Ok(decoded) => {
+            for (change, record) in decoded {
+                apply(buffer, change, record.map(|r| (r, None)));
+            }
+        }
+        Err(e) => warn!(error = %e, "decoding a chunk of the initial replay"),
+    }
 }
 
 /// Decodes a put the catalog does not hold yet; `None` for anything else
