@@ -53,13 +53,23 @@ async fn ceiling(server: &NatsServer, events: usize) -> f64 {
     )
     .into();
     let start = Instant::now();
+    let messages = (0..events).map(|i| (format!("ceiling.{}", i % 1000), None, payload.clone()));
+    publish_pipelined(&js, messages).await;
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Publishes every message with up to 2 000 acks awaited together.
+async fn publish_pipelined(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, Option<async_nats::HeaderMap>, bytes::Bytes)>,
+) {
     let mut acks = Vec::with_capacity(2000);
-    for i in 0..events {
-        acks.push(
-            js.publish(format!("ceiling.{}", i % 1000), payload.clone())
-                .await
-                .expect("publish"),
-        );
+    for (subject, headers, payload) in messages {
+        let ack = match headers {
+            Some(headers) => js.publish_with_headers(subject, headers, payload).await,
+            None => js.publish(subject, payload).await,
+        };
+        acks.push(ack.expect("publish"));
         if acks.len() >= 2000 {
             for ack in acks.drain(..) {
                 ack.await.expect("ack");
@@ -69,7 +79,6 @@ async fn ceiling(server: &NatsServer, events: usize) -> f64 {
     for ack in acks.drain(..) {
         ack.await.expect("ack");
     }
-    events as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The registry under test, as a release process.
@@ -387,24 +396,12 @@ async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
     let publish_all = |events: Vec<(String, bytes::Bytes)>| {
         let js = js.clone();
         async move {
-            let mut acks = Vec::with_capacity(2000);
-            for (subject, payload) in events {
+            let with_headers = events.into_iter().map(|(subject, payload)| {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
-                acks.push(
-                    js.publish_with_headers(subject, headers, payload)
-                        .await
-                        .expect("publish"),
-                );
-                if acks.len() >= 2000 {
-                    for ack in acks.drain(..) {
-                        ack.await.expect("ack");
-                    }
-                }
-            }
-            for ack in acks.drain(..) {
-                ack.await.expect("ack");
-            }
+                (subject, Some(headers), payload)
+            });
+            publish_pipelined(&js, with_headers).await;
         }
     };
     let subject = |n: u64| format!("node.sim-{n}.events");

@@ -51,15 +51,41 @@ async fn wait_holder(js: &async_nats::jetstream::Context, who: &str, limit: Dura
     .await;
 }
 
-#[tokio::test]
-async fn a_standby_takes_over_within_the_ttl_without_false_or_repeated_alerts() {
+/// A server with registry `a` leading and registry `b` standing by.
+struct Pair {
+    server: NatsServer,
+    js: async_nats::jetstream::Context,
+    client: nodectl::Client,
+    a: Proc,
+    _b: Proc,
+}
+
+async fn leader_and_standby() -> Pair {
     let server = NatsServer::start().await;
     let js = async_nats::jetstream::new(server.client().await);
-    let mut a = registry(&server, "a");
+    let a = registry(&server, "a");
     let client = registry_client(&server).await;
     wait_registry(&client).await;
     wait_holder(&js, "a", SOON).await;
-    let _b = registry(&server, "b");
+    let b = registry(&server, "b");
+    Pair {
+        server,
+        js,
+        client,
+        a,
+        _b: b,
+    }
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_within_the_ttl_without_false_or_repeated_alerts() {
+    let Pair {
+        server,
+        js,
+        client,
+        mut a,
+        _b,
+    } = leader_and_standby().await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let _steady = agent(&server, "steady");
     let mut doomed = agent(&server, "doomed");
@@ -126,13 +152,13 @@ async fn a_standby_takes_over_within_the_ttl_without_false_or_repeated_alerts() 
 
 #[tokio::test]
 async fn a_stopped_leader_hands_over_at_once_and_a_lost_lease_stops_its_writes() {
-    let server = NatsServer::start().await;
-    let js = async_nats::jetstream::new(server.client().await);
-    let mut a = registry(&server, "a");
-    let client = registry_client(&server).await;
-    wait_registry(&client).await;
-    wait_holder(&js, "a", SOON).await;
-    let _b = registry(&server, "b");
+    let Pair {
+        server,
+        js,
+        client,
+        mut a,
+        _b,
+    } = leader_and_standby().await;
     // A clean stop releases the lease: the standby takes it within one
     // renewal period, not a whole TTL.
     let stopped = Instant::now();
