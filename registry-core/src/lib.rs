@@ -135,6 +135,7 @@ pub async fn run(
         // Every instance answers discovery; the lease holder alone consumes
         // events and writes records.
         let (leading_tx, leading) = watch::channel(false);
+        let takeover = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lease_task = tokio::spawn(hold_lease(
             registry_kv::lease::Lease::new(
                 provisioned.meta.clone(),
@@ -142,10 +143,10 @@ pub async fn run(
                 config.lease_ttl,
             ),
             leading_tx,
+            takeover.clone(),
             connected.clone(),
             stop_rx.clone(),
         ));
-        let mut terms = 0u32;
         loop {
             let mut waiting = leading.clone();
             let mut stop = stop_rx.clone();
@@ -153,7 +154,11 @@ pub async fn run(
                 _ = stop.wait_for(|s| *s) => break,
                 became = waiting.wait_for(|l| *l) => if became.is_err() { break },
             }
-            terms += 1;
+            let grace = if takeover.load(std::sync::atomic::Ordering::Relaxed) {
+                lifecycle::Grace::SinceCheckpoint
+            } else {
+                lifecycle::Grace::Full
+            };
             lead(
                 &config,
                 &provisioned,
@@ -161,7 +166,7 @@ pub async fn run(
                 &js,
                 &index,
                 &counters,
-                terms,
+                grace,
                 connected.clone(),
                 leading.clone(),
                 stop_rx.clone(),
@@ -199,6 +204,7 @@ pub async fn run(
 async fn hold_lease(
     mut lease: registry_kv::lease::Lease,
     leading: watch::Sender<bool>,
+    takeover: Arc<std::sync::atomic::AtomicBool>,
     connected: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -217,6 +223,7 @@ async fn hold_lease(
             }
         }
         let held = lease.is_held();
+        takeover.store(lease.took_over_live(), std::sync::atomic::Ordering::Relaxed);
         if *leading.borrow() != held {
             info!(instance = lease.holder(), held, "leadership changed");
         }
@@ -236,7 +243,7 @@ async fn lead(
     js: &async_nats::jetstream::Context,
     index: &index::ReadIndex,
     counters: &Arc<service::Counters>,
-    term: u32,
+    grace: lifecycle::Grace,
     connected: watch::Receiver<bool>,
     leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
@@ -247,15 +254,11 @@ async fn lead(
         _ = stop.wait_for(|s| *s) => return,
         () = index.wait_ready() => {}
     }
-    // The first term after a start grants every node a full window
-    // (principle 4). A later takeover keeps each node's deadline from its
-    // last checkpointed heartbeat, pushed back by one checkpoint interval:
-    // what the previous leader heard but did not checkpoint is no later.
-    let grace = if term == 1 {
-        lifecycle::Grace::Full
-    } else {
-        lifecycle::Grace::SinceCheckpoint
-    };
+    // Taking over from a leader seen alive keeps each node's deadline from
+    // its last checkpointed heartbeat, pushed back by one checkpoint
+    // interval (what that leader heard but did not checkpoint is no later).
+    // A lease found free or long expired is a start after an outage: every
+    // node gets a full window (principle 4).
     let mut fleet = lifecycle::Fleet::new(config.lifecycle());
     let (count, skipped) = index.read(|catalog| {
         (
@@ -268,7 +271,6 @@ async fn lead(
     }
     info!(
         nodes = count,
-        term,
         ?grace,
         "leading: fleet restored from the read index"
     );

@@ -54,6 +54,11 @@ pub struct Lease {
     held: Option<(u64, Instant)>,
     /// While not held: the revision last seen (0: no key) and since when.
     seen: Option<(u64, Instant)>,
+    /// Whether another holder renewed the lease while this instance watched
+    /// (so a leader was alive recently).
+    saw_renewal: bool,
+    /// Whether the lease was last taken from a leader seen alive.
+    took_over_live: bool,
 }
 
 impl Lease {
@@ -65,7 +70,16 @@ impl Lease {
             ttl,
             held: None,
             seen: None,
+            saw_renewal: false,
+            took_over_live: false,
         }
+    }
+
+    /// Whether the lease, as held now, was taken from a leader this
+    /// instance saw renewing it (a takeover), rather than found free or
+    /// long expired (a start after an outage).
+    pub fn took_over_live(&self) -> bool {
+        self.took_over_live
     }
 
     /// This instance's name.
@@ -140,7 +154,10 @@ impl Lease {
         let now = Instant::now();
         let unchanged_since = match self.seen {
             Some((seen, since)) if seen == revision => since,
-            _ => {
+            previous => {
+                if previous.is_some() && !free {
+                    self.saw_renewal = true;
+                }
                 self.seen = Some((revision, now));
                 now
             }
@@ -167,7 +184,9 @@ impl Lease {
             Ok(revision) => {
                 info!(holder = %self.holder, revision, expired, "took the leader lease");
                 self.held = Some((revision, sent));
+                self.took_over_live = self.saw_renewal;
                 self.seen = None;
+                self.saw_renewal = false;
                 Ok(true)
             }
             // Another standby was quicker.

@@ -57,7 +57,7 @@ struct Pair {
     js: async_nats::jetstream::Context,
     client: nodectl::Client,
     a: Proc,
-    _b: Proc,
+    b: Proc,
 }
 
 async fn leader_and_standby() -> Pair {
@@ -73,7 +73,7 @@ async fn leader_and_standby() -> Pair {
         js,
         client,
         a,
-        _b: b,
+        b,
     }
 }
 
@@ -84,7 +84,7 @@ async fn a_standby_takes_over_within_the_ttl_without_false_or_repeated_alerts() 
         js,
         client,
         mut a,
-        _b,
+        b,
     } = leader_and_standby().await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let _steady = agent(&server, "steady");
@@ -119,6 +119,12 @@ async fn a_standby_takes_over_within_the_ttl_without_false_or_repeated_alerts() 
         took <= TTL + TTL / 3 + Duration::from_secs(1),
         "took over after {took:?} (TTL {TTL:?})"
     );
+    // It took over from a live leader: deadlines from the checkpoints, not
+    // a fresh full window for everyone.
+    eventually("b to say how it took over", SOON, || async {
+        b.log().contains("grace=SinceCheckpoint").then_some(())
+    })
+    .await;
     // The new leader judges: a node that dies now is degraded once; the
     // live one raises nothing.
     doomed.kill9();
@@ -157,7 +163,7 @@ async fn a_stopped_leader_hands_over_at_once_and_a_lost_lease_stops_its_writes()
         js,
         client,
         mut a,
-        _b,
+        b: _b,
     } = leader_and_standby().await;
     // A clean stop releases the lease: the standby takes it within one
     // renewal period, not a whole TTL.
