@@ -99,6 +99,17 @@ fn spawn_registry(server: &NatsServer, name: &str, degraded_after: Duration) -> 
     )
 }
 
+/// A fresh nats-server with a release registry on it, answering.
+async fn start(degraded_after: Duration) -> (NatsServer, Proc, nodectl::Client) {
+    let server = NatsServer::start().await;
+    let registry = spawn_registry(&server, "registry", degraded_after);
+    let client = fleet_tests::registry_client(&server)
+        .await
+        .with_timeout(Duration::from_secs(30));
+    fleet_tests::wait_registry(&client).await;
+    (server, registry, client)
+}
+
 async fn registry_consumer(js: &jetstream::Context) -> PullConsumer {
     js.get_stream(subjects::STREAM_NODE_EVENTS)
         .await
@@ -193,12 +204,7 @@ struct Run {
 async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     // Three missed heartbeats, as in production (90 s at 30 s), at least 5 s.
     let degraded_after = (interval * 3).max(Duration::from_secs(5));
-    let server = NatsServer::start().await;
-    let registry = spawn_registry(&server, "registry", degraded_after);
-    let client = fleet_tests::registry_client(&server)
-        .await
-        .with_timeout(Duration::from_secs(30));
-    fleet_tests::wait_registry(&client).await;
+    let (server, registry, client) = start(degraded_after).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let js = jetstream::new(server.client().await);
     let mut nodes_stream = js
@@ -384,12 +390,7 @@ struct Ingest {
 /// a fresh registry then works it off as fast as it can.
 async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
     let degraded_after = Duration::from_secs(600);
-    let server = NatsServer::start().await;
-    let registry = spawn_registry(&server, "registry", degraded_after);
-    let client = fleet_tests::registry_client(&server)
-        .await
-        .with_timeout(Duration::from_secs(30));
-    fleet_tests::wait_registry(&client).await;
+    let (server, registry, client) = start(degraded_after).await;
     let js = jetstream::new(server.client().await);
     let mut consumer = registry_consumer(&js).await;
     let encoding = encoding();
