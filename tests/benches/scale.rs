@@ -415,7 +415,10 @@ async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
     publish_all(registers).await;
     fleet_tests::wait_total(&client, nodes, Duration::from_secs(600)).await;
     settle(&js, &mut consumer, Duration::from_secs(600)).await;
-    drop(registry);
+    // A clean stop releases the leader lease: the next registry leads at
+    // once instead of after a lease TTL.
+    let mut registry = registry;
+    registry.terminate(Duration::from_secs(30)).await;
 
     let mut rng = fleet_sim::generate::Rng::new(11);
     let mut beats = Vec::with_capacity((nodes * per_node) as usize);
