@@ -47,6 +47,12 @@ pub struct RegistryConfig {
     pub self_preservation_threshold: f64,
     /// Fewest watched nodes for self-preservation to apply. Default 10.
     pub self_preservation_min_fleet: usize,
+    /// How long after the server reports a node's connection closed (with
+    /// nothing heard from it since) the node is degraded, without waiting
+    /// for `degraded_after`. Default 10s: rides out a reconnect. 0s turns
+    /// connection events off (silence alone is judged).
+    #[serde(with = "humantime_serde")]
+    pub disconnect_grace: Duration,
     /// Replicas of streams and buckets it creates. Default 1 (3 in a cluster).
     pub replicas: usize,
     /// Max bytes of the `NODE_EVENTS` stream. Default 1 GiB; -1 for no limit.
@@ -75,6 +81,7 @@ impl Default for RegistryConfig {
             reannounce_interval: lifecycle.reannounce_interval,
             self_preservation_threshold: lifecycle.self_preservation_threshold,
             self_preservation_min_fleet: lifecycle.self_preservation_min_fleet,
+            disconnect_grace: lifecycle.disconnect_grace,
             replicas: 1,
             events_max_bytes: 1024 * 1024 * 1024,
             names: Names::default(),
@@ -105,6 +112,9 @@ pub struct Overrides {
         with = "humantime_serde::option"
     )]
     pub offline_after: Option<Duration>,
+    /// `--replicas`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
 }
 
 impl RegistryConfig {
@@ -165,6 +175,7 @@ impl RegistryConfig {
             reannounce_interval: self.reannounce_interval,
             self_preservation_threshold: self.self_preservation_threshold,
             self_preservation_min_fleet: self.self_preservation_min_fleet,
+            disconnect_grace: self.disconnect_grace,
         }
     }
 }

@@ -20,7 +20,7 @@
 //! liveness figures and the bytes of its record as last written (shared with
 //! the read index), not a decoded copy.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use schemas::status::{AlertType, EventType, NodeStatus};
 use schemas::validate::ValidEvent;
-use schemas::{Alert, NodeRecord};
+use schemas::{Alert, NodeRecord, SelfPreservationFigures};
 use subjects::NodeId;
 use tracing::warn;
 use uuid::Uuid;
@@ -38,6 +38,9 @@ const ALERT_NAMESPACE: Uuid = Uuid::from_u128(0x6d1f_5e2a_8c1b_4f4e_9a57_0e3c_2b
 
 /// Width of one deadline-wheel bucket, in milliseconds.
 const GRAIN_MS: i64 = 100;
+
+/// The label whose value groups nodes for self-preservation per region.
+pub const REGION_LABEL: &str = "region";
 
 /// The knobs of the lifecycle.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +56,13 @@ pub struct LifecycleSettings {
     /// Share of watched nodes silent at once above which the registry
     /// suspects itself and holds transitions (0.5 = more than half).
     pub self_preservation_threshold: f64,
-    /// Fewest watched nodes for self-preservation to apply at all.
+    /// Fewest watched nodes for self-preservation to apply at all (to the
+    /// fleet, and to each region).
     pub self_preservation_min_fleet: usize,
+    /// How long after the server reports a node's connection closed, with
+    /// nothing heard from the node since, it is degraded (rides out a
+    /// reconnect). Zero: connection events are ignored.
+    pub disconnect_grace: Duration,
 }
 
 impl Default for LifecycleSettings {
@@ -66,6 +74,7 @@ impl Default for LifecycleSettings {
             reannounce_interval: Duration::from_secs(10),
             self_preservation_threshold: 0.5,
             self_preservation_min_fleet: 10,
+            disconnect_grace: Duration::from_secs(10),
         }
     }
 }
@@ -165,6 +174,37 @@ pub struct Tracked {
     has_metrics: bool,
     /// The deadline-wheel bucket of this node's one entry, if queued.
     queued: Option<i64>,
+    /// Its `region` label, interned (0: none).
+    region: u16,
+    /// What the server last said about its connection.
+    link: Option<Link>,
+}
+
+/// What the server last said about a node's NATS connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Link {
+    /// When the connection opened (the server's clock).
+    opened: DateTime<Utc>,
+    /// When it closed, if it did.
+    closed: Option<DateTime<Utc>>,
+}
+
+/// A fault of the registry's own that makes it distrust what it sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OwnFault {
+    /// Its NATS connection is down: it hears nothing.
+    NatsLink,
+    /// Its record writes are failing.
+    KvWrites,
+}
+
+impl OwnFault {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::NatsLink => "nats_link",
+            Self::KvWrites => "kv_writes",
+        }
+    }
 }
 
 impl Tracked {
@@ -205,7 +245,18 @@ pub struct Fleet {
     /// Nodes with a write owed.
     owed: Vec<u32>,
     reannounced: HashMap<NodeId, DateTime<Utc>>,
-    self_preservation: bool,
+    /// Region names by interned number (0: no region).
+    regions: Vec<String>,
+    region_numbers: HashMap<String, u16>,
+    /// Online nodes per region.
+    online_in: Vec<usize>,
+    /// Mass silence across the fleet: every transition held.
+    mass_silence: bool,
+    /// Regions in mass silence: their nodes' transitions held.
+    silent_regions: BTreeSet<u16>,
+    /// The registry's own faults, with when each was first seen: every
+    /// transition held.
+    faults: BTreeMap<OwnFault, DateTime<Utc>>,
 }
 
 /// How much benefit of the doubt restored nodes get before their silence is
@@ -250,6 +301,15 @@ struct Liveness<'a> {
     services: Vec<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     metrics: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, default)]
+    labels: Option<RegionLabel<'a>>,
+}
+
+/// The one label liveness needs.
+#[derive(Debug, serde::Deserialize)]
+struct RegionLabel<'a> {
+    #[serde(borrow, default)]
+    region: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
@@ -263,6 +323,16 @@ fn alert_id(node: Option<&NodeId>, kind: AlertType, cause: &str) -> String {
         format!("{node}/{kind}/{cause}").as_bytes(),
     )
     .to_string()
+}
+
+/// The figures of all regions together.
+fn total(by_region: &[SilenceCensus]) -> SilenceCensus {
+    by_region
+        .iter()
+        .fold(SilenceCensus::default(), |a, c| SilenceCensus {
+            watched: a.watched + c.watched,
+            silent: a.silent + c.silent,
+        })
 }
 
 fn seconds(d: chrono::Duration) -> i64 {
@@ -324,7 +394,12 @@ impl Fleet {
             held: Vec::new(),
             owed: Vec::new(),
             reannounced: HashMap::new(),
-            self_preservation: false,
+            regions: vec![String::new()],
+            region_numbers: HashMap::new(),
+            online_in: vec![0],
+            mass_silence: false,
+            silent_regions: BTreeSet::new(),
+            faults: BTreeMap::new(),
         }
     }
 
@@ -369,6 +444,12 @@ impl Fleet {
             };
             let last_seen = schemas::time::parse(&live.last_heartbeat).unwrap_or(now);
             let updated = schemas::time::parse(&live.updated_at).unwrap_or(now);
+            let region = self.region_number(
+                live.labels
+                    .as_ref()
+                    .and_then(|l| l.region.as_deref())
+                    .unwrap_or(""),
+            );
             let tracked = Tracked {
                 caps_hash: caps_digest(live.caps_hash.as_deref()),
                 usage: usage_digest(
@@ -389,6 +470,8 @@ impl Fleet {
                 revision: Some(revision),
                 needs_write: false,
                 queued: None,
+                region,
+                link: None,
             };
             self.take(&id);
             self.put(tracked);
@@ -399,14 +482,172 @@ impl Fleet {
     /// Grants every node a fresh `degraded_after` window from `now` (after the
     /// registry lost its NATS link, or left self-preservation).
     pub fn grant_grace(&mut self, now: DateTime<Utc>) {
+        self.grant_grace_to(now, None);
+    }
+
+    /// Grants a fresh window to the nodes of `region` (all when `None`).
+    fn grant_grace_to(&mut self, now: DateTime<Utc>, region: Option<u16>) {
         for node in self.slots.iter_mut().flatten() {
-            node.judged_from = node.judged_from.max(now);
+            if region.is_none_or(|r| node.region == r) {
+                node.judged_from = node.judged_from.max(now);
+            }
         }
         // Deadlines only moved later: queued entries find that out lazily.
-        // Held nodes have none; queue them again.
+        // Held nodes have none; queue them again unless still held.
         for slot in std::mem::take(&mut self.held) {
+            let still_held = self
+                .slots
+                .get(slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|n| region.is_some_and(|r| n.region != r) && self.holds(n.region));
+            if still_held {
+                self.held.push(slot);
+            } else {
+                self.schedule(slot);
+            }
+        }
+    }
+
+    /// The interned number of a region name (0: none).
+    fn region_number(&mut self, name: &str) -> u16 {
+        if name.is_empty() {
+            return 0;
+        }
+        if let Some(&n) = self.region_numbers.get(name) {
+            return n;
+        }
+        // Past 65 535 distinct regions, the rest share the last number: a
+        // label that wild is not a region, and only self-preservation reads it.
+        let n = u16::try_from(self.regions.len()).unwrap_or(u16::MAX);
+        if usize::from(n) == self.regions.len() {
+            self.regions.push(name.to_owned());
+            self.online_in.push(0);
+            self.region_numbers.insert(name.to_owned(), n);
+        }
+        n
+    }
+
+    /// Whether transitions of nodes in `region` are held.
+    fn holds(&self, region: u16) -> bool {
+        self.in_self_preservation() || (region != 0 && self.silent_regions.contains(&region))
+    }
+
+    /// The server says a connection named after `id` opened at `opened`.
+    pub fn connection_opened(&mut self, id: &NodeId, opened: DateTime<Utc>) {
+        if let Some(node) = self.node_mut(id) {
+            if node.link.is_none_or(|l| opened >= l.opened) {
+                node.link = Some(Link {
+                    opened,
+                    closed: None,
+                });
+            }
+        }
+    }
+
+    /// The server says a connection named after `id`, opened at `opened`,
+    /// closed at `closed`. Returns whether it counts: a connection older
+    /// than the newest one known (the node already reconnected) does not.
+    pub fn connection_closed(
+        &mut self,
+        id: &NodeId,
+        opened: DateTime<Utc>,
+        closed: DateTime<Utc>,
+    ) -> bool {
+        if self.settings.disconnect_grace.is_zero() {
+            return false;
+        }
+        let Some(&slot) = self.ids.get(id) else {
+            return false;
+        };
+        let Some(node) = self.slot_mut(slot) else {
+            return false;
+        };
+        if node.link.is_some_and(|l| l.opened > opened) {
+            return false;
+        }
+        node.link = Some(Link {
+            opened,
+            closed: Some(closed),
+        });
+        let online = node.status == NodeStatus::Online;
+        if online {
+            // Its deadline may now be earlier than its queued entry.
             self.schedule(slot);
         }
+        online
+    }
+
+    /// Notes a fault of the registry's own (at `now`): every transition is
+    /// held until it clears. Returns the `registry.self_preservation` alert
+    /// when this starts a hold.
+    pub fn fault(&mut self, fault: OwnFault, now: DateTime<Utc>, failures: u64) -> Effects {
+        let mut effects = Effects::default();
+        if self.faults.contains_key(&fault) {
+            return effects;
+        }
+        self.faults.insert(fault, now);
+        effects.alerts.push(self.preservation_alert(
+            "entered",
+            now,
+            SelfPreservationFigures {
+                scope: "registry".to_owned(),
+                reason: fault.reason().to_owned(),
+                since: Some(schemas::time::format(now)),
+                failures: (failures > 0).then_some(failures),
+                ..SelfPreservationFigures::default()
+            },
+            format!(
+                "the registry's {} failing: holding degraded/offline transitions",
+                match fault {
+                    OwnFault::NatsLink => "NATS link is",
+                    OwnFault::KvWrites => "record writes are",
+                }
+            ),
+        ));
+        effects
+    }
+
+    /// Notes that a fault of the registry's own cleared at `now`: when none
+    /// is left, every node gets a fresh grace window and judging resumes.
+    pub fn fault_cleared(&mut self, fault: OwnFault, now: DateTime<Utc>) -> Effects {
+        let mut effects = Effects::default();
+        let Some(since) = self.faults.remove(&fault) else {
+            return effects;
+        };
+        self.grant_grace(now);
+        effects.alerts.push(self.preservation_alert(
+            "left",
+            now,
+            SelfPreservationFigures {
+                scope: "registry".to_owned(),
+                reason: fault.reason().to_owned(),
+                since: Some(schemas::time::format(since)),
+                ..SelfPreservationFigures::default()
+            },
+            format!(
+                "the registry's {} working again after {}s: judging again after a fresh {}s grace window",
+                match fault {
+                    OwnFault::NatsLink => "NATS link is",
+                    OwnFault::KvWrites => "record writes are",
+                },
+                seconds(now.signed_duration_since(since)),
+                self.settings.degraded_after.as_secs()
+            ),
+        ));
+        effects
+    }
+
+    /// The faults of its own the registry holds transitions for.
+    pub fn faults(&self) -> impl Iterator<Item = OwnFault> + '_ {
+        self.faults.keys().copied()
+    }
+
+    /// The regions whose transitions are held (mass silence in the region).
+    pub fn silent_regions(&self) -> Vec<&str> {
+        self.silent_regions
+            .iter()
+            .filter_map(|r| self.regions.get(usize::from(*r)).map(String::as_str))
+            .collect()
     }
 
     /// The `nodes` bucket was lost: every record is to be created again
@@ -437,9 +678,10 @@ impl Fleet {
         self.ids.is_empty()
     }
 
-    /// Whether transitions are held because the registry suspects itself.
+    /// Whether every transition is held because the registry suspects
+    /// itself (mass silence across the fleet, or a fault of its own).
     pub fn in_self_preservation(&self) -> bool {
-        self.self_preservation
+        self.mass_silence || !self.faults.is_empty()
     }
 
     /// Records that a write succeeded at `revision`; `stored` is the value
@@ -480,14 +722,14 @@ impl Fleet {
     fn take(&mut self, id: &NodeId) -> Option<Tracked> {
         let slot = self.ids.remove(id)?;
         let node = self.slots.get_mut(slot as usize)?.take()?;
-        self.counts[status_index(node.status)] -= 1;
+        self.count(node.status, node.region, -1);
         self.free.push(slot);
         Some(node)
     }
 
     /// Adds a node (not present), queues it and returns its slot.
     fn put(&mut self, node: Tracked) -> u32 {
-        self.counts[status_index(node.status)] += 1;
+        self.count(node.status, node.region, 1);
         let id = node.id.clone();
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -512,20 +754,54 @@ impl Fleet {
             return;
         };
         let from = node.status;
+        let region = usize::from(node.region);
         node.status = status;
         node.status_since = at;
         self.counts[status_index(from)] -= 1;
         self.counts[status_index(status)] += 1;
+        if let Some(online) = self.online_in.get_mut(region) {
+            if from == NodeStatus::Online {
+                *online -= 1;
+            }
+            if status == NodeStatus::Online {
+                *online += 1;
+            }
+        }
         if status == NodeStatus::Degraded {
             self.degradations.push_back((at, slot));
         }
+    }
+
+    /// Adds (`+1`) or removes (`-1`) a node of `status` in `region` from
+    /// the counts.
+    fn count(&mut self, status: NodeStatus, region: u16, sign: isize) {
+        let by_status = &mut self.counts[status_index(status)];
+        *by_status = by_status.saturating_add_signed(sign);
+        if status == NodeStatus::Online {
+            if let Some(online) = self.online_in.get_mut(usize::from(region)) {
+                *online = online.saturating_add_signed(sign);
+            }
+        }
+    }
+
+    /// When a node whose connection closed is to be degraded, if it was not
+    /// heard from since.
+    fn link_deadline(&self, node: &Tracked) -> Option<DateTime<Utc>> {
+        let closed = node.link?.closed?;
+        if self.settings.disconnect_grace.is_zero() || node.last_seen > closed {
+            return None;
+        }
+        Some(closed.max(node.judged_from) + chrono_duration(self.settings.disconnect_grace))
     }
 
     /// When a node's silence is next to be judged, if ever.
     fn deadline(&self, node: &Tracked) -> Option<DateTime<Utc>> {
         let from = node.last_seen.max(node.judged_from);
         match node.status {
-            NodeStatus::Online => Some(from + chrono_duration(self.settings.degraded_after)),
+            NodeStatus::Online => {
+                let silent = from + chrono_duration(self.settings.degraded_after);
+                Some(self.link_deadline(node).map_or(silent, |d| d.min(silent)))
+            }
             NodeStatus::Degraded => Some(from + chrono_duration(self.settings.offline_after)),
             NodeStatus::Offline | NodeStatus::Maintenance => None,
         }
@@ -600,6 +876,9 @@ impl Fleet {
                     revision: None,
                     needs_write: false,
                     queued: None,
+                    region: self
+                        .region_number(e.labels.get(REGION_LABEL).map_or("", String::as_str)),
+                    link: None,
                 };
                 effects.alerts.push(self.alert(
                     AlertType::Registered,
@@ -613,6 +892,9 @@ impl Fleet {
             }
             Some(slot) => {
                 self.come_back(slot, at, seq, &mut effects);
+                let region =
+                    self.region_number(e.labels.get(REGION_LABEL).map_or("", String::as_str));
+                self.move_region(slot, region);
                 let Some(old) = self.slot_mut(slot) else {
                     return effects;
                 };
@@ -633,6 +915,22 @@ impl Fleet {
         self.write(slot, record, at, &mut effects);
         self.schedule(slot);
         effects
+    }
+
+    /// Moves a node to another region (its labels changed).
+    fn move_region(&mut self, slot: u32, region: u16) {
+        let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if node.region == region {
+            return;
+        }
+        let (status, from) = (node.status, node.region);
+        self.count(status, from, -1);
+        self.count(status, region, 1);
+        if let Some(node) = self.slot_mut(slot) {
+            node.region = region;
+        }
     }
 
     /// Hands `record` to the worker as the node's next write.
@@ -787,6 +1085,19 @@ impl Fleet {
     /// silence is being held. Nodes due at this moment but not yet swept are
     /// counted by the sweep itself.
     pub fn census(&mut self, now: DateTime<Utc>) -> SilenceCensus {
+        total(&self.census_by_region(now))
+    }
+
+    /// [`Fleet::census`] per region (indexed by region number; 0: none).
+    fn census_by_region(&mut self, now: DateTime<Utc>) -> Vec<SilenceCensus> {
+        let mut by_region: Vec<SilenceCensus> = self
+            .online_in
+            .iter()
+            .map(|&online| SilenceCensus {
+                watched: online,
+                silent: 0,
+            })
+            .collect();
         let window = chrono_duration(self.settings.degraded_after);
         while self
             .degradations
@@ -795,20 +1106,20 @@ impl Fleet {
         {
             self.degradations.pop_front();
         }
-        let recently_degraded = self
-            .degradations
-            .iter()
-            .filter(|(at, slot)| {
-                self.slots
-                    .get(*slot as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|n| n.status == NodeStatus::Degraded && n.status_since == *at)
-            })
-            .count();
-        let degraded_after = chrono_duration(self.settings.degraded_after);
-        let mut held = std::mem::take(&mut self.held);
+        for (at, slot) in &self.degradations {
+            let Some(node) = self.slots.get(*slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if node.status == NodeStatus::Degraded && node.status_since == *at {
+                if let Some(c) = by_region.get_mut(usize::from(node.region)) {
+                    c.watched += 1;
+                    c.silent += 1;
+                }
+            }
+        }
         // A held node leaves the list when it is queued again (it was heard
         // from) or gone; the degraded ones wait for their offline judgement.
+        let mut held = std::mem::take(&mut self.held);
         held.retain(|slot| {
             self.slots
                 .get(*slot as usize)
@@ -818,16 +1129,26 @@ impl Fleet {
                         && matches!(n.status, NodeStatus::Online | NodeStatus::Degraded)
                 })
         });
-        let silent_online = held
-            .iter()
-            .filter_map(|slot| self.slots.get(*slot as usize).and_then(Option::as_ref))
-            .filter(|n| n.status == NodeStatus::Online && self.silence(n, now) >= degraded_after)
-            .count();
-        self.held = held;
-        SilenceCensus {
-            watched: self.counts[status_index(NodeStatus::Online)] + recently_degraded,
-            silent: recently_degraded + silent_online,
+        for slot in &held {
+            let Some(node) = self.slots.get(*slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if node.status == NodeStatus::Online && self.is_silent(node, now) {
+                if let Some(c) = by_region.get_mut(usize::from(node.region)) {
+                    c.silent += 1;
+                }
+            }
         }
+        self.held = held;
+        by_region
+    }
+
+    /// Whether an online node is due to be degraded at `now`: silent for
+    /// `degraded_after`, or its connection closed a grace ago and nothing
+    /// was heard since.
+    fn is_silent(&self, node: &Tracked, now: DateTime<Utc>) -> bool {
+        self.silence(node, now) >= chrono_duration(self.settings.degraded_after)
+            || self.link_deadline(node).is_some_and(|d| d <= now)
     }
 
     /// How long a node has been silent, for judgement: measured from its last
@@ -874,21 +1195,27 @@ impl Fleet {
     /// connected; otherwise silence may be the registry's, not the node's.
     pub fn sweep(&mut self, now: DateTime<Utc>) -> Effects {
         let due = self.due(now);
-        let mut census = self.census(now);
-        census.silent += due
-            .iter()
-            .filter(|slot| {
-                self.slots
-                    .get(**slot as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|n| n.status == NodeStatus::Online)
-            })
-            .count();
-        let mut effects = self.self_preservation_check(census, now);
-        if self.self_preservation {
-            self.held.extend(due);
-        } else if !due.is_empty() {
-            effects.extend(self.judge(due, now));
+        let mut by_region = self.census_by_region(now);
+        for slot in &due {
+            let Some(node) = self.slots.get(*slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if node.status == NodeStatus::Online {
+                if let Some(c) = by_region.get_mut(usize::from(node.region)) {
+                    c.silent += 1;
+                }
+            }
+        }
+        let mut effects = self.self_preservation_check(&by_region, now);
+        let (held, judged): (Vec<u32>, Vec<u32>) = due.into_iter().partition(|slot| {
+            self.slots
+                .get(*slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|n| self.holds(n.region))
+        });
+        self.held.extend(held);
+        if !judged.is_empty() {
+            effects.extend(self.judge(judged, now));
         }
         for slot in std::mem::take(&mut self.owed) {
             let Some(node) = self.slot_mut(slot) else {
@@ -902,50 +1229,126 @@ impl Fleet {
         effects
     }
 
-    fn self_preservation_check(&mut self, census: SilenceCensus, now: DateTime<Utc>) -> Effects {
-        let suspicious = census.watched >= self.settings.self_preservation_min_fleet
-            && census.silent as f64
-                > self.settings.self_preservation_threshold * census.watched as f64;
+    /// Enters or leaves self-preservation for the fleet and for each region
+    /// on this sweep's figures.
+    fn self_preservation_check(
+        &mut self,
+        by_region: &[SilenceCensus],
+        now: DateTime<Utc>,
+    ) -> Effects {
         let mut effects = Effects::default();
-        if suspicious == self.self_preservation {
-            return effects;
+        let fleet = total(by_region);
+        if self.suspicious(fleet) != self.mass_silence {
+            self.mass_silence = !self.mass_silence;
+            effects
+                .alerts
+                .push(self.mass_silence_alert(None, fleet, self.mass_silence, now));
         }
-        self.self_preservation = suspicious;
-        let (state, message) = if suspicious {
-            (
-                "entered",
-                format!(
-                    "{} of {} watched nodes went silent within one window (threshold {:.0} %): holding degraded/offline transitions",
-                    census.silent,
-                    census.watched,
-                    self.settings.self_preservation_threshold * 100.0
-                ),
+        for (region, census) in by_region.iter().enumerate().skip(1) {
+            let Ok(region) = u16::try_from(region) else {
+                break;
+            };
+            let suspicious = self.suspicious(*census);
+            if suspicious == self.silent_regions.contains(&region) {
+                continue;
+            }
+            if suspicious {
+                self.silent_regions.insert(region);
+            } else {
+                self.silent_regions.remove(&region);
+                self.grant_grace_to(now, Some(region));
+            }
+            effects
+                .alerts
+                .push(self.mass_silence_alert(Some(region), *census, suspicious, now));
+        }
+        effects
+    }
+
+    /// Whether these figures are an implausible share of silence.
+    fn suspicious(&self, census: SilenceCensus) -> bool {
+        census.watched >= self.settings.self_preservation_min_fleet
+            && census.silent as f64
+                > self.settings.self_preservation_threshold * census.watched as f64
+    }
+
+    /// The alert for entering (`entered`) or leaving mass silence in
+    /// `region` (the fleet when `None`); leaving the fleet's grants grace.
+    fn mass_silence_alert(
+        &mut self,
+        region: Option<u16>,
+        census: SilenceCensus,
+        entered: bool,
+        now: DateTime<Utc>,
+    ) -> Alert {
+        let scope = match region {
+            None => "fleet".to_owned(),
+            Some(r) => format!(
+                "{REGION_LABEL}={}",
+                self.regions.get(usize::from(r)).map_or("", String::as_str)
+            ),
+        };
+        let threshold = self.settings.self_preservation_threshold;
+        let message = if entered {
+            format!(
+                "{} of {} watched nodes ({scope}) went silent within one window (threshold {:.0} %): holding their degraded/offline transitions",
+                census.silent,
+                census.watched,
+                threshold * 100.0
             )
         } else {
-            self.grant_grace(now);
-            (
-                "left",
-                format!(
-                    "{} of {} watched nodes silent: judging again after a fresh {}s grace window",
-                    census.silent,
-                    census.watched,
-                    self.settings.degraded_after.as_secs()
-                ),
+            if region.is_none() {
+                self.grant_grace(now);
+            }
+            format!(
+                "{} of {} watched nodes ({scope}) silent: judging again after a fresh {}s grace window",
+                census.silent,
+                census.watched,
+                self.settings.degraded_after.as_secs()
             )
         };
-        effects.alerts.push(Alert {
+        let figures = SelfPreservationFigures {
+            scope,
+            reason: "mass_silence".to_owned(),
+            watched: Some(census.watched as u64),
+            silent: Some(census.silent as u64),
+            threshold: Some(threshold),
+            ..SelfPreservationFigures::default()
+        };
+        self.preservation_alert(
+            if entered { "entered" } else { "left" },
+            now,
+            figures,
+            message,
+        )
+    }
+
+    /// A `registry.self_preservation` alert.
+    fn preservation_alert(
+        &self,
+        state: &str,
+        now: DateTime<Utc>,
+        figures: SelfPreservationFigures,
+        message: String,
+    ) -> Alert {
+        Alert {
             id: alert_id(
                 None,
                 AlertType::SelfPreservation,
-                &format!("{state}/{}", now.timestamp_millis()),
+                &format!(
+                    "{}/{}/{state}/{}",
+                    figures.scope,
+                    figures.reason,
+                    now.timestamp_millis()
+                ),
             ),
             r#type: AlertType::SelfPreservation.to_string(),
             status: Some(state.to_owned()),
             at: schemas::time::format(now),
             message: Some(message),
+            figures: Some(figures),
             ..Alert::default()
-        });
-        effects
+        }
     }
 
     fn judge(&mut self, mut due: Vec<u32>, now: DateTime<Utc>) -> Effects {
@@ -967,11 +1370,17 @@ impl Fleet {
                 continue;
             };
             let silence = self.silence(node, now);
+            let closed = self
+                .link_deadline(node)
+                .filter(|d| *d <= now)
+                .and(node.link.and_then(|l| l.closed));
             let target = match node.status {
                 NodeStatus::Online | NodeStatus::Degraded if silence >= offline_after => {
                     NodeStatus::Offline
                 }
-                NodeStatus::Online if silence >= degraded_after => NodeStatus::Degraded,
+                NodeStatus::Online if silence >= degraded_after || closed.is_some() => {
+                    NodeStatus::Degraded
+                }
                 _ => {
                     self.schedule(slot);
                     continue;
@@ -998,14 +1407,16 @@ impl Fleet {
             // or the standby that took over from it, derives the same id
             // from what KV holds.
             let cause = format!("r{}", node.revision.unwrap_or(0));
-            effects.alerts.push(self.alert(
-                kind,
-                node,
-                Some(previous),
-                now,
-                &cause,
-                format!("no heartbeat for {silent_for}s"),
-            ));
+            let message = match closed {
+                Some(closed) if kind == AlertType::Degraded && silence < degraded_after => format!(
+                    "connection closed {}s ago and nothing heard since (no heartbeat for {silent_for}s)",
+                    seconds(now.signed_duration_since(closed))
+                ),
+                _ => format!("no heartbeat for {silent_for}s"),
+            };
+            effects
+                .alerts
+                .push(self.alert(kind, node, Some(previous), now, &cause, message));
             self.write(slot, record, now, &mut effects);
             self.schedule(slot);
         }
@@ -1034,6 +1445,7 @@ impl Fleet {
             at: schemas::time::format(at),
             last_heartbeat: Some(schemas::time::format(node.last_seen)),
             message: Some(message),
+            figures: None,
         }
     }
 }

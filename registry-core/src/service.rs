@@ -32,6 +32,10 @@ pub struct Counters {
     pub kv_write_failures: AtomicU64,
     /// `reannounce` tasks sent.
     pub reannounces_sent: AtomicU64,
+    /// Connection events (opened/closed) of known nodes taken in.
+    pub connection_events: AtomicU64,
+    /// Connection events that could not be read (logged and dropped).
+    pub connection_events_rejected: AtomicU64,
 }
 
 impl Counters {
@@ -49,6 +53,8 @@ impl Counters {
             "kv_writes": get(&self.kv_writes),
             "kv_write_failures": get(&self.kv_write_failures),
             "reannounces_sent": get(&self.reannounces_sent),
+            "connection_events": get(&self.connection_events),
+            "connection_events_rejected": get(&self.connection_events_rejected),
         })
     }
 }

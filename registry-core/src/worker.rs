@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, info_span, instrument, warn, Instrument};
 
 use crate::index::ReadIndex;
-use crate::lifecycle::{Effects, Fleet, Write};
+use crate::lifecycle::{Effects, Fleet, OwnFault, Write};
 use crate::service::Counters;
 
 /// Most events handled as one batch.
@@ -30,6 +30,13 @@ const MAX_IN_FLIGHT: usize = 256;
 const MAX_PENDING_ALERTS: usize = 10_000;
 /// How long one window of the server-clock estimate lasts.
 const CLOCK_WINDOW: Duration = Duration::from_secs(60);
+/// Largest connection advisory read (the server's are about 1 KiB).
+const MAX_CONNECTION_EVENT_BYTES: usize = 64 * 1024;
+/// The reason a server gives for the connections it closes as it stops.
+const SERVER_SHUTDOWN: &str = "Server Shutdown";
+/// Rounds of writes in a row with failures and no success before the
+/// registry holds transitions for its own KV trouble.
+const FAILING_WRITE_ROUNDS: u32 = 2;
 
 /// An estimate of the NATS server's clock, from the receive timestamps of the
 /// events consumed: the smallest `local now − server receive time` seen over
@@ -105,6 +112,10 @@ pub struct Worker<S> {
     clock: ServerClock,
     pending_alerts: VecDeque<Alert>,
     index: Option<ReadIndex>,
+    /// Rounds of writes in a row that failed (not conflicts) with none
+    /// succeeding, and the failures counted over them.
+    failing_rounds: u32,
+    failed_writes: u64,
 }
 
 impl<S: RecordStore> Worker<S> {
@@ -125,6 +136,8 @@ impl<S: RecordStore> Worker<S> {
             clock: ServerClock::default(),
             pending_alerts: VecDeque::new(),
             index: None,
+            failing_rounds: 0,
+            failed_writes: 0,
         }
     }
 
@@ -153,6 +166,7 @@ impl<S: RecordStore> Worker<S> {
         let mut caught_up = false;
         let mut was_connected = *connected.borrow();
         let mut messages = None;
+        let mut links = self.connection_events().await;
         loop {
             if messages.is_none() {
                 // Short pulls with idle heartbeats: a pull lost with a server
@@ -205,6 +219,12 @@ impl<S: RecordStore> Worker<S> {
                     Some(Err(e)) => debug!(error = %e, "event consumer hiccup"),
                     None => messages = None,
                 },
+                Some(message) = async {
+                    match links.as_mut() {
+                        Some(links) => links.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_connection_event(&message),
                 Ok(()) = bucket_lost.changed() => {
                     bucket_lost.borrow_and_update();
                     warn!(nodes = self.fleet.len(), "nodes bucket lost: writing every record again");
@@ -212,12 +232,21 @@ impl<S: RecordStore> Worker<S> {
                 }
                 Ok(()) = connected.changed() => {
                     let is_connected = *connected.borrow_and_update();
+                    if !is_connected && was_connected {
+                        // Nothing can be heard now: hold every transition.
+                        // The alert goes out once the link is back.
+                        warn!("lost the NATS link; holding transitions");
+                        let effects = self.fleet.fault(OwnFault::NatsLink, self.clock.now(), 0);
+                        self.pending_alerts.extend(effects.alerts);
+                    }
                     if is_connected && !was_connected {
                         // Whatever happened while we were away is not the
                         // nodes' fault: judge again after a fresh window.
                         // The pull in flight died with the old connection.
                         info!("reconnected to NATS; granting every node a fresh grace window");
-                        self.fleet.grant_grace(self.clock.now());
+                        self.retry_alerts().await;
+                        let effects = self.fleet.fault_cleared(OwnFault::NatsLink, self.clock.now());
+                        self.execute(effects).await;
                         caught_up = false;
                         messages = None;
                     }
@@ -247,6 +276,67 @@ impl<S: RecordStore> Worker<S> {
             }
         }
         info!(nodes = self.fleet.len(), "worker stopped");
+    }
+
+    /// Subscribes to the server's connection advisories (when configured
+    /// and exported to this account; without them silence alone is judged).
+    async fn connection_events(
+        &self,
+    ) -> Option<futures::stream::SelectAll<async_nats::Subscriber>> {
+        if self.fleet.settings().disconnect_grace.is_zero() {
+            return None;
+        }
+        let mut all = futures::stream::SelectAll::new();
+        for subject in [
+            subjects::ACCOUNT_CONNECT_EVENTS,
+            subjects::ACCOUNT_DISCONNECT_EVENTS,
+        ] {
+            match self.client.subscribe(subject).await {
+                Ok(subscriber) => all.push(subscriber),
+                Err(e) => {
+                    warn!(subject, error = %e, "no connection events; judging silence alone");
+                    return None;
+                }
+            }
+        }
+        Some(all)
+    }
+
+    /// Takes in one connection advisory about a known node.
+    fn on_connection_event(&mut self, message: &async_nats::Message) {
+        let event = match ConnectionEvent::decode(&message.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                Counters::bump(&self.counters.connection_events_rejected);
+                warn!(subject = %message.subject, error = %e, "connection event dropped");
+                return;
+            }
+        };
+        // Connections of other programs (the registry itself, nodectl) and
+        // of unknown nodes are none of our business.
+        let Ok(id) = NodeId::parse(&event.name) else {
+            return;
+        };
+        if self.fleet.get(&id).is_none() {
+            return;
+        }
+        Counters::bump(&self.counters.connection_events);
+        match event.closed {
+            None => {
+                debug!(node_id = %id, "connection opened");
+                self.fleet.connection_opened(&id, event.opened);
+            }
+            // The server going away is not the node going away: it will
+            // reconnect to another (or the same, restarted) server.
+            Some(_) if event.reason == SERVER_SHUTDOWN => {
+                debug!(node_id = %id, "connection closed by a server shutdown");
+            }
+            Some(closed) => {
+                if self.fleet.connection_closed(&id, event.opened, closed) {
+                    info!(node_id = %id, reason = %event.reason, "connection closed; degraded unless it is heard from within the grace");
+                }
+            }
+        }
     }
 
     /// Handles a batch of deliveries in stream order; returns whether the
@@ -377,13 +467,48 @@ impl<S: RecordStore> Worker<S> {
             .buffer_unordered(MAX_IN_FLIGHT)
             .collect()
             .await;
+        let (mut failed, mut succeeded) = (0u64, 0u64);
         for (write, encoded, result) in results {
+            match &result {
+                Ok(_) => succeeded += 1,
+                Err(StoreError::Conflict { .. }) => {}
+                Err(_) => failed += 1,
+            }
             ok &= self.record_write(write, encoded, result).await;
         }
+        self.note_write_health(failed, succeeded).await;
         for id in effects.reannounce {
             self.reannounce(&id).await;
         }
         ok
+    }
+
+    /// Holds transitions while record writes keep failing (KV trouble is the
+    /// registry's, not the nodes'), and resumes when they succeed again.
+    async fn note_write_health(&mut self, failed: u64, succeeded: u64) {
+        let now = self.clock.now();
+        let effects = if succeeded > 0 && failed == 0 {
+            self.failing_rounds = 0;
+            self.failed_writes = 0;
+            self.fleet.fault_cleared(OwnFault::KvWrites, now)
+        } else if failed > 0 && succeeded == 0 {
+            self.failing_rounds += 1;
+            self.failed_writes += failed;
+            if self.failing_rounds < FAILING_WRITE_ROUNDS {
+                return;
+            }
+            self.fleet
+                .fault(OwnFault::KvWrites, now, self.failed_writes)
+        } else {
+            return;
+        };
+        if effects.alerts.is_empty() {
+            return;
+        }
+        let stored = self.alerts.publish_all(&effects.alerts).await;
+        for (alert, result) in effects.alerts.into_iter().zip(stored) {
+            self.record_alert(alert, result.is_ok());
+        }
     }
 
     /// Counts a stored alert, or keeps it for a retry.
@@ -489,6 +614,78 @@ impl<S: RecordStore> Worker<S> {
     }
 }
 
+/// A server advisory of a client connection opening or closing: the fields
+/// the registry uses.
+#[derive(Debug, PartialEq)]
+struct ConnectionEvent {
+    /// The connection's name (an agent's is its node id).
+    name: String,
+    opened: DateTime<Utc>,
+    /// When it closed (a disconnect advisory).
+    closed: Option<DateTime<Utc>>,
+    reason: String,
+}
+
+/// Why a connection advisory was dropped.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEventError {
+    #[error("{0} bytes, more than {MAX_CONNECTION_EVENT_BYTES}")]
+    TooLarge(usize),
+    #[error("not a connection advisory: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unknown advisory type {0:?}")]
+    Type(String),
+    #[error("bad time {0:?}")]
+    Time(String),
+}
+
+impl ConnectionEvent {
+    const CONNECT: &'static str = "io.nats.server.advisory.v1.client_connect";
+    const DISCONNECT: &'static str = "io.nats.server.advisory.v1.client_disconnect";
+
+    fn decode(payload: &[u8]) -> Result<Self, ConnectionEventError> {
+        #[derive(serde::Deserialize)]
+        struct Advisory {
+            r#type: String,
+            client: Client,
+            #[serde(default)]
+            reason: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Client {
+            #[serde(default)]
+            name: String,
+            start: String,
+            #[serde(default)]
+            stop: Option<String>,
+        }
+        if payload.len() > MAX_CONNECTION_EVENT_BYTES {
+            return Err(ConnectionEventError::TooLarge(payload.len()));
+        }
+        // Server advisories gain fields over versions: unknown ones are
+        // ignored here (unlike requests, these are not typed by people).
+        let advisory: Advisory = serde_json::from_slice(payload)?;
+        let time = |s: &str| {
+            schemas::time::parse(s).ok_or_else(|| ConnectionEventError::Time(s.to_owned()))
+        };
+        let opened = time(&advisory.client.start)?;
+        let closed = match advisory.r#type.as_str() {
+            Self::CONNECT => None,
+            Self::DISCONNECT => Some(match &advisory.client.stop {
+                Some(stop) => time(stop)?,
+                None => opened,
+            }),
+            other => return Err(ConnectionEventError::Type(other.to_owned())),
+        };
+        Ok(Self {
+            name: advisory.client.name,
+            opened,
+            closed,
+            reason: advisory.reason,
+        })
+    }
+}
+
 /// Decodes and validates one delivery: subject id, encoding, size, fields,
 /// and the payload id against the subject id.
 fn decode(message: &jetstream::Message) -> Result<ValidEvent, Rejection> {
@@ -501,6 +698,37 @@ fn decode(message: &jetstream::Message) -> Result<ValidEvent, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As nats-server 2.15 sends them (shortened server block).
+    const DISCONNECT: &str = r#"{"type":"io.nats.server.advisory.v1.client_disconnect","id":"7dpw","timestamp":"2026-11-22T09:57:23.17518402Z","server":{"name":"N","ver":"2.15.1","seq":17},"client":{"start":"2026-11-22T09:57:22.673891295Z","host":"127.0.0.1","id":7,"acc":"FLEET","user":"fleet","name":"node-abc","rtt":327000,"stop":"2026-11-22T09:57:23.17518402Z","kind":"Client","client_type":"nats"},"sent":{"msgs":0,"bytes":0},"received":{"msgs":0,"bytes":0},"reason":"Client Closed"}"#;
+
+    #[test]
+    fn connection_advisories_are_read_and_bad_ones_rejected() {
+        let event = ConnectionEvent::decode(DISCONNECT.as_bytes()).expect("a disconnect");
+        assert_eq!(event.name, "node-abc");
+        assert_eq!(event.reason, "Client Closed");
+        let closed = event.closed.expect("closed");
+        assert_eq!((closed - event.opened).num_milliseconds(), 501);
+        let connect = DISCONNECT.replace("client_disconnect", "client_connect");
+        assert!(ConnectionEvent::decode(connect.as_bytes())
+            .expect("a connect")
+            .closed
+            .is_none());
+        for bad in [
+            "",
+            "{}",
+            "[1]",
+            &DISCONNECT.replace("client_disconnect", "account_connections"),
+            &DISCONNECT.replace("2026-11-22T09:57:22.673891295Z", "yesterday"),
+        ] {
+            assert!(ConnectionEvent::decode(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let huge = vec![b' '; MAX_CONNECTION_EVENT_BYTES + 1];
+        assert!(matches!(
+            ConnectionEvent::decode(&huge),
+            Err(ConnectionEventError::TooLarge(_))
+        ));
+    }
 
     #[test]
     fn server_clock_follows_the_smallest_delay() {

@@ -36,5 +36,5 @@ pub use codec::Encoding;
 pub use v1::{
     Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply,
     GetRequest, Gpu, GpuUsage, Metrics, NodeEvent, NodeRecord, Ollama, OllamaModel, PingReply,
-    ReannounceReply, TaskRequest,
+    ReannounceReply, SelfPreservationFigures, TaskRequest,
 };

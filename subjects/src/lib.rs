@@ -50,6 +50,12 @@ pub const ENDPOINT_GET: &str = "get";
 /// Endpoint name of [`REGISTRY_LIST`].
 pub const ENDPOINT_LIST: &str = "list";
 
+/// The server's advisories of client connections opening, in any account
+/// (imported from the system account; see `nats-config/accounts.conf`).
+pub const ACCOUNT_CONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.CONNECT";
+/// The server's advisories of client connections closing, in any account.
+pub const ACCOUNT_DISCONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.DISCONNECT";
+
 /// Default name of the stream holding every node event.
 pub const STREAM_NODE_EVENTS: &str = "NODE_EVENTS";
 /// Default name of the stream holding every alert.

@@ -184,7 +184,7 @@ impl NatsServer {
     }
 
     /// Starts a server with extra configuration (nats-server config syntax,
-    /// e.g. `max_payload: 65536`).
+    /// e.g. `max_payload: 65536`), after `nats-config/accounts.conf`.
     pub async fn start_with_config(config: &str) -> Self {
         Self::start_on(free_port(), config).await
     }
@@ -192,7 +192,18 @@ impl NatsServer {
     /// Starts a server on a given port (for clients started before it).
     pub async fn start_on(port: u16, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
-        std::fs::write(dir.path().join("extra.conf"), config).expect("write nats-server config");
+        // The development accounts (connection events exported to FLEET),
+        // as the demo runs them; `include` paths are relative to the file.
+        std::fs::copy(
+            workspace_root().join("nats-config/accounts.conf"),
+            dir.path().join("accounts.conf"),
+        )
+        .expect("copy nats-config/accounts.conf");
+        std::fs::write(
+            dir.path().join("extra.conf"),
+            format!("include \"accounts.conf\"\n{config}\n"),
+        )
+        .expect("write nats-server config");
         let mut server = Self {
             child: None,
             port,

@@ -22,6 +22,10 @@ struct Cli {
     /// Silence after which a node is offline (e.g. 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     offline_after: Option<Duration>,
+    /// Replicas of the streams and buckets it creates (3 on a 3-server
+    /// cluster; see nats-config/cluster/).
+    #[arg(long)]
+    replicas: Option<usize>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -46,6 +50,7 @@ async fn main() -> ExitCode {
         nats_url: cli.nats_url,
         degraded_after: cli.degraded_after,
         offline_after: cli.offline_after,
+        replicas: cli.replicas,
     };
     let config = match RegistryConfig::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

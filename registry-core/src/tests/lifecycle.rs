@@ -318,6 +318,189 @@ fn mass_silence_enters_self_preservation_and_holds_transitions() {
     assert!(!sim.alert_types().iter().any(|t| t == NODE_DEGRADED));
 }
 
+fn id(name: &str) -> NodeId {
+    NodeId::parse(name).expect("valid id")
+}
+
+/// Registers `name` with a `region` label.
+fn register_in(sim: &mut Sim, name: &str, region: &str, at: DateTime<Utc>) {
+    let mut e = event(EventType::Register, name);
+    e.event
+        .labels
+        .insert(REGION_LABEL.to_owned(), region.to_owned());
+    sim.seq += 1;
+    let effects = sim.fleet.apply(&e, at, sim.seq);
+    sim.run(effects);
+}
+
+#[test]
+fn a_closed_connection_degrades_after_the_grace_not_the_silence_window() {
+    let mut sim = Sim::new();
+    sim.send(EventType::Register, "n1", t0());
+    sim.send(EventType::Heartbeat, "n1", t0() + secs(5));
+    // The process dies at 6 s: the server reports its connection closed.
+    assert!(sim.fleet.connection_closed(&id("n1"), t0(), t0() + secs(6)));
+    // Not within the 10 s grace…
+    for s in 7..16 {
+        assert!(sim.sweep(t0() + secs(s)).alerts.is_empty(), "at {s}s");
+    }
+    // …but right after it, long before degraded_after (90 s).
+    let e = sim.sweep(t0() + secs(16));
+    assert_eq!(e.alerts.len(), 1);
+    assert_eq!(e.alerts[0].r#type, NODE_DEGRADED);
+    let message = e.alerts[0].message.clone().unwrap_or_default();
+    assert!(message.contains("connection closed"), "{message}");
+    // Offline still waits for offline_after of silence from the last heartbeat.
+    for s in 17..305 {
+        assert!(sim.sweep(t0() + secs(s)).alerts.is_empty(), "at {s}s");
+    }
+    let e = sim.sweep(t0() + secs(305));
+    assert_eq!(e.alerts[0].r#type, NODE_OFFLINE);
+}
+
+#[test]
+fn a_reconnect_or_a_heartbeat_within_the_grace_rides_out_a_closed_connection() {
+    let mut sim = Sim::new();
+    for name in ["n1", "n2", "n3"] {
+        sim.send(EventType::Register, name, t0());
+        sim.fleet.connection_opened(&id(name), t0());
+    }
+    for name in ["n1", "n2", "n3"] {
+        assert!(sim
+            .fleet
+            .connection_closed(&id(name), t0(), t0() + secs(20)));
+    }
+    // n1 reconnects (a newer connection); n2 is heard from.
+    sim.fleet.connection_opened(&id("n1"), t0() + secs(22));
+    sim.send(EventType::Heartbeat, "n2", t0() + secs(25));
+    // The old connection's close, reported late, is stale: it is ignored.
+    assert!(!sim
+        .fleet
+        .connection_closed(&id("n1"), t0(), t0() + secs(21)));
+    for s in 21..=40 {
+        sim.sweep(t0() + secs(s));
+    }
+    assert_eq!(sim.status("n1"), Some(NodeStatus::Online));
+    assert_eq!(sim.status("n2"), Some(NodeStatus::Online));
+    assert_eq!(sim.status("n3"), Some(NodeStatus::Degraded));
+    assert_eq!(
+        sim.alert_types()
+            .iter()
+            .filter(|t| *t == NODE_DEGRADED)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn connection_events_are_ignored_when_the_grace_is_zero() {
+    let mut sim = Sim::new();
+    sim.fleet = Fleet::new(LifecycleSettings {
+        disconnect_grace: Duration::ZERO,
+        ..settings()
+    });
+    sim.send(EventType::Register, "n1", t0());
+    assert!(!sim.fleet.connection_closed(&id("n1"), t0(), t0() + secs(1)));
+    for s in 2..=89 {
+        sim.sweep(t0() + secs(s));
+    }
+    assert_eq!(sim.status("n1"), Some(NodeStatus::Online));
+}
+
+#[test]
+fn mass_silence_in_one_region_holds_that_region_only() {
+    let mut sim = Sim::new();
+    for i in 0..20 {
+        register_in(&mut sim, &format!("eu{i}"), "eu", t0());
+        register_in(&mut sim, &format!("us{i}"), "us", t0());
+    }
+    // 12 of 20 in eu go silent (60 % of eu, 30 % of the fleet), and 2 in us.
+    let mut now = t0();
+    for s in 1..=200 {
+        now = t0() + secs(s);
+        if s % 30 == 0 {
+            for i in 12..20 {
+                sim.send(EventType::Heartbeat, &format!("eu{i}"), now);
+            }
+            for i in 2..20 {
+                sim.send(EventType::Heartbeat, &format!("us{i}"), now);
+            }
+        }
+        sim.sweep(now);
+    }
+    assert!(
+        !sim.fleet.in_self_preservation(),
+        "the fleet as a whole is fine"
+    );
+    assert_eq!(sim.fleet.silent_regions(), vec!["eu"]);
+    assert_eq!(sim.status("eu0"), Some(NodeStatus::Online), "held");
+    assert_eq!(sim.status("us0"), Some(NodeStatus::Degraded), "judged");
+    let entered: Vec<&Alert> = sim
+        .alerts
+        .iter()
+        .filter(|a| a.r#type == REGISTRY_SELF_PRESERVATION)
+        .collect();
+    assert_eq!(entered.len(), 1);
+    let figures = entered[0].figures.clone().expect("figures");
+    assert_eq!(figures.scope, "region=eu");
+    assert_eq!(figures.reason, "mass_silence");
+    assert_eq!((figures.watched, figures.silent), (Some(20), Some(12)));
+    // eu comes back: the region leaves, with a fresh window for its nodes.
+    for i in 0..12 {
+        sim.send(EventType::Heartbeat, &format!("eu{i}"), now);
+    }
+    let e = sim.sweep(now + secs(1));
+    assert_eq!(e.alerts.len(), 1);
+    assert_eq!(e.alerts[0].status.as_deref(), Some("left"));
+    assert!(sim.fleet.silent_regions().is_empty());
+    let eu_degraded = sim
+        .alerts
+        .iter()
+        .filter(|a| {
+            a.r#type == NODE_DEGRADED && a.node_id.as_deref().is_some_and(|n| n.starts_with("eu"))
+        })
+        .count();
+    assert_eq!(eu_degraded, 0);
+}
+
+#[test]
+fn a_fault_of_the_registrys_own_holds_everything_until_it_clears() {
+    let mut sim = Sim::new();
+    sim.send(EventType::Register, "n1", t0());
+    let e = sim.fleet.fault(OwnFault::KvWrites, t0() + secs(10), 7);
+    assert_eq!(e.alerts.len(), 1);
+    let figures = e.alerts[0].figures.clone().expect("figures");
+    assert_eq!(
+        (figures.scope.as_str(), figures.reason.as_str()),
+        ("registry", "kv_writes")
+    );
+    assert_eq!(figures.failures, Some(7));
+    assert!(
+        sim.fleet
+            .fault(OwnFault::KvWrites, t0() + secs(11), 9)
+            .is_empty(),
+        "once"
+    );
+    for s in 11..=400 {
+        sim.sweep(t0() + secs(s));
+    }
+    assert_eq!(sim.status("n1"), Some(NodeStatus::Online), "held");
+    let e = sim
+        .fleet
+        .fault_cleared(OwnFault::KvWrites, t0() + secs(400));
+    assert_eq!(e.alerts[0].status.as_deref(), Some("left"));
+    assert!(sim
+        .fleet
+        .fault_cleared(OwnFault::KvWrites, t0() + secs(401))
+        .is_empty());
+    // A fresh window: nothing before 400 + 90 s, degraded then.
+    for s in 401..490 {
+        assert!(sim.sweep(t0() + secs(s)).alerts.is_empty(), "at {s}s");
+    }
+    sim.sweep(t0() + secs(490));
+    assert_eq!(sim.status("n1"), Some(NodeStatus::Degraded));
+}
+
 #[test]
 fn a_minority_going_silent_is_judged_normally() {
     let mut sim = Sim::new();
