@@ -78,7 +78,7 @@ async fn main() -> ExitCode {
     let parts = cli.connections as u64;
     let mut runs = Vec::new();
     for part in 0..parts {
-        let client = match async_nats::connect(&cli.nats_url).await {
+        let client = match async_nats::connect(runtime_support::server_list(&cli.nats_url)).await {
             Ok(client) => client,
             Err(e) => {
                 eprintln!("fleet-sim: connecting to {}: {e}", cli.nats_url);

@@ -140,7 +140,7 @@ async fn run_as(
                 let _ = tx.try_send(event);
             }
         })
-        .connect(&config.nats_url)
+        .connect(runtime_support::server_list(&config.nats_url))
         .await
         .map_err(|source| AgentError::Connect {
             url: config.nats_url.clone(),

@@ -144,11 +144,11 @@ pub enum SelectorChange {
 }
 
 impl Client {
-    /// Connects to NATS at `url`.
+    /// Connects to NATS at `url` (or several, comma-separated).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         let nats = async_nats::ConnectOptions::new()
             .name("nodectl")
-            .connect(url)
+            .connect(runtime_support::server_list(url))
             .await
             .map_err(|source| ClientError::Connect {
                 url: url.to_owned(),

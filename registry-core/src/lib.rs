@@ -79,7 +79,7 @@ async fn connect(
                     }
                 }
             });
-        match options.connect(url).await {
+        match options.connect(runtime_support::server_list(url)).await {
             Ok(client) => return Ok(Some((client, rx))),
             Err(e) if e.kind() == async_nats::ConnectErrorKind::ServerParse => {
                 return Err(RegistryError::Connect {

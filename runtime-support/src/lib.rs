@@ -87,3 +87,28 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// The servers of a `--nats-url` value: one URL, or several separated by
+/// commas (the members of a cluster; the client picks one and fails over to
+/// the others).
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod server_list_tests {
+    use super::server_list;
+
+    #[test]
+    fn one_or_several_urls() {
+        assert_eq!(server_list("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4223,,"),
+            ["nats://a:4222", "nats://b:4223"]
+        );
+        assert!(server_list(" ").is_empty());
+    }
+}

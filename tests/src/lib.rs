@@ -279,6 +279,13 @@ impl NatsServer {
         }
     }
 
+    /// Starts it again after [`NatsServer::kill`], on the same port and store.
+    pub async fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn().await;
+        }
+    }
+
     /// Kills and starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill();
@@ -289,6 +296,72 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Nats-servers clustered on loopback (`fleet`), each with its own store,
+/// named `n0`, `n1`, …
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The members, in name order.
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers and waits until JetStream has a meta leader.
+    pub async fn start(n: usize) -> Self {
+        let mut ports = std::collections::BTreeSet::new();
+        while ports.len() < 2 * n {
+            ports.insert(free_port());
+        }
+        let ports: Vec<u16> = ports.into_iter().collect();
+        let (clients, routes) = ports.split_at(n);
+        let route_list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::with_capacity(n);
+        for (i, (client, route)) in clients.iter().zip(routes).enumerate() {
+            let config = format!(
+                "server_name: n{i}\ncluster {{\n  name: fleet\n  listen: 127.0.0.1:{route}\n  routes: [{route_list}]\n}}\n"
+            );
+            servers.push(NatsServer::start_on(*client, &config).await);
+        }
+        let cluster = Self { servers };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Waits until every running member answers JetStream requests.
+    pub async fn wait_ready(&self) {
+        for server in self.servers.iter().filter(|s| s.pid().is_some()) {
+            let js = async_nats::jetstream::new(server.client().await);
+            eventually(
+                "JetStream in the cluster to have a leader",
+                Duration::from_secs(60),
+                || {
+                    let js = js.clone();
+                    async move { js.query_account().await.ok().map(|_| ()) }
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Every member's URL, comma-separated (for `--nats-url`).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The member named `name` (`n0`…).
+    pub fn named(&mut self, name: &str) -> Option<&mut NatsServer> {
+        let i: usize = name.strip_prefix('n')?.parse().ok()?;
+        self.servers.get_mut(i)
     }
 }
 
@@ -413,34 +486,55 @@ pub fn spawn_registry(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> Proc {
-    let mut all = vec!["--nats-url".to_owned(), server.url()];
+    spawn_registry_on(
+        &server.url(),
+        server.temp_path(&format!("{name}.log")),
+        name,
+        args,
+        envs,
+    )
+}
+
+/// Starts `node-registry` against the servers at `urls` (comma-separated),
+/// logging to `log`.
+pub fn spawn_registry_on(
+    urls: &str,
+    log: PathBuf,
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Proc {
+    let mut all = vec!["--nats-url".to_owned(), urls.to_owned()];
     all.extend(args.iter().map(|s| (*s).to_owned()));
     let envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-    Proc::spawn(
-        name,
-        &workspace_bin("node-registry"),
-        &all,
-        &envs,
-        server.temp_path(&format!("{name}.log")),
-    )
+    Proc::spawn(name, &workspace_bin("node-registry"), &all, &envs, log)
 }
 
 /// Starts `node-agent` against `server` with its state in `state` (a
 /// directory under the server's temp dir) and extra flags.
 pub fn spawn_agent(server: &NatsServer, state: &str, args: &[&str]) -> Proc {
+    spawn_agent_on(&server.url(), &server.temp_path(state), args)
+}
+
+/// Starts `node-agent` against the servers at `urls` with its state in
+/// `state` (it logs next to it).
+pub fn spawn_agent_on(urls: &str, state: &Path, args: &[&str]) -> Proc {
     let mut all = vec![
         "--nats-url".to_owned(),
-        server.url(),
+        urls.to_owned(),
         "--state-dir".to_owned(),
-        server.temp_path(state).display().to_string(),
+        state.display().to_string(),
     ];
     all.extend(args.iter().map(|s| (*s).to_owned()));
+    let name = state
+        .file_name()
+        .map_or_else(|| "agent".to_owned(), |n| n.to_string_lossy().into_owned());
     Proc::spawn(
-        state,
+        &name,
         &workspace_bin("node-agent"),
         &all,
         &[],
-        server.temp_path(&format!("{state}.log")),
+        state.with_extension("log"),
     )
 }
 
