@@ -47,6 +47,10 @@ pub const SERVICE_QUEUE_GROUP: &str = "registry";
 pub const ENDPOINT_DISCOVER: &str = "discover";
 /// Endpoint name of [`REGISTRY_GET`].
 pub const ENDPOINT_GET: &str = "get";
+/// Join: a machine exchanges a join token for its node credentials.
+pub const REGISTRY_JOIN: &str = "registry.join";
+/// Endpoint name of [`REGISTRY_JOIN`].
+pub const ENDPOINT_JOIN: &str = "join";
 /// Endpoint name of [`REGISTRY_LIST`].
 pub const ENDPOINT_LIST: &str = "list";
 

@@ -189,6 +189,26 @@ impl NatsServer {
         Self::start_on(free_port(), config).await
     }
 
+    /// Starts a server in operator mode with the auth material of `auth`
+    /// (its `server.conf`, instead of the development accounts).
+    pub async fn start_with_auth(auth: &Path, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        std::fs::copy(auth.join("server.conf"), dir.path().join("auth.conf"))
+            .expect("copy the auth server.conf");
+        std::fs::write(
+            dir.path().join("extra.conf"),
+            format!("include \"auth.conf\"\n{config}\n"),
+        )
+        .expect("write nats-server config");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.spawn().await;
+        server
+    }
+
     /// Starts a server on a given port (for clients started before it).
     pub async fn start_on(port: u16, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
@@ -237,13 +257,16 @@ impl NatsServer {
             .spawn()
             .expect("starting nats-server");
         self.child = Some(child);
-        let url = self.url();
+        let port = self.port;
+        // Listening is enough (in auth mode an anonymous client is refused).
         eventually(
             "nats-server to accept connections",
             Duration::from_secs(15),
-            || {
-                let url = url.clone();
-                async move { async_nats::connect(url).await.ok().map(|_| ()) }
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
             },
         )
         .await;

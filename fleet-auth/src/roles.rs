@@ -1,0 +1,91 @@
+//! Who may publish and subscribe to what: one role per kind of client.
+
+use serde_json::json;
+use subjects::NodeId;
+
+/// A kind of client of the fleet's account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The registry: the control plane. Everything in the account except
+    /// speaking for a node.
+    Registry,
+    /// People running the fleet: read everything (streams, buckets,
+    /// alerts), request discovery, send tasks to nodes. Cannot speak for a
+    /// node or raise alerts.
+    Admin,
+    /// Services that look nodes up: discovery, get and list, nothing else.
+    Reader,
+    /// One node: publishes its own events, receives its own tasks, asks for
+    /// discovery.
+    Node(NodeId),
+    /// A machine joining: can only exchange a join token for its node
+    /// credentials.
+    Bootstrap,
+}
+
+impl Role {
+    /// The role's name as written in `issued.json` and on command lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Registry => "registry",
+            Self::Admin => "admin",
+            Self::Reader => "reader",
+            Self::Node(_) => "node",
+            Self::Bootstrap => "bootstrap",
+        }
+    }
+
+    /// The inbox prefix a client in this role must use (`_INBOX` unless a
+    /// node: a node's replies arrive under its own prefix, so it cannot
+    /// read another's).
+    pub fn inbox_prefix(&self) -> String {
+        match self {
+            Self::Node(id) => node_inbox_prefix(id),
+            _ => "_INBOX".to_owned(),
+        }
+    }
+
+    /// The `pub`, `sub` and `resp` parts of a NATS user JWT for this role.
+    pub fn permissions(&self) -> serde_json::Value {
+        let discovery = [
+            subjects::REGISTRY_DISCOVER,
+            subjects::REGISTRY_GET,
+            subjects::REGISTRY_LIST,
+        ];
+        match self {
+            Self::Registry => json!({
+                "pub": {"allow": [">"], "deny": [subjects::NODE_EVENTS_FILTER]},
+                "sub": {"allow": [">"]},
+            }),
+            Self::Admin => json!({
+                "pub": {
+                    "allow": [
+                        "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$SRV.>",
+                        "registry.>", subjects::NODE_TASKS_FILTER, "_INBOX.>",
+                    ],
+                    "deny": [subjects::NODE_EVENTS_FILTER, subjects::SYSTEM_BROADCAST],
+                },
+                "sub": {"allow": [">"]},
+            }),
+            Self::Reader => json!({
+                "pub": {"allow": discovery},
+                "sub": {"allow": ["_INBOX.>"]},
+            }),
+            Self::Node(id) => json!({
+                "pub": {"allow": [subjects::node_events(id), subjects::REGISTRY_DISCOVER]},
+                "sub": {"allow": [subjects::node_tasks(id), format!("{}.>", node_inbox_prefix(id))]},
+                // Replies to the tasks it receives, one each.
+                "resp": {"max": 1, "ttl": 0},
+            }),
+            Self::Bootstrap => json!({
+                "pub": {"allow": [subjects::REGISTRY_JOIN]},
+                "sub": {"allow": ["_INBOX.>"]},
+            }),
+        }
+    }
+}
+
+/// The inbox prefix of node `id`'s connection.
+pub fn node_inbox_prefix(id: &NodeId) -> String {
+    format!("_INBOX_{id}")
+}

@@ -1,0 +1,200 @@
+//! Auth mode against a real nats-server in operator (JWT) mode, with the
+//! material `nodectl auth init` makes: a node's credentials touch only what
+//! is its own; revoked, expired and absent credentials are refused.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use fleet_auth::{AuthDir, Role};
+use fleet_tests::NatsServer;
+use futures::StreamExt;
+use subjects::NodeId;
+use tokio::sync::mpsc;
+
+/// A connection as user `name` of `auth`, and the server's error lines.
+async fn connect_as(
+    server: &NatsServer,
+    auth: &AuthDir,
+    name: &str,
+    inbox: &str,
+) -> Result<(async_nats::Client, mpsc::UnboundedReceiver<String>), async_nats::ConnectError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let options = async_nats::ConnectOptions::with_credentials_file(auth.creds_path(name))
+        .await
+        .expect("read creds")
+        .custom_inbox_prefix(inbox)
+        .max_reconnects(Some(1))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        });
+    let client = options.connect(server.url()).await?;
+    Ok((client, rx))
+}
+
+/// Waits for a permissions violation naming `subject`.
+async fn violation(errors: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(line) = errors.recv().await {
+            if line.to_lowercase().contains("permissions violation") && line.contains(subject) {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await;
+    assert!(
+        found.as_ref().is_ok_and(|l| !l.is_empty()),
+        "no permissions violation for {subject}: {found:?}"
+    );
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    auth: AuthDir,
+    server: NatsServer,
+}
+
+async fn setup() -> Setup {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let auth = AuthDir::init(tmp.path()).expect("auth init");
+    for node in ["node-a", "node-b"] {
+        let id = NodeId::parse(node).expect("id");
+        auth.issue(&Role::Node(id), node, None).expect("issue");
+    }
+    let server = NatsServer::start_with_auth(tmp.path(), "").await;
+    // The registry's material: the streams and buckets exist.
+    let (registry, _) = connect_as(&server, &auth, "registry", "_INBOX")
+        .await
+        .expect("registry connects");
+    let js = jetstream::new(registry);
+    fleet_tests::eventually("JetStream for the account", Duration::from_secs(20), || {
+        let js = js.clone();
+        async move {
+            registry_kv::provision(
+                &js,
+                &subjects::Names::default(),
+                &registry_kv::provision::StreamSettings::default(),
+            )
+            .await
+            .ok()
+        }
+    })
+    .await;
+    Setup {
+        _tmp: tmp,
+        auth,
+        server,
+    }
+}
+
+#[tokio::test]
+async fn a_node_touches_only_what_is_its_own() {
+    let s = setup().await;
+    let (a, mut errors) = connect_as(&s.server, &s.auth, "node-a", "_INBOX_node-a")
+        .await
+        .expect("node-a connects");
+    let js = jetstream::new(a.clone());
+
+    // Its own events: stored.
+    let event = br#"{"type":"heartbeat","node_id":"node-a"}"#;
+    js.publish("node.node-a.events", event.as_slice().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("its own event is stored");
+
+    // Another node's events: refused by the server, never stored.
+    a.publish(
+        "node.node-b.events",
+        br#"{"type":"heartbeat","node_id":"node-b"}"#.as_slice().into(),
+    )
+    .await
+    .expect("sent");
+    violation(&mut errors, "node.node-b.events").await;
+
+    // Alerts, and any bucket (KV writes are publishes on $KV.<bucket>.>).
+    a.publish(subjects::SYSTEM_BROADCAST, "{}".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, subjects::SYSTEM_BROADCAST).await;
+    a.publish("$KV.nodes.node-a", "{}".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, "$KV.nodes.node-a").await;
+    a.publish("$JS.API.STREAM.DELETE.NODE_EVENTS", "".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, "$JS.API.STREAM.DELETE.NODE_EVENTS").await;
+
+    // Another node's tasks: the subscription is refused.
+    let _theirs = a.subscribe("node.node-b.tasks").await.expect("sent");
+    violation(&mut errors, "node.node-b.tasks").await;
+    // Its own tasks arrive.
+    let mut mine = a.subscribe("node.node-a.tasks").await.expect("subscribe");
+    a.flush().await.expect("flush");
+    let (admin, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
+        .await
+        .expect("admin connects");
+    admin
+        .publish("node.node-a.tasks", "ping".into())
+        .await
+        .expect("admin sends a task");
+    admin.flush().await.expect("flush");
+    let got = tokio::time::timeout(Duration::from_secs(5), mine.next()).await;
+    assert!(matches!(got, Ok(Some(_))), "its own task did not arrive");
+
+    // Nothing but its own event reached the stream.
+    let (registry, _) = connect_as(&s.server, &s.auth, "registry", "_INBOX")
+        .await
+        .expect("registry connects");
+    let mut stream = jetstream::new(registry)
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.state.messages, 1, "only node-a's own event is stored");
+}
+
+#[tokio::test]
+async fn absent_revoked_and_expired_credentials_are_refused() {
+    let s = setup().await;
+    // No credentials.
+    let anonymous = async_nats::connect(s.server.url()).await;
+    assert!(anonymous.is_err(), "an anonymous client got in");
+
+    // Expired: issued for one second.
+    let id = NodeId::parse("node-brief").expect("id");
+    s.auth
+        .issue(&Role::Node(id), "node-brief", Some(Duration::from_secs(1)))
+        .expect("issue");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = connect_as(&s.server, &s.auth, "node-brief", "_INBOX_node-brief").await;
+    assert!(expired.is_err(), "expired credentials got in");
+
+    // Revoked: node-b works, is revoked, and is refused from then on.
+    let (b, _) = connect_as(&s.server, &s.auth, "node-b", "_INBOX_node-b")
+        .await
+        .expect("node-b connects before revocation");
+    drop(b);
+    let account = s.auth.revoke("node-b").expect("revoke");
+    let (sys, _) = connect_as(&s.server, &s.auth, "sys", "_INBOX")
+        .await
+        .expect("system user connects");
+    let reply = sys
+        .request("$SYS.REQ.CLAIMS.UPDATE", account.into())
+        .await
+        .expect("claims update");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("reply JSON");
+    assert!(reply.get("error").is_none(), "{reply}");
+    let revoked = connect_as(&s.server, &s.auth, "node-b", "_INBOX_node-b").await;
+    assert!(revoked.is_err(), "revoked credentials got in");
+    // The others are untouched.
+    connect_as(&s.server, &s.auth, "node-a", "_INBOX_node-a")
+        .await
+        .expect("node-a still connects");
+}
