@@ -50,6 +50,9 @@ pub enum AgentError {
         /// Why.
         source: async_nats::ConnectError,
     },
+    /// The credentials or TLS files could not be used.
+    #[error("NATS auth: {0}")]
+    Auth(String),
     /// The task subject could not be subscribed.
     #[error("subscribing to {subject}: {source}")]
     Subscribe {
@@ -127,10 +130,13 @@ async fn run_as(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let (events_tx, mut events_rx) = mpsc::channel(16);
-    let client = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         // The connection is named after the node, so the server's connection
         // events say which node a closed connection was.
         .name(id.as_str())
+        // Replies come under the node's own prefix: in auth mode that is the
+        // only inbox its credentials may subscribe to.
+        .custom_inbox_prefix(format!("_INBOX_{id}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
@@ -139,7 +145,13 @@ async fn run_as(
                 // A full channel only drops a duplicate notice.
                 let _ = tx.try_send(event);
             }
-        })
+        });
+    let options = config
+        .nats_auth()
+        .apply(options)
+        .await
+        .map_err(|e| AgentError::Auth(e.to_string()))?;
+    let client = options
         .connect(runtime_support::server_list(&config.nats_url))
         .await
         .map_err(|source| AgentError::Connect {

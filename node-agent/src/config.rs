@@ -68,6 +68,15 @@ pub struct AgentConfig {
     pub procfs_root: PathBuf,
     /// Log format: `text` (default) or `json`.
     pub log_format: String,
+    /// The node's `.creds` file (auth mode). Default `<state_dir>/node.creds`
+    /// when it exists (`node-agent join` writes it there).
+    pub creds: Option<PathBuf>,
+    /// CA certificate(s) to trust for the server's TLS certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -89,6 +98,10 @@ impl Default for AgentConfig {
             sysfs_root: PathBuf::from("/sys"),
             procfs_root: PathBuf::from("/proc"),
             log_format: "text".to_owned(),
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -200,9 +213,40 @@ pub struct Overrides {
     /// `--encoding`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<String>,
+    /// `--creds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds: Option<PathBuf>,
+    /// `--tls-ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
+/// The file `node-agent join` stores the node's credentials in, in the
+/// state directory.
+pub const CREDS_FILE: &str = "node.creds";
+
 impl AgentConfig {
+    /// How it authenticates to NATS: `creds`, or the joined credentials in
+    /// the state directory when they exist.
+    pub fn nats_auth(&self) -> runtime_support::NatsAuth {
+        let joined = self.state_dir.join(CREDS_FILE);
+        runtime_support::NatsAuth {
+            creds: self
+                .creds
+                .clone()
+                .or_else(|| joined.exists().then_some(joined)),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
+
     /// Loads defaults < file < environment < `overrides`, and checks them.
     /// Without `file`, [`SYSTEM_CONFIG`] is read if it exists.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {

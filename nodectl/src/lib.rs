@@ -41,6 +41,9 @@ pub enum ClientError {
         /// Why.
         source: async_nats::ConnectError,
     },
+    /// The credentials or TLS files could not be used.
+    #[error("NATS auth: {0}")]
+    Auth(String),
     /// No registry is listening.
     #[error("no registry answers on {0}: is node-registry running?")]
     NoRegistry(String),
@@ -146,8 +149,19 @@ pub enum SelectorChange {
 impl Client {
     /// Connects to NATS at `url` (or several, comma-separated).
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let nats = async_nats::ConnectOptions::new()
-            .name("nodectl")
+        Self::connect_with(url, &runtime_support::NatsAuth::default()).await
+    }
+
+    /// Connects to NATS at `url` with credentials and TLS settings.
+    pub async fn connect_with(
+        url: &str,
+        auth: &runtime_support::NatsAuth,
+    ) -> Result<Self, ClientError> {
+        let options = auth
+            .apply(async_nats::ConnectOptions::new().name("nodectl"))
+            .await
+            .map_err(|e| ClientError::Auth(e.to_string()))?;
+        let nats = options
             .connect(runtime_support::server_list(url))
             .await
             .map_err(|source| ClientError::Connect {

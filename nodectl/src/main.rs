@@ -24,6 +24,18 @@ struct Cli {
     /// Seconds to wait for the registry.
     #[arg(long, default_value_t = 5, global = true)]
     timeout: u64,
+    /// Your .creds file (auth mode).
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    creds: Option<std::path::PathBuf>,
+    /// CA certificate(s) to trust for the server's certificate (PEM).
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate for mutual TLS (PEM).
+    #[arg(long, global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Key of --tls-cert (PEM).
+    #[arg(long, global = true)]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +79,14 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Set up and manage credentials (auth mode): works on an auth directory.
+    Auth {
+        /// The auth directory (keys 0600; keep it off the nodes).
+        #[arg(long, env = "FLEET_AUTH_DIR", default_value = "fleet-auth")]
+        dir: std::path::PathBuf,
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// What happened to a node: its events merged with its alerts in time order.
     Audit {
         /// Only this node.
@@ -85,6 +105,42 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+/// Admin commands over the auth directory (operator, accounts, issued
+/// credentials).
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Create the operator, the system and fleet accounts and the standard
+    /// credentials (registry, admin, reader, bootstrap, sys) in --dir.
+    Init,
+    /// Issue credentials: a fresh user key and JWT, written 0600 to
+    /// <dir>/creds/<name>.creds (or --out).
+    Issue {
+        /// node, reader, admin or registry.
+        #[arg(long)]
+        role: String,
+        /// The user's name; for a node, its node id.
+        #[arg(long)]
+        name: String,
+        /// How long they are valid (e.g. 30d); forever without.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Write them here instead.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Revoke every credential issued to a name (or a user public key), and
+    /// push the account's new JWT to the servers at --nats-url.
+    Revoke {
+        /// The name or public key.
+        name: String,
+        /// Only update the files (push later, or restart the servers).
+        #[arg(long)]
+        no_push: bool,
+    },
+    /// List the credentials issued.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -230,8 +286,131 @@ fn json_pretty(value: &impl serde::Serialize) -> Result<String, String> {
     serde_json::to_string_pretty(value).map_err(|e| e.to_string())
 }
 
+fn nats_auth(cli: &Cli) -> runtime_support::NatsAuth {
+    runtime_support::NatsAuth {
+        creds: cli.creds.clone(),
+        tls_ca: cli.tls_ca.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+    }
+}
+
+/// `nodectl auth ...`.
+async fn auth(cli: &Cli, dir: &std::path::Path, command: &AuthCommand) -> Result<(), String> {
+    use fleet_auth::{AuthDir, Role};
+    let open = || AuthDir::open(dir).map_err(|e| format!("{e} (run `nodectl auth init` first?)"));
+    match command {
+        AuthCommand::Init => {
+            let made = AuthDir::init(dir).map_err(|e| e.to_string())?;
+            println!("auth material in {}", made.path().display());
+            println!(
+                "  server config to include: {}",
+                dir.join("server.conf").display()
+            );
+            for name in ["registry", "admin", "reader", "bootstrap", "sys"] {
+                println!("  {name:9} {}", made.creds_path(name).display());
+            }
+            println!(
+                "  account signing key (give to the registry to serve joins): {}",
+                dir.join("fleet-signing.nk").display()
+            );
+            println!("  fleet account: {}", made.account());
+        }
+        AuthCommand::Issue {
+            role,
+            name,
+            ttl,
+            out,
+        } => {
+            let dir = open()?;
+            let role = match role.as_str() {
+                "node" => Role::Node(subjects::NodeId::parse(name).map_err(|e| e.to_string())?),
+                "reader" => Role::Reader,
+                "admin" => Role::Admin,
+                "registry" => Role::Registry,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?}: node, reader, admin or registry"
+                    ))
+                }
+            };
+            let path = dir.issue(&role, name, *ttl).map_err(|e| e.to_string())?;
+            let path = match out {
+                Some(out) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+                    fleet_auth::write_secret(out, &text).map_err(|e| e.to_string())?;
+                    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+                    out.clone()
+                }
+                None => path,
+            };
+            println!("{}", path.display());
+        }
+        AuthCommand::Revoke { name, no_push } => {
+            let dir = open()?;
+            let account = dir.revoke(name).map_err(|e| e.to_string())?;
+            println!(
+                "revoked {name} in {}",
+                dir.path().join("fleet.jwt").display()
+            );
+            if !no_push {
+                let sys = runtime_support::NatsAuth {
+                    creds: Some(dir.creds_path("sys")),
+                    ..nats_auth(cli)
+                };
+                let client = Client::connect_with(&cli.nats_url, &sys)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let reply = client
+                    .nats()
+                    .request("$SYS.REQ.CLAIMS.UPDATE", account.into())
+                    .await
+                    .map_err(|e| format!("pushing the account update: {e}"))?;
+                let reply: serde_json::Value = serde_json::from_slice(&reply.payload)
+                    .map_err(|e| format!("the server's answer: {e}"))?;
+                if let Some(error) = reply.get("error") {
+                    return Err(format!("the server refused the account update: {error}"));
+                }
+                println!("pushed to {}", cli.nats_url);
+            }
+        }
+        AuthCommand::List => {
+            let dir = open()?;
+            let users = dir.issued().map_err(|e| e.to_string())?;
+            let time = |t: Option<i64>| {
+                t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                    .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
+            };
+            let rows: Vec<Vec<String>> = users
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        u.role.clone(),
+                        u.public_key.clone(),
+                        time(Some(u.issued_at)),
+                        time(u.expires_at),
+                        time(u.revoked_at),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                nodectl::table::render(
+                    &["NAME", "ROLE", "KEY", "ISSUED", "EXPIRES", "REVOKED"],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
-    let client = Client::connect(&cli.nats_url)
+    if let Command::Auth { dir, command } = &cli.command {
+        return auth(&cli, dir, command).await;
+    }
+    let client = Client::connect_with(&cli.nats_url, &nats_auth(&cli))
         .await
         .map_err(|e| e.to_string())?
         .with_timeout(std::time::Duration::from_secs(cli.timeout));
@@ -352,6 +531,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
+        // Handled before connecting.
+        Command::Auth { .. } => {}
         Command::Audit {
             node,
             since,

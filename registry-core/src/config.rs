@@ -1,7 +1,7 @@
 //! The `node-registry` configuration: one struct, loaded by figment
 //! (defaults < TOML file < `NODE_REGISTRY_*` environment < flags).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,22 @@ pub struct RegistryConfig {
     pub lease_ttl: Duration,
     /// This instance's name in the lease. Default: `<hostname>-<pid>`.
     pub instance: String,
+    /// The registry user's `.creds` file (auth mode; see `nodectl auth`).
+    /// Default none.
+    pub creds: Option<PathBuf>,
+    /// CA certificate(s) to trust for the server's TLS certificate (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The fleet account's signing-key seed file: with it the registry
+    /// answers `registry.join`, turning join tokens into node credentials.
+    /// Default none (joins are refused).
+    pub join_signing_key: Option<PathBuf>,
+    /// The fleet account's public key (the issuer of joined nodes'
+    /// credentials), with `join_signing_key`.
+    pub join_account: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -88,6 +104,12 @@ impl Default for RegistryConfig {
             log_format: "text".to_owned(),
             lease_ttl: Duration::from_secs(10),
             instance: String::new(),
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            join_signing_key: None,
+            join_account: None,
         }
     }
 }
@@ -115,6 +137,18 @@ pub struct Overrides {
     /// `--replicas`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
+    /// `--creds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds: Option<PathBuf>,
+    /// `--tls-ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RegistryConfig {
@@ -155,6 +189,16 @@ impl RegistryConfig {
             return invalid("replicas must be 1 to 5".into());
         }
         Ok(())
+    }
+
+    /// How it authenticates to NATS.
+    pub fn nats_auth(&self) -> runtime_support::NatsAuth {
+        runtime_support::NatsAuth {
+            creds: self.creds.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
     }
 
     /// This instance's name: `instance`, or `<hostname>-<pid>`.

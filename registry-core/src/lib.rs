@@ -56,6 +56,7 @@ pub enum RegistryError {
 /// `shutdown` resolves. Publishes connection state on the returned channel.
 async fn connect(
     url: &str,
+    auth: &runtime_support::NatsAuth,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<(async_nats::Client, watch::Receiver<bool>)>, RegistryError> {
     let mut backoff = Duration::from_millis(100);
@@ -79,6 +80,13 @@ async fn connect(
                     }
                 }
             });
+        let options = auth
+            .apply(options)
+            .await
+            .map_err(|e| RegistryError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
         match options.connect(runtime_support::server_list(url)).await {
             Ok(client) => return Ok(Some((client, rx))),
             Err(e) if e.kind() == async_nats::ConnectErrorKind::ServerParse => {
@@ -112,7 +120,9 @@ pub async fn run(
         }
     };
     let body = async {
-        let Some((client, connected)) = connect(&config.nats_url, &mut stop_rx).await? else {
+        let Some((client, connected)) =
+            connect(&config.nats_url, &config.nats_auth(), &mut stop_rx).await?
+        else {
             return Ok(());
         };
         info!(url = %config.nats_url, "connected to NATS");

@@ -112,3 +112,68 @@ mod server_list_tests {
         assert!(server_list(" ").is_empty());
     }
 }
+
+/// How a program proves who it is to NATS and checks the server: a `.creds`
+/// file (decentralised JWT auth; see `nodectl auth`) and TLS (a CA to trust,
+/// and a client certificate for mutual TLS). Empty: no auth, plain TCP
+/// (development).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// The user's credentials (JWT and nkey seed).
+    pub creds: Option<std::path::PathBuf>,
+    /// PEM file of the CA(s) that signed the server's certificate.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that verify clients (mTLS).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// Why the connection could not be set up as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsAuthError {
+    /// The credentials file could not be read.
+    #[error("credentials {path}: {source}")]
+    Creds {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Only half of a client certificate was given.
+    #[error("tls_cert and tls_key go together")]
+    HalfCertificate,
+}
+
+impl NatsAuth {
+    /// Applies the credentials and TLS settings to `options`.
+    pub async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, NatsAuthError> {
+        if let Some(path) = &self.creds {
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|source| NatsAuthError::Creds {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                options = options
+                    .add_client_certificate(cert.clone(), key.clone())
+                    .require_tls(true);
+            }
+            (None, None) => {}
+            _ => return Err(NatsAuthError::HalfCertificate),
+        }
+        Ok(options)
+    }
+}

@@ -198,3 +198,70 @@ async fn absent_revoked_and_expired_credentials_are_refused() {
         .await
         .expect("node-a still connects");
 }
+
+#[tokio::test]
+async fn the_registry_and_an_agent_run_with_their_own_credentials() {
+    let s = setup().await;
+    let registry = fleet_tests::spawn_registry_on(
+        &s.server.url(),
+        s.server.temp_path("registry.log"),
+        "registry",
+        &[
+            "--creds",
+            &s.auth.creds_path("registry").display().to_string(),
+        ],
+        &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")],
+    );
+    let agent = fleet_tests::spawn_agent_on(
+        &s.server.url(),
+        &s.server.temp_path("agent-a"),
+        &[
+            "--node-id",
+            "node-a",
+            "--creds",
+            &s.auth.creds_path("node-a").display().to_string(),
+            "--heartbeat-interval",
+            "500ms",
+            "--ollama-url",
+            "http://127.0.0.1:9",
+        ],
+    );
+    // A reader finds it; the reader can do nothing else.
+    let (reader, mut errors) = connect_as(&s.server, &s.auth, "reader", "_INBOX")
+        .await
+        .expect("reader connects");
+    let client = nodectl::Client::new(reader.clone(), subjects::Names::default());
+    fleet_tests::eventually(
+        "the agent to be discovered",
+        Duration::from_secs(30),
+        || async {
+            let reply = client
+                .discover(&schemas::DiscoverRequest::default())
+                .await
+                .ok()?;
+            reply
+                .nodes
+                .iter()
+                .any(|n| n.node_id == "node-a" && n.metrics.is_some())
+                .then_some(())
+        },
+    )
+    .await;
+    reader
+        .publish("node.node-a.tasks", "{}".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, "node.node-a.tasks").await;
+    // The registry can reach the node (a task round trip through the
+    // node's own inbox rules).
+    let (admin, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
+        .await
+        .expect("admin connects");
+    let reply = admin
+        .request("node.node-a.tasks", r#"{"type":"ping"}"#.into())
+        .await
+        .expect("the node answers a task");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+    assert_eq!(reply["node_id"], "node-a", "{reply}");
+    drop((registry, agent));
+}
