@@ -15,6 +15,7 @@ mod creds;
 mod dir;
 pub mod jwt;
 mod roles;
+pub mod token;
 
 pub use creds::{creds_file, read_creds_seed, write_secret};
 pub use dir::{AuthDir, IssuedUser};
@@ -52,6 +53,9 @@ pub enum AuthError {
     /// No such user.
     #[error("no issued user {0}")]
     UnknownUser(String),
+    /// A join token could not be read.
+    #[error("join token: {0}")]
+    Token(String),
 }
 
 /// Issues user JWTs for the fleet's account with its signing key: what the

@@ -3,6 +3,7 @@
 //! - [`config`]: the configuration (figment-layered).
 //! - [`identity`]: the node id, derived once and kept in the state directory.
 //! - [`detect`]: capabilities (OS, CPU, RAM, disk, Ollama models) and metrics.
+//! - [`join`]: a join token exchanged for the node's own credentials.
 //! - [`agent`]: register, heartbeat, tasks, deregister; [`run`] starts it.
 #![deny(missing_docs)]
 
@@ -10,6 +11,7 @@ pub mod agent;
 pub mod config;
 pub mod detect;
 pub mod identity;
+pub mod join;
 
 pub use agent::run;
 pub use config::AgentConfig;

@@ -69,6 +69,16 @@ struct Cli {
 enum Command {
     /// Print the detected capabilities as JSON and exit.
     Detect,
+    /// Exchange a one-time join token (from `nodectl token create`) for this
+    /// node's own credentials, store them in the state directory, and run.
+    Join {
+        /// The token.
+        #[arg(long, env = "NODE_AGENT_JOIN_TOKEN")]
+        token: String,
+        /// Store the credentials and exit instead of running.
+        #[arg(long)]
+        no_run: bool,
+    },
     /// Ask the registry how it sees this node, print the record and exit
     /// (exit 1 when it does not know the node, 3 when it is not online).
     Status,
@@ -96,7 +106,7 @@ async fn main() -> ExitCode {
         tls_cert: cli.tls_cert,
         tls_key: cli.tls_key,
     };
-    let config = match AgentConfig::load(cli.config.as_deref(), &overrides) {
+    let mut config = match AgentConfig::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("node-agent: {e}");
@@ -117,12 +127,39 @@ async fn main() -> ExitCode {
             return print_json(&caps);
         }
         Some(Command::Status) => return status(&config).await,
+        Some(Command::Join { token, no_run }) => {
+            match node_agent::join::join(&config, &token).await {
+                Ok(joined) => {
+                    eprintln!(
+                        "node-agent: joined as {} (role {}); credentials in {}",
+                        joined.node_id,
+                        joined.role,
+                        config
+                            .state_dir
+                            .join(node_agent::config::CREDS_FILE)
+                            .display()
+                    );
+                    if no_run {
+                        return ExitCode::SUCCESS;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("node-agent: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         None => {}
     }
+    node_agent::join::apply_joined(&mut config);
     runtime_support::init_tracing(&config.log_format);
     let file = cli.config.clone();
-    let reload: node_agent::agent::Reload =
-        Box::new(move || AgentConfig::load(file.as_deref(), &overrides));
+    let reload: node_agent::agent::Reload = Box::new(move || {
+        AgentConfig::load(file.as_deref(), &overrides).map(|mut config| {
+            node_agent::join::apply_joined(&mut config);
+            config
+        })
+    });
     match node_agent::agent::run_with_reload(
         config,
         Some(reload),

@@ -79,6 +79,15 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Join tokens: one-time tokens a new machine exchanges for its own
+    /// credentials (`node-agent join --token ...`).
+    Token {
+        /// The auth directory (for the bootstrap credentials the token carries).
+        #[arg(long, env = "FLEET_AUTH_DIR", default_value = "fleet-auth")]
+        dir: std::path::PathBuf,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Set up and manage credentials (auth mode): works on an auth directory.
     Auth {
         /// The auth directory (keys 0600; keep it off the nodes).
@@ -141,6 +150,23 @@ enum AuthCommand {
     },
     /// List the credentials issued.
     List,
+}
+
+/// What `nodectl token` does.
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a one-time join token and print it.
+    Create {
+        /// The role the joining node gets.
+        #[arg(long, default_value = "worker")]
+        role: String,
+        /// Labels the joining node gets: k[=v],...
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long the token can be used (e.g. 1h).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +432,60 @@ async fn auth(cli: &Cli, dir: &std::path::Path, command: &AuthCommand) -> Result
     Ok(())
 }
 
+/// Writes a token's record to `registry_meta` and returns the token.
+async fn create_token(
+    client: &Client,
+    dir: &std::path::Path,
+    role: &str,
+    labels: &str,
+    ttl: std::time::Duration,
+) -> Result<String, String> {
+    use fleet_auth::token::{secret_digest, token_key, JoinToken, TokenRecord};
+    let bootstrap = dir.join("creds").join("bootstrap.creds");
+    let creds = std::fs::read_to_string(&bootstrap).map_err(|e| {
+        format!(
+            "{}: {e} (run `nodectl auth init` first?)",
+            bootstrap.display()
+        )
+    })?;
+    let mut granted = std::collections::BTreeMap::new();
+    for item in labels.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, value) = item.split_once('=').unwrap_or((item, "true"));
+        schemas::validate::check_label_key(key).map_err(|e| e.to_string())?;
+        granted.insert(key.to_owned(), value.to_owned());
+    }
+    if role.is_empty() || role.len() > 64 {
+        return Err("--role must be 1 to 64 characters".into());
+    }
+    let token = JoinToken::new(creds).map_err(|e| e.to_string())?;
+    let now = Utc::now();
+    let record = TokenRecord {
+        secret_sha256: secret_digest(&token.secret),
+        role: role.to_owned(),
+        labels: granted,
+        created_at: schemas::time::format(now),
+        expires_at: schemas::time::format(
+            now + chrono::Duration::from_std(ttl).map_err(|e| e.to_string())?,
+        ),
+        used_at: None,
+        node_id: None,
+    };
+    let kv = async_nats::jetstream::new(client.nats().clone())
+        .get_key_value(subjects::BUCKET_REGISTRY_META)
+        .await
+        .map_err(|e| {
+            format!(
+                "the registry's {} bucket: {e} (is the registry running?)",
+                subjects::BUCKET_REGISTRY_META
+            )
+        })?;
+    let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+    kv.create(token_key(&token.id), value.into())
+        .await
+        .map_err(|e| format!("storing the token: {e}"))?;
+    token.encode().map_err(|e| e.to_string())
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     if let Command::Auth { dir, command } = &cli.command {
         return auth(&cli, dir, command).await;
@@ -533,6 +613,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         // Handled before connecting.
         Command::Auth { .. } => {}
+        Command::Token {
+            dir,
+            command: TokenCommand::Create { role, labels, ttl },
+        } => {
+            let token = create_token(&client, &dir, &role, &labels, ttl).await?;
+            println!("{token}");
+        }
         Command::Audit {
             node,
             since,

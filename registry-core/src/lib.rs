@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod config;
 pub mod discovery;
 pub mod index;
+pub mod join;
 pub mod lifecycle;
 pub use schemas::selector;
 pub mod service;
@@ -47,6 +48,14 @@ pub enum RegistryError {
     Connect {
         /// The URL.
         url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The join signing key could not be used.
+    #[error("join signing key {path}: {reason}")]
+    JoinKey {
+        /// The file.
+        path: String,
         /// Why.
         reason: String,
     },
@@ -105,6 +114,21 @@ async fn connect(
     }
 }
 
+/// The issuer of joined nodes' credentials, when configured.
+fn join_issuer(config: &RegistryConfig) -> Result<Option<fleet_auth::UserIssuer>, RegistryError> {
+    let (Some(path), Some(account)) = (&config.join_signing_key, &config.join_account) else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| RegistryError::JoinKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    let seed = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    fleet_auth::UserIssuer::new(&seed, account)
+        .map(Some)
+        .map_err(|e| invalid(e.to_string()))
+}
+
 /// Runs the registry until `shutdown` resolves: provisions, restores the
 /// fleet from `nodes`, serves discovery, consumes events, judges liveness.
 pub async fn run(
@@ -141,6 +165,17 @@ pub async fn run(
             counters.clone(),
             stop_rx.clone(),
         ));
+
+        // Joins, when this instance holds the account's signing key.
+        if let Some(issuer) = join_issuer(&config)? {
+            tokio::spawn(join::serve(
+                client.clone(),
+                provisioned.meta.clone(),
+                Arc::new(issuer),
+                counters.clone(),
+                stop_rx.clone(),
+            ));
+        }
 
         // Every instance answers discovery; the lease holder alone consumes
         // events and writes records.

@@ -36,6 +36,10 @@ pub struct Counters {
     pub connection_events: AtomicU64,
     /// Connection events that could not be read (logged and dropped).
     pub connection_events_rejected: AtomicU64,
+    /// Nodes joined with a token.
+    pub joins: AtomicU64,
+    /// Join requests refused (bad, unknown, used or expired token).
+    pub joins_refused: AtomicU64,
 }
 
 impl Counters {
@@ -55,6 +59,8 @@ impl Counters {
             "reannounces_sent": get(&self.reannounces_sent),
             "connection_events": get(&self.connection_events),
             "connection_events_rejected": get(&self.connection_events_rejected),
+            "joins": get(&self.joins),
+            "joins_refused": get(&self.joins_refused),
         })
     }
 }

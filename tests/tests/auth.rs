@@ -265,3 +265,209 @@ async fn the_registry_and_an_agent_run_with_their_own_credentials() {
     assert_eq!(reply["node_id"], "node-a", "{reply}");
     drop((registry, agent));
 }
+
+/// Runs a binary of the workspace to completion: (success, stdout, stderr).
+fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(fleet_tests::workspace_bin(name))
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
+    let s = setup().await;
+    let dir = s.auth.path().display().to_string();
+    let url = s.server.url();
+    let _registry = fleet_tests::spawn_registry_on(
+        &url,
+        s.server.temp_path("registry.log"),
+        "registry",
+        &[
+            "--creds",
+            &s.auth.creds_path("registry").display().to_string(),
+        ],
+        &[
+            (
+                "NODE_REGISTRY_JOIN_SIGNING_KEY",
+                &format!("{dir}/fleet-signing.nk"),
+            ),
+            ("NODE_REGISTRY_JOIN_ACCOUNT", &s.auth.account()),
+        ],
+    );
+    let admin = s.auth.creds_path("admin").display().to_string();
+    let token_args = |ttl: &'static str| {
+        let (dir, url, admin) = (dir.clone(), url.clone(), admin.clone());
+        move || {
+            let args = [
+                "--nats-url",
+                &url,
+                "--creds",
+                &admin,
+                "token",
+                "--dir",
+                &dir,
+                "create",
+                "--role",
+                "inference",
+                "--labels",
+                "gpu,region=eu",
+                "--ttl",
+                ttl,
+            ];
+            let (ok, token, err) = run_bin("nodectl", &args);
+            (ok, token, err)
+        }
+    };
+    // The registry provisions registry_meta; a token can be stored then.
+    let make = token_args("1h");
+    let token = fleet_tests::eventually("a token", Duration::from_secs(30), || {
+        let make = &make;
+        async move {
+            let (ok, token, _) = make();
+            ok.then_some(token)
+        }
+    })
+    .await;
+    assert!(token.starts_with("fjt1_"), "{token}");
+
+    // The bootstrap credentials inside the token can do nothing but join.
+    let decoded = fleet_auth::token::JoinToken::decode(&token).expect("token");
+    let (tx, mut errors) = mpsc::unbounded_channel();
+    let bootstrap = async_nats::ConnectOptions::new()
+        .credentials(&decoded.creds)
+        .expect("creds")
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(&url)
+        .await
+        .expect("bootstrap connects");
+    bootstrap
+        .publish("node.node-x.events", "{}".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, "node.node-x.events").await;
+
+    // The join: the agent gets its own credentials, 0600, and runs with
+    // the role and labels the token granted.
+    let state = s.server.temp_path("joined");
+    let state_arg = state.display().to_string();
+    let _agent = fleet_tests::Proc::spawn(
+        "joined-agent",
+        &fleet_tests::workspace_bin("node-agent"),
+        &[
+            "--nats-url",
+            &url,
+            "--state-dir",
+            &state_arg,
+            "--heartbeat-interval",
+            "500ms",
+            "--ollama-url",
+            "http://127.0.0.1:9",
+            "join",
+            "--token",
+            &token,
+        ]
+        .map(str::to_owned),
+        &[],
+        s.server.temp_path("joined-agent.log"),
+    );
+    let (reader, _) = connect_as(&s.server, &s.auth, "reader", "_INBOX")
+        .await
+        .expect("reader connects");
+    let client = nodectl::Client::new(reader, subjects::Names::default());
+    let node = fleet_tests::eventually(
+        "the joined node to be discovered",
+        Duration::from_secs(30),
+        || async {
+            let reply = client
+                .discover(&schemas::DiscoverRequest::default())
+                .await
+                .ok()?;
+            reply
+                .nodes
+                .into_iter()
+                .find(|n| n.role.as_deref() == Some("inference"))
+        },
+    )
+    .await;
+    assert_eq!(node.labels.get("region").map(String::as_str), Some("eu"));
+    assert_eq!(node.labels.get("gpu").map(String::as_str), Some("true"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("node.creds"))
+            .expect("node.creds")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The same token again: refused, clearly.
+    let other = s.server.temp_path("second").display().to_string();
+    let (ok, _, err) = run_bin(
+        "node-agent",
+        &[
+            "--nats-url",
+            &url,
+            "--state-dir",
+            &other,
+            "join",
+            "--token",
+            &token,
+            "--no-run",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("already used"), "{err}");
+
+    // An expired token: refused, clearly.
+    let (ok, expiring, err) = token_args("1s")();
+    assert!(ok, "{err}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (ok, _, err) = run_bin(
+        "node-agent",
+        &[
+            "--nats-url",
+            &url,
+            "--state-dir",
+            &other,
+            "join",
+            "--token",
+            &expiring,
+            "--no-run",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("expired"), "{err}");
+    // A forged one (right id, wrong secret): refused.
+    let mut forged = fleet_auth::token::JoinToken::decode(&expiring).expect("token");
+    forged.secret = "guess".into();
+    let forged = forged.encode().expect("encode");
+    let (ok, _, err) = run_bin(
+        "node-agent",
+        &[
+            "--nats-url",
+            &url,
+            "--state-dir",
+            &other,
+            "join",
+            "--token",
+            &forged,
+            "--no-run",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("does not match"), "{err}");
+}

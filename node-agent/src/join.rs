@@ -1,0 +1,161 @@
+//! `node-agent join --token T`: exchanges a one-time join token for this
+//! node's own credentials. The node makes its key pair here; only the
+//! public key leaves the machine. The credentials (`node.creds`) and what
+//! the token granted (`join.json`: role, labels) are kept 0600 in the state
+//! directory, where the agent finds them on every start.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_auth::token::{JoinReply, JoinRequest, JoinToken};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentConfig, CREDS_FILE};
+
+/// What the token granted, kept in the state directory.
+pub const JOINED_FILE: &str = "join.json";
+
+/// How long to wait for the registry's answer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The token is not a join token, or damaged.
+    #[error(transparent)]
+    Token(#[from] fleet_auth::AuthError),
+    /// The node id could not be established.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// NATS could not be reached with the token's bootstrap credentials.
+    #[error("connecting to NATS at {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No registry answered.
+    #[error("no answer from the registry on {subject}: {reason}")]
+    NoAnswer {
+        /// The subject.
+        subject: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The registry refused the token.
+    #[error("join refused ({code}): {message}")]
+    Refused {
+        /// The error code (401 wrong secret, 404 unknown, 409 used, 410 expired).
+        code: u16,
+        /// Why.
+        message: String,
+    },
+    /// The answer could not be read.
+    #[error("the registry's answer: {0}")]
+    Answer(String),
+}
+
+/// What a join granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The node id.
+    pub node_id: String,
+    /// The role.
+    pub role: String,
+    /// The labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Exchanges `token` for this node's credentials and stores them.
+pub async fn join(config: &AgentConfig, token: &str) -> Result<Joined, JoinError> {
+    let token = JoinToken::decode(token)?;
+    let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".to_owned());
+    let id =
+        crate::identity::load_or_create(config.node_id.as_deref(), &config.state_dir, &hostname)?;
+    let key = nkeys::KeyPair::new_user();
+    let connect_error = |reason: String| JoinError::Connect {
+        url: config.nats_url.clone(),
+        reason,
+    };
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("join-{id}"))
+        .credentials(&token.creds)
+        .map_err(|e| connect_error(format!("the token's bootstrap credentials: {e}")))?;
+    // TLS as configured; the bootstrap credentials replace any creds.
+    let tls = runtime_support::NatsAuth {
+        creds: None,
+        ..config.nats_auth()
+    };
+    let options = tls
+        .apply(options)
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    let client = options
+        .connect(runtime_support::server_list(&config.nats_url))
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    let request = JoinRequest {
+        token_id: token.id.clone(),
+        secret: token.secret.clone(),
+        node_id: id.to_string(),
+        public_key: key.public_key(),
+    };
+    let payload = serde_json::to_vec(&request).map_err(|e| JoinError::Answer(e.to_string()))?;
+    let reply = tokio::time::timeout(
+        JOIN_TIMEOUT,
+        client.request(subjects::REGISTRY_JOIN, payload.into()),
+    )
+    .await
+    .map_err(|_| JoinError::NoAnswer {
+        subject: subjects::REGISTRY_JOIN,
+        reason: format!("nothing within {JOIN_TIMEOUT:?}"),
+    })?
+    .map_err(|e| JoinError::NoAnswer {
+        subject: subjects::REGISTRY_JOIN,
+        reason: e.to_string(),
+    })?;
+    if let Some(error) = schemas::nats::error_of(reply.headers.as_ref(), &reply.payload) {
+        return Err(JoinError::Refused {
+            code: error.code,
+            message: error.message,
+        });
+    }
+    let answer: JoinReply =
+        serde_json::from_slice(&reply.payload).map_err(|e| JoinError::Answer(e.to_string()))?;
+    let seed = key.seed().map_err(|e| JoinError::Answer(e.to_string()))?;
+    fleet_auth::write_secret(
+        &config.state_dir.join(CREDS_FILE),
+        &fleet_auth::creds_file(&answer.jwt, &seed),
+    )?;
+    let joined = Joined {
+        node_id: answer.node_id,
+        role: answer.role,
+        labels: answer.labels,
+    };
+    let text =
+        serde_json::to_string_pretty(&joined).map_err(|e| JoinError::Answer(e.to_string()))?;
+    fleet_auth::write_secret(&config.state_dir.join(JOINED_FILE), &text)?;
+    Ok(joined)
+}
+
+/// Applies what a join granted (if this node joined) where the
+/// configuration left the defaults: the role, and labels added under any
+/// configured.
+pub fn apply_joined(config: &mut AgentConfig) {
+    let path = config.state_dir.join(JOINED_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let Ok(joined) = serde_json::from_str::<Joined>(&text) else {
+        tracing::warn!(path = %path.display(), "unreadable join record; ignored");
+        return;
+    };
+    if config.role == AgentConfig::default().role {
+        config.role = joined.role;
+    }
+    for (key, value) in joined.labels {
+        config.labels.entry(key).or_insert(value);
+    }
+}

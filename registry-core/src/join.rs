@@ -1,0 +1,188 @@
+//! `registry.join`: a machine exchanges a one-time join token for its own
+//! node credentials. The machine makes its key pair and sends only the
+//! public key; the registry checks the token (digest, expiry, single use by
+//! compare-and-swap), issues a user JWT for that key with the node's
+//! permissions, and remembers the key under the node id.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::kv;
+use chrono::Utc;
+use fleet_auth::token::{
+    node_key_key, secret_matches, token_key, JoinReply, JoinRequest, NodeKeyRecord, TokenRecord,
+    MAX_TOKEN_BYTES,
+};
+use fleet_auth::{Role, UserIssuer};
+use futures::StreamExt;
+use schemas::codec::Encoding;
+use schemas::error::{ErrorCode, ServiceError};
+use subjects::NodeId;
+use tokio::sync::watch;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::service::Counters;
+
+fn refuse(code: u16, message: impl Into<String>) -> ServiceError {
+    ServiceError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Answers `registry.join` until `shutdown` (every instance does, in the
+/// registry's queue group).
+pub async fn serve(
+    client: async_nats::Client,
+    meta: kv::Store,
+    issuer: Arc<UserIssuer>,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut requests = match client
+        .queue_subscribe(
+            subjects::REGISTRY_JOIN,
+            subjects::SERVICE_QUEUE_GROUP.into(),
+        )
+        .await
+    {
+        Ok(requests) => requests,
+        Err(e) => {
+            warn!(error = %e, "cannot serve joins");
+            return;
+        }
+    };
+    info!(account = issuer.account(), "serving joins");
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            next = requests.next() => match next {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
+        let result = join(&meta, &issuer, &message.payload)
+            .instrument(info_span!("join"))
+            .await;
+        match &result {
+            Ok(joined) => {
+                Counters::bump(&counters.joins);
+                info!(node_id = %joined.node_id, role = %joined.role, "node joined");
+            }
+            Err(e) => {
+                Counters::bump(&counters.joins_refused);
+                warn!(code = e.code, reason = %e.message, "join refused");
+            }
+        }
+        let body = result
+            .and_then(|joined| serde_json::to_vec(&joined).map_err(|e| refuse(500, e.to_string())));
+        let (headers, body) = schemas::nats::reply_parts(body, Encoding::Json);
+        if let Err(e) = client.publish_with_headers(reply, headers, body).await {
+            warn!(error = %e, "answering a join");
+        }
+    }
+}
+
+/// Checks one join request and, when it is good, issues the credentials.
+async fn join(
+    meta: &kv::Store,
+    issuer: &UserIssuer,
+    payload: &[u8],
+) -> Result<JoinReply, ServiceError> {
+    if payload.len() > MAX_TOKEN_BYTES {
+        return Err(ServiceError::new(
+            ErrorCode::BadRequest,
+            "join request too large",
+        ));
+    }
+    let request: JoinRequest = serde_json::from_slice(payload)
+        .map_err(|e| ServiceError::new(ErrorCode::BadRequest, format!("join request: {e}")))?;
+    let node_id = NodeId::parse(&request.node_id)
+        .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
+    if !request.public_key.starts_with('U') {
+        return Err(ServiceError::new(
+            ErrorCode::BadRequest,
+            "public_key must be a user nkey (U...)",
+        ));
+    }
+    let unavailable = |e: String| refuse(503, format!("registry_meta: {e}"));
+    let key = token_key(&request.token_id);
+    let entry = if request.token_id.chars().all(|c| c.is_ascii_hexdigit()) {
+        meta.entry(&key)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+    } else {
+        None
+    };
+    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+        return Err(refuse(404, "unknown join token"));
+    };
+    let mut record: TokenRecord = serde_json::from_slice(&entry.value)
+        .map_err(|e| refuse(500, format!("token record: {e}")))?;
+    if !secret_matches(&request.secret, &record.secret_sha256) {
+        return Err(refuse(401, "join token secret does not match"));
+    }
+    if let Some(used) = &record.used_at {
+        return Err(refuse(
+            409,
+            format!(
+                "join token already used at {used} by {}",
+                record.node_id.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    let now = Utc::now();
+    let expired = schemas::time::parse(&record.expires_at).is_none_or(|at| at <= now);
+    if expired {
+        return Err(refuse(
+            410,
+            format!("join token expired at {}", record.expires_at),
+        ));
+    }
+    let node_key = node_key_key(node_id.as_str());
+    if meta
+        .entry(&node_key)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .is_some_and(|e| e.operation == kv::Operation::Put)
+    {
+        return Err(refuse(
+            409,
+            format!(
+                "node id {node_id} already has credentials; revoke them first or pick another id"
+            ),
+        ));
+    }
+    // Single use: the token is spent by a compare-and-swap on its record.
+    record.used_at = Some(schemas::time::format(now));
+    record.node_id = Some(node_id.to_string());
+    let spent = serde_json::to_vec(&record).map_err(|e| refuse(500, e.to_string()))?;
+    meta.update(&key, spent.into(), entry.revision)
+        .await
+        .map_err(|_| refuse(409, "join token already used"))?;
+    let jwt = issuer
+        .issue(
+            &Role::Node(node_id.clone()),
+            node_id.as_str(),
+            &request.public_key,
+            None,
+        )
+        .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let remembered = NodeKeyRecord {
+        public_key: request.public_key.clone(),
+        joined_at: schemas::time::format(now),
+        token_id: request.token_id.clone(),
+    };
+    let remembered = serde_json::to_vec(&remembered).map_err(|e| refuse(500, e.to_string()))?;
+    meta.create(&node_key, remembered.into())
+        .await
+        .map_err(|_| refuse(409, format!("node id {node_id} joined meanwhile")))?;
+    Ok(JoinReply {
+        jwt,
+        node_id: node_id.to_string(),
+        role: record.role,
+        labels: record.labels,
+    })
+}
