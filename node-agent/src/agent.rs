@@ -85,6 +85,8 @@ struct Shared {
     /// unique, so a retried publish is stored once.
     seq: AtomicU64,
     boot: String,
+    /// The node's key, when it has credentials: every event is signed.
+    key: Option<Arc<nkeys::KeyPair>>,
     started: Instant,
     last_publish_ok: AtomicBool,
     /// Whether a register was ever acked (heartbeats start then).
@@ -185,8 +187,9 @@ async fn run_as(
         hostname,
         client,
         js,
-        seq: AtomicU64::new(0),
+        seq: AtomicU64::new(first_seq(&config.state_dir)),
         boot: format!("{:08x}", rand::random::<u32>()),
+        key: signing_key(&config),
         started: Instant::now(),
         last_publish_ok: AtomicBool::new(false),
         registered: AtomicBool::new(false),
@@ -419,10 +422,58 @@ impl Shared {
     }
 
     async fn publish(&self, event: &NodeEvent) -> Result<(), PublishFailure> {
-        let result = publish(&self.js, &self.id, &self.boot, event, self.encoding()).await;
+        let result = publish(
+            &self.js,
+            &self.id,
+            &self.boot,
+            self.key.as_deref(),
+            event,
+            self.encoding(),
+        )
+        .await;
         self.last_publish_ok
             .store(result.is_ok(), Ordering::Relaxed);
         result
+    }
+}
+
+/// The file holding the floor of the next run's event sequence.
+const SEQ_FLOOR_FILE: &str = "seq_floor";
+/// Sequence numbers one run may use before the next run's floor.
+const SEQ_PER_RUN: u64 = 1_000_000_000;
+
+/// Where this run's event sequence starts: above every earlier run's
+/// (strictly rising across restarts, which the registry checks to refuse
+/// replayed events), from the clock in microseconds or the floor the last
+/// run left, whichever is higher; the next floor is stored now.
+fn first_seq(state_dir: &std::path::Path) -> u64 {
+    let path = state_dir.join(SEQ_FLOOR_FILE);
+    let floor = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let clock = u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0);
+    let first = floor.max(clock);
+    if let Err(e) = std::fs::create_dir_all(state_dir)
+        .and_then(|()| std::fs::write(&path, first.saturating_add(SEQ_PER_RUN).to_string()))
+    {
+        warn!(path = %path.display(), error = %e, "cannot store the sequence floor");
+    }
+    first
+}
+
+/// The node's key from its credentials, if it has any.
+fn signing_key(config: &AgentConfig) -> Option<Arc<nkeys::KeyPair>> {
+    let path = config.nats_auth().creds?;
+    match std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| fleet_auth::creds_key(&text).map_err(|e| e.to_string()))
+    {
+        Ok(key) => Some(Arc::new(key)),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "events go unsigned");
+            None
+        }
     }
 }
 
@@ -644,6 +695,7 @@ async fn publish(
     js: &jetstream::Context,
     id: &NodeId,
     boot: &str,
+    key: Option<&nkeys::KeyPair>,
     event: &NodeEvent,
     encoding: Encoding,
 ) -> Result<(), PublishFailure> {
@@ -659,6 +711,10 @@ async fn publish(
     let msg_id = format!("{id}-{boot}-{}", event.seq.unwrap_or_default());
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     let payload = codec::encode(event, encoding);
+    if let Some(key) = key {
+        let signature = fleet_auth::sign_event(key, &payload).map_err(|e| fail(e.to_string()))?;
+        headers.insert(fleet_auth::SIGNATURE_HEADER, signature.as_str());
+    }
     let ack = js
         .publish_with_headers(subject.clone(), headers, payload.into())
         .await

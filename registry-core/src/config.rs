@@ -83,6 +83,9 @@ pub struct RegistryConfig {
     /// The fleet account's public key (the issuer of joined nodes'
     /// credentials), with `join_signing_key`.
     pub join_account: Option<String>,
+    /// Refuse events of nodes without a known key (every node has joined).
+    /// Default false: a node with a key must sign its events either way.
+    pub require_signatures: bool,
 }
 
 impl Default for RegistryConfig {
@@ -110,6 +113,7 @@ impl Default for RegistryConfig {
             tls_key: None,
             join_signing_key: None,
             join_account: None,
+            require_signatures: false,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod discovery;
 pub mod index;
 pub mod join;
+pub mod keys;
 pub mod lifecycle;
 pub use schemas::selector;
 pub mod service;
@@ -166,6 +167,8 @@ pub async fn run(
             stop_rx.clone(),
         ));
 
+        // Joined nodes' keys, for checking event signatures.
+        let node_keys = keys::spawn_watcher(provisioned.meta.clone(), stop_rx.clone());
         // Joins, when this instance holds the account's signing key.
         if let Some(issuer) = join_issuer(&config)? {
             tokio::spawn(join::serve(
@@ -211,6 +214,7 @@ pub async fn run(
                 &js,
                 &index,
                 &counters,
+                &node_keys,
                 grace,
                 connected.clone(),
                 leading.clone(),
@@ -288,6 +292,7 @@ async fn lead(
     js: &async_nats::jetstream::Context,
     index: &index::ReadIndex,
     counters: &Arc<service::Counters>,
+    node_keys: &keys::NodeKeys,
     grace: lifecycle::Grace,
     connected: watch::Receiver<bool>,
     leading: watch::Receiver<bool>,
@@ -326,7 +331,8 @@ async fn lead(
         js.clone(),
         counters.clone(),
     )
-    .with_index(index.clone());
+    .with_index(index.clone())
+    .with_keys(node_keys.clone(), config.require_signatures);
     let (lost_tx, lost_rx) = watch::channel(0u32);
     let guard = tokio::spawn(guard_bucket(
         config.clone(),

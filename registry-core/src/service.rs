@@ -36,6 +36,10 @@ pub struct Counters {
     pub connection_events: AtomicU64,
     /// Connection events that could not be read (logged and dropped).
     pub connection_events_rejected: AtomicU64,
+    /// Events refused for a missing or wrong signature.
+    pub events_forged: AtomicU64,
+    /// Events refused as replays (seq not above the last accepted).
+    pub events_replayed: AtomicU64,
     /// Nodes joined with a token.
     pub joins: AtomicU64,
     /// Join requests refused (bad, unknown, used or expired token).
@@ -59,6 +63,8 @@ impl Counters {
             "reannounces_sent": get(&self.reannounces_sent),
             "connection_events": get(&self.connection_events),
             "connection_events_rejected": get(&self.connection_events_rejected),
+            "events_forged": get(&self.events_forged),
+            "events_replayed": get(&self.events_replayed),
             "joins": get(&self.joins),
             "joins_refused": get(&self.joins_refused),
         })

@@ -99,6 +99,12 @@ enum Rejection {
     Codec(#[from] codec::CodecError),
     #[error("{0}")]
     Invalid(#[from] schemas::validate::ValidationError),
+    #[error("forged: {0}")]
+    Forged(&'static str),
+    #[error("replayed: seq {seq} is not above {last}")]
+    Replayed { seq: u64, last: u64 },
+    #[error("unsigned, and this node has no key (require_signatures is on)")]
+    Unsigned,
 }
 
 /// Consumes events and judges liveness; the one writer of `nodes`.
@@ -116,6 +122,12 @@ pub struct Worker<S> {
     /// succeeding, and the failures counted over them.
     failing_rounds: u32,
     failed_writes: u64,
+    /// Joined nodes' keys: their events must be signed, with rising seq.
+    keys: Option<crate::keys::NodeKeys>,
+    /// Whether events of nodes without a key are refused.
+    require_signatures: bool,
+    /// The highest event seq accepted per signing node.
+    last_seq: std::collections::HashMap<NodeId, u64>,
 }
 
 impl<S: RecordStore> Worker<S> {
@@ -138,6 +150,9 @@ impl<S: RecordStore> Worker<S> {
             index: None,
             failing_rounds: 0,
             failed_writes: 0,
+            keys: None,
+            require_signatures: false,
+            last_seq: std::collections::HashMap::new(),
         }
     }
 
@@ -147,6 +162,59 @@ impl<S: RecordStore> Worker<S> {
     pub fn with_index(mut self, index: ReadIndex) -> Self {
         self.index = Some(index);
         self
+    }
+
+    /// Checks events against the nodes' keys: a node with a key must sign
+    /// its events, with a seq above the last one accepted; with
+    /// `require_signatures`, a node without a key is refused.
+    pub fn with_keys(mut self, keys: crate::keys::NodeKeys, require_signatures: bool) -> Self {
+        self.keys = Some(keys);
+        self.require_signatures = require_signatures;
+        self
+    }
+
+    /// Whether an event comes from its node (signature) and is new (seq).
+    /// `Ok(false)`: a redelivery of one already taken; skip it quietly.
+    fn authenticate(
+        &mut self,
+        message: &jetstream::Message,
+        event: &ValidEvent,
+        delivered: i64,
+    ) -> Result<bool, Rejection> {
+        let Some(keys) = &self.keys else {
+            return Ok(true);
+        };
+        let id = &event.node_id;
+        let Some(public) = keys.get(id.as_str()) else {
+            return if self.require_signatures {
+                Err(Rejection::Unsigned)
+            } else {
+                Ok(true)
+            };
+        };
+        let signature = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(fleet_auth::SIGNATURE_HEADER))
+            .map(|v| v.as_str().to_owned())
+            .ok_or(Rejection::Forged("no signature"))?;
+        if !fleet_auth::verify_event(&public, &message.payload, &signature) {
+            return Err(Rejection::Forged("the signature is not the node's"));
+        }
+        let seq = event.event.seq.ok_or(Rejection::Forged("no seq"))?;
+        let fleet = &self.fleet;
+        let last = self
+            .last_seq
+            .entry(id.clone())
+            .or_insert_with(|| fleet.get(id).and_then(|n| n.record().seq).unwrap_or(0));
+        if seq <= *last {
+            if delivered > 1 {
+                return Ok(false);
+            }
+            return Err(Rejection::Replayed { seq, last: *last });
+        }
+        *last = seq;
+        Ok(true)
     }
 
     /// Runs until `shutdown` flips to true or `leading` to false. Sweeps
@@ -167,6 +235,18 @@ impl<S: RecordStore> Worker<S> {
         let mut was_connected = *connected.borrow();
         let mut messages = None;
         let mut links = self.connection_events().await;
+        let mut elections = match self
+            .client
+            .subscribe(subjects::STREAM_LEADER_ELECTED_ADVISORIES)
+            .await
+        {
+            Ok(elections) => Some(elections),
+            Err(e) => {
+                warn!(error = %e, "not following stream leader elections");
+                None
+            }
+        };
+        let events_stream = consumer.cached_info().stream_name.clone();
         loop {
             if messages.is_none() {
                 // Short pulls with idle heartbeats: a pull lost with a server
@@ -225,6 +305,19 @@ impl<S: RecordStore> Worker<S> {
                         None => std::future::pending().await,
                     }
                 } => self.on_connection_event(&message),
+                Some(message) = async {
+                    match elections.as_mut() {
+                        Some(elections) => elections.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if message.subject.as_str().rsplit('.').next() == Some(events_stream.as_str()) {
+                        // While the event stream had no leader, nodes could
+                        // not store heartbeats: their silence was NATS's.
+                        info!(stream = %events_stream, "the event stream elected a new leader; granting every node a fresh grace window");
+                        self.fleet.grant_grace(self.clock.now());
+                    }
+                }
                 Ok(()) = bucket_lost.changed() => {
                     bucket_lost.borrow_and_update();
                     warn!(nodes = self.fleet.len(), "nodes bucket lost: writing every record again");
@@ -349,9 +442,9 @@ impl<S: RecordStore> Worker<S> {
         for message in batch {
             let meta = message
                 .info()
-                .map(|i| (i.stream_sequence, i.pending, i.published))
+                .map(|i| (i.stream_sequence, i.pending, i.published, i.delivered))
                 .map_err(|e| Rejection::Metadata(e.to_string()));
-            let (seq, pending, received) = match meta {
+            let (seq, pending, received, delivered) = match meta {
                 Ok(meta) => meta,
                 Err(reason) => {
                     self.reject(&message, &reason).await;
@@ -360,9 +453,15 @@ impl<S: RecordStore> Worker<S> {
             };
             caught_up = pending == 0;
             self.clock.observe(received);
-            match decode(&message) {
+            let decoded = decode(&message).and_then(|event| {
+                Ok(self
+                    .authenticate(&message, &event, delivered)?
+                    .then_some(event))
+            });
+            match decoded {
                 Err(reason) => self.reject(&message, &reason).await,
-                Ok(event) => {
+                Ok(None) => accepted.push(message),
+                Ok(Some(event)) => {
                     debug!(seq, node_id = %event.node_id, kind = %event.kind, "event");
                     Counters::bump(&self.counters.events_applied);
                     let applied = self.fleet.apply(&event, received, seq);
@@ -391,6 +490,13 @@ impl<S: RecordStore> Worker<S> {
 
     async fn reject(&self, message: &jetstream::Message, reason: &Rejection) {
         Counters::bump(&self.counters.events_rejected);
+        match reason {
+            Rejection::Forged(_) | Rejection::Unsigned => {
+                Counters::bump(&self.counters.events_forged);
+            }
+            Rejection::Replayed { .. } => Counters::bump(&self.counters.events_replayed),
+            _ => {}
+        }
         warn!(subject = %message.subject, size = message.payload.len(), %reason, "event rejected");
         // Terminate: a bad message is never redelivered.
         if let Err(e) = message.ack_with(AckKind::Term).await {

@@ -60,6 +60,10 @@ pub const ACCOUNT_CONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.CONNECT";
 /// The server's advisories of client connections closing, in any account.
 pub const ACCOUNT_DISCONNECT_EVENTS: &str = "$SYS.ACCOUNT.*.DISCONNECT";
 
+/// JetStream's advisories of a stream electing a new leader (clustered
+/// servers), in the registry's own account.
+pub const STREAM_LEADER_ELECTED_ADVISORIES: &str = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*";
+
 /// Default name of the stream holding every node event.
 pub const STREAM_NODE_EVENTS: &str = "NODE_EVENTS";
 /// Default name of the stream holding every alert.

@@ -414,6 +414,97 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    // Signed events: a captured event published again (by a client with
+    // publish rights on the subject: here the node's own credentials) is
+    // refused as a replay; one signed by another key is refused as forged.
+    let subject = format!("node.{}.events", node.node_id);
+    let (registry_conn, _) = connect_as(&s.server, &s.auth, "registry", "_INBOX")
+        .await
+        .expect("registry connects");
+    let stream = jetstream::new(registry_conn)
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    let captured = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("a stored event");
+    let captured_headers = captured.headers.clone();
+    assert!(
+        captured_headers.get(fleet_auth::SIGNATURE_HEADER).is_some(),
+        "the joined agent signs its events"
+    );
+    let node_creds = std::fs::read_to_string(state.join("node.creds")).expect("node.creds");
+    let as_node = async_nats::ConnectOptions::new()
+        .credentials(&node_creds)
+        .expect("creds")
+        .custom_inbox_prefix(fleet_auth::node_inbox_prefix(
+            &subjects::NodeId::parse(&node.node_id).expect("id"),
+        ))
+        .connect(&url)
+        .await
+        .expect("the node's credentials connect");
+    let js_node = jetstream::new(as_node);
+    let mut replay = async_nats::HeaderMap::new();
+    for (name, values) in captured_headers.iter() {
+        let name: &str = name.as_ref();
+        if name != "Nats-Msg-Id" {
+            for value in values {
+                replay.append(name, value.as_str());
+            }
+        }
+    }
+    js_node
+        .publish_with_headers(subject.clone(), replay, captured.payload.clone())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&captured.payload).expect("event JSON");
+    forged["seq"] = serde_json::json!(u64::MAX / 2);
+    forged["type"] = serde_json::json!("heartbeat");
+    let forged = serde_json::to_vec(&forged).expect("JSON");
+    let mut headers = async_nats::HeaderMap::new();
+    let stranger = nkeys::KeyPair::new_user();
+    headers.insert(
+        fleet_auth::SIGNATURE_HEADER,
+        fleet_auth::sign_event(&stranger, &forged)
+            .expect("sign")
+            .as_str(),
+    );
+    js_node
+        .publish_with_headers(subject.clone(), headers, forged.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let (admin_conn, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
+        .await
+        .expect("admin connects");
+    fleet_tests::eventually(
+        "the replay and the forgery to be refused",
+        Duration::from_secs(20),
+        || async {
+            let reply = admin_conn
+                .request(format!("$SRV.STATS.{}", subjects::SERVICE_NAME), "".into())
+                .await
+                .ok()?;
+            let stats: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+            let data = &stats["endpoints"][0]["data"];
+            (data["events_replayed"].as_u64() >= Some(1)
+                && data["events_forged"].as_u64() >= Some(1))
+            .then_some(())
+        },
+    )
+    .await;
+    let record = client
+        .get(&node.node_id)
+        .await
+        .expect("get")
+        .expect("record");
+    assert!(record.seq < Some(u64::MAX / 2), "the forged seq was taken");
+
     // The same token again: refused, clearly.
     let other = s.server.temp_path("second").display().to_string();
     let (ok, _, err) = run_bin(
