@@ -85,6 +85,40 @@ impl Role {
     }
 }
 
+impl Role {
+    /// A user of this role in nats-server's config syntax (for servers that
+    /// map client certificates to users: `user` is the certificate's subject,
+    /// e.g. `CN=node-a`).
+    pub fn config_user(&self, user: &str) -> String {
+        let permissions = self.permissions();
+        let list = |v: &serde_json::Value| -> String {
+            let items: Vec<String> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str())
+                        .map(|s| format!("{s:?}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!("[{}]", items.join(", "))
+        };
+        let mut parts = Vec::new();
+        for (key, name) in [("pub", "publish"), ("sub", "subscribe")] {
+            let rules = &permissions[key];
+            let mut inner = vec![format!("allow: {}", list(&rules["allow"]))];
+            if rules.get("deny").is_some() {
+                inner.push(format!("deny: {}", list(&rules["deny"])));
+            }
+            parts.push(format!("{name}: {{{}}}", inner.join(", ")));
+        }
+        if permissions.get("resp").is_some() {
+            parts.push("allow_responses: {max: 1}".to_owned());
+        }
+        format!("{{user: {user:?}, permissions: {{{}}}}}", parts.join(", "))
+    }
+}
+
 /// The inbox prefix of node `id`'s connection.
 pub fn node_inbox_prefix(id: &NodeId) -> String {
     format!("_INBOX_{id}")

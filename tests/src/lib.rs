@@ -189,6 +189,25 @@ impl NatsServer {
         Self::start_on(free_port(), config).await
     }
 
+    /// Starts a server with `config` alone (no development accounts: for
+    /// configurations with their own, like mutual TLS).
+    pub async fn start_plain(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        std::fs::write(dir.path().join("extra.conf"), config).expect("write nats-server config");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Its client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Starts a server in operator mode with the auth material of `auth`
     /// (its `server.conf`, instead of the development accounts).
     pub async fn start_with_auth(auth: &Path, config: &str) -> Self {
