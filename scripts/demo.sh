@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The demo: a local nats-server, the registry and three agents with different
-# labels; prints the fleet and a few discovery answers, then kills one agent
-# abruptly and follows the alerts. Ctrl-C stops everything.
+# The demo: a local nats-server in auth mode, the registry and three agents
+# that join with one-time tokens; prints the fleet and a few discovery
+# answers, then kills one agent abruptly and follows the alerts. Ctrl-C stops
+# everything.
+#
+# Auth: the first run makes development credentials in .dev-auth/ (an
+# operator, the fleet account, users for the registry and an admin; keys
+# 0600, ignored by git); every agent joins with a token from
+# `nodectl token create` and gets its own credentials. DEMO_AUTH=0 runs
+# without auth (nats-config/dev.conf).
 #
 # DEMO_SECONDS=N stops it by itself after N seconds of following alerts.
 set -euo pipefail
@@ -34,31 +41,64 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "==> nats-server $("$NATS_BIN" --version | grep -oE '[0-9.]+$') on $NATS_URL (logs in $work)"
-"$NATS_BIN" -c nats-config/dev.conf -p "$port" -sd "$work/jetstream" >"$work/nats-server.log" 2>&1 &
+auth_dir="$root/.dev-auth"
+if [ "${DEMO_AUTH:-1}" = 1 ]; then
+  if [ ! -f "$auth_dir/operator.nk" ]; then
+    echo "==> first run: development credentials in $auth_dir"
+    "$bin/nodectl" auth --dir "$auth_dir" init >/dev/null
+  fi
+  server_conf=nats-config/dev-auth.conf
+  registry_auth=(--creds "$auth_dir/creds/registry.creds")
+  export NODE_REGISTRY_JOIN_SIGNING_KEY="$auth_dir/fleet-signing.nk"
+  NODE_REGISTRY_JOIN_ACCOUNT="$(cat "$auth_dir/fleet.pub")"
+  export NODE_REGISTRY_JOIN_ACCOUNT
+  ctl_args=(--creds "$auth_dir/creds/admin.creds")
+else
+  server_conf=nats-config/dev.conf
+  registry_auth=()
+  ctl_args=()
+fi
+ctl() { "$bin/nodectl" "${ctl_args[@]}" "$@"; }
+
+echo "==> nats-server $("$NATS_BIN" --version | grep -oE '[0-9.]+$') on $NATS_URL, config $server_conf (logs in $work)"
+"$NATS_BIN" -c "$server_conf" -p "$port" -sd "$work/jetstream" >"$work/nats-server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do port_busy "$port" && break; sleep 0.1; done
 
 echo "==> node-registry (degraded after 10s, offline after 30s, for the demo)"
-"$bin/node-registry" --degraded-after 10s --offline-after 30s >"$work/registry.log" 2>&1 &
+"$bin/node-registry" "${registry_auth[@]}" --degraded-after 10s --offline-after 30s >"$work/registry.log" 2>&1 &
 registry_pid=$!
 pids+=("$registry_pid")
 
+# With auth, each agent joins with a one-time token that grants its role
+# and labels; without, they are given on the command line.
 start_agent() {
-  local name="$1"; shift
-  "$bin/node-agent" --state-dir "$work/$name" --node-name "$name" --heartbeat-interval 2s "$@" \
-    >"$work/$name.log" 2>&1 &
+  local name="$1" role="$2" labels="$3"
+  if [ "${DEMO_AUTH:-1}" = 1 ]; then
+    local token=""
+    for _ in $(seq 50); do
+      token="$(ctl token --dir "$auth_dir" create --role "$role" --labels "$labels" --ttl 10m 2>/dev/null)" && break
+      sleep 0.2
+    done
+    [ -n "$token" ] || { echo "demo: could not create a join token (see $work/registry.log)" >&2; exit 1; }
+    echo "    $name: node-agent join --token ${token:0:24}…"
+    "$bin/node-agent" --state-dir "$work/$name" --node-name "$name" --heartbeat-interval 2s \
+      join --token "$token" >"$work/$name.log" 2>&1 &
+  else
+    "$bin/node-agent" --state-dir "$work/$name" --node-name "$name" --heartbeat-interval 2s \
+      --role "$role" --labels "$labels" >"$work/$name.log" 2>&1 &
+  fi
   pids+=($!)
 }
 echo "==> three agents: gpu-box (gpu, eu), workstation (eu), laptop (us, spot)"
-start_agent gpu-box --role inference --labels gpu,region=eu,tier=inference
-start_agent workstation --role worker --labels region=eu,tier=dev
-start_agent laptop --role worker --labels region=us,spot
+start_agent gpu-box inference gpu,region=eu,tier=inference
+start_agent workstation worker region=eu,tier=dev
+start_agent laptop worker region=us,spot
 laptop_pid="${pids[-1]}"
 
 # Wait until all three are online and have sent a heartbeat (metrics).
 for _ in $(seq 150); do
-  n="$("$bin/nodectl" discover -o json 2>/dev/null | python3 -c '
+  n="$(ctl discover -o json 2>/dev/null | python3 -c '
 import json, sys
 print(sum(1 for n in json.load(sys.stdin)["nodes"] if n.get("metrics")))' 2>/dev/null || echo 0)"
   [ "$n" = 3 ] && break
@@ -67,16 +107,16 @@ done
 
 echo
 echo "\$ nodectl nodes"
-"$bin/nodectl" nodes
+ctl nodes
 echo
 echo "\$ nodectl discover --capability gpu --label region=eu"
-"$bin/nodectl" discover --capability gpu --label region=eu
+ctl discover --capability gpu --label region=eu
 echo
 echo "\$ nodectl discover 'region in (eu,us),!spot' --prefer region=us"
-"$bin/nodectl" discover 'region in (eu,us),!spot' --prefer region=us
+ctl discover 'region in (eu,us),!spot' --prefer region=us
 echo
 echo "\$ nodectl discover --label region=eu --sort node_id -o json | (first node, abridged)"
-"$bin/nodectl" discover --label region=eu --sort node_id -o json | python3 -c '
+ctl discover --label region=eu --sort node_id -o json | python3 -c '
 import json, sys
 reply = json.load(sys.stdin)
 node = reply["nodes"][0]
@@ -87,7 +127,7 @@ echo "==> killing the laptop agent with SIGKILL: watch it go degraded (10s), the
 { kill -9 "$laptop_pid"; wait "$laptop_pid"; } 2>/dev/null || true
 echo "\$ nodectl alerts --since 1m --follow      (Ctrl-C to stop the demo)"
 if [ -n "${DEMO_SECONDS:-}" ]; then
-  timeout "$DEMO_SECONDS" "$bin/nodectl" alerts --since 1m --follow || true
+  timeout "$DEMO_SECONDS" "$bin/nodectl" "${ctl_args[@]}" alerts --since 1m --follow || true
 else
-  "$bin/nodectl" alerts --since 1m --follow || true
+  ctl alerts --since 1m --follow || true
 fi
