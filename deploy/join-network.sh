@@ -4,7 +4,12 @@
 # registry reports the node online and prints its id.
 #
 #   sudo deploy/join-network.sh --nats-url nats://registry.example:4222 \
-#        --role inference --labels gpu,region=eu
+#        --token fjt1_...          (from: nodectl token create --role inference --labels gpu,region=eu)
+#
+# With --token (auth mode) the agent exchanges the one-time token for its own
+# credentials (0600 in its state directory) before it starts; the token's
+# role and labels apply unless --role/--labels say otherwise. Without it the
+# agent connects without credentials (an open development server).
 #
 # --prefix DIR installs below DIR instead of / (for tests and packaging),
 # --systemctl CMD replaces systemctl, --dry-run prints what would be done.
@@ -14,6 +19,8 @@ usage() {
   cat <<'USAGE'
 usage: join-network.sh --nats-url URL [options]
   --nats-url URL      NATS server(s) of the fleet (required)
+  --token TOKEN       one-time join token (nodectl token create); or JOIN_TOKEN
+  --tls-ca FILE       CA certificate to trust for the server (TLS)
   --role ROLE         node role (default: worker)
   --labels K[=V],...  labels; a bare key means "true"
   --node-name NAME    human name (default: the hostname)
@@ -26,12 +33,14 @@ usage: join-network.sh --nats-url URL [options]
 USAGE
 }
 
-nats_url="" role="worker" labels="" node_name="" binary="" prefix="" systemctl="systemctl"
+nats_url="" role="" labels="" token="${JOIN_TOKEN:-}" tls_ca="" node_name="" binary="" prefix="" systemctl="systemctl"
 timeout=60 dry_run=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --nats-url) nats_url="${2:-}"; shift 2 ;;
     --role) role="${2:-}"; shift 2 ;;
+    --token) token="${2:-}"; shift 2 ;;
+    --tls-ca) tls_ca="${2:-}"; shift 2 ;;
     --labels) labels="${2:-}"; shift 2 ;;
     --node-name) node_name="${2:-}"; shift 2 ;;
     --binary) binary="${2:-}"; shift 2 ;;
@@ -48,7 +57,8 @@ die() { echo "join-network.sh: $*" >&2; exit 1; }
 [ -n "$nats_url" ] || { usage >&2; die "--nats-url is required"; }
 # Values go into a TOML file: allow only characters that need no escaping.
 safe='^[A-Za-z0-9._:/@,=*+-]*$'
-for pair in "nats-url:$nats_url" "role:$role" "labels:$labels" "node-name:$node_name"; do
+[[ "$token" =~ ^[A-Za-z0-9_-]*$ ]] || die "--token: not a join token (copy it whole)"
+for pair in "nats-url:$nats_url" "role:$role" "labels:$labels" "node-name:$node_name" "tls-ca:$tls_ca"; do
   value="${pair#*:}"
   [[ "$value" =~ $safe ]] || die "--${pair%%:*} ${value@Q}: only A-Z a-z 0-9 . _ : / @ , = * + - are allowed"
 done
@@ -83,9 +93,15 @@ echo "==> writing $config"
 config_text="# Written by join-network.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ).
 # Edit, then: systemctl reload node-agent (re-reads it and registers again).
 nats_url = \"$nats_url\"
-role = \"$role\"
-labels = \"$labels\"
 state_dir = \"$state_dir\""
+# Without --token the role defaults to worker; with one, the token's applies.
+if [ -z "$token" ] && [ -z "$role" ]; then role="worker"; fi
+if [ -n "$role" ]; then config_text="$config_text
+role = \"$role\""; fi
+if [ -n "$labels" ]; then config_text="$config_text
+labels = \"$labels\""; fi
+if [ -n "$tls_ca" ]; then config_text="$config_text
+tls_ca = \"$tls_ca\""; fi
 if [ -n "$node_name" ]; then config_text="$config_text
 node_name = \"$node_name\""; fi
 if [ "$dry_run" = 1 ]; then
@@ -95,6 +111,17 @@ else
   printf '%s\n' "$config_text" >"$tmp"
   chmod 0644 "$tmp"
   mv "$tmp" "$config"
+fi
+
+if [ -n "$token" ]; then
+  echo "==> joining with the token: this node's own credentials go to $state_dir"
+  if [ "$dry_run" = 1 ]; then
+    echo "would run: $bin_dir/node-agent --config $config join --token <token> --no-run"
+  else
+    install -d -m 0700 "$state_dir"
+    "$bin_dir/node-agent" --config "$config" join --token "$token" --no-run \
+      || die "the join was refused (see above); ask for a fresh token: nodectl token create"
+  fi
 fi
 
 echo "==> installing the systemd unit $unit_dir/node-agent.service"

@@ -16,7 +16,7 @@ pub enum Role {
     /// Services that look nodes up: discovery, get and list, nothing else.
     Reader,
     /// One node: publishes its own events, receives its own tasks, asks for
-    /// discovery.
+    /// discovery (and a record, for `node-agent status`).
     Node(NodeId),
     /// A machine joining: can only exchange a join token for its node
     /// credentials.
@@ -72,7 +72,11 @@ impl Role {
                 "sub": {"allow": ["_INBOX.>"]},
             }),
             Self::Node(id) => json!({
-                "pub": {"allow": [subjects::node_events(id), subjects::REGISTRY_DISCOVER]},
+                "pub": {"allow": [
+                    subjects::node_events(id),
+                    subjects::REGISTRY_DISCOVER,
+                    subjects::REGISTRY_GET,
+                ]},
                 "sub": {"allow": [subjects::node_tasks(id), format!("{}.>", node_inbox_prefix(id))]},
                 // Replies to the tasks it receives, one each.
                 "resp": {"max": 1, "ttl": 0},

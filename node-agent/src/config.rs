@@ -244,6 +244,7 @@ impl AgentConfig {
             tls_ca: self.tls_ca.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            inbox_prefix: None,
         }
     }
 

@@ -191,7 +191,13 @@ async fn status(config: &AgentConfig) -> ExitCode {
             }
         },
     };
-    let client = match nodectl::Client::connect_with(&config.nats_url, &config.nats_auth()).await {
+    let auth = runtime_support::NatsAuth {
+        inbox_prefix: subjects::NodeId::parse(&id)
+            .ok()
+            .map(|id| fleet_auth::node_inbox_prefix(&id)),
+        ..config.nats_auth()
+    };
+    let client = match nodectl::Client::connect_with(&config.nats_url, &auth).await {
         Ok(client) => client,
         Err(e) => {
             eprintln!("node-agent: {e}");

@@ -318,6 +318,7 @@ fn nats_auth(cli: &Cli) -> runtime_support::NatsAuth {
         tls_ca: cli.tls_ca.clone(),
         tls_cert: cli.tls_cert.clone(),
         tls_key: cli.tls_key.clone(),
+        inbox_prefix: None,
     }
 }
 

@@ -202,6 +202,7 @@ impl RegistryConfig {
             tls_ca: self.tls_ca.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            inbox_prefix: None,
         }
     }
 

@@ -127,6 +127,9 @@ pub struct NatsAuth {
     pub tls_cert: Option<std::path::PathBuf>,
     /// PEM key of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
+    /// The inbox prefix replies come under (a node's credentials allow only
+    /// its own: `_INBOX_<node id>`). Default `_INBOX`.
+    pub inbox_prefix: Option<String>,
 }
 
 /// Why the connection could not be set up as configured.
@@ -161,6 +164,9 @@ impl NatsAuth {
                         path: path.display().to_string(),
                         source,
                     })?;
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
         }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);

@@ -794,3 +794,41 @@ impl FakeOllama {
         state.loaded = models.iter().map(|s| (*s).to_owned()).collect();
     }
 }
+
+/// The installed unit's ExecStart, run by a fake systemctl as systemd would.
+pub fn fake_systemctl(dir: &Path, log: &Path, pidfile: &Path) -> PathBuf {
+    let path = dir.join("systemctl");
+    let script = format!(
+        r#"#!/usr/bin/env bash
+echo "$@" >> "{log}"
+if [ "$1" = enable ] && [ "$2" = --now ]; then
+  unit="$(dirname "$0")/root/etc/systemd/system/$3"
+  exec_start="$(sed -n 's/^ExecStart=//p' "$unit")"
+  STATE_DIRECTORY="$(dirname "$0")/root/var/lib/node-agent" nohup $exec_start > "{log}.agent" 2>&1 &
+  echo $! > "{pid}"
+fi
+exit 0
+"#,
+        log = log.display(),
+        pid = pidfile.display()
+    );
+    std::fs::write(&path, script).expect("write fake systemctl");
+    let status = Command::new("chmod")
+        .args(["+x", path.to_str().expect("utf-8")])
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    path
+}
+
+/// Kills the agent the fake systemctl started, whatever happens.
+#[derive(Debug)]
+pub struct KillOnDrop(pub PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}

@@ -1,13 +1,13 @@
 //! The node agent as a fleet owner installs it: capabilities kept current,
 //! services, configuration reloads, `status`, the join script and the unit.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use fleet_tests::{
-    agent_node_id, eventually, registry_client, spawn_agent, spawn_registry, wait_registry,
-    workspace_bin, workspace_root, AlertTap, FakeOllama, NatsServer, Proc,
+    agent_node_id, eventually, fake_systemctl, registry_client, spawn_agent, spawn_registry,
+    wait_registry, workspace_bin, workspace_root, AlertTap, FakeOllama, KillOnDrop, NatsServer,
+    Proc,
 };
 use nodectl::Client;
 use schemas::{DiscoverRequest, NodeRecord};
@@ -283,43 +283,6 @@ async fn node_agent_status_says_how_the_registry_sees_the_node() {
         serde_json::from_slice(&online.stdout).expect("status prints the record");
     assert_eq!(record.node_id, id);
     assert_eq!(record.status, "online");
-}
-
-/// The installed unit's ExecStart, run by a fake systemctl as systemd would.
-fn fake_systemctl(dir: &Path, log: &Path, pidfile: &Path) -> PathBuf {
-    let path = dir.join("systemctl");
-    let script = format!(
-        r#"#!/usr/bin/env bash
-echo "$@" >> "{log}"
-if [ "$1" = enable ] && [ "$2" = --now ]; then
-  unit="$(dirname "$0")/root/etc/systemd/system/$3"
-  exec_start="$(sed -n 's/^ExecStart=//p' "$unit")"
-  STATE_DIRECTORY="$(dirname "$0")/root/var/lib/node-agent" nohup $exec_start > "{log}.agent" 2>&1 &
-  echo $! > "{pid}"
-fi
-exit 0
-"#,
-        log = log.display(),
-        pid = pidfile.display()
-    );
-    std::fs::write(&path, script).expect("write fake systemctl");
-    let status = Command::new("chmod")
-        .args(["+x", path.to_str().expect("utf-8")])
-        .status()
-        .expect("chmod");
-    assert!(status.success());
-    path
-}
-
-/// Kills the agent the fake systemctl started, whatever happens.
-struct KillOnDrop(PathBuf);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -562,3 +562,95 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
     assert!(!ok);
     assert!(err.contains("does not match"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_script_joins_with_a_token() {
+    let s = setup().await;
+    let dir = s.auth.path().display().to_string();
+    let url = s.server.url();
+    let _registry = fleet_tests::spawn_registry_on(
+        &url,
+        s.server.temp_path("registry.log"),
+        "registry",
+        &[
+            "--creds",
+            &s.auth.creds_path("registry").display().to_string(),
+        ],
+        &[
+            (
+                "NODE_REGISTRY_JOIN_SIGNING_KEY",
+                &format!("{dir}/fleet-signing.nk"),
+            ),
+            ("NODE_REGISTRY_JOIN_ACCOUNT", &s.auth.account()),
+        ],
+    );
+    let admin = s.auth.creds_path("admin").display().to_string();
+    let token = fleet_tests::eventually("a token", Duration::from_secs(30), || async {
+        let (ok, token, _) = run_bin(
+            "nodectl",
+            &[
+                "--nats-url",
+                &url,
+                "--creds",
+                &admin,
+                "token",
+                "--dir",
+                &dir,
+                "create",
+                "--role",
+                "gateway",
+                "--labels",
+                "region=us",
+            ],
+        );
+        ok.then_some(token)
+    })
+    .await;
+
+    let work = tempfile::tempdir().expect("tmp");
+    let root = work.path().join("root");
+    let log = work.path().join("systemctl.log");
+    let pidfile = work.path().join("agent.pid");
+    let systemctl = fleet_tests::fake_systemctl(work.path(), &log, &pidfile);
+    let _cleanup = fleet_tests::KillOnDrop(pidfile.clone());
+    let script = fleet_tests::workspace_root().join("deploy/join-network.sh");
+    let binary = fleet_tests::workspace_bin("node-agent");
+    let (url2, root2) = (url.clone(), root.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(script)
+            .args(["--nats-url", &url2, "--token", &token, "--timeout", "30"])
+            .args(["--binary", binary.to_str().expect("utf-8")])
+            .args(["--prefix", root2.to_str().expect("utf-8")])
+            .args(["--systemctl", systemctl.to_str().expect("utf-8")])
+            .env_remove("NATS_URL")
+            .output()
+            .expect("join script runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "join failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    let creds = root.join("var/lib/node-agent/node.creds");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&creds)
+            .expect("node.creds")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (reader, _) = connect_as(&s.server, &s.auth, "reader", "_INBOX")
+        .await
+        .expect("reader connects");
+    let client = nodectl::Client::new(reader, subjects::Names::default());
+    let record = client.get(&id).await.expect("get").expect("known");
+    assert_eq!(record.role.as_deref(), Some("gateway"), "the token's role");
+    assert_eq!(record.labels.get("region").map(String::as_str), Some("us"));
+}
