@@ -218,6 +218,28 @@ impl AuthDir {
         self.write_jwts()
     }
 
+    /// Revokes a key issued elsewhere (a node that joined through the
+    /// registry) under `name`; returns the fleet account's new JWT.
+    pub fn revoke_key(&self, name: &str, public_key: &str) -> Result<String, AuthError> {
+        let mut users = self.issued()?;
+        let now = chrono::Utc::now().timestamp();
+        match users.iter_mut().find(|u| u.public_key == public_key) {
+            Some(user) => {
+                user.revoked_at.get_or_insert(now);
+            }
+            None => users.push(IssuedUser {
+                name: name.to_owned(),
+                role: "node".to_owned(),
+                public_key: public_key.to_owned(),
+                issued_at: now,
+                expires_at: None,
+                revoked_at: Some(now),
+            }),
+        }
+        self.save_issued(&users)?;
+        self.write_jwts()
+    }
+
     /// The fleet account's JWT as it stands (with every revocation).
     fn fleet_jwt(&self) -> Result<String, AuthError> {
         let revocations: BTreeMap<String, i64> = self

@@ -375,7 +375,16 @@ async fn auth(cli: &Cli, dir: &std::path::Path, command: &AuthCommand) -> Result
         }
         AuthCommand::Revoke { name, no_push } => {
             let dir = open()?;
-            let account = dir.revoke(name).map_err(|e| e.to_string())?;
+            let account = match dir.revoke(name) {
+                Ok(account) => account,
+                // Not issued here: a node that joined through the registry,
+                // whose key the registry remembers.
+                Err(fleet_auth::AuthError::UnknownUser(_)) => {
+                    let key = joined_key(cli, name).await?;
+                    dir.revoke_key(name, &key).map_err(|e| e.to_string())?
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             println!(
                 "revoked {name} in {}",
                 dir.path().join("fleet.jwt").display()
@@ -431,6 +440,33 @@ async fn auth(cli: &Cli, dir: &std::path::Path, command: &AuthCommand) -> Result
         }
     }
     Ok(())
+}
+
+/// The key a joined node was issued credentials for; its record is removed
+/// (the node id may join again with a fresh token).
+async fn joined_key(cli: &Cli, node_id: &str) -> Result<String, String> {
+    use fleet_auth::token::{node_key_key, NodeKeyRecord};
+    let client = Client::connect_with(&cli.nats_url, &nats_auth(cli))
+        .await
+        .map_err(|e| e.to_string())?;
+    let kv = async_nats::jetstream::new(client.nats().clone())
+        .get_key_value(subjects::BUCKET_REGISTRY_META)
+        .await
+        .map_err(|e| {
+            format!(
+                "the registry's {} bucket: {e}",
+                subjects::BUCKET_REGISTRY_META
+            )
+        })?;
+    let key = node_key_key(node_id);
+    let value = kv
+        .get(&key)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no credentials issued to {node_id} here or by a join"))?;
+    let record: NodeKeyRecord = serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+    kv.delete(&key).await.map_err(|e| e.to_string())?;
+    Ok(record.public_key)
 }
 
 /// Writes a token's record to `registry_meta` and returns the token.

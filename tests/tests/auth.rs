@@ -505,6 +505,29 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
         .expect("record");
     assert!(record.seq < Some(u64::MAX / 2), "the forged seq was taken");
 
+    // Revoking the joined node: its credentials are refused from then on.
+    let (ok, _, err) = run_bin(
+        "nodectl",
+        &[
+            "--nats-url",
+            &url,
+            "--creds",
+            &admin,
+            "auth",
+            "--dir",
+            &dir,
+            "revoke",
+            &node.node_id,
+        ],
+    );
+    assert!(ok, "{err}");
+    let refused = async_nats::ConnectOptions::new()
+        .credentials(&node_creds)
+        .expect("creds")
+        .connect(&url)
+        .await;
+    assert!(refused.is_err(), "a revoked joined node got in");
+
     // The same token again: refused, clearly.
     let other = s.server.temp_path("second").display().to_string();
     let (ok, _, err) = run_bin(
