@@ -677,3 +677,59 @@ async fn the_join_script_joins_with_a_token() {
     assert_eq!(record.role.as_deref(), Some("gateway"), "the token's role");
     assert_eq!(record.labels.get("region").map(String::as_str), Some("us"));
 }
+
+#[tokio::test]
+async fn in_auth_mode_a_crashed_agent_is_degraded_by_its_closed_connection() {
+    let s = setup().await;
+    let _registry = fleet_tests::spawn_registry_on(
+        &s.server.url(),
+        s.server.temp_path("registry.log"),
+        "registry",
+        &[
+            "--creds",
+            &s.auth.creds_path("registry").display().to_string(),
+            "--degraded-after",
+            "60s",
+            "--offline-after",
+            "120s",
+        ],
+        &[
+            ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
+            ("NODE_REGISTRY_DISCONNECT_GRACE", "1s"),
+        ],
+    );
+    let mut agent = fleet_tests::spawn_agent_on(
+        &s.server.url(),
+        &s.server.temp_path("agent-a"),
+        &[
+            "--node-id",
+            "node-a",
+            "--creds",
+            &s.auth.creds_path("node-a").display().to_string(),
+            "--heartbeat-interval",
+            "500ms",
+            "--ollama-url",
+            "http://127.0.0.1:9",
+        ],
+    );
+    let (admin, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
+        .await
+        .expect("admin connects");
+    let client = nodectl::Client::new(admin.clone(), subjects::Names::default());
+    let mut alerts = fleet_tests::AlertTap::new(&admin).await;
+    fleet_tests::eventually("node-a online", Duration::from_secs(30), || async {
+        let record = client.get("node-a").await.ok()??;
+        record.metrics.is_some().then_some(())
+    })
+    .await;
+    agent.kill9();
+    let degraded = alerts
+        .expect(
+            "node.degraded on the closed connection",
+            Duration::from_secs(20),
+            |a| a.r#type == "node.degraded" && a.node_id.as_deref() == Some("node-a"),
+        )
+        .await;
+    let message = degraded.message.unwrap_or_default();
+    assert!(message.contains("connection closed"), "{message}");
+}
