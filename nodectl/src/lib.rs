@@ -282,6 +282,33 @@ impl Client {
         }
     }
 
+    /// Asks the leader to `cordon`, `uncordon` or `deregister` a node (the
+    /// admin role); returns its answer (`{"ok":true,"node_id":..,"status":..}`).
+    pub async fn admin(
+        &self,
+        op: &str,
+        node_id: &str,
+        reason: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut request = serde_json::json!({"op": op, "node_id": node_id});
+        if let Some(reason) = reason {
+            request["reason"] = serde_json::json!(reason);
+        }
+        let payload = serde_json::to_vec(&request).unwrap_or_default();
+        let reply = self
+            .request_raw(subjects::REGISTRY_ADMIN, payload.into())
+            .await?;
+        if let Some(error) = service_error(&reply) {
+            return Err(ClientError::Service(error));
+        }
+        serde_json::from_slice(&reply.payload).map_err(|e| {
+            ClientError::Service(schemas::error::ServiceError::new(
+                schemas::error::ErrorCode::Internal,
+                format!("the leader's answer: {e}"),
+            ))
+        })
+    }
+
     /// Sends a raw JSON request and returns the raw reply: for tools and tests
     /// that check the wire itself.
     pub async fn request_raw(

@@ -79,6 +79,25 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Put a node in maintenance: not judged, not discovered as online (admin).
+    Cordon {
+        /// The node id.
+        id: String,
+    },
+    /// Take a node out of maintenance (admin).
+    Uncordon {
+        /// The node id.
+        id: String,
+    },
+    /// Remove a node's record (admin); for nodes gone for good. A live node
+    /// registers again: revoke its credentials first.
+    Deregister {
+        /// The node id.
+        id: String,
+        /// Why (kept in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Join tokens: one-time tokens a new machine exchanges for its own
     /// credentials (`node-agent join --token ...`).
     Token {
@@ -650,6 +669,27 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         // Handled before connecting.
         Command::Auth { .. } => {}
+        Command::Cordon { id } => {
+            let answer = client
+                .admin("cordon", &id, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", json_pretty(&answer)?);
+        }
+        Command::Uncordon { id } => {
+            let answer = client
+                .admin("uncordon", &id, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", json_pretty(&answer)?);
+        }
+        Command::Deregister { id, reason } => {
+            let answer = client
+                .admin("deregister", &id, reason.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", json_pretty(&answer)?);
+        }
         Command::Token {
             dir,
             command: TokenCommand::Create { role, labels, ttl },

@@ -12,6 +12,7 @@ use futures::{FutureExt, StreamExt};
 use registry_kv::alerts::AlertPublisher;
 use registry_kv::{EncodedRecord, RecordStore, StoreError};
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
+use schemas::error::{ErrorCode, ServiceError};
 use schemas::validate::{validate_event, ValidEvent};
 use schemas::{Alert, NodeEvent, TaskRequest};
 use subjects::NodeId;
@@ -247,6 +248,21 @@ impl<S: RecordStore> Worker<S> {
             }
         };
         let events_stream = consumer.cached_info().stream_name.clone();
+        // Admin requests are the leader's: only it changes records.
+        let mut admin = match self
+            .client
+            .queue_subscribe(
+                subjects::REGISTRY_ADMIN,
+                subjects::SERVICE_QUEUE_GROUP.into(),
+            )
+            .await
+        {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                warn!(error = %e, "not serving admin requests");
+                None
+            }
+        };
         loop {
             if messages.is_none() {
                 // Short pulls with idle heartbeats: a pull lost with a server
@@ -305,6 +321,12 @@ impl<S: RecordStore> Worker<S> {
                         None => std::future::pending().await,
                     }
                 } => self.on_connection_event(&message),
+                Some(message) = async {
+                    match admin.as_mut() {
+                        Some(admin) => admin.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_admin(message).instrument(info_span!("admin")).await,
                 Some(message) = async {
                     match elections.as_mut() {
                         Some(elections) => elections.next().await,
@@ -429,6 +451,56 @@ impl<S: RecordStore> Worker<S> {
                     info!(node_id = %id, reason = %event.reason, "connection closed; degraded unless it is heard from within the grace");
                 }
             }
+        }
+    }
+
+    /// Applies one admin request (cordon, uncordon, deregister) and answers.
+    async fn on_admin(&mut self, message: async_nats::Message) {
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        let result = match AdminRequest::decode(&message.payload) {
+            Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e)),
+            Ok(request) => {
+                let now = self.clock.now();
+                // One id per request: a retried request is a new decision.
+                let cause = format!("admin/{}", uuid::Uuid::new_v4());
+                let applied = match request.op {
+                    AdminOp::Cordon => self.fleet.cordon(&request.node_id, now, &cause),
+                    AdminOp::Uncordon => self.fleet.uncordon(&request.node_id, now, &cause),
+                    AdminOp::Deregister => self.fleet.remove(
+                        &request.node_id,
+                        now,
+                        &cause,
+                        request.reason.as_deref().unwrap_or("no reason given"),
+                    ),
+                };
+                match applied {
+                    None => Err(ServiceError::new(
+                        ErrorCode::NotFound,
+                        format!("no node {}", request.node_id),
+                    )),
+                    Some(effects) => {
+                        let done = self.execute(effects).await;
+                        let status = self
+                            .fleet
+                            .get(&request.node_id)
+                            .map(|n| n.status.to_string());
+                        info!(op = ?request.op, node_id = %request.node_id, ?status, "admin request applied");
+                        serde_json::to_vec(&serde_json::json!({
+                            "ok": true,
+                            "node_id": request.node_id.as_str(),
+                            "status": status,
+                            "stored": done,
+                        }))
+                        .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))
+                    }
+                }
+            }
+        };
+        let (headers, body) = schemas::nats::reply_parts(result, Encoding::Json);
+        if let Err(e) = self.client.publish_with_headers(reply, headers, body).await {
+            warn!(error = %e, "answering an admin request");
         }
     }
 
@@ -717,6 +789,53 @@ impl<S: RecordStore> Worker<S> {
             }
             Err(e) => warn!(node_id = %id, error = %e, "sending reannounce"),
         }
+    }
+}
+
+/// What an admin asks of the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AdminOp {
+    Cordon,
+    Uncordon,
+    Deregister,
+}
+
+/// A request on `registry.admin`. Unknown fields are an error.
+#[derive(Debug)]
+struct AdminRequest {
+    op: AdminOp,
+    node_id: NodeId,
+    reason: Option<String>,
+}
+
+impl AdminRequest {
+    /// Largest admin request read.
+    const MAX_BYTES: usize = 4096;
+
+    fn decode(payload: &[u8]) -> Result<Self, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wire {
+            op: AdminOp,
+            node_id: String,
+            #[serde(default)]
+            reason: Option<String>,
+        }
+        if payload.len() > Self::MAX_BYTES {
+            return Err(format!("admin request over {} bytes", Self::MAX_BYTES));
+        }
+        let wire: Wire =
+            serde_json::from_slice(payload).map_err(|e| format!("admin request: {e}"))?;
+        let node_id = NodeId::parse(&wire.node_id).map_err(|e| e.to_string())?;
+        if wire.reason.as_ref().is_some_and(|r| r.len() > 256) {
+            return Err("reason over 256 bytes".into());
+        }
+        Ok(Self {
+            op: wire.op,
+            node_id,
+            reason: wire.reason,
+        })
     }
 }
 

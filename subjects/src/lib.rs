@@ -47,6 +47,9 @@ pub const SERVICE_QUEUE_GROUP: &str = "registry";
 pub const ENDPOINT_DISCOVER: &str = "discover";
 /// Endpoint name of [`REGISTRY_GET`].
 pub const ENDPOINT_GET: &str = "get";
+/// Admin requests to the leader: cordon, uncordon, deregister a node
+/// (`{"op":"cordon","node_id":"..."}`); people with the admin role only.
+pub const REGISTRY_ADMIN: &str = "registry.admin";
 /// Join: a machine exchanges a join token for its node credentials.
 pub const REGISTRY_JOIN: &str = "registry.join";
 /// Endpoint name of [`REGISTRY_JOIN`].

@@ -252,6 +252,11 @@ async fn the_registry_and_an_agent_run_with_their_own_credentials() {
         .await
         .expect("sent");
     violation(&mut errors, "node.node-a.tasks").await;
+    reader
+        .publish(subjects::REGISTRY_ADMIN, "{}".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, subjects::REGISTRY_ADMIN).await;
     // The registry can reach the node (a task round trip through the
     // node's own inbox rules).
     let (admin, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
@@ -263,6 +268,13 @@ async fn the_registry_and_an_agent_run_with_their_own_credentials() {
         .expect("the node answers a task");
     let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
     assert_eq!(reply["node_id"], "node-a", "{reply}");
+    // An admin may cordon.
+    let admin_client = nodectl::Client::new(admin.clone(), subjects::Names::default());
+    let answer = admin_client
+        .admin("cordon", "node-a", None)
+        .await
+        .expect("an admin cordons");
+    assert_eq!(answer["status"], "maintenance", "{answer}");
     drop((registry, agent));
 }
 

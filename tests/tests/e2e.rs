@@ -795,3 +795,85 @@ async fn a_nats_server_restart_loses_nothing_and_raises_no_alarm() {
         .await;
     drop((a, registry));
 }
+
+#[tokio::test]
+async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "registry");
+    let client = registry_client(&server).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let mut node = agent(&server, "a", &[]);
+    let id = agent_node_id(&server, "a").await;
+    wait_online(&client, 1).await;
+
+    // Cordoned: in maintenance, not discovered as online, never judged
+    // (even when it dies).
+    let answer = client.admin("cordon", &id, None).await.expect("cordon");
+    assert_eq!(answer["status"], "maintenance", "{answer}");
+    let alert = alerts
+        .expect("node.maintenance", SOON, |a| {
+            a.r#type == "node.maintenance" && a.node_id.as_deref() == Some(id.as_str())
+        })
+        .await;
+    assert_eq!(alert.previous_status.as_deref(), Some("online"));
+    assert!(discover(&client, "{}").await.is_empty());
+    assert_eq!(
+        discover(&client, r#"{"status":"maintenance"}"#).await,
+        vec![id.clone()]
+    );
+    node.kill9();
+    let quiet = alerts.collect_for(DEGRADED_AFTER * 2).await;
+    assert!(
+        !quiet.iter().any(|a| a.r#type == "node.degraded"),
+        "a cordoned node was judged: {quiet:?}"
+    );
+
+    // Uncordoned: online, judged again after a fresh window (it is dead:
+    // degraded then).
+    let answer = client.admin("uncordon", &id, None).await.expect("uncordon");
+    assert_eq!(answer["status"], "online", "{answer}");
+    let back = alerts
+        .expect("node.online", SOON, |a| {
+            a.r#type == "node.online" && a.node_id.as_deref() == Some(id.as_str())
+        })
+        .await;
+    assert_eq!(back.previous_status.as_deref(), Some("maintenance"));
+    let degraded = alerts
+        .expect("node.degraded after the fresh window", SOON, |a| {
+            a.r#type == "node.degraded" && a.node_id.as_deref() == Some(id.as_str())
+        })
+        .await;
+    assert!(
+        time(&degraded.at) - time(&back.at)
+            >= chrono::Duration::from_std(DEGRADED_AFTER).expect("d")
+    );
+
+    // Deregistered by the operator: the record is gone, with an alert.
+    let answer = client
+        .admin("deregister", &id, Some("decommissioned"))
+        .await
+        .expect("deregister");
+    assert_eq!(answer["ok"], true, "{answer}");
+    let gone = alerts
+        .expect("node.deregistered", SOON, |a| {
+            a.r#type == "node.deregistered" && a.node_id.as_deref() == Some(id.as_str())
+        })
+        .await;
+    assert!(gone.message.unwrap_or_default().contains("decommissioned"));
+    eventually("the record to be deleted", SOON, || async {
+        client.get(&id).await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // Bad requests get coded errors.
+    let unknown = client.admin("cordon", "node-nobody", None).await;
+    assert!(
+        matches!(&unknown, Err(nodectl::ClientError::Service(e)) if e.code == 404),
+        "{unknown:?}"
+    );
+    let bad = client.admin("reboot", &id, None).await;
+    assert!(
+        matches!(&bad, Err(nodectl::ClientError::Service(e)) if e.code == 400),
+        "{bad:?}"
+    );
+}
