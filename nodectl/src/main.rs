@@ -381,6 +381,25 @@ async fn auth(cli: &Cli, dir: &std::path::Path, command: &AuthCommand) -> Result
                 }
             };
             let path = dir.issue(&role, name, *ttl).map_err(|e| e.to_string())?;
+            // The registry checks a node's event signatures against the key
+            // it knows for it: tell it (with --creds, an admin's).
+            if matches!(role, Role::Node(_)) {
+                let key = dir
+                    .issued()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .rev()
+                    .find(|u| u.name == *name)
+                    .map(|u| u.public_key)
+                    .ok_or("the issued user is missing from issued.json")?;
+                if cli.creds.is_some() {
+                    remember_node_key(cli, name, &key).await?;
+                } else {
+                    eprintln!(
+                        "note: without --creds the registry is not told {name}'s key; its events go unchecked until it is"
+                    );
+                }
+            }
             let path = match out {
                 Some(out) => {
                     let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
@@ -458,6 +477,33 @@ async fn auth(cli: &Cli, dir: &std::path::Path, command: &AuthCommand) -> Result
             );
         }
     }
+    Ok(())
+}
+
+/// Tells the registry a node's key (`nodekey.<id>` in `registry_meta`).
+async fn remember_node_key(cli: &Cli, node_id: &str, public_key: &str) -> Result<(), String> {
+    use fleet_auth::token::{node_key_key, NodeKeyRecord};
+    let client = Client::connect_with(&cli.nats_url, &nats_auth(cli))
+        .await
+        .map_err(|e| e.to_string())?;
+    let kv = async_nats::jetstream::new(client.nats().clone())
+        .get_key_value(subjects::BUCKET_REGISTRY_META)
+        .await
+        .map_err(|e| {
+            format!(
+                "the registry's {} bucket: {e}",
+                subjects::BUCKET_REGISTRY_META
+            )
+        })?;
+    let record = NodeKeyRecord {
+        public_key: public_key.to_owned(),
+        joined_at: schemas::time::format(Utc::now()),
+        token_id: "issued".to_owned(),
+    };
+    let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+    kv.put(node_key_key(node_id), value.into())
+        .await
+        .map_err(|e| format!("storing {node_id}'s key: {e}"))?;
     Ok(())
 }
 

@@ -745,3 +745,110 @@ async fn in_auth_mode_a_crashed_agent_is_degraded_by_its_closed_connection() {
     let message = degraded.message.unwrap_or_default();
     assert!(message.contains("connection closed"), "{message}");
 }
+
+#[tokio::test]
+async fn a_node_issued_by_nodectl_has_its_events_checked_too() {
+    let s = setup().await;
+    let dir = s.auth.path().display().to_string();
+    let url = s.server.url();
+    let _registry = fleet_tests::spawn_registry_on(
+        &url,
+        s.server.temp_path("registry.log"),
+        "registry",
+        &[
+            "--creds",
+            &s.auth.creds_path("registry").display().to_string(),
+        ],
+        &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")],
+    );
+    let admin = s.auth.creds_path("admin").display().to_string();
+    let creds = s.server.temp_path("node-c.creds").display().to_string();
+    fleet_tests::eventually(
+        "nodectl auth issue to reach the registry",
+        Duration::from_secs(30),
+        || async {
+            let (ok, _, _) = run_bin(
+                "nodectl",
+                &[
+                    "--nats-url",
+                    &url,
+                    "--creds",
+                    &admin,
+                    "auth",
+                    "--dir",
+                    &dir,
+                    "issue",
+                    "--role",
+                    "node",
+                    "--name",
+                    "node-c",
+                    "--out",
+                    &creds,
+                ],
+            );
+            ok.then_some(())
+        },
+    )
+    .await;
+    let _agent = fleet_tests::spawn_agent_on(
+        &url,
+        &s.server.temp_path("agent-c"),
+        &[
+            "--node-id",
+            "node-c",
+            "--creds",
+            &creds,
+            "--heartbeat-interval",
+            "500ms",
+            "--ollama-url",
+            "http://127.0.0.1:9",
+        ],
+    );
+    let (admin_conn, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
+        .await
+        .expect("admin connects");
+    let client = nodectl::Client::new(admin_conn.clone(), subjects::Names::default());
+    fleet_tests::eventually(
+        "node-c's signed events accepted",
+        Duration::from_secs(30),
+        || async {
+            let record = client.get("node-c").await.ok()??;
+            record.metrics.is_some().then_some(())
+        },
+    )
+    .await;
+    // Unsigned, with the node's own credentials: refused.
+    let as_node = async_nats::ConnectOptions::new()
+        .credentials(&std::fs::read_to_string(&creds).expect("creds"))
+        .expect("creds")
+        .custom_inbox_prefix("_INBOX_node-c")
+        .connect(&url)
+        .await
+        .expect("node-c connects");
+    jetstream::new(as_node)
+        .publish(
+            "node.node-c.events",
+            format!(
+                r#"{{"type":"heartbeat","node_id":"node-c","seq":{}}}"#,
+                u64::MAX / 2
+            )
+            .into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    fleet_tests::eventually(
+        "the unsigned event to be refused",
+        Duration::from_secs(20),
+        || async {
+            let reply = admin_conn
+                .request(format!("$SRV.STATS.{}", subjects::SERVICE_NAME), "".into())
+                .await
+                .ok()?;
+            let stats: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+            (stats["endpoints"][0]["data"]["events_forged"].as_u64() >= Some(1)).then_some(())
+        },
+    )
+    .await;
+}
