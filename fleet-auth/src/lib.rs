@@ -169,3 +169,34 @@ mod signature_tests {
         assert!(!verify_event("nonsense", payload, &signature));
     }
 }
+
+/// A node's public key, parsed once, for checking many event signatures.
+#[derive(Debug)]
+pub struct EventKey(Option<KeyPair>);
+
+impl EventKey {
+    /// Parses a public user nkey.
+    pub fn parse(public_key: &str) -> Result<Self, AuthError> {
+        KeyPair::from_public_key(public_key)
+            .map(|k| Self(Some(k)))
+            .map_err(|e| AuthError::Key(e.to_string()))
+    }
+
+    /// A key that verifies nothing (one on record that does not parse: the
+    /// node's events must not pass unchecked).
+    pub fn unusable() -> Self {
+        Self(None)
+    }
+
+    /// Whether `signature` (as [`sign_event`] writes it) is this key's over
+    /// `payload`.
+    pub fn verify(&self, payload: &[u8], signature: &str) -> bool {
+        use base64::Engine;
+        let Some(key) = &self.0 else {
+            return false;
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .is_ok_and(|signature| key.verify(payload, &signature).is_ok())
+    }
+}

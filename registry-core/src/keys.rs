@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use fleet_auth::token::NodeKeyRecord;
+use fleet_auth::EventKey;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -15,25 +16,35 @@ use tracing::{debug, warn};
 /// The prefix of node-key entries.
 const PREFIX: &str = "nodekey.";
 
-/// Node id → public key of every joined node.
+/// Node id → public key (parsed once) of every joined node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeKeys {
-    keys: Arc<RwLock<HashMap<String, String>>>,
+    keys: Arc<RwLock<HashMap<String, Arc<EventKey>>>>,
 }
 
 impl NodeKeys {
-    /// The public key of `node_id`, if it joined.
-    pub fn get(&self, node_id: &str) -> Option<String> {
+    /// The key of `node_id`, if it joined.
+    pub fn get(&self, node_id: &str) -> Option<Arc<EventKey>> {
         self.keys.read().ok()?.get(node_id).cloned()
     }
 
-    /// Sets (or with `None` forgets) a node's key.
+    /// Sets (or with `None` forgets) a node's key; a key that does not
+    /// parse is forgotten (its events then fail their check).
     pub fn set(&self, node_id: &str, key: Option<String>) {
+        let parsed = key.map(|k| (EventKey::parse(&k), k));
         if let Ok(mut keys) = self.keys.write() {
-            match key {
-                Some(key) => keys.insert(node_id.to_owned(), key),
-                None => keys.remove(node_id),
-            };
+            match parsed {
+                Some((Ok(key), _)) => {
+                    keys.insert(node_id.to_owned(), Arc::new(key));
+                }
+                Some((Err(e), text)) => {
+                    warn!(node_id, key = %text, error = %e, "unusable node key");
+                    keys.insert(node_id.to_owned(), Arc::new(EventKey::unusable()));
+                }
+                None => {
+                    keys.remove(node_id);
+                }
+            }
         }
     }
 

@@ -199,7 +199,7 @@ impl<S: RecordStore> Worker<S> {
             .and_then(|h| h.get(fleet_auth::SIGNATURE_HEADER))
             .map(|v| v.as_str().to_owned())
             .ok_or(Rejection::Forged("no signature"))?;
-        if !fleet_auth::verify_event(&public, &message.payload, &signature) {
+        if !public.verify(&message.payload, &signature) {
             return Err(Rejection::Forged("the signature is not the node's"));
         }
         let seq = event.event.seq.ok_or(Rejection::Forged("no seq"))?;
