@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${FUZZ_SECONDS:-600}"
-targets=(event_json event_protobuf discover_request subjects)
+targets=(event_json event_protobuf discover_request subjects control_input)
 cargo +nightly fuzz build -O
 status=0
 for ((i = 0; i < ${#targets[@]}; i += 2)); do

@@ -792,6 +792,20 @@ impl<S: RecordStore> Worker<S> {
     }
 }
 
+/// Reads a connection advisory as the worker does: the connection's name,
+/// or why it would be dropped (for the fuzz targets).
+pub fn read_connection_advisory(payload: &[u8]) -> Result<String, String> {
+    ConnectionEvent::decode(payload)
+        .map(|event| event.name)
+        .map_err(|e| e.to_string())
+}
+
+/// Reads an admin request as the worker does: the node it names, or why
+/// it would be refused (for the fuzz targets).
+pub fn read_admin_request(payload: &[u8]) -> Result<String, String> {
+    AdminRequest::decode(payload).map(|request| request.node_id.to_string())
+}
+
 /// What an admin asks of the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
