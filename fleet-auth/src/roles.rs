@@ -61,7 +61,7 @@ impl Role {
                 "pub": {
                     "allow": [
                         "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$SRV.>",
-                        "registry.>", subjects::NODE_TASKS_FILTER, "_INBOX.>",
+                        subjects::REGISTRY_FILTER, subjects::NODE_TASKS_FILTER, "_INBOX.>",
                     ],
                     "deny": [subjects::NODE_EVENTS_FILTER, subjects::SYSTEM_BROADCAST],
                 },

@@ -480,21 +480,26 @@ async fn auth(cli: &Cli, dir: &std::path::Path, command: &AuthCommand) -> Result
     Ok(())
 }
 
+/// The registry's `registry_meta` bucket (lease, join tokens, node keys).
+async fn registry_meta(client: &Client) -> Result<async_nats::jetstream::kv::Store, String> {
+    async_nats::jetstream::new(client.nats().clone())
+        .get_key_value(subjects::BUCKET_REGISTRY_META)
+        .await
+        .map_err(|e| {
+            format!(
+                "the registry's {} bucket: {e} (is the registry running?)",
+                subjects::BUCKET_REGISTRY_META
+            )
+        })
+}
+
 /// Tells the registry a node's key (`nodekey.<id>` in `registry_meta`).
 async fn remember_node_key(cli: &Cli, node_id: &str, public_key: &str) -> Result<(), String> {
     use fleet_auth::token::{node_key_key, NodeKeyRecord};
     let client = Client::connect_with(&cli.nats_url, &nats_auth(cli))
         .await
         .map_err(|e| e.to_string())?;
-    let kv = async_nats::jetstream::new(client.nats().clone())
-        .get_key_value(subjects::BUCKET_REGISTRY_META)
-        .await
-        .map_err(|e| {
-            format!(
-                "the registry's {} bucket: {e}",
-                subjects::BUCKET_REGISTRY_META
-            )
-        })?;
+    let kv = registry_meta(&client).await?;
     let record = NodeKeyRecord {
         public_key: public_key.to_owned(),
         joined_at: schemas::time::format(Utc::now()),
@@ -514,15 +519,7 @@ async fn joined_key(cli: &Cli, node_id: &str) -> Result<String, String> {
     let client = Client::connect_with(&cli.nats_url, &nats_auth(cli))
         .await
         .map_err(|e| e.to_string())?;
-    let kv = async_nats::jetstream::new(client.nats().clone())
-        .get_key_value(subjects::BUCKET_REGISTRY_META)
-        .await
-        .map_err(|e| {
-            format!(
-                "the registry's {} bucket: {e}",
-                subjects::BUCKET_REGISTRY_META
-            )
-        })?;
+    let kv = registry_meta(&client).await?;
     let key = node_key_key(node_id);
     let value = kv
         .get(&key)
@@ -572,15 +569,7 @@ async fn create_token(
         used_at: None,
         node_id: None,
     };
-    let kv = async_nats::jetstream::new(client.nats().clone())
-        .get_key_value(subjects::BUCKET_REGISTRY_META)
-        .await
-        .map_err(|e| {
-            format!(
-                "the registry's {} bucket: {e} (is the registry running?)",
-                subjects::BUCKET_REGISTRY_META
-            )
-        })?;
+    let kv = registry_meta(client).await?;
     let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
     kv.create(token_key(&token.id), value.into())
         .await

@@ -47,6 +47,9 @@ pub const SERVICE_QUEUE_GROUP: &str = "registry";
 pub const ENDPOINT_DISCOVER: &str = "discover";
 /// Endpoint name of [`REGISTRY_GET`].
 pub const ENDPOINT_GET: &str = "get";
+/// Every registry request subject (`registry.discover`, `.get`, `.list`,
+/// `.join`, `.admin`).
+pub const REGISTRY_FILTER: &str = "registry.>";
 /// Admin requests to the leader: cordon, uncordon, deregister a node
 /// (`{"op":"cordon","node_id":"..."}`); people with the admin role only.
 pub const REGISTRY_ADMIN: &str = "registry.admin";

@@ -194,9 +194,14 @@ impl NatsServer {
     pub async fn start_plain(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
         std::fs::write(dir.path().join("extra.conf"), config).expect("write nats-server config");
+        Self::start_in(dir, free_port()).await
+    }
+
+    /// Starts the server whose `extra.conf` is in `dir`, on `port`.
+    async fn start_in(dir: tempfile::TempDir, port: u16) -> Self {
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port,
             dir,
         };
         server.spawn().await;
@@ -219,13 +224,7 @@ impl NatsServer {
             format!("include \"auth.conf\"\n{config}\n"),
         )
         .expect("write nats-server config");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            dir,
-        };
-        server.spawn().await;
-        server
+        Self::start_in(dir, free_port()).await
     }
 
     /// Starts a server on a given port (for clients started before it).
@@ -243,13 +242,7 @@ impl NatsServer {
             format!("include \"accounts.conf\"\n{config}\n"),
         )
         .expect("write nats-server config");
-        let mut server = Self {
-            child: None,
-            port,
-            dir,
-        };
-        server.spawn().await;
-        server
+        Self::start_in(dir, port).await
     }
 
     async fn spawn(&mut self) {

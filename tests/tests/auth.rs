@@ -92,6 +92,33 @@ async fn setup() -> Setup {
     }
 }
 
+/// The registry with its own credentials, and with the account's signing
+/// key (serving joins) when `joins`.
+fn start_registry(
+    s: &Setup,
+    joins: bool,
+    extra_args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> fleet_tests::Proc {
+    let creds = s.auth.creds_path("registry").display().to_string();
+    let key = s.auth.path().join("fleet-signing.nk").display().to_string();
+    let account = s.auth.account();
+    let mut args = vec!["--creds", creds.as_str()];
+    args.extend_from_slice(extra_args);
+    let mut envs = extra_env.to_vec();
+    if joins {
+        envs.push(("NODE_REGISTRY_JOIN_SIGNING_KEY", key.as_str()));
+        envs.push(("NODE_REGISTRY_JOIN_ACCOUNT", account.as_str()));
+    }
+    fleet_tests::spawn_registry_on(
+        &s.server.url(),
+        s.server.temp_path("registry.log"),
+        "registry",
+        &args,
+        &envs,
+    )
+}
+
 #[tokio::test]
 async fn a_node_touches_only_what_is_its_own() {
     let s = setup().await;
@@ -202,16 +229,7 @@ async fn absent_revoked_and_expired_credentials_are_refused() {
 #[tokio::test]
 async fn the_registry_and_an_agent_run_with_their_own_credentials() {
     let s = setup().await;
-    let registry = fleet_tests::spawn_registry_on(
-        &s.server.url(),
-        s.server.temp_path("registry.log"),
-        "registry",
-        &[
-            "--creds",
-            &s.auth.creds_path("registry").display().to_string(),
-        ],
-        &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")],
-    );
+    let registry = start_registry(&s, false, &[], &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")]);
     let agent = fleet_tests::spawn_agent_on(
         &s.server.url(),
         &s.server.temp_path("agent-a"),
@@ -291,61 +309,50 @@ fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `nodectl token create` as the admin: (success, token, stderr).
+fn create_token(s: &Setup, role: &str, labels: &str, ttl: &str) -> (bool, String, String) {
+    let url = s.server.url();
+    let admin = s.auth.creds_path("admin").display().to_string();
+    let dir = s.auth.path().display().to_string();
+    run_bin(
+        "nodectl",
+        &[
+            "--nats-url",
+            &url,
+            "--creds",
+            &admin,
+            "token",
+            "--dir",
+            &dir,
+            "create",
+            "--role",
+            role,
+            "--labels",
+            labels,
+            "--ttl",
+            ttl,
+        ],
+    )
+}
+
+/// A one-hour token, once the registry has provisioned `registry_meta`.
+async fn first_token(s: &Setup, role: &str, labels: &str) -> String {
+    fleet_tests::eventually("a join token", Duration::from_secs(30), || async {
+        let (ok, token, _) = create_token(s, role, labels, "1h");
+        ok.then_some(token)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
     let s = setup().await;
     let dir = s.auth.path().display().to_string();
     let url = s.server.url();
-    let _registry = fleet_tests::spawn_registry_on(
-        &url,
-        s.server.temp_path("registry.log"),
-        "registry",
-        &[
-            "--creds",
-            &s.auth.creds_path("registry").display().to_string(),
-        ],
-        &[
-            (
-                "NODE_REGISTRY_JOIN_SIGNING_KEY",
-                &format!("{dir}/fleet-signing.nk"),
-            ),
-            ("NODE_REGISTRY_JOIN_ACCOUNT", &s.auth.account()),
-        ],
-    );
+    let _registry = start_registry(&s, true, &[], &[]);
     let admin = s.auth.creds_path("admin").display().to_string();
-    let token_args = |ttl: &'static str| {
-        let (dir, url, admin) = (dir.clone(), url.clone(), admin.clone());
-        move || {
-            let args = [
-                "--nats-url",
-                &url,
-                "--creds",
-                &admin,
-                "token",
-                "--dir",
-                &dir,
-                "create",
-                "--role",
-                "inference",
-                "--labels",
-                "gpu,region=eu",
-                "--ttl",
-                ttl,
-            ];
-            let (ok, token, err) = run_bin("nodectl", &args);
-            (ok, token, err)
-        }
-    };
     // The registry provisions registry_meta; a token can be stored then.
-    let make = token_args("1h");
-    let token = fleet_tests::eventually("a token", Duration::from_secs(30), || {
-        let make = &make;
-        async move {
-            let (ok, token, _) = make();
-            ok.then_some(token)
-        }
-    })
-    .await;
+    let token = first_token(&s, "inference", "gpu,region=eu").await;
     assert!(token.starts_with("fjt1_"), "{token}");
 
     // The bootstrap credentials inside the token can do nothing but join.
@@ -559,7 +566,7 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
     assert!(err.contains("already used"), "{err}");
 
     // An expired token: refused, clearly.
-    let (ok, expiring, err) = token_args("1s")();
+    let (ok, expiring, err) = create_token(&s, "inference", "gpu,region=eu", "1s");
     assert!(ok, "{err}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (ok, _, err) = run_bin(
@@ -601,46 +608,9 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_join_script_joins_with_a_token() {
     let s = setup().await;
-    let dir = s.auth.path().display().to_string();
     let url = s.server.url();
-    let _registry = fleet_tests::spawn_registry_on(
-        &url,
-        s.server.temp_path("registry.log"),
-        "registry",
-        &[
-            "--creds",
-            &s.auth.creds_path("registry").display().to_string(),
-        ],
-        &[
-            (
-                "NODE_REGISTRY_JOIN_SIGNING_KEY",
-                &format!("{dir}/fleet-signing.nk"),
-            ),
-            ("NODE_REGISTRY_JOIN_ACCOUNT", &s.auth.account()),
-        ],
-    );
-    let admin = s.auth.creds_path("admin").display().to_string();
-    let token = fleet_tests::eventually("a token", Duration::from_secs(30), || async {
-        let (ok, token, _) = run_bin(
-            "nodectl",
-            &[
-                "--nats-url",
-                &url,
-                "--creds",
-                &admin,
-                "token",
-                "--dir",
-                &dir,
-                "create",
-                "--role",
-                "gateway",
-                "--labels",
-                "region=us",
-            ],
-        );
-        ok.then_some(token)
-    })
-    .await;
+    let _registry = start_registry(&s, true, &[], &[]);
+    let token = first_token(&s, "gateway", "region=us").await;
 
     let work = tempfile::tempdir().expect("tmp");
     let root = work.path().join("root");
@@ -693,18 +663,10 @@ async fn the_join_script_joins_with_a_token() {
 #[tokio::test]
 async fn in_auth_mode_a_crashed_agent_is_degraded_by_its_closed_connection() {
     let s = setup().await;
-    let _registry = fleet_tests::spawn_registry_on(
-        &s.server.url(),
-        s.server.temp_path("registry.log"),
-        "registry",
-        &[
-            "--creds",
-            &s.auth.creds_path("registry").display().to_string(),
-            "--degraded-after",
-            "60s",
-            "--offline-after",
-            "120s",
-        ],
+    let _registry = start_registry(
+        &s,
+        false,
+        &["--degraded-after", "60s", "--offline-after", "120s"],
         &[
             ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
             ("NODE_REGISTRY_DISCONNECT_GRACE", "1s"),
@@ -751,16 +713,7 @@ async fn a_node_issued_by_nodectl_has_its_events_checked_too() {
     let s = setup().await;
     let dir = s.auth.path().display().to_string();
     let url = s.server.url();
-    let _registry = fleet_tests::spawn_registry_on(
-        &url,
-        s.server.temp_path("registry.log"),
-        "registry",
-        &[
-            "--creds",
-            &s.auth.creds_path("registry").display().to_string(),
-        ],
-        &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")],
-    );
+    let _registry = start_registry(&s, false, &[], &[("NODE_REGISTRY_SWEEP_INTERVAL", "100ms")]);
     let admin = s.auth.creds_path("admin").display().to_string();
     let creds = s.server.temp_path("node-c.creds").display().to_string();
     fleet_tests::eventually(
