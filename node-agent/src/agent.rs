@@ -138,7 +138,7 @@ async fn run_as(
         .name(id.as_str())
         // Replies come under the node's own prefix: in auth mode that is the
         // only inbox its credentials may subscribe to.
-        .custom_inbox_prefix(format!("_INBOX_{id}"))
+        .custom_inbox_prefix(fleet_auth::node_inbox_prefix(&id))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {

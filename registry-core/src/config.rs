@@ -189,6 +189,12 @@ impl RegistryConfig {
         if self.lease_ttl < Duration::from_millis(300) {
             return invalid("lease_ttl must be at least 300ms".into());
         }
+        if self.join_signing_key.is_some() != self.join_account.is_some() {
+            return invalid("join_signing_key and join_account go together".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together".into());
+        }
         if self.replicas == 0 || self.replicas > 5 {
             return invalid("replicas must be 1 to 5".into());
         }
@@ -276,6 +282,10 @@ mod tests {
             };
             let err = RegistryConfig::load(None, &overrides).expect_err("offline < degraded");
             assert!(err.to_string().contains("offline_after"));
+            jail.set_env("NODE_REGISTRY_JOIN_SIGNING_KEY", "/keys/fleet-signing.nk");
+            let err =
+                RegistryConfig::load(None, &Overrides::default()).expect_err("half a join key");
+            assert!(err.to_string().contains("join_account"), "{err}");
             Ok(())
         });
     }
