@@ -65,8 +65,8 @@ echo "==> nats-server $("$NATS_BIN" --version | grep -oE '[0-9.]+$') on $NATS_UR
 pids+=($!)
 for _ in $(seq 100); do port_busy "$port" && break; sleep 0.1; done
 
-echo "==> node-registry (degraded after 10s, offline after 30s, for the demo)"
-"$bin/node-registry" "${registry_auth[@]}" --degraded-after 10s --offline-after 30s >"$work/registry.log" 2>&1 &
+echo "==> node-registry (degraded after 10s of silence or 3s after a closed connection, offline after 30s, for the demo)"
+NODE_REGISTRY_DISCONNECT_GRACE=3s "$bin/node-registry" "${registry_auth[@]}" --degraded-after 10s --offline-after 30s >"$work/registry.log" 2>&1 &
 registry_pid=$!
 pids+=("$registry_pid")
 
@@ -123,7 +123,7 @@ node = reply["nodes"][0]
 keep = {k: node[k] for k in ("node_id", "node_name", "role", "labels", "status", "last_heartbeat") if k in node}
 print(json.dumps({"total": reply["total"], "nodes[0]": keep}, indent=2))'
 echo
-echo "==> killing the laptop agent with SIGKILL: watch it go degraded (10s), then offline (30s)"
+echo "==> killing the laptop agent with SIGKILL: watch it go degraded (3s after the server reports its connection closed), then offline (30s of silence)"
 { kill -9 "$laptop_pid"; wait "$laptop_pid"; } 2>/dev/null || true
 echo "\$ nodectl alerts --since 1m --follow      (Ctrl-C to stop the demo)"
 if [ -n "${DEMO_SECONDS:-}" ]; then
