@@ -171,14 +171,21 @@ async fn run_as(
             source,
         })?;
     // The registry broadcasts a `registry.reannounce` alert when it lost its
-    // records; every node registers again, spread over a few seconds.
-    let mut broadcast = client
-        .subscribe(subjects::SYSTEM_BROADCAST)
-        .await
-        .map_err(|source| AgentError::Subscribe {
-            subject: subjects::SYSTEM_BROADCAST.to_owned(),
-            source,
-        })?;
+    // records; every node registers again, spread over a few seconds. With
+    // node credentials (auth mode) the broadcast is not ours to read: the
+    // registry asks each node it does not know on its own task subject.
+    let mut broadcast = if config.nats_auth().creds.is_some() {
+        futures::stream::SelectAll::new()
+    } else {
+        let subscriber = client
+            .subscribe(subjects::SYSTEM_BROADCAST)
+            .await
+            .map_err(|source| AgentError::Subscribe {
+                subject: subjects::SYSTEM_BROADCAST.to_owned(),
+                source,
+            })?;
+        futures::stream::select_all([subscriber])
+    };
     let mut reannounce_at: Option<Instant> = None;
     info!(url = %config.nats_url, "node agent starting");
     let agent = Arc::new(Shared {
