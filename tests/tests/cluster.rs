@@ -410,3 +410,65 @@ async fn a_cluster_restarted_whole_keeps_every_record() {
     let records = seen.lock().expect("lock").len();
     assert_eq!(records, 2);
 }
+
+/// The member (index) the registry is connected to, from each server's
+/// own connection list (system account).
+async fn registry_server(cluster: &NatsCluster) -> usize {
+    for (i, server) in cluster.servers.iter().enumerate() {
+        let Ok(sys) =
+            async_nats::ConnectOptions::with_user_and_password("sys".into(), "sys".into())
+                .connect(server.url())
+                .await
+        else {
+            continue;
+        };
+        let id = sys.server_info().server_id;
+        let Ok(reply) = sys
+            .request(format!("$SYS.REQ.SERVER.{id}.CONNZ"), "{}".into())
+            .await
+        else {
+            continue;
+        };
+        let connz: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+        let here = connz["data"]["connections"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "node-registry"));
+        if here {
+            return i;
+        }
+    }
+    panic!("the registry's connection is on no server");
+}
+
+#[tokio::test]
+async fn losing_the_registrys_own_server_keeps_discovery_answering() {
+    let mut fleet = start_fleet(2).await;
+    let victim = registry_server(&fleet.cluster).await;
+    let watcher = (victim + 1) % 3;
+    let client = fleet.client_at(watcher).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let (stop_tx, stop) = watch::channel(false);
+    let prober = tokio::spawn(probe_discovery(client.clone(), stop));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    fleet.cluster.servers[victim].kill();
+    // The registry reconnects to another member and answers again; it
+    // still leads: the agents stay online, nobody is judged.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop_tx.send(true).expect("stop");
+    let gap = prober.await.expect("prober");
+    println!("the registry's server n{victim} killed: longest discovery gap {gap:?}");
+    assert!(
+        gap <= Duration::from_secs(2),
+        "discovery did not answer for {gap:?} after the registry's own server was killed"
+    );
+    assert_ne!(registry_server(&fleet.cluster).await, victim);
+    wait_online(&client, 2).await;
+    let judged: Vec<_> = alerts
+        .collect_for(Duration::from_millis(500))
+        .await
+        .into_iter()
+        .filter(|a| matches!(a.r#type.as_str(), "node.degraded" | "node.offline"))
+        .collect();
+    assert!(judged.is_empty(), "live agents judged: {judged:?}");
+}
