@@ -575,7 +575,12 @@ pub fn spawn_agent_on(urls: &str, state: &Path, args: &[&str]) -> Proc {
 
 /// The node id an agent stored in its state directory, once it has.
 pub async fn agent_node_id(server: &NatsServer, state: &str) -> String {
-    let path = server.temp_path(state).join("node_id");
+    stored_node_id(&server.temp_path(state)).await
+}
+
+/// The node id an agent stored in `state_dir`, once it has.
+pub async fn stored_node_id(state_dir: &Path) -> String {
+    let path = state_dir.join("node_id");
     eventually(
         "the agent to store its node id",
         Duration::from_secs(20),

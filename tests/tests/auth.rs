@@ -309,6 +309,25 @@ fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `node-agent join --no-run` that must fail: its stderr.
+fn refused_join(url: &str, state: &str, token: &str) -> String {
+    let (ok, _, err) = run_bin(
+        "node-agent",
+        &[
+            "--nats-url",
+            url,
+            "--state-dir",
+            state,
+            "join",
+            "--token",
+            token,
+            "--no-run",
+        ],
+    );
+    assert!(!ok, "the join was accepted");
+    err
+}
+
 /// `nodectl token create` as the admin: (success, token, stderr).
 fn create_token(s: &Setup, role: &str, labels: &str, ttl: &str) -> (bool, String, String) {
     let url = s.server.url();
@@ -549,59 +568,20 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
 
     // The same token again: refused, clearly.
     let other = s.server.temp_path("second").display().to_string();
-    let (ok, _, err) = run_bin(
-        "node-agent",
-        &[
-            "--nats-url",
-            &url,
-            "--state-dir",
-            &other,
-            "join",
-            "--token",
-            &token,
-            "--no-run",
-        ],
-    );
-    assert!(!ok);
+    let err = refused_join(&url, &other, &token);
     assert!(err.contains("already used"), "{err}");
 
     // An expired token: refused, clearly.
     let (ok, expiring, err) = create_token(&s, "inference", "gpu,region=eu", "1s");
     assert!(ok, "{err}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (ok, _, err) = run_bin(
-        "node-agent",
-        &[
-            "--nats-url",
-            &url,
-            "--state-dir",
-            &other,
-            "join",
-            "--token",
-            &expiring,
-            "--no-run",
-        ],
-    );
-    assert!(!ok);
+    let err = refused_join(&url, &other, &expiring);
     assert!(err.contains("expired"), "{err}");
     // A forged one (right id, wrong secret): refused.
     let mut forged = fleet_auth::token::JoinToken::decode(&expiring).expect("token");
     forged.secret = "guess".into();
     let forged = forged.encode().expect("encode");
-    let (ok, _, err) = run_bin(
-        "node-agent",
-        &[
-            "--nats-url",
-            &url,
-            "--state-dir",
-            &other,
-            "join",
-            "--token",
-            &forged,
-            "--no-run",
-        ],
-    );
-    assert!(!ok);
+    let err = refused_join(&url, &other, &forged);
     assert!(err.contains("does not match"), "{err}");
 }
 

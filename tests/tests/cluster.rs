@@ -68,17 +68,7 @@ async fn start_fleet(agents: usize) -> Fleet {
         .collect();
     let mut agent_ids = Vec::new();
     for i in 0..agents {
-        let path = dir.path().join(format!("agent{i}")).join("node_id");
-        let id = eventually("an agent's node id", SOON, || {
-            let path = path.clone();
-            async move {
-                std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-            }
-        })
-        .await;
+        let id = fleet_tests::stored_node_id(&dir.path().join(format!("agent{i}"))).await;
         agent_ids.push(id);
     }
     let fleet = Fleet {
