@@ -15,8 +15,12 @@ use crate::config::{AgentConfig, CREDS_FILE};
 /// What the token granted, kept in the state directory.
 pub const JOINED_FILE: &str = "join.json";
 
-/// How long to wait for the registry's answer.
+/// How long to wait for one answer of the registry.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to keep asking while no registry answers (one starting or
+/// failing over): a join is safe to repeat, the registry answers a repeat
+/// of the same join (same token, node id and key) with the same grant.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why a join failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,26 +106,49 @@ pub async fn join(config: &AgentConfig, token: &str) -> Result<Joined, JoinError
         node_id: id.to_string(),
         public_key: key.public_key(),
     };
-    let payload = serde_json::to_vec(&request).map_err(|e| JoinError::Answer(e.to_string()))?;
-    let reply = tokio::time::timeout(
-        JOIN_TIMEOUT,
-        client.request(subjects::REGISTRY_JOIN, payload.into()),
-    )
-    .await
-    .map_err(|_| JoinError::NoAnswer {
-        subject: subjects::REGISTRY_JOIN,
-        reason: format!("nothing within {JOIN_TIMEOUT:?}"),
-    })?
-    .map_err(|e| JoinError::NoAnswer {
-        subject: subjects::REGISTRY_JOIN,
-        reason: e.to_string(),
-    })?;
-    if let Some(error) = schemas::nats::error_of(reply.headers.as_ref(), &reply.payload) {
-        return Err(JoinError::Refused {
-            code: error.code,
-            message: error.message,
-        });
-    }
+    let payload: bytes::Bytes = serde_json::to_vec(&request)
+        .map_err(|e| JoinError::Answer(e.to_string()))?
+        .into();
+    let give_up = tokio::time::Instant::now() + JOIN_PATIENCE;
+    let mut pause = Duration::from_millis(250);
+    let reply = loop {
+        let outcome = match tokio::time::timeout(
+            JOIN_TIMEOUT,
+            client.request(subjects::REGISTRY_JOIN, payload.clone()),
+        )
+        .await
+        {
+            Err(_) => Err(JoinError::NoAnswer {
+                subject: subjects::REGISTRY_JOIN,
+                reason: format!("nothing within {JOIN_TIMEOUT:?}"),
+            }),
+            Ok(Err(e)) => Err(JoinError::NoAnswer {
+                subject: subjects::REGISTRY_JOIN,
+                reason: e.to_string(),
+            }),
+            Ok(Ok(reply)) => {
+                match schemas::nats::error_of(reply.headers.as_ref(), &reply.payload) {
+                    Some(error) => Err(JoinError::Refused {
+                        code: error.code,
+                        message: error.message,
+                    }),
+                    None => Ok(reply),
+                }
+            }
+        };
+        match outcome {
+            Ok(reply) => break reply,
+            // No registry (yet), or its bucket unavailable: ask again.
+            Err(e @ (JoinError::NoAnswer { .. } | JoinError::Refused { code: 503, .. }))
+                if tokio::time::Instant::now() + pause < give_up =>
+            {
+                tracing::warn!(error = %e, retry_in = ?pause, "join not answered; asking again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let answer: JoinReply =
         serde_json::from_slice(&reply.payload).map_err(|e| JoinError::Answer(e.to_string()))?;
     let seed = key.seed().map_err(|e| JoinError::Answer(e.to_string()))?;

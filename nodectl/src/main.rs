@@ -186,6 +186,18 @@ enum TokenCommand {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// List the join tokens the registry keeps (usable, used, revoked,
+    /// expired; records go `token_retention` after expiry).
+    List {
+        /// Output: a table, or JSON lines.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Revoke a token that has not been used yet (its id, or the token).
+    Revoke {
+        /// The token's id (first column of `token list`) or the whole token.
+        token: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -568,6 +580,7 @@ async fn create_token(
         ),
         used_at: None,
         node_id: None,
+        revoked_at: None,
     };
     let kv = registry_meta(client).await?;
     let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
@@ -575,6 +588,109 @@ async fn create_token(
         .await
         .map_err(|e| format!("storing the token: {e}"))?;
     token.encode().map_err(|e| e.to_string())
+}
+
+/// Every token record in `registry_meta`, by id.
+async fn token_records(
+    kv: &async_nats::jetstream::kv::Store,
+) -> Result<Vec<(String, fleet_auth::token::TokenRecord)>, String> {
+    use fleet_auth::token::TOKEN_KEY_PREFIX;
+    let mut records = Vec::new();
+    for key in registry_kv::meta::keys_under(kv, TOKEN_KEY_PREFIX)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let Some(value) = kv.get(&key).await.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let id = key.trim_start_matches(TOKEN_KEY_PREFIX).to_owned();
+        match serde_json::from_slice(&value) {
+            Ok(record) => records.push((id, record)),
+            Err(e) => eprintln!("token {id}: unreadable record ({e})"),
+        }
+    }
+    Ok(records)
+}
+
+/// `nodectl token list`.
+async fn list_tokens(client: &Client, output: Output) -> Result<(), String> {
+    let kv = registry_meta(client).await?;
+    let now = Utc::now();
+    let records = token_records(&kv).await?;
+    if output == Output::Json {
+        for (id, record) in &records {
+            let mut line = serde_json::to_value(record).map_err(|e| e.to_string())?;
+            line["id"] = id.clone().into();
+            line["state"] = record.state(now).to_string().into();
+            if let Some(map) = line.as_object_mut() {
+                map.remove("secret_sha256");
+            }
+            println!("{}", json_line(&line)?);
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|(id, record)| {
+            let labels: Vec<String> = record
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            vec![
+                id.clone(),
+                record.state(now).to_string(),
+                record.role.clone(),
+                labels.join(","),
+                record.expires_at.clone(),
+                record.node_id.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        nodectl::table::render(&["ID", "STATE", "ROLE", "LABELS", "EXPIRES", "NODE"], &rows)
+    );
+    Ok(())
+}
+
+/// `nodectl token revoke`: marks an unused token revoked (compare-and-swap,
+/// so a join in flight either wins or is refused); returns its id.
+async fn revoke_token(client: &Client, token: &str) -> Result<String, String> {
+    use fleet_auth::token::{token_key, JoinToken, TokenRecord, TOKEN_PREFIX};
+    let id = if token.trim().starts_with(TOKEN_PREFIX) {
+        JoinToken::decode(token).map_err(|e| e.to_string())?.id
+    } else {
+        token.trim().to_owned()
+    };
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{id:?} is not a token id"));
+    }
+    let kv = registry_meta(client).await?;
+    let key = token_key(&id);
+    let entry = kv
+        .entry(&key)
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+        .ok_or_else(|| format!("no join token {id}"))?;
+    let mut record: TokenRecord = serde_json::from_slice(&entry.value)
+        .map_err(|e| format!("token {id}: unreadable record ({e})"))?;
+    if let Some(used) = &record.used_at {
+        return Err(format!(
+            "join token {id} was used at {used} by {}: revoke that node's credentials instead (nodectl auth revoke {0})",
+            record.node_id.as_deref().unwrap_or("?")
+        ));
+    }
+    if record.revoked_at.is_some() {
+        return Ok(id);
+    }
+    record.revoked_at = Some(schemas::time::format(Utc::now()));
+    let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+    kv.update(&key, value.into(), entry.revision)
+        .await
+        .map_err(|e| format!("join token {id} changed meanwhile (used?); look again: {e}"))?;
+    Ok(id)
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -731,6 +847,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let token = create_token(&client, &dir, &role, &labels, ttl).await?;
             println!("{token}");
+        }
+        Command::Token {
+            command: TokenCommand::List { output },
+            ..
+        } => list_tokens(&client, output).await?,
+        Command::Token {
+            command: TokenCommand::Revoke { token },
+            ..
+        } => {
+            let id = revoke_token(&client, &token).await?;
+            println!("revoked join token {id}");
         }
         Command::Audit {
             node,

@@ -83,6 +83,11 @@ pub struct RegistryConfig {
     /// The fleet account's public key (the issuer of joined nodes'
     /// credentials), with `join_signing_key`.
     pub join_account: Option<String>,
+    /// How long a join token's record is kept after it expired, used or
+    /// not (for `nodectl token list`); then the leader forgets it. Default
+    /// 7 days.
+    #[serde(with = "humantime_serde")]
+    pub token_retention: Duration,
     /// Refuse events of nodes without a known key (every node has joined).
     /// Default false: a node with a key must sign its events either way.
     pub require_signatures: bool,
@@ -113,6 +118,7 @@ impl Default for RegistryConfig {
             tls_key: None,
             join_signing_key: None,
             join_account: None,
+            token_retention: Duration::from_secs(7 * 24 * 3600),
             require_signatures: false,
         }
     }

@@ -5,12 +5,13 @@
 //! permissions, and remembers the key under the node id.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::Utc;
 use fleet_auth::token::{
     node_key_key, secret_matches, token_key, JoinReply, JoinRequest, NodeKeyRecord, TokenRecord,
-    MAX_TOKEN_BYTES,
+    TokenState, MAX_TOKEN_BYTES, TOKEN_KEY_PREFIX,
 };
 use fleet_auth::{Role, UserIssuer};
 use futures::StreamExt;
@@ -125,6 +126,12 @@ async fn join(
         return Err(refuse(401, "join token secret does not match"));
     }
     if let Some(used) = &record.used_at {
+        if record.node_id.as_deref() == Some(node_id.as_str())
+            && joined_key(meta, &node_id).await? == Some(request.public_key.clone())
+        {
+            // The same join again (its answer was lost): the same grant.
+            return grant(issuer, &node_id, &request.public_key, record);
+        }
         return Err(refuse(
             409,
             format!(
@@ -133,9 +140,11 @@ async fn join(
             ),
         ));
     }
+    if let Some(revoked) = &record.revoked_at {
+        return Err(refuse(403, format!("join token revoked at {revoked}")));
+    }
     let now = Utc::now();
-    let expired = schemas::time::parse(&record.expires_at).is_none_or(|at| at <= now);
-    if expired {
+    if record.state(now) == TokenState::Expired {
         return Err(refuse(
             410,
             format!("join token expired at {}", record.expires_at),
@@ -162,14 +171,7 @@ async fn join(
     meta.update(&key, spent.into(), entry.revision)
         .await
         .map_err(|_| refuse(409, "join token already used"))?;
-    let jwt = issuer
-        .issue(
-            &Role::Node(node_id.clone()),
-            node_id.as_str(),
-            &request.public_key,
-            None,
-        )
-        .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let reply = grant(issuer, &node_id, &request.public_key, record)?;
     let remembered = NodeKeyRecord {
         public_key: request.public_key.clone(),
         joined_at: schemas::time::format(now),
@@ -179,10 +181,110 @@ async fn join(
     meta.create(&node_key, remembered.into())
         .await
         .map_err(|_| refuse(409, format!("node id {node_id} joined meanwhile")))?;
+    Ok(reply)
+}
+
+/// The public key a node id joined with, if it did.
+async fn joined_key(meta: &kv::Store, node_id: &NodeId) -> Result<Option<String>, ServiceError> {
+    let entry = meta
+        .entry(node_key_key(node_id.as_str()))
+        .await
+        .map_err(|e| refuse(503, format!("registry_meta: {e}")))?;
+    Ok(entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .and_then(|e| serde_json::from_slice::<NodeKeyRecord>(&e.value).ok())
+        .map(|r| r.public_key))
+}
+
+/// The node's credentials (a user JWT for its key with the node role) and
+/// what the token grants.
+fn grant(
+    issuer: &UserIssuer,
+    node_id: &NodeId,
+    public_key: &str,
+    record: TokenRecord,
+) -> Result<JoinReply, ServiceError> {
+    let jwt = issuer
+        .issue(
+            &Role::Node(node_id.clone()),
+            node_id.as_str(),
+            public_key,
+            None,
+        )
+        .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
     Ok(JoinReply {
         jwt,
         node_id: node_id.to_string(),
         role: record.role,
         labels: record.labels,
     })
+}
+
+/// Keeps `registry_meta` from growing with every token ever made: while this
+/// instance leads, forgets the records of tokens that expired more than
+/// `retention` ago (used, revoked or never used), every quarter of
+/// `retention` (at most every 10 minutes, at least every second).
+pub async fn keep_tokens(
+    meta: kv::Store,
+    retention: Duration,
+    leading: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        if !*leading.borrow() {
+            continue;
+        }
+        match sweep_tokens(&meta, retention, Utc::now())
+            .instrument(info_span!("token_sweep"))
+            .await
+        {
+            Ok(0) => {}
+            Ok(forgotten) => info!(forgotten, "forgot outlived join tokens"),
+            Err(e) => warn!(error = %e, "sweeping join tokens"),
+        }
+    }
+}
+
+/// Forgets every token record outlived at `now`; returns how many went.
+/// Records that do not decode are left for an admin to look at.
+async fn sweep_tokens(
+    meta: &kv::Store,
+    retention: chrono::Duration,
+    now: chrono::DateTime<Utc>,
+) -> Result<usize, registry_kv::meta::MetaError> {
+    let mut forgotten = 0;
+    for key in registry_kv::meta::keys_under(meta, TOKEN_KEY_PREFIX).await? {
+        let entry = match meta.entry(&key).await {
+            Ok(entry) => entry,
+            Err(e) => {
+                warn!(key, error = %e, "reading a join token");
+                continue;
+            }
+        };
+        let outlived = match entry {
+            // Deleted or purged by hand: only its marker is left.
+            None => true,
+            Some(entry) if entry.operation != kv::Operation::Put => true,
+            Some(entry) => match serde_json::from_slice::<TokenRecord>(&entry.value) {
+                Ok(record) => record.outlived(now, retention),
+                Err(e) => {
+                    warn!(key, error = %e, "a join token record that does not decode; left alone");
+                    false
+                }
+            },
+        };
+        if outlived {
+            registry_kv::meta::forget(meta, &key).await?;
+            forgotten += 1;
+        }
+    }
+    Ok(forgotten)
 }

@@ -183,6 +183,12 @@ pub async fn run(
         // Every instance answers discovery; the lease holder alone consumes
         // events and writes records.
         let (leading_tx, leading) = watch::channel(false);
+        tokio::spawn(join::keep_tokens(
+            provisioned.meta.clone(),
+            config.token_retention,
+            leading.clone(),
+            stop_rx.clone(),
+        ));
         let takeover = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lease_task = tokio::spawn(hold_lease(
             registry_kv::lease::Lease::new(

@@ -13,6 +13,7 @@ use registry_kv::alerts::AlertPublisher;
 use registry_kv::{EncodedRecord, RecordStore, StoreError};
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
 use schemas::error::{ErrorCode, ServiceError};
+use schemas::status::NodeStatus;
 use schemas::validate::{validate_event, ValidEvent};
 use schemas::{Alert, NodeEvent, TaskRequest};
 use subjects::NodeId;
@@ -465,6 +466,7 @@ impl<S: RecordStore> Worker<S> {
                 let now = self.clock.now();
                 // One id per request: a retried request is a new decision.
                 let cause = format!("admin/{}", uuid::Uuid::new_v4());
+                let was = self.fleet.get(&request.node_id).map(|n| n.status);
                 let applied = match request.op {
                     AdminOp::Cordon => self.fleet.cordon(&request.node_id, now, &cause),
                     AdminOp::Uncordon => self.fleet.uncordon(&request.node_id, now, &cause),
@@ -487,13 +489,23 @@ impl<S: RecordStore> Worker<S> {
                             .get(&request.node_id)
                             .map(|n| n.status.to_string());
                         info!(op = ?request.op, node_id = %request.node_id, ?status, "admin request applied");
-                        serde_json::to_vec(&serde_json::json!({
+                        let mut answer = serde_json::json!({
                             "ok": true,
                             "node_id": request.node_id.as_str(),
                             "status": status,
                             "stored": done,
-                        }))
-                        .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))
+                        });
+                        if request.op == AdminOp::Deregister && was == Some(NodeStatus::Online) {
+                            // Like a kubelet after `kubectl delete node`: a
+                            // running agent registers again.
+                            answer["note"] = format!(
+                                "{} was online when removed: its agent registers again at its next heartbeat unless it is stopped or its credentials are revoked (nodectl auth revoke {})",
+                                request.node_id, request.node_id
+                            )
+                            .into();
+                        }
+                        serde_json::to_vec(&answer)
+                            .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))
                     }
                 }
             }

@@ -10,12 +10,15 @@
 //!   replay is complete (what the read index and a cold start need).
 //! - [`lease`]: the leader lease in `registry_meta`, renewed by CAS, judged
 //!   without a shared clock.
+//! - [`meta`]: lists the keys under a prefix of a bucket and forgets a key
+//!   for good (join-token housekeeping).
 //! - [`alerts`]: publishes alerts on `system.broadcast` with `Nats-Msg-Id`, so
 //!   a replayed alert is dropped by the stream's duplicate window.
 #![deny(missing_docs)]
 
 pub mod alerts;
 pub mod lease;
+pub mod meta;
 pub mod provision;
 pub mod records;
 pub mod watch;

@@ -309,8 +309,8 @@ fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `node-agent join --no-run` that must fail: its stderr.
-fn refused_join(url: &str, state: &str, token: &str) -> String {
+/// `node-agent join --no-run`: (success, stderr).
+fn try_join(url: &str, state: &str, token: &str) -> (bool, String) {
     let (ok, _, err) = run_bin(
         "node-agent",
         &[
@@ -324,8 +324,39 @@ fn refused_join(url: &str, state: &str, token: &str) -> String {
             "--no-run",
         ],
     );
+    (ok, err)
+}
+
+/// `node-agent join --no-run` that must fail: its stderr.
+fn refused_join(url: &str, state: &str, token: &str) -> String {
+    let (ok, err) = try_join(url, state, token);
     assert!(!ok, "the join was accepted");
     err
+}
+
+/// `nodectl token ...` as the admin: (success, stdout, stderr).
+fn nodectl_token(s: &Setup, args: &[&str]) -> (bool, String, String) {
+    let url = s.server.url();
+    let admin = s.auth.creds_path("admin").display().to_string();
+    let mut all = vec!["--nats-url", &url, "--creds", &admin, "token"];
+    all.extend_from_slice(args);
+    run_bin("nodectl", &all)
+}
+
+/// The token records `nodectl token list -o json` shows: id → state.
+fn listed_tokens(s: &Setup) -> std::collections::BTreeMap<String, String> {
+    let (ok, out, err) = nodectl_token(s, &["list", "-o", "json"]);
+    assert!(ok, "{err}");
+    out.lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            assert!(row.get("secret_sha256").is_none(), "{line}");
+            (
+                row["id"].as_str().expect("id").to_owned(),
+                row["state"].as_str().expect("state").to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// `nodectl token create` as the admin: (success, token, stderr).
@@ -583,6 +614,102 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
     let forged = forged.encode().expect("encode");
     let err = refused_join(&url, &other, &forged);
     assert!(err.contains("does not match"), "{err}");
+}
+
+#[tokio::test]
+async fn join_tokens_are_listed_revoked_and_forgotten_after_their_retention() {
+    let s = setup().await;
+    let url = s.server.url();
+    // No retention: a token's record goes as soon as it expires.
+    let _registry = start_registry(&s, true, &[], &[("NODE_REGISTRY_TOKEN_RETENTION", "0s")]);
+    let used = first_token(&s, "worker", "").await;
+    let (ok, revoked, err) = create_token(&s, "worker", "", "1h");
+    assert!(ok, "{err}");
+    let (ok, expiring, err) = create_token(&s, "worker", "", "1s");
+    assert!(ok, "{err}");
+    let id = |token: &str| {
+        fleet_auth::token::JoinToken::decode(token)
+            .expect("token")
+            .id
+    };
+
+    let state = s.server.temp_path("joined").display().to_string();
+    let (ok, err) = try_join(&url, &state, &used);
+    assert!(ok, "{err}");
+    let (ok, out, err) = nodectl_token(&s, &["revoke", &id(&revoked)]);
+    assert!(ok && out.contains("revoked"), "{out} {err}");
+    let other = s.server.temp_path("other").display().to_string();
+    let err = refused_join(&url, &other, &revoked);
+    assert!(err.contains("revoked"), "{err}");
+    // A used token cannot be revoked: its node's credentials can.
+    let (ok, _, err) = nodectl_token(&s, &["revoke", &used]);
+    assert!(!ok && err.contains("was used"), "{err}");
+
+    // The expired token is forgotten by the registry; the others are kept
+    // until they expire too, each with its state.
+    let listed = fleet_tests::eventually(
+        "the expired token's record to be forgotten",
+        Duration::from_secs(20),
+        || async {
+            let listed = listed_tokens(&s);
+            (!listed.contains_key(&id(&expiring))).then_some(listed)
+        },
+    )
+    .await;
+    assert_eq!(listed.get(&id(&used)).map(String::as_str), Some("used"));
+    assert_eq!(
+        listed.get(&id(&revoked)).map(String::as_str),
+        Some("revoked")
+    );
+    let err = refused_join(&url, &other, &expiring);
+    assert!(err.contains("unknown join token"), "{err}");
+    let (ok, table, err) = nodectl_token(&s, &["list"]);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("ID"), "{table}");
+
+    // A join repeated with the same token, node id and key (its answer was
+    // lost) gets the same grant; with another key it is refused.
+    let (ok, token, err) = create_token(&s, "worker", "zone=a", "1h");
+    assert!(ok, "{err}");
+    let token = fleet_auth::token::JoinToken::decode(&token).expect("token");
+    let bootstrap = async_nats::ConnectOptions::new()
+        .credentials(&token.creds)
+        .expect("creds")
+        .connect(&url)
+        .await
+        .expect("bootstrap connects");
+    let key = nkeys::KeyPair::new_user();
+    let ask = |public_key: String| {
+        let request = fleet_auth::token::JoinRequest {
+            token_id: token.id.clone(),
+            secret: token.secret.clone(),
+            node_id: "node-r".into(),
+            public_key,
+        };
+        let bootstrap = bootstrap.clone();
+        async move {
+            let payload = serde_json::to_vec(&request).expect("JSON");
+            let reply = bootstrap
+                .request(subjects::REGISTRY_JOIN, payload.into())
+                .await
+                .expect("an answer");
+            match schemas::nats::error_of(reply.headers.as_ref(), &reply.payload) {
+                Some(error) => Err(error.code),
+                None => Ok(
+                    serde_json::from_slice::<fleet_auth::token::JoinReply>(&reply.payload)
+                        .expect("a join reply"),
+                ),
+            }
+        }
+    };
+    let first = ask(key.public_key()).await.expect("joined");
+    let again = ask(key.public_key()).await.expect("the same join again");
+    assert_eq!(
+        (&first.node_id, &first.labels),
+        (&again.node_id, &again.labels)
+    );
+    let other = nkeys::KeyPair::new_user();
+    assert_eq!(ask(other.public_key()).await.err(), Some(409));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -854,6 +854,7 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
         .await
         .expect("deregister");
     assert_eq!(answer["ok"], true, "{answer}");
+    assert!(answer.get("note").is_none(), "{answer}");
     let gone = alerts
         .expect("node.deregistered", SOON, |a| {
             a.r#type == "node.deregistered" && a.node_id.as_deref() == Some(id.as_str())
@@ -864,6 +865,28 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
         client.get(&id).await.ok()?.is_none().then_some(())
     })
     .await;
+
+    // A live node deregistered: the answer says its agent will register
+    // again, and it does.
+    let _live = agent(&server, "b", &[]);
+    let live = agent_node_id(&server, "b").await;
+    wait_online(&client, 1).await;
+    let answer = client
+        .admin("deregister", &live, None)
+        .await
+        .expect("deregister");
+    let note = answer["note"].as_str().unwrap_or_default();
+    assert!(note.contains("registers again"), "{answer}");
+    alerts
+        .expect("node.deregistered", SOON, |a| {
+            a.r#type == "node.deregistered" && a.node_id.as_deref() == Some(live.as_str())
+        })
+        .await;
+    alerts
+        .expect("the live node back", SOON, |a| {
+            a.r#type == "node.registered" && a.node_id.as_deref() == Some(live.as_str())
+        })
+        .await;
 
     // Bad requests get coded errors.
     let unknown = client.admin("cordon", "node-nobody", None).await;
