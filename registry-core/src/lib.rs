@@ -279,10 +279,15 @@ async fn hold_lease(
         }
         let held = lease.is_held();
         takeover.store(lease.took_over_live(), std::sync::atomic::Ordering::Relaxed);
-        if *leading.borrow() != held {
+        // Sent only on a change: the worker ends its term on any.
+        leading.send_if_modified(|leads| {
+            if *leads == held {
+                return false;
+            }
             info!(instance = lease.holder(), held, "leadership changed");
-        }
-        leading.send_replace(held);
+            *leads = held;
+            true
+        });
     }
     leading.send_replace(false);
     lease.release().await;

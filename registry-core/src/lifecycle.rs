@@ -196,13 +196,27 @@ pub enum OwnFault {
     NatsLink,
     /// Its record writes are failing.
     KvWrites,
+    /// The event stream does not answer (no leader, or JetStream itself
+    /// is down): nodes cannot store their heartbeats, so silence means
+    /// nothing.
+    EventStream,
 }
 
 impl OwnFault {
+    /// What fails, for the alert's message.
+    fn subject(self) -> &'static str {
+        match self {
+            Self::NatsLink => "NATS link is",
+            Self::KvWrites => "record writes are",
+            Self::EventStream => "event stream is",
+        }
+    }
+
     fn reason(self) -> &'static str {
         match self {
             Self::NatsLink => "nats_link",
             Self::KvWrites => "kv_writes",
+            Self::EventStream => "event_stream",
         }
     }
 }
@@ -598,10 +612,7 @@ impl Fleet {
             },
             format!(
                 "the registry's {} failing: holding degraded/offline transitions",
-                match fault {
-                    OwnFault::NatsLink => "NATS link is",
-                    OwnFault::KvWrites => "record writes are",
-                }
+                fault.subject()
             ),
         ));
         effects
@@ -626,10 +637,7 @@ impl Fleet {
             },
             format!(
                 "the registry's {} working again after {}s: judging again after a fresh {}s grace window",
-                match fault {
-                    OwnFault::NatsLink => "NATS link is",
-                    OwnFault::KvWrites => "record writes are",
-                },
+                fault.subject(),
                 seconds(now.signed_duration_since(since)),
                 self.settings.degraded_after.as_secs()
             ),

@@ -118,6 +118,8 @@ pub struct Worker<S> {
     alerts: AlertPublisher,
     counters: Arc<Counters>,
     clock: ServerClock,
+    /// For probing the event stream (can nodes store events?).
+    js: jetstream::Context,
     pending_alerts: VecDeque<Alert>,
     index: Option<ReadIndex>,
     /// Rounds of writes in a row that failed (not conflicts) with none
@@ -145,7 +147,8 @@ impl<S: RecordStore> Worker<S> {
             fleet,
             store,
             client,
-            alerts: AlertPublisher::new(js),
+            alerts: AlertPublisher::new(js.clone()),
+            js,
             counters,
             clock: ServerClock::default(),
             pending_alerts: VecDeque::new(),
@@ -219,7 +222,8 @@ impl<S: RecordStore> Worker<S> {
         Ok(true)
     }
 
-    /// Runs until `shutdown` flips to true or `leading` to false. Sweeps
+    /// Runs until `shutdown` flips to true or `leading` changes (the lease
+    /// lost, or lost and taken again: a new term starts from the bucket). Sweeps
     /// only while connected and caught up with the stream (DESIGN
     /// principle 4).
     pub async fn run(
@@ -231,6 +235,11 @@ impl<S: RecordStore> Worker<S> {
         mut shutdown: watch::Receiver<bool>,
         mut bucket_lost: watch::Receiver<u32>,
     ) {
+        // This term is for the leadership as it is now: any later change
+        // of it ends the term.
+        if !*leading.borrow_and_update() {
+            return;
+        }
         let mut tick = tokio::time::interval(sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut caught_up = false;
@@ -282,8 +291,8 @@ impl<S: RecordStore> Worker<S> {
             }
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
-                _ = leading.wait_for(|l| !*l) => {
-                    warn!("lease lost: no longer consuming or writing");
+                _ = leading.changed() => {
+                    warn!(leading = *leading.borrow(), "leadership changed: this term ends (no more consuming or writing in it)");
                     break;
                 }
                 next = async {
@@ -372,6 +381,26 @@ impl<S: RecordStore> Worker<S> {
                     if !was_connected {
                         continue;
                     }
+                    // A stream without a leader (or JetStream down) takes no
+                    // heartbeats: the silence is NATS's, so judge nothing,
+                    // and grant a fresh window once it answers again.
+                    if self.probe_event_stream(&events_stream).await {
+                        if self.fleet.faults().any(|f| f == OwnFault::EventStream) {
+                            info!(stream = %events_stream, "the event stream answers again");
+                            self.retry_alerts().await;
+                            let effects = self.fleet.fault_cleared(OwnFault::EventStream, self.clock.now());
+                            self.execute(effects).await;
+                            caught_up = false;
+                        }
+                    } else {
+                        if !self.fleet.faults().any(|f| f == OwnFault::EventStream) {
+                            warn!(stream = %events_stream, "the event stream does not answer; holding transitions");
+                            let effects = self.fleet.fault(OwnFault::EventStream, self.clock.now(), 0);
+                            self.pending_alerts.extend(effects.alerts);
+                        }
+                        caught_up = false;
+                        continue;
+                    }
                     if !caught_up {
                         caught_up = match consumer.info().await {
                             Ok(info) => info.num_pending == 0,
@@ -392,6 +421,22 @@ impl<S: RecordStore> Worker<S> {
             }
         }
         info!(nodes = self.fleet.len(), "worker stopped");
+    }
+
+    /// Whether the event stream answers its info request in time (it has a
+    /// leader: nodes can store events).
+    async fn probe_event_stream(&self, stream: &str) -> bool {
+        match tokio::time::timeout(STREAM_PROBE_TIMEOUT, self.js.get_stream(stream)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                debug!(stream, error = %e, "event stream probe");
+                false
+            }
+            Err(_) => {
+                debug!(stream, "event stream probe timed out");
+                false
+            }
+        }
     }
 
     /// Subscribes to the server's connection advisories (when configured
@@ -817,6 +862,9 @@ pub fn read_connection_advisory(payload: &[u8]) -> Result<String, String> {
 pub fn read_admin_request(payload: &[u8]) -> Result<String, String> {
     AdminRequest::decode(payload).map(|request| request.node_id.to_string())
 }
+
+/// How long the event stream may take to answer the probe of each sweep.
+const STREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What an admin asks of the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

@@ -2,7 +2,8 @@
 //! replicas (`--replicas 3`). Losing the server that leads the event stream
 //! (or the `nodes` bucket's stream) loses no event, discovery keeps
 //! answering, and the state is whole when the server returns; a cluster
-//! restarted as a whole keeps every record.
+//! restarted as a whole keeps every record; a cluster without quorum for
+//! longer than `degraded_after` judges no live node.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -461,4 +462,41 @@ async fn losing_the_registrys_own_server_keeps_discovery_answering() {
         .filter(|a| matches!(a.r#type.as_str(), "node.degraded" | "node.offline"))
         .collect();
     assert!(judged.is_empty(), "live agents judged: {judged:?}");
+}
+
+#[tokio::test]
+async fn a_cluster_without_quorum_for_longer_than_degraded_after_raises_no_false_alarm() {
+    let mut fleet = start_fleet(2).await;
+    let js = jetstream::new(fleet.cluster.servers[0].client().await);
+    let client = fleet.client_at(0).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+
+    // Two of three servers gone: no stream has a leader, nodes cannot store
+    // heartbeats, yet every process can still reach server 0.
+    fleet.cluster.servers[1].kill();
+    fleet.cluster.servers[2].kill();
+    let mut seen = alerts.collect_for(Duration::from_secs(14)).await;
+    fleet.cluster.servers[1].start_again().await;
+    fleet.cluster.servers[2].start_again().await;
+    wait_replicas_current(&js, subjects::STREAM_NODE_EVENTS).await;
+    wait_replicas_current(&js, &format!("KV_{}", subjects::BUCKET_NODES)).await;
+    // A full window after the quorum is back: the agents are heard again.
+    seen.extend(alerts.collect_for(Duration::from_secs(12)).await);
+    let judged: Vec<_> = seen
+        .iter()
+        .filter(|a| {
+            matches!(a.r#type.as_str(), "node.degraded" | "node.offline")
+                && a.node_id
+                    .as_ref()
+                    .is_some_and(|n| fleet.agent_ids.contains(n))
+        })
+        .collect();
+    let held: Vec<_> = seen
+        .iter()
+        .filter(|a| a.r#type == "registry.self_preservation")
+        .filter_map(|a| Some((a.status.clone()?, a.figures.as_ref()?.reason.clone())))
+        .collect();
+    println!("quorum lost for 14 s: self-preservation {held:?}");
+    assert!(judged.is_empty(), "live agents judged: {judged:?}");
+    wait_online(&client, fleet.agent_ids.len()).await;
 }
