@@ -19,6 +19,11 @@ use tokio::sync::watch;
 
 /// Generous bound for anything that should happen "soon".
 const SOON: Duration = Duration::from_secs(30);
+/// One cluster test at a time: each runs three servers, a registry and
+/// agents, and on a 2-core machine four at once starved a cluster of its
+/// JetStream leader election.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The synthetic node whose every event is accounted for.
 const PROBE: &str = "node-probe";
 
@@ -195,6 +200,7 @@ async fn probe_discovery(client: nodectl::Client, stop: watch::Receiver<bool>) -
 
 #[tokio::test]
 async fn losing_a_stream_leader_loses_no_event_and_discovery_keeps_answering() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut fleet = start_fleet(3).await;
     let mut total_events = 0u64;
     let mut first = 0u64;
@@ -347,6 +353,7 @@ async fn losing_a_stream_leader_loses_no_event_and_discovery_keeps_answering() {
 
 #[tokio::test]
 async fn a_cluster_restarted_whole_keeps_every_record() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut fleet = start_fleet(2).await;
     let all = DiscoverRequest {
         status: Some("any".to_owned()),
@@ -433,6 +440,7 @@ async fn registry_server(cluster: &NatsCluster) -> usize {
 
 #[tokio::test]
 async fn losing_the_registrys_own_server_keeps_discovery_answering() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut fleet = start_fleet(2).await;
     let victim = registry_server(&fleet.cluster).await;
     let watcher = (victim + 1) % 3;
@@ -466,6 +474,7 @@ async fn losing_the_registrys_own_server_keeps_discovery_answering() {
 
 #[tokio::test]
 async fn a_cluster_without_quorum_for_longer_than_degraded_after_raises_no_false_alarm() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut fleet = start_fleet(2).await;
     let js = jetstream::new(fleet.cluster.servers[0].client().await);
     let client = fleet.client_at(0).await;
