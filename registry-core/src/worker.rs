@@ -378,6 +378,12 @@ impl<S: RecordStore> Worker<S> {
                     was_connected = is_connected;
                 }
                 _ = tick.tick() => {
+                    // A term that ended while this task was busy judges
+                    // nothing more (the select may pick the tick first).
+                    if leading.has_changed().unwrap_or(true) {
+                        warn!("leadership changed: this term ends (no more consuming or writing in it)");
+                        break;
+                    }
                     if !was_connected {
                         continue;
                     }
@@ -427,7 +433,13 @@ impl<S: RecordStore> Worker<S> {
     /// leader: nodes can store events).
     async fn probe_event_stream(&self, stream: &str) -> bool {
         match tokio::time::timeout(STREAM_PROBE_TIMEOUT, self.js.get_stream(stream)).await {
-            Ok(Ok(_)) => true,
+            // A replicated stream may answer from its assignment while it
+            // has no leader: that one stores nothing either.
+            Ok(Ok(handle)) => handle
+                .cached_info()
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.leader.is_some()),
             Ok(Err(e)) => {
                 debug!(stream, error = %e, "event stream probe");
                 false

@@ -151,6 +151,12 @@ impl Lease {
             Some(e) if e.operation != kv::Operation::Put => (e.revision, true),
             Some(e) => (e.revision, false),
         };
+        // A lease last renewed by this very instance was lost to its own
+        // trouble reaching JetStream, not taken from a live leader.
+        let was_mine = entry
+            .as_ref()
+            .and_then(|e| serde_json::from_slice::<LeaseRecord>(&e.value).ok())
+            .is_some_and(|r| r.holder == self.holder);
         let now = Instant::now();
         let unchanged_since = match self.seen {
             Some((seen, since)) if seen == revision => since,
@@ -184,7 +190,7 @@ impl Lease {
             Ok(revision) => {
                 info!(holder = %self.holder, revision, expired, "took the leader lease");
                 self.held = Some((revision, sent));
-                self.took_over_live = self.saw_renewal;
+                self.took_over_live = self.saw_renewal && !was_mine;
                 self.seen = None;
                 self.saw_renewal = false;
                 Ok(true)

@@ -90,6 +90,20 @@ async fn start_fleet(agents: usize) -> Fleet {
 }
 
 impl Fleet {
+    /// The degraded/offline alerts among `alerts` that judged one of the
+    /// fleet's (live) agents.
+    fn judged<'a>(&self, alerts: &'a [schemas::Alert]) -> Vec<&'a schemas::Alert> {
+        alerts
+            .iter()
+            .filter(|a| {
+                matches!(a.r#type.as_str(), "node.degraded" | "node.offline")
+                    && a.node_id
+                        .as_ref()
+                        .is_some_and(|n| self.agent_ids.contains(n))
+            })
+            .collect()
+    }
+
     /// A registry client on member `i` only.
     async fn client_at(&self, i: usize) -> nodectl::Client {
         nodectl::Client::new(
@@ -308,17 +322,8 @@ async fn losing_a_stream_leader_loses_no_event_and_discovery_keeps_answering() {
         assert!(consumer_caught_up > 0);
 
         // No live agent was judged meanwhile.
-        let judged: Vec<_> = alerts
-            .collect_for(Duration::from_millis(500))
-            .await
-            .into_iter()
-            .filter(|a| {
-                matches!(a.r#type.as_str(), "node.degraded" | "node.offline")
-                    && a.node_id
-                        .as_ref()
-                        .is_some_and(|n| fleet.agent_ids.contains(n))
-            })
-            .collect();
+        let seen = alerts.collect_for(Duration::from_millis(500)).await;
+        let judged = fleet.judged(&seen);
         assert!(judged.is_empty(), "live agents judged: {judged:?}");
         first = final_seq + 1;
 
@@ -491,15 +496,7 @@ async fn a_cluster_without_quorum_for_longer_than_degraded_after_raises_no_false
     wait_replicas_current(&js, &format!("KV_{}", subjects::BUCKET_NODES)).await;
     // A full window after the quorum is back: the agents are heard again.
     seen.extend(alerts.collect_for(Duration::from_secs(12)).await);
-    let judged: Vec<_> = seen
-        .iter()
-        .filter(|a| {
-            matches!(a.r#type.as_str(), "node.degraded" | "node.offline")
-                && a.node_id
-                    .as_ref()
-                    .is_some_and(|n| fleet.agent_ids.contains(n))
-        })
-        .collect();
+    let judged = fleet.judged(&seen);
     let held: Vec<_> = seen
         .iter()
         .filter(|a| a.r#type == "registry.self_preservation")
