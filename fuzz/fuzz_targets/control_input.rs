@@ -27,10 +27,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = serde_json::from_slice::<fleet_auth::token::JoinRequest>(rest);
         }
         3 => {
-            let _ = registry_core::worker::read_connection_advisory(rest);
+            let _ = node_registry::worker::read_connection_advisory(rest);
         }
         4 => {
-            let _ = registry_core::worker::read_admin_request(rest);
+            let _ = node_registry::worker::read_admin_request(rest);
         }
         _ => {
             // A real user key (its seed is unknown): no payload and

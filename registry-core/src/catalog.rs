@@ -58,7 +58,7 @@ impl Facts {
                 .and_then(|m| m.gpu_pct)
                 .filter(|v| v.is_finite())
                 .unwrap_or(0.0),
-            free_vram_gb: crate::discovery::free_vram(record).unwrap_or(-1.0),
+            free_vram_gb: free_vram(record).unwrap_or(-1.0),
             best_vram_gb: gpus.iter().map(|g| g.vram_gb).reduce(f64::max),
             total_vram_gb: gpus.iter().map(|g| g.vram_gb).sum(),
             ram_gb: caps.map_or(0.0, |c| c.ram_gb),
@@ -66,6 +66,37 @@ impl Facts {
             cpu_cores: caps.map_or(0, |c| c.cpu_cores),
         }
     }
+}
+
+/// The most VRAM free on one GPU: total minus the heartbeat's used figure
+/// (a GPU without a used figure counts as entirely free).
+pub fn free_vram(record: &NodeRecord) -> Option<f64> {
+    let gpus = record
+        .capabilities
+        .as_ref()
+        .map(|c| c.gpus.as_slice())
+        .unwrap_or_default();
+    let usage = record
+        .metrics
+        .as_ref()
+        .map(|m| m.gpus.as_slice())
+        .unwrap_or_default();
+    gpus.iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let used = usage
+                .iter()
+                .find(|u| u.index as usize == i)
+                .and_then(|u| u.vram_used_gb)
+                .unwrap_or(0.0);
+            (g.vram_gb - used).max(0.0)
+        })
+        .fold(None, max_of)
+}
+
+/// A running maximum folded with `v`.
+pub(crate) fn max_of(acc: Option<f64>, v: f64) -> Option<f64> {
+    Some(acc.map_or(v, |a| a.max(v)))
 }
 
 /// One occupied slot.
@@ -209,7 +240,7 @@ impl Catalog {
 
     /// Inserts or replaces the record of `record.node_id` (encodes it).
     pub fn upsert(&mut self, record: NodeRecord) {
-        let encoded = registry_kv::records::encode_record(&record);
+        let encoded = schemas::record::encode_record(&record);
         let revision = self.revision;
         self.insert(&record, encoded, revision);
     }
@@ -459,9 +490,9 @@ mod tests {
     fn a_new_version_of_the_same_shape_moves_only_the_status() {
         let mut c = Catalog::new();
         let a = record("a", "online", &[("region", "eu")], &["gpu"]);
-        c.insert(&a, registry_kv::records::encode_record(&a), 5);
+        c.insert(&a, schemas::record::encode_record(&a), 5);
         let degraded = record("a", "degraded", &[("region", "eu")], &["gpu"]);
-        c.insert(&degraded, registry_kv::records::encode_record(&degraded), 6);
+        c.insert(&degraded, schemas::record::encode_record(&degraded), 6);
         assert!(c.with_status(NodeStatus::Online).is_empty());
         assert_eq!(c.with_status(NodeStatus::Degraded).len(), 1);
         assert_eq!(c.equals("region", "eu").len(), 1);

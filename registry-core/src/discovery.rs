@@ -5,12 +5,13 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use roaring::RoaringBitmap;
 use schemas::status::{NodeStatus, SortOrder, StatusFilter};
 use schemas::validate::check_label_key;
 use schemas::{DiscoverReply, DiscoverRequest, NodeRecord};
 
-use crate::catalog::{Catalog, Facts};
+use crate::catalog::{free_vram, max_of, Catalog, Facts};
 use crate::selector::{Requirement, Selector};
 
 /// Default number of nodes in a reply.
@@ -107,6 +108,10 @@ pub struct Query {
     pub fields: Option<BTreeSet<String>>,
     /// Answer only from an index at least at this revision.
     pub min_revision: Option<u64>,
+    /// Seed of the shuffle behind `sort: random`: the core draws no
+    /// randomness of its own, so a test fixes it and the service draws one
+    /// per request ([`Query::with_seed`]).
+    pub seed: u64,
 }
 
 impl Query {
@@ -210,7 +215,14 @@ impl Query {
             cursor: request.cursor,
             fields,
             min_revision: request.min_revision,
+            seed: 0,
         })
+    }
+
+    /// The query with the seed of its `sort: random` shuffle.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 
     /// Whether a record satisfies every condition of the query. This is the
@@ -510,7 +522,7 @@ impl Query {
         }
         let more = hits.len() > self.limit;
         if self.sort == SortOrder::Random {
-            let mut rng = rand::rng();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
             if self.prefer_labels.is_empty() {
                 let (chosen, _) = hits.partial_shuffle(&mut rng, self.limit);
                 let chosen: Vec<T> = chosen.iter().map(|h| h.item).collect();
@@ -597,36 +609,6 @@ impl Query {
             caps_hash: record.caps_hash.clone().filter(|_| keep("caps_hash")),
         }
     }
-}
-
-fn max_of(acc: Option<f64>, v: f64) -> Option<f64> {
-    Some(acc.map_or(v, |a| a.max(v)))
-}
-
-/// The most VRAM free on one GPU: total minus the heartbeat's used figure
-/// (a GPU without a used figure counts as entirely free).
-pub fn free_vram(record: &NodeRecord) -> Option<f64> {
-    let gpus = record
-        .capabilities
-        .as_ref()
-        .map(|c| c.gpus.as_slice())
-        .unwrap_or_default();
-    let usage = record
-        .metrics
-        .as_ref()
-        .map(|m| m.gpus.as_slice())
-        .unwrap_or_default();
-    gpus.iter()
-        .enumerate()
-        .map(|(i, g)| {
-            let used = usage
-                .iter()
-                .find(|u| u.index as usize == i)
-                .and_then(|u| u.vram_used_gb)
-                .unwrap_or(0.0);
-            (g.vram_gb - used).max(0.0)
-        })
-        .fold(None, max_of)
 }
 
 /// The nodes a reply returns, as catalog slots in reply order.

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
-use schemas::codec::Encoding;
 use schemas::NodeRecord;
 use tracing::instrument;
 
@@ -33,7 +32,7 @@ impl EncodedRecord {
     pub fn of(record: &NodeRecord) -> Self {
         Self {
             key: record.node_id.clone(),
-            value: encode_record(record),
+            value: schemas::record::encode_record(record),
         }
     }
 }
@@ -103,17 +102,9 @@ pub trait RecordStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Encodes a record as its KV value (JSON, so `nats kv get` can read it),
-/// in an allocation of exactly its size: the registry keeps these bytes.
-pub fn encode_record(record: &NodeRecord) -> bytes::Bytes {
-    schemas::codec::encode(record, Encoding::Json)
-        .into_boxed_slice()
-        .into()
-}
-
 /// Decodes a KV value into a record.
 pub fn decode_record(key: &str, value: &[u8]) -> Result<NodeRecord, StoreError> {
-    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+    schemas::record::decode_record(value).map_err(|e| StoreError::Corrupt {
         key: key.to_owned(),
         reason: e.to_string(),
     })

@@ -11,14 +11,18 @@
 //!   enums.
 //! - [`error`]: coded error replies (`Nats-Service-Error-Code`).
 //! - [`time`]: RFC 3339 formatting of the server's times.
-//! - [`nats`]: the encoding named by a message's headers; reply headers.
+//! - [`record`]: a node record as its KV value.
+//! - `nats` (feature `nats`): the encoding named by a message's headers;
+//!   reply headers. Off for the pure core, which has no NATS client.
 //! - [`selector`]: the label-selector language of discovery queries.
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod error;
 pub mod json;
+#[cfg(feature = "nats")]
 pub mod nats;
+pub mod record;
 pub mod selector;
 pub mod status;
 pub mod time;

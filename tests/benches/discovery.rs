@@ -234,7 +234,7 @@ async fn main() {
         fill.elapsed().as_secs_f64()
     );
 
-    let registry_bin = release_bin("registry-core", "node-registry");
+    let registry_bin = release_bin("node-registry", "node-registry");
     let started = Instant::now();
     let registry = Proc::spawn(
         "registry",

@@ -85,7 +85,7 @@ async fn publish_pipelined(
 fn spawn_registry(server: &NatsServer, name: &str, degraded_after: Duration) -> Proc {
     Proc::spawn(
         name,
-        &release_bin("registry-core", "node-registry"),
+        &release_bin("node-registry", "node-registry"),
         &[
             "--nats-url".to_owned(),
             server.url(),

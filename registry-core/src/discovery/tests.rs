@@ -196,9 +196,11 @@ fn sorts_status_limit_prefer_and_random() {
     let records = fleet();
     let c = catalog(&records);
     let mut firsts = BTreeSet::new();
-    for _ in 0..64 {
-        let reply = query(r#"{"sort":"random","limit":1}"#).answer(&c);
+    for seed in 0..64 {
+        let random = query(r#"{"sort":"random","limit":1}"#).with_seed(seed);
+        let reply = random.answer(&c);
         assert_eq!(reply.total, 3);
+        assert_eq!(random.answer(&c), reply, "one seed, one order");
         firsts.insert(reply.nodes[0].node_id.clone());
     }
     assert_eq!(

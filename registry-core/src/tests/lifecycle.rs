@@ -62,7 +62,7 @@ impl Sim {
             self.revision += 1;
             if let Write::Put { record, .. } = write {
                 let id = NodeId::parse(&record.node_id).expect("valid id");
-                let stored = registry_kv::records::encode_record(&record);
+                let stored = schemas::record::encode_record(&record);
                 self.fleet.confirm_write(&id, self.revision, stored);
             }
         }
@@ -266,7 +266,7 @@ fn restart_grants_a_full_window_and_raises_no_registration() {
     let mut restarted = Fleet::new(settings());
     let start = t0() + secs(80);
     let skipped = restarted.restore(
-        record.map(|r| (registry_kv::records::encode_record(&r), 1)),
+        record.map(|r| (schemas::record::encode_record(&r), 1)),
         start,
     );
     assert!(skipped.is_empty());
@@ -624,7 +624,7 @@ fn a_takeover_keeps_deadlines_from_the_last_checkpoint_and_the_same_alert_ids() 
     sim.send(EventType::Register, "n1", t0());
     let stored = sim.fleet.get(&NodeId::parse("n1").expect("id")).map(|n| {
         (
-            registry_kv::records::encode_record(&n.record()),
+            schemas::record::encode_record(&n.record()),
             n.revision.unwrap_or(0),
         )
     });

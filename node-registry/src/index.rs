@@ -16,7 +16,7 @@ use registry_kv::watch::{watch_raw, RawChange};
 use schemas::NodeRecord;
 use tokio::sync::watch;
 
-use crate::catalog::Catalog;
+use registry_core::catalog::Catalog;
 use tracing::{info, instrument, warn};
 
 /// Writes announced by this process, by key: the bytes and the record.

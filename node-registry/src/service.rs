@@ -13,9 +13,9 @@ use schemas::{DiscoverReply, DiscoverRequest, GetRequest};
 use tokio::sync::watch;
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::catalog::Catalog;
-use crate::discovery::{Query, Selection};
 use crate::index::ReadIndex;
+use registry_core::catalog::Catalog;
+use registry_core::discovery::{Query, Selection};
 
 /// Counters of the registry, reported in the service's `$SRV.STATS` data.
 #[derive(Debug, Default)]
@@ -241,7 +241,8 @@ async fn answer(
                 (StatusFilter::Any, SortOrder::NodeId)
             };
             let query = Query::from_request(request, status, sort)
-                .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
+                .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?
+                .with_seed(rand::random());
             if let Some(wanted) = query.min_revision {
                 if !index.wait_revision(wanted, MIN_REVISION_WAIT).await {
                     let have = index.read(|c| c.revision);

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, info_span, instrument, warn, Instrument};
 
 use crate::index::ReadIndex;
-use crate::lifecycle::{Effects, Fleet, OwnFault, Write};
 use crate::service::Counters;
+use registry_core::lifecycle::{Effects, Fleet, OwnFault, Write};
 
 /// Most events handled as one batch.
 const MAX_BATCH: usize = 1000;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use registry_core::config::{Overrides, RegistryConfig};
+use node_registry::config::{Overrides, RegistryConfig};
 
 /// The fleet node registry: consumes node events, keeps node state in
 /// JetStream KV, raises liveness alerts and answers discovery.
@@ -83,7 +83,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     runtime_support::init_tracing(&config.log_format);
-    match registry_core::run(config, runtime_support::shutdown_signal()).await {
+    match node_registry::run(config, runtime_support::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node-registry failed");

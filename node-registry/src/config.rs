@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use subjects::Names;
 
-use crate::lifecycle::LifecycleSettings;
+use registry_core::lifecycle::LifecycleSettings;
 
 /// Prefix of the environment variables that configure the registry.
 pub const ENV_PREFIX: &str = "NODE_REGISTRY_";
