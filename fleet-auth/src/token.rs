@@ -92,20 +92,6 @@ pub fn secret_matches(secret: &str, digest: &str) -> bool {
             == 0
 }
 
-/// What the keys of token records in `registry_meta` start with.
-pub const TOKEN_KEY_PREFIX: &str = "token.";
-
-/// The key of token `id`'s record in `registry_meta`.
-pub fn token_key(id: &str) -> String {
-    format!("{TOKEN_KEY_PREFIX}{id}")
-}
-
-/// The key under which a joined node's public key is kept in
-/// `registry_meta`.
-pub fn node_key_key(node_id: &str) -> String {
-    format!("nodekey.{node_id}")
-}
-
 /// A token's record in `registry_meta`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -195,35 +181,6 @@ pub struct NodeKeyRecord {
     pub joined_at: String,
     /// The token it used.
     pub token_id: String,
-}
-
-/// A request on `registry.join`. Unknown fields are an error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinRequest {
-    /// The token's id.
-    pub token_id: String,
-    /// The token's secret.
-    pub secret: String,
-    /// The node id the machine will use.
-    pub node_id: String,
-    /// The public user nkey it generated (its seed never leaves it).
-    pub public_key: String,
-}
-
-/// The answer to a join: the node's user JWT (with its own seed, its
-/// `.creds`), and what the token granted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinReply {
-    /// The node's user JWT.
-    pub jwt: String,
-    /// Its node id.
-    pub node_id: String,
-    /// Its role.
-    pub role: String,
-    /// Its labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use rand::Rng;
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_REQUEST_BYTES};
 use schemas::error::{ErrorCode, ServiceError};
-use schemas::status::EventType;
+use schemas::status::{EventType, TaskType};
 use schemas::{Capabilities, DetectReply, NodeEvent, PingReply, ReannounceReply, TaskRequest};
 use subjects::NodeId;
 use tokio::sync::mpsc;
@@ -621,8 +621,6 @@ async fn deregister(agent: &Arc<Shared>) {
     }
 }
 
-/// Answers one control task; returns whether a fresh `register` is due.
-#[instrument(skip_all)]
 /// Whether a `system.broadcast` message is the registry's request that every
 /// node register again. Anything else there (alerts) is not for the agent;
 /// oversized or malformed messages are ignored.
@@ -637,6 +635,8 @@ fn asks_to_reannounce(payload: &[u8]) -> bool {
             .is_ok_and(|k| k.r#type == subjects::alert_types::REGISTRY_REANNOUNCE)
 }
 
+/// Answers one control task; returns whether a fresh `register` is due.
+#[instrument(skip_all, fields(node_id = %agent.id))]
 async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
     let mut reregister = false;
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
@@ -648,13 +648,13 @@ async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
             let result =
                 match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
                     Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
-                    Ok(task) => match task.r#type.as_str() {
-                        "reannounce" => {
+                    Ok(task) => match task.r#type.parse::<TaskType>() {
+                        Ok(TaskType::Reannounce) => {
                             info!("asked to reannounce");
                             reregister = true;
                             Ok(codec::encode(&ReannounceReply { ok: true }, encoding))
                         }
-                        "ping" => Ok(codec::encode(
+                        Ok(TaskType::Ping) => Ok(codec::encode(
                             &PingReply {
                                 node_id: agent.id.to_string(),
                                 agent_version: AGENT_VERSION.to_owned(),
@@ -663,17 +663,18 @@ async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
                             },
                             encoding,
                         )),
-                        "detect" => Ok(codec::encode(
+                        Ok(TaskType::Detect) => Ok(codec::encode(
                             &DetectReply {
                                 capabilities: Some(detect(agent).await),
                             },
                             encoding,
                         )),
-                        other => Err(ServiceError::new(
+                        Err(unknown) => Err(ServiceError::new(
                             ErrorCode::NotFound,
                             format!(
-                                "unknown task type {:?}, expected one of reannounce, ping, detect",
-                                other.chars().take(64).collect::<String>()
+                                "unknown task type {:?}, expected one of {}",
+                                unknown.value,
+                                TaskType::ALL.join(", ")
                             ),
                         )),
                     },

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_auth::token::{JoinReply, JoinRequest, JoinToken};
+use fleet_auth::token::JoinToken;
+use schemas::join::{JoinReply, JoinRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentConfig, CREDS_FILE};

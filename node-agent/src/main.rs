@@ -197,7 +197,7 @@ async fn status(config: &AgentConfig) -> ExitCode {
             .map(|id| fleet_auth::node_inbox_prefix(&id)),
         ..config.nats_auth()
     };
-    let client = match nodectl::Client::connect_with(&config.nats_url, &auth).await {
+    let client = match fleet_client::Client::connect_with(&config.nats_url, &auth).await {
         Ok(client) => client,
         Err(e) => {
             eprintln!("node-agent: {e}");

@@ -9,25 +9,22 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::Utc;
-use fleet_auth::token::{
-    node_key_key, secret_matches, token_key, JoinReply, JoinRequest, NodeKeyRecord, TokenRecord,
-    TokenState, MAX_TOKEN_BYTES, TOKEN_KEY_PREFIX,
-};
+use fleet_auth::token::{secret_matches, NodeKeyRecord, TokenRecord, TokenState, MAX_TOKEN_BYTES};
 use fleet_auth::{Role, UserIssuer};
 use futures::StreamExt;
 use schemas::codec::Encoding;
 use schemas::error::{ErrorCode, ServiceError};
+use schemas::join::{JoinReply, JoinRequest};
+use subjects::meta_keys;
 use subjects::NodeId;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::service::Counters;
 
-fn refuse(code: u16, message: impl Into<String>) -> ServiceError {
-    ServiceError {
-        code,
-        message: message.into(),
-    }
+/// `registry_meta` did not answer: a 503, for the machine to retry.
+fn unavailable(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::new(ErrorCode::NotReady, format!("registry_meta: {e}"))
 }
 
 /// Answers `registry.join` until `shutdown` (every instance does, in the
@@ -77,8 +74,10 @@ pub async fn serve(
                 warn!(code = e.code, reason = %e.message, "join refused");
             }
         }
-        let body = result
-            .and_then(|joined| serde_json::to_vec(&joined).map_err(|e| refuse(500, e.to_string())));
+        let body = result.and_then(|joined| {
+            serde_json::to_vec(&joined)
+                .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))
+        });
         let (headers, body) = schemas::nats::reply_parts(body, Encoding::Json);
         if let Err(e) = client.publish_with_headers(reply, headers, body).await {
             warn!(error = %e, "answering a join");
@@ -108,22 +107,22 @@ async fn join(
             "public_key must be a user nkey (U...)",
         ));
     }
-    let unavailable = |e: String| refuse(503, format!("registry_meta: {e}"));
-    let key = token_key(&request.token_id);
+    let key = meta_keys::token(&request.token_id);
     let entry = if request.token_id.chars().all(|c| c.is_ascii_hexdigit()) {
-        meta.entry(&key)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
+        meta.entry(&key).await.map_err(unavailable)?
     } else {
         None
     };
     let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-        return Err(refuse(404, "unknown join token"));
+        return Err(ServiceError::new(ErrorCode::NotFound, "unknown join token"));
     };
     let mut record: TokenRecord = serde_json::from_slice(&entry.value)
-        .map_err(|e| refuse(500, format!("token record: {e}")))?;
+        .map_err(|e| ServiceError::new(ErrorCode::Internal, format!("token record: {e}")))?;
     if !secret_matches(&request.secret, &record.secret_sha256) {
-        return Err(refuse(401, "join token secret does not match"));
+        return Err(ServiceError::new(
+            ErrorCode::Unauthorized,
+            "join token secret does not match",
+        ));
     }
     if let Some(used) = &record.used_at {
         if record.node_id.as_deref() == Some(node_id.as_str())
@@ -132,8 +131,8 @@ async fn join(
             // The same join again (its answer was lost): the same grant.
             return grant(issuer, &node_id, &request.public_key, record);
         }
-        return Err(refuse(
-            409,
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
             format!(
                 "join token already used at {used} by {}",
                 record.node_id.as_deref().unwrap_or("?")
@@ -141,24 +140,27 @@ async fn join(
         ));
     }
     if let Some(revoked) = &record.revoked_at {
-        return Err(refuse(403, format!("join token revoked at {revoked}")));
+        return Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            format!("join token revoked at {revoked}"),
+        ));
     }
     let now = Utc::now();
     if record.state(now) == TokenState::Expired {
-        return Err(refuse(
-            410,
+        return Err(ServiceError::new(
+            ErrorCode::Gone,
             format!("join token expired at {}", record.expires_at),
         ));
     }
-    let node_key = node_key_key(node_id.as_str());
+    let node_key = meta_keys::node_key(node_id.as_str());
     if meta
         .entry(&node_key)
         .await
-        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(unavailable)?
         .is_some_and(|e| e.operation == kv::Operation::Put)
     {
-        return Err(refuse(
-            409,
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
             format!(
                 "node id {node_id} already has credentials; revoke them first or pick another id"
             ),
@@ -167,29 +169,43 @@ async fn join(
     // Single use: the token is spent by a compare-and-swap on its record.
     record.used_at = Some(schemas::time::format(now));
     record.node_id = Some(node_id.to_string());
-    let spent = serde_json::to_vec(&record).map_err(|e| refuse(500, e.to_string()))?;
+    let spent = serde_json::to_vec(&record)
+        .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))?;
     meta.update(&key, spent.into(), entry.revision)
         .await
-        .map_err(|_| refuse(409, "join token already used"))?;
+        .map_err(|e| match e.kind() {
+            // Another join spent it between our read and this write.
+            kv::UpdateErrorKind::WrongLastRevision => {
+                ServiceError::new(ErrorCode::Conflict, "join token already used")
+            }
+            _ => unavailable(e),
+        })?;
     let reply = grant(issuer, &node_id, &request.public_key, record)?;
     let remembered = NodeKeyRecord {
         public_key: request.public_key.clone(),
         joined_at: schemas::time::format(now),
         token_id: request.token_id.clone(),
     };
-    let remembered = serde_json::to_vec(&remembered).map_err(|e| refuse(500, e.to_string()))?;
+    let remembered = serde_json::to_vec(&remembered)
+        .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))?;
     meta.create(&node_key, remembered.into())
         .await
-        .map_err(|_| refuse(409, format!("node id {node_id} joined meanwhile")))?;
+        .map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => ServiceError::new(
+                ErrorCode::Conflict,
+                format!("node id {node_id} joined meanwhile"),
+            ),
+            _ => unavailable(e),
+        })?;
     Ok(reply)
 }
 
 /// The public key a node id joined with, if it did.
 async fn joined_key(meta: &kv::Store, node_id: &NodeId) -> Result<Option<String>, ServiceError> {
     let entry = meta
-        .entry(node_key_key(node_id.as_str()))
+        .entry(meta_keys::node_key(node_id.as_str()))
         .await
-        .map_err(|e| refuse(503, format!("registry_meta: {e}")))?;
+        .map_err(unavailable)?;
     Ok(entry
         .filter(|e| e.operation == kv::Operation::Put)
         .and_then(|e| serde_json::from_slice::<NodeKeyRecord>(&e.value).ok())
@@ -261,7 +277,7 @@ async fn sweep_tokens(
     now: chrono::DateTime<Utc>,
 ) -> Result<usize, registry_kv::meta::MetaError> {
     let mut forgotten = 0;
-    for key in registry_kv::meta::keys_under(meta, TOKEN_KEY_PREFIX).await? {
+    for key in registry_kv::meta::keys_under(meta, meta_keys::TOKEN_PREFIX).await? {
         let entry = match meta.entry(&key).await {
             Ok(entry) => entry,
             Err(e) => {

@@ -10,11 +10,9 @@ use async_nats::jetstream::kv;
 use fleet_auth::token::NodeKeyRecord;
 use fleet_auth::EventKey;
 use futures::StreamExt;
+use subjects::meta_keys;
 use tokio::sync::watch;
 use tracing::{debug, warn};
-
-/// The prefix of node-key entries.
-const PREFIX: &str = "nodekey.";
 
 /// Node id → public key (parsed once) of every joined node.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +63,10 @@ pub fn spawn_watcher(meta: kv::Store, mut shutdown: watch::Receiver<bool>) -> No
     let shared = keys.clone();
     tokio::spawn(async move {
         loop {
-            let watch = match meta.watch_with_history(format!("{PREFIX}>")).await {
+            let watch = match meta
+                .watch_with_history(format!("{}>", meta_keys::NODE_KEY_PREFIX))
+                .await
+            {
                 Ok(watch) => watch,
                 Err(e) => {
                     warn!(error = %e, "watching node keys; retrying");
@@ -83,7 +84,7 @@ pub fn spawn_watcher(meta: kv::Store, mut shutdown: watch::Receiver<bool>) -> No
                 };
                 match next {
                     Some(Ok(entry)) => {
-                        let Some(node) = entry.key.strip_prefix(PREFIX) else {
+                        let Some(node) = meta_keys::parse_node_key(&entry.key) else {
                             continue;
                         };
                         let key = (entry.operation == kv::Operation::Put)

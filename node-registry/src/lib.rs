@@ -371,7 +371,7 @@ async fn guard_bucket(
     mut leading: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let stream = format!("KV_{}", config.names.nodes_bucket);
+    let stream = subjects::kv_stream(&config.names.nodes_bucket);
     let alerts = registry_kv::alerts::AlertPublisher::new(js.clone());
     loop {
         tokio::select! {

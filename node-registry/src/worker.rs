@@ -11,9 +11,10 @@ use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use registry_kv::alerts::AlertPublisher;
 use registry_kv::{EncodedRecord, RecordStore, StoreError};
+use schemas::admin::{AdminReply, AdminRequest};
 use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_EVENT_BYTES};
 use schemas::error::{ErrorCode, ServiceError};
-use schemas::status::NodeStatus;
+use schemas::status::{AdminOp, NodeStatus, TaskType};
 use schemas::validate::{validate_event, ValidEvent};
 use schemas::{Alert, NodeEvent, TaskRequest};
 use subjects::NodeId;
@@ -518,7 +519,7 @@ impl<S: RecordStore> Worker<S> {
             return;
         };
         let result = match AdminRequest::decode(&message.payload) {
-            Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e)),
+            Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
             Ok(request) => {
                 let now = self.clock.now();
                 // One id per request: a retried request is a new decision.
@@ -546,21 +547,23 @@ impl<S: RecordStore> Worker<S> {
                             .get(&request.node_id)
                             .map(|n| n.status.to_string());
                         info!(op = ?request.op, node_id = %request.node_id, ?status, "admin request applied");
-                        let mut answer = serde_json::json!({
-                            "ok": true,
-                            "node_id": request.node_id.as_str(),
-                            "status": status,
-                            "stored": done,
-                        });
-                        if request.op == AdminOp::Deregister && was == Some(NodeStatus::Online) {
-                            // Like a kubelet after `kubectl delete node`: a
-                            // running agent registers again.
-                            answer["note"] = format!(
+                        // Like a kubelet after `kubectl delete node`: a
+                        // running agent registers again.
+                        let note = (request.op == AdminOp::Deregister
+                            && was == Some(NodeStatus::Online))
+                        .then(|| {
+                            format!(
                                 "{} was online when removed: its agent registers again at its next heartbeat unless it is stopped or its credentials are revoked (nodectl auth revoke {})",
                                 request.node_id, request.node_id
                             )
-                            .into();
-                        }
+                        });
+                        let answer = AdminReply {
+                            ok: true,
+                            node_id: request.node_id.to_string(),
+                            status,
+                            stored: done,
+                            note,
+                        };
                         serde_json::to_vec(&answer)
                             .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))
                     }
@@ -842,7 +845,7 @@ impl<S: RecordStore> Worker<S> {
 
     async fn reannounce(&self, id: &NodeId) {
         let task = TaskRequest {
-            r#type: "reannounce".to_owned(),
+            r#type: TaskType::Reannounce.to_string(),
         };
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
@@ -872,58 +875,13 @@ pub fn read_connection_advisory(payload: &[u8]) -> Result<String, String> {
 /// Reads an admin request as the worker does: the node it names, or why
 /// it would be refused (for the fuzz targets).
 pub fn read_admin_request(payload: &[u8]) -> Result<String, String> {
-    AdminRequest::decode(payload).map(|request| request.node_id.to_string())
+    AdminRequest::decode(payload)
+        .map(|request| request.node_id.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// How long the event stream may take to answer the probe of each sweep.
 const STREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What an admin asks of the leader.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum AdminOp {
-    Cordon,
-    Uncordon,
-    Deregister,
-}
-
-/// A request on `registry.admin`. Unknown fields are an error.
-#[derive(Debug)]
-struct AdminRequest {
-    op: AdminOp,
-    node_id: NodeId,
-    reason: Option<String>,
-}
-
-impl AdminRequest {
-    /// Largest admin request read.
-    const MAX_BYTES: usize = 4096;
-
-    fn decode(payload: &[u8]) -> Result<Self, String> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Wire {
-            op: AdminOp,
-            node_id: String,
-            #[serde(default)]
-            reason: Option<String>,
-        }
-        if payload.len() > Self::MAX_BYTES {
-            return Err(format!("admin request over {} bytes", Self::MAX_BYTES));
-        }
-        let wire: Wire =
-            serde_json::from_slice(payload).map_err(|e| format!("admin request: {e}"))?;
-        let node_id = NodeId::parse(&wire.node_id).map_err(|e| e.to_string())?;
-        if wire.reason.as_ref().is_some_and(|r| r.len() > 256) {
-            return Err("reason over 256 bytes".into());
-        }
-        Ok(Self {
-            op: wire.op,
-            node_id,
-            reason: wire.reason,
-        })
-    }
-}
 
 /// A server advisory of a client connection opening or closing: the fields
 /// the registry uses.

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// The key of the lease in `registry_meta`.
-pub const LEASE_KEY: &str = "leader";
+pub const LEASE_KEY: &str = subjects::meta_keys::LEADER;
 
 /// What the lease key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,17 @@ pub const HEADER_ERROR_CODE: &str = "Nats-Service-Error-Code";
 pub enum ErrorCode {
     /// The request is malformed or invalid.
     BadRequest,
+    /// The credentials or secret offered do not match.
+    Unauthorized,
+    /// Not allowed, e.g. a revoked join token.
+    Forbidden,
     /// The thing asked for does not exist.
     NotFound,
+    /// It conflicts with the state (e.g. a join token already used, a node
+    /// id taken by another key).
+    Conflict,
+    /// It existed but is no more (e.g. an expired join token).
+    Gone,
     /// The answerer is not ready yet (e.g. its index is still loading).
     NotReady,
     /// The answerer failed.
@@ -26,7 +35,11 @@ impl ErrorCode {
     pub fn code(self) -> u16 {
         match self {
             Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::Gone => 410,
             Self::NotReady => 503,
             Self::Internal => 500,
         }
@@ -36,7 +49,11 @@ impl ErrorCode {
     pub fn from_code(code: u16) -> Option<Self> {
         match code {
             400 => Some(Self::BadRequest),
+            401 => Some(Self::Unauthorized),
+            403 => Some(Self::Forbidden),
             404 => Some(Self::NotFound),
+            409 => Some(Self::Conflict),
+            410 => Some(Self::Gone),
             503 => Some(Self::NotReady),
             500 => Some(Self::Internal),
             _ => None,
@@ -48,7 +65,8 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ServiceError {
-    /// The numeric code (400, 404, 503, 500, or another the answerer chose).
+    /// The numeric code: one of [`ErrorCode`]'s (a reply from another
+    /// program may carry another).
     pub code: u16,
     /// One line saying what went wrong.
     pub message: String,
@@ -103,6 +121,15 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_round_trips() {
+        for code in [400, 401, 403, 404, 409, 410, 500, 503] {
+            let kind = ErrorCode::from_code(code).expect("one of ours");
+            assert_eq!(kind.code(), code);
+        }
+        assert_eq!(ErrorCode::from_code(418), None);
+    }
 
     #[test]
     fn body_has_the_contract_shape_and_parses_back() {

@@ -7,9 +7,11 @@
 //!   decoding of requests.
 //! - [`validate`]: checks an inbound event and turns it into a typed
 //!   [`validate::ValidEvent`].
-//! - [`status`]: the lowercase strings of statuses, alert and event types as
-//!   enums.
+//! - [`status`]: the lowercase strings of statuses, alert, event and task
+//!   types and admin ops as enums.
 //! - [`error`]: coded error replies (`Nats-Service-Error-Code`).
+//! - [`admin`], [`join`]: the requests and answers of `registry.admin` and
+//!   `registry.join`.
 //! - [`time`]: RFC 3339 formatting of the server's times.
 //! - [`record`]: a node record as its KV value.
 //! - `nats` (feature `nats`): the encoding named by a message's headers;
@@ -17,8 +19,10 @@
 //! - [`selector`]: the label-selector language of discovery queries.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod codec;
 pub mod error;
+pub mod join;
 pub mod json;
 #[cfg(feature = "nats")]
 pub mod nats;

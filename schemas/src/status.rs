@@ -76,6 +76,32 @@ string_enum! {
 }
 
 string_enum! {
+    /// A control task on `node.<id>.tasks`.
+    TaskType {
+        /// Publish a fresh `register`.
+        Reannounce => "reannounce",
+        /// Say how the agent is.
+        Ping => "ping",
+        /// Detect the capabilities afresh and answer them.
+        Detect => "detect",
+    }
+}
+
+string_enum! {
+    /// What an operator asks of the leader on `registry.admin`.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    AdminOp {
+        /// Into maintenance: neither judged nor discovered as online.
+        Cordon => "cordon",
+        /// Out of maintenance, judged again after a fresh window.
+        Uncordon => "uncordon",
+        /// The record removed (a live agent registers again).
+        Deregister => "deregister",
+    }
+}
+
+string_enum! {
     /// The type of a node event.
     EventType {
         /// The node announces itself and its capabilities.

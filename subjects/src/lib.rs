@@ -12,6 +12,9 @@
 //!   [`SYSTEM_BROADCAST`]: fixed subjects.
 //! - [`Names`]: stream, bucket and consumer names, with the contract's
 //!   defaults and room to configure them (tests use their own).
+//! - [`meta_keys`]: the keys of the `registry_meta` bucket.
+//! - [`SYS_CLAIMS_UPDATE`], [`sys_server_connz`]: the server's system
+//!   subjects the tools use.
 #![deny(missing_docs)]
 
 use std::fmt;
@@ -296,6 +299,51 @@ fn parse_node_subject(subject: &str, expected: &'static str) -> Result<NodeId, S
     NodeId::parse(id)
 }
 
+/// The stream behind KV bucket `bucket` (JetStream names it `KV_<bucket>`).
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The server's system subject that takes an updated account JWT (pushed
+/// after a revocation, so no server restart is needed).
+pub const SYS_CLAIMS_UPDATE: &str = "$SYS.REQ.CLAIMS.UPDATE";
+
+/// The server's system subject for one server's connection list (CONNZ).
+pub fn sys_server_connz(server_id: &str) -> String {
+    format!("$SYS.REQ.SERVER.{server_id}.CONNZ")
+}
+
+/// The keys of the `registry_meta` bucket: the leader lease, join tokens and
+/// joined nodes' public keys.
+pub mod meta_keys {
+    /// The leader lease.
+    pub const LEADER: &str = "leader";
+    /// What the keys of join-token records start with.
+    pub const TOKEN_PREFIX: &str = "token.";
+    /// What the keys of joined nodes' public keys start with.
+    pub const NODE_KEY_PREFIX: &str = "nodekey.";
+
+    /// The key of join token `id`'s record.
+    pub fn token(id: &str) -> String {
+        format!("{TOKEN_PREFIX}{id}")
+    }
+
+    /// The key under which node `node_id`'s public key is kept.
+    pub fn node_key(node_id: &str) -> String {
+        format!("{NODE_KEY_PREFIX}{node_id}")
+    }
+
+    /// The node id of a node-key key, if it is one.
+    pub fn parse_node_key(key: &str) -> Option<&str> {
+        key.strip_prefix(NODE_KEY_PREFIX)
+    }
+
+    /// The token id of a token-record key, if it is one.
+    pub fn parse_token(key: &str) -> Option<&str> {
+        key.strip_prefix(TOKEN_PREFIX)
+    }
+}
+
 /// The subject of a KV key's values in a bucket, for filtering and replay.
 pub fn kv_key_subject(bucket: &str, key: &str) -> String {
     format!("$KV.{bucket}.{key}")
@@ -304,6 +352,15 @@ pub fn kv_key_subject(bucket: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_keys_round_trip() {
+        assert_eq!(meta_keys::node_key("n-1"), "nodekey.n-1");
+        assert_eq!(meta_keys::parse_node_key("nodekey.n-1"), Some("n-1"));
+        assert_eq!(meta_keys::parse_node_key("token.ab"), None);
+        assert_eq!(meta_keys::parse_token(&meta_keys::token("ab")), Some("ab"));
+        assert_eq!(kv_stream("nodes"), "KV_nodes");
+    }
 
     #[test]
     fn valid_ids_are_accepted() {

@@ -106,7 +106,7 @@ async fn main() {
     let nodectl_bin = release_bin("nodectl", "nodectl");
     let server = NatsServer::start().await;
     let _registry = spawn_registry(&server, "registry", &[], &[]);
-    let client = nodectl::Client::new(server.client().await, subjects::Names::default());
+    let client = fleet_client::Client::new(server.client().await, subjects::Names::default());
 
     let mut results = Vec::new();
     // Baseline: an idle async-nats client of this workspace.
@@ -154,10 +154,10 @@ async fn main() {
     }
 
     // A real heartbeat from the stream, and the same in protobuf.
-    let query = nodectl::AuditQuery {
+    let query = fleet_client::AuditQuery {
         since: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
         types: vec!["heartbeat".into()],
-        ..nodectl::AuditQuery::default()
+        ..fleet_client::AuditQuery::default()
     };
     let beats = client.audit(&query).await.expect("audit");
     let real: NodeEvent = beats

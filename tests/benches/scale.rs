@@ -100,7 +100,7 @@ fn spawn_registry(server: &NatsServer, name: &str, degraded_after: Duration) -> 
 }
 
 /// A fresh nats-server with a release registry on it, answering.
-async fn start(degraded_after: Duration) -> (NatsServer, Proc, nodectl::Client) {
+async fn start(degraded_after: Duration) -> (NatsServer, Proc, fleet_client::Client) {
     let server = NatsServer::start().await;
     let registry = spawn_registry(&server, "registry", degraded_after);
     let client = fleet_tests::registry_client(&server)

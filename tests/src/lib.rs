@@ -598,12 +598,12 @@ pub async fn stored_node_id(state_dir: &Path) -> String {
 }
 
 /// A typed registry client on `server`, with the contract's names.
-pub async fn registry_client(server: &NatsServer) -> nodectl::Client {
-    nodectl::Client::new(server.client().await, subjects::Names::default())
+pub async fn registry_client(server: &NatsServer) -> fleet_client::Client {
+    fleet_client::Client::new(server.client().await, subjects::Names::default())
 }
 
 /// Waits until a registry answers discovery (its index is loaded).
-pub async fn wait_registry(client: &nodectl::Client) {
+pub async fn wait_registry(client: &fleet_client::Client) {
     eventually(
         "the registry to answer",
         Duration::from_secs(20),
@@ -618,9 +618,41 @@ pub async fn wait_registry(client: &nodectl::Client) {
     .await;
 }
 
+/// Sends `registry.admin` as `op` on `node_id` and returns the answer as
+/// JSON (what an operator's tool sees on the wire). Known ops go through the
+/// typed [`fleet_client::Client::admin`]; anything else is sent as raw JSON,
+/// so a test can ask for what the typed client cannot say.
+pub async fn admin_json(
+    client: &fleet_client::Client,
+    op: &str,
+    node_id: &str,
+    reason: Option<&str>,
+) -> Result<serde_json::Value, fleet_client::ClientError> {
+    let typed = op
+        .parse::<schemas::status::AdminOp>()
+        .ok()
+        .zip(subjects::NodeId::parse(node_id).ok());
+    if let Some((op, node_id)) = typed {
+        let request = schemas::admin::AdminRequest {
+            op,
+            node_id,
+            reason: reason.map(str::to_owned),
+        };
+        let answer = client.admin(&request).await?;
+        return Ok(serde_json::to_value(answer).expect("an answer is JSON"));
+    }
+    let request = serde_json::json!({"op": op, "node_id": node_id, "reason": reason});
+    let reply = client
+        .request_raw(subjects::REGISTRY_ADMIN, request.to_string().into())
+        .await?;
+    if let Some(error) = fleet_client::service_error(&reply) {
+        return Err(fleet_client::ClientError::Service(error));
+    }
+    Ok(serde_json::from_slice(&reply.payload).expect("the leader answers JSON"))
+}
 /// Waits up to `limit` until the registry lists at least `nodes` nodes of
 /// any status.
-pub async fn wait_total(client: &nodectl::Client, nodes: u64, limit: Duration) {
+pub async fn wait_total(client: &fleet_client::Client, nodes: u64, limit: Duration) {
     eventually(
         &format!("the registry to list {nodes} nodes"),
         limit,

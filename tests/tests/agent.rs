@@ -4,12 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use fleet_client::Client;
 use fleet_tests::{
     agent_node_id, eventually, fake_systemctl, registry_client, spawn_agent, spawn_registry,
     wait_registry, workspace_bin, workspace_root, AlertTap, FakeOllama, KillOnDrop, NatsServer,
     Proc,
 };
-use nodectl::Client;
 use schemas::{DiscoverRequest, NodeRecord};
 
 const SOON: Duration = Duration::from_secs(20);
@@ -228,11 +228,11 @@ async fn a_protobuf_agent_is_a_full_member() {
     })
     .await;
     assert_eq!(record.labels.get("enc").map(String::as_str), Some("pb"));
-    let query = nodectl::AuditQuery {
+    let query = fleet_client::AuditQuery {
         node_id: Some(id),
         since: Some(chrono::Utc::now() - chrono::Duration::minutes(5)),
         types: vec!["heartbeat".into()],
-        ..nodectl::AuditQuery::default()
+        ..fleet_client::AuditQuery::default()
     };
     let beats = client
         .audit(&query)

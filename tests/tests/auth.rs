@@ -248,7 +248,7 @@ async fn the_registry_and_an_agent_run_with_their_own_credentials() {
     let (reader, mut errors) = connect_as(&s.server, &s.auth, "reader", "_INBOX")
         .await
         .expect("reader connects");
-    let client = nodectl::Client::new(reader.clone(), subjects::Names::default());
+    let client = fleet_client::Client::new(reader.clone(), subjects::Names::default());
     fleet_tests::eventually(
         "the agent to be discovered",
         Duration::from_secs(30),
@@ -287,9 +287,8 @@ async fn the_registry_and_an_agent_run_with_their_own_credentials() {
     let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
     assert_eq!(reply["node_id"], "node-a", "{reply}");
     // An admin may cordon.
-    let admin_client = nodectl::Client::new(admin.clone(), subjects::Names::default());
-    let answer = admin_client
-        .admin("cordon", "node-a", None)
+    let admin_client = fleet_client::Client::new(admin.clone(), subjects::Names::default());
+    let answer = fleet_tests::admin_json(&admin_client, "cordon", "node-a", None)
         .await
         .expect("an admin cordons");
     assert_eq!(answer["status"], "maintenance", "{answer}");
@@ -455,7 +454,7 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
     let (reader, _) = connect_as(&s.server, &s.auth, "reader", "_INBOX")
         .await
         .expect("reader connects");
-    let client = nodectl::Client::new(reader, subjects::Names::default());
+    let client = fleet_client::Client::new(reader, subjects::Names::default());
     let node = fleet_tests::eventually(
         "the joined node to be discovered",
         Duration::from_secs(30),
@@ -680,7 +679,7 @@ async fn join_tokens_are_listed_revoked_and_forgotten_after_their_retention() {
         .expect("bootstrap connects");
     let key = nkeys::KeyPair::new_user();
     let ask = |public_key: String| {
-        let request = fleet_auth::token::JoinRequest {
+        let request = schemas::join::JoinRequest {
             token_id: token.id.clone(),
             secret: token.secret.clone(),
             node_id: "node-r".into(),
@@ -696,7 +695,7 @@ async fn join_tokens_are_listed_revoked_and_forgotten_after_their_retention() {
             match schemas::nats::error_of(reply.headers.as_ref(), &reply.payload) {
                 Some(error) => Err(error.code),
                 None => Ok(
-                    serde_json::from_slice::<fleet_auth::token::JoinReply>(&reply.payload)
+                    serde_json::from_slice::<schemas::join::JoinReply>(&reply.payload)
                         .expect("a join reply"),
                 ),
             }
@@ -761,7 +760,7 @@ async fn the_join_script_joins_with_a_token() {
     let (reader, _) = connect_as(&s.server, &s.auth, "reader", "_INBOX")
         .await
         .expect("reader connects");
-    let client = nodectl::Client::new(reader, subjects::Names::default());
+    let client = fleet_client::Client::new(reader, subjects::Names::default());
     let record = client.get(&id).await.expect("get").expect("known");
     assert_eq!(record.role.as_deref(), Some("gateway"), "the token's role");
     assert_eq!(record.labels.get("region").map(String::as_str), Some("us"));
@@ -796,7 +795,7 @@ async fn in_auth_mode_a_crashed_agent_is_degraded_by_its_closed_connection() {
     let (admin, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
         .await
         .expect("admin connects");
-    let client = nodectl::Client::new(admin.clone(), subjects::Names::default());
+    let client = fleet_client::Client::new(admin.clone(), subjects::Names::default());
     let mut alerts = fleet_tests::AlertTap::new(&admin).await;
     fleet_tests::eventually("node-a online", Duration::from_secs(30), || async {
         let record = client.get("node-a").await.ok()??;
@@ -867,7 +866,7 @@ async fn a_node_issued_by_nodectl_has_its_events_checked_too() {
     let (admin_conn, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
         .await
         .expect("admin connects");
-    let client = nodectl::Client::new(admin_conn.clone(), subjects::Names::default());
+    let client = fleet_client::Client::new(admin_conn.clone(), subjects::Names::default());
     fleet_tests::eventually(
         "node-c's signed events accepted",
         Duration::from_secs(30),

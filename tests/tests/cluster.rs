@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use chrono::Utc;
+use fleet_client::{AuditQuery, AuditSource};
 use fleet_tests::{eventually, spawn_agent_on, spawn_registry_on, AlertTap, NatsCluster, Proc};
-use nodectl::{AuditQuery, AuditSource};
 use schemas::{DiscoverRequest, NodeEvent};
 use tokio::sync::watch;
 
@@ -105,8 +105,8 @@ impl Fleet {
     }
 
     /// A registry client on member `i` only.
-    async fn client_at(&self, i: usize) -> nodectl::Client {
-        nodectl::Client::new(
+    async fn client_at(&self, i: usize) -> fleet_client::Client {
+        fleet_client::Client::new(
             self.cluster.servers[i].client().await,
             subjects::Names::default(),
         )
@@ -114,7 +114,7 @@ impl Fleet {
     }
 }
 
-async fn wait_online(client: &nodectl::Client, n: usize) {
+async fn wait_online(client: &fleet_client::Client, n: usize) {
     eventually(&format!("{n} online nodes"), SOON, || async {
         let reply = client.discover(&DiscoverRequest::default()).await.ok()?;
         (reply.nodes.len() == n).then_some(())
@@ -199,7 +199,7 @@ async fn publish_probe(js: jetstream::Context, mut stop: watch::Receiver<bool>, 
 
 /// Asks for discovery every 100 ms until `stop`; returns the longest time
 /// between two answers.
-async fn probe_discovery(client: nodectl::Client, stop: watch::Receiver<bool>) -> Duration {
+async fn probe_discovery(client: fleet_client::Client, stop: watch::Receiver<bool>) -> Duration {
     let mut last = Instant::now();
     let mut longest = Duration::ZERO;
     while !*stop.borrow() {

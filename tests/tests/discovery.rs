@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use fleet_client::{Client, SelectorChange};
 use fleet_tests::{eventually, registry_client, spawn_registry, wait_registry, NatsServer, Proc};
 use futures::StreamExt;
-use nodectl::{Client, SelectorChange};
 use schemas::codec::{encode, Encoding};
 use schemas::{Capabilities, DiscoverRequest, NodeEvent};
 
@@ -146,7 +146,7 @@ async fn selectors_models_and_bad_selectors() {
         )
         .await
         .expect("a reply");
-    let error = nodectl::service_error(&reply).expect("a coded error");
+    let error = fleet_client::service_error(&reply).expect("a coded error");
     assert_eq!(error.code, 400);
     assert!(error.message.contains("position 16"), "{}", error.message);
     assert!(
@@ -263,7 +263,7 @@ async fn replies_carry_the_revision_and_min_revision_reads_your_writes() {
         ..DiscoverRequest::default()
     };
     match client.discover(&too_new).await {
-        Err(nodectl::ClientError::Service(e)) => {
+        Err(fleet_client::ClientError::Service(e)) => {
             assert_eq!(e.code, 503);
             assert!(e.message.contains("min_revision"), "{}", e.message);
         }
@@ -273,7 +273,7 @@ async fn replies_carry_the_revision_and_min_revision_reads_your_writes() {
 
 async fn next_change<S>(changes: &mut S) -> SelectorChange
 where
-    S: futures::Stream<Item = Result<SelectorChange, nodectl::ClientError>> + Unpin,
+    S: futures::Stream<Item = Result<SelectorChange, fleet_client::ClientError>> + Unpin,
 {
     tokio::time::timeout(SOON, changes.next())
         .await
@@ -325,6 +325,6 @@ async fn the_client_watches_a_selector_and_falls_back_to_stale_answers() {
     let plain = registry_client(&server).await;
     assert!(matches!(
         plain.discover(&DiscoverRequest::default()).await,
-        Err(nodectl::ClientError::NoRegistry(_))
+        Err(fleet_client::ClientError::NoRegistry(_))
     ));
 }

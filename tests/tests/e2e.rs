@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
+use fleet_client::Client;
 use fleet_tests::{
     agent_node_id, eventually, registry_client, spawn_agent, spawn_registry, wait_registry,
     AlertTap, FakeOllama, NatsServer, Proc,
 };
-use nodectl::Client;
 use schemas::codec::{Encoding, HEADER_CONTENT_TYPE};
 use schemas::{DiscoverRequest, NodeEvent, NodeRecord};
 
@@ -676,10 +676,10 @@ async fn audit_merges_a_nodes_events_and_alerts_in_time_order() {
         })
         .await;
 
-    let query = nodectl::AuditQuery {
+    let query = fleet_client::AuditQuery {
         node_id: Some(id.clone()),
         since: Some(Utc::now() - chrono::Duration::minutes(5)),
-        ..nodectl::AuditQuery::default()
+        ..fleet_client::AuditQuery::default()
     };
     let entries = client.audit(&query).await.expect("audit");
     assert!(entries.iter().all(|e| e.node_id == id), "only this node");
@@ -695,13 +695,13 @@ async fn audit_merges_a_nodes_events_and_alerts_in_time_order() {
     assert!(pos("node.registered") < pos("heartbeat"));
     assert!(kinds.iter().rposition(|k| *k == "heartbeat") < Some(pos("node.degraded")));
 
-    let only = nodectl::AuditQuery {
+    let only = fleet_client::AuditQuery {
         types: vec!["node.degraded".into()],
         ..query
     };
     let entries = client.audit(&only).await.expect("audit");
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].source, nodectl::AuditSource::Alert);
+    assert_eq!(entries[0].source, fleet_client::AuditSource::Alert);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -733,11 +733,11 @@ async fn a_nats_server_restart_loses_nothing_and_raises_no_alarm() {
         "a second register from the agent after reconnecting",
         SOON,
         || async {
-            let query = nodectl::AuditQuery {
+            let query = fleet_client::AuditQuery {
                 node_id: Some(a_id.clone()),
                 since: Some(Utc::now() - chrono::Duration::minutes(5)),
                 types: vec!["register".into()],
-                ..nodectl::AuditQuery::default()
+                ..fleet_client::AuditQuery::default()
             };
             client
                 .audit(&query)
@@ -808,7 +808,9 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
 
     // Cordoned: in maintenance, not discovered as online, never judged
     // (even when it dies).
-    let answer = client.admin("cordon", &id, None).await.expect("cordon");
+    let answer = fleet_tests::admin_json(&client, "cordon", &id, None)
+        .await
+        .expect("cordon");
     assert_eq!(answer["status"], "maintenance", "{answer}");
     let alert = alerts
         .expect("node.maintenance", SOON, |a| {
@@ -830,7 +832,9 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
 
     // Uncordoned: online, judged again after a fresh window (it is dead:
     // degraded then).
-    let answer = client.admin("uncordon", &id, None).await.expect("uncordon");
+    let answer = fleet_tests::admin_json(&client, "uncordon", &id, None)
+        .await
+        .expect("uncordon");
     assert_eq!(answer["status"], "online", "{answer}");
     let back = alerts
         .expect("node.online", SOON, |a| {
@@ -849,8 +853,7 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
     );
 
     // Deregistered by the operator: the record is gone, with an alert.
-    let answer = client
-        .admin("deregister", &id, Some("decommissioned"))
+    let answer = fleet_tests::admin_json(&client, "deregister", &id, Some("decommissioned"))
         .await
         .expect("deregister");
     assert_eq!(answer["ok"], true, "{answer}");
@@ -871,8 +874,7 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
     let _live = agent(&server, "b", &[]);
     let live = agent_node_id(&server, "b").await;
     wait_online(&client, 1).await;
-    let answer = client
-        .admin("deregister", &live, None)
+    let answer = fleet_tests::admin_json(&client, "deregister", &live, None)
         .await
         .expect("deregister");
     let note = answer["note"].as_str().unwrap_or_default();
@@ -889,14 +891,14 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
         .await;
 
     // Bad requests get coded errors.
-    let unknown = client.admin("cordon", "node-nobody", None).await;
+    let unknown = fleet_tests::admin_json(&client, "cordon", "node-nobody", None).await;
     assert!(
-        matches!(&unknown, Err(nodectl::ClientError::Service(e)) if e.code == 404),
+        matches!(&unknown, Err(fleet_client::ClientError::Service(e)) if e.code == 404),
         "{unknown:?}"
     );
-    let bad = client.admin("reboot", &id, None).await;
+    let bad = fleet_tests::admin_json(&client, "reboot", &id, None).await;
     assert!(
-        matches!(&bad, Err(nodectl::ClientError::Service(e)) if e.code == 400),
+        matches!(&bad, Err(fleet_client::ClientError::Service(e)) if e.code == 400),
         "{bad:?}"
     );
 }

@@ -52,7 +52,7 @@ fn time(text: &str) -> DateTime<Utc> {
     schemas::time::parse(text).unwrap_or_else(|| panic!("{text:?} is not an RFC 3339 time"))
 }
 
-async fn wait_online(client: &nodectl::Client, n: usize) {
+async fn wait_online(client: &fleet_client::Client, n: usize) {
     eventually(&format!("{n} online nodes"), SOON, || async {
         let reply = client.discover(&DiscoverRequest::default()).await.ok()?;
         (reply.nodes.len() == n).then_some(())

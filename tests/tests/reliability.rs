@@ -55,7 +55,7 @@ async fn wait_holder(js: &async_nats::jetstream::Context, who: &str, limit: Dura
 struct Pair {
     server: NatsServer,
     js: async_nats::jetstream::Context,
-    client: nodectl::Client,
+    client: fleet_client::Client,
     a: Proc,
     b: Proc,
 }

@@ -1,0 +1,309 @@
+//! The command line: every flag and subcommand of `nodectl`.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nodectl::Error;
+use schemas::DiscoverRequest;
+
+/// Operate the fleet registry: list, find and follow nodes.
+#[derive(Debug, Parser)]
+#[command(name = "nodectl", version)]
+pub struct Cli {
+    /// NATS server URL.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+    /// Seconds to wait for the registry.
+    #[arg(long, default_value_t = 5, global = true)]
+    pub timeout: u64,
+    /// Your .creds file (auth mode).
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub creds: Option<std::path::PathBuf>,
+    /// CA certificate(s) to trust for the server's certificate (PEM).
+    #[arg(long, global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate for mutual TLS (PEM).
+    #[arg(long, global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Key of --tls-cert (PEM).
+    #[arg(long, global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a command prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people: tables and timelines.
+    Table,
+    /// For programs: JSON (lines).
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every node the registry knows, of any status.
+    Nodes {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// One node's record, as JSON.
+    Get {
+        /// The node id.
+        id: String,
+    },
+    /// Nodes matching a query (online ones unless --status says otherwise).
+    Discover(Box<DiscoverArgs>),
+    /// A live table of the nodes matching a selector (all nodes without one);
+    /// one line per change when the output is not a terminal.
+    Watch {
+        /// A label selector over labels and tags.
+        selector: Option<String>,
+    },
+    /// Alerts: live, or replayed from the ALERTS stream with --since.
+    Alerts {
+        /// Replay alerts from this long ago (1h) or this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// After a replay, keep following live alerts.
+        #[arg(long)]
+        follow: bool,
+        /// Output: one line per alert for people, or JSON lines.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Put a node in maintenance: not judged, not discovered as online (admin).
+    Cordon {
+        /// The node id.
+        id: String,
+    },
+    /// Take a node out of maintenance (admin).
+    Uncordon {
+        /// The node id.
+        id: String,
+    },
+    /// Remove a node's record (admin); for nodes gone for good. A live node
+    /// registers again: revoke its credentials first.
+    Deregister {
+        /// The node id.
+        id: String,
+        /// Why (kept in the alert).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Join tokens: one-time tokens a new machine exchanges for its own
+    /// credentials (`node-agent join --token ...`).
+    Token {
+        /// The auth directory (for the bootstrap credentials the token carries).
+        #[arg(long, env = "FLEET_AUTH_DIR", default_value = "fleet-auth")]
+        dir: std::path::PathBuf,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Set up and manage credentials (auth mode): works on an auth directory.
+    Auth {
+        /// The auth directory (keys 0600; keep it off the nodes).
+        #[arg(long, env = "FLEET_AUTH_DIR", default_value = "fleet-auth")]
+        dir: std::path::PathBuf,
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// What happened to a node: its events merged with its alerts in time order.
+    Audit {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// From this long ago (1h, the default) or this time (RFC 3339).
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Up to this long ago or this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only these types (register, heartbeat, node.offline, ...); repeatable.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Output: a timeline, or JSON lines.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// Admin commands over the auth directory (operator, accounts, issued
+/// credentials).
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Create the operator, the system and fleet accounts and the standard
+    /// credentials (registry, admin, reader, bootstrap, sys) in --dir.
+    Init,
+    /// Issue credentials: a fresh user key and JWT, written 0600 to
+    /// <dir>/creds/<name>.creds (or --out).
+    Issue {
+        /// node, reader, admin or registry.
+        #[arg(long)]
+        role: String,
+        /// The user's name; for a node, its node id.
+        #[arg(long)]
+        name: String,
+        /// How long they are valid (e.g. 30d); forever without.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Write them here instead.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Revoke every credential issued to a name (or a user public key), and
+    /// push the account's new JWT to the servers at --nats-url.
+    Revoke {
+        /// The name or public key.
+        name: String,
+        /// Only update the files (push later, or restart the servers).
+        #[arg(long)]
+        no_push: bool,
+    },
+    /// List the credentials issued.
+    List,
+}
+
+/// What `nodectl token` does.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time join token and print it.
+    Create {
+        /// The role the joining node gets.
+        #[arg(long, default_value = "worker")]
+        role: String,
+        /// Labels the joining node gets: k[=v],...
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long the token can be used (e.g. 1h).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// List the join tokens the registry keeps (usable, used, revoked,
+    /// expired; records go `token_retention` after expiry).
+    List {
+        /// Output: a table, or JSON lines.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Revoke a token that has not been used yet (its id, or the token).
+    Revoke {
+        /// The token's id (first column of `token list`) or the whole token.
+        token: String,
+    },
+}
+
+/// The filters of `nodectl discover`.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// A label selector over labels and tags: "gpu,region in (eu,us),tier!=edge,!spot".
+    pub selector: Option<String>,
+    /// A tag or a label key whose value is not "false"; repeatable.
+    #[arg(long)]
+    pub capability: Vec<String>,
+    /// A label that must match: key=value, or key=* for any value; repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// An installed model (e.g. qwen3:8b).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The node's role.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// online (default), degraded, offline, maintenance, any.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Least RAM in GiB.
+    #[arg(long)]
+    pub min_ram_gb: Option<f64>,
+    /// Least CPU cores.
+    #[arg(long)]
+    pub min_cpu_cores: Option<u32>,
+    /// Least VRAM on one GPU, in GiB.
+    #[arg(long)]
+    pub min_gpu_vram_gb: Option<f64>,
+    /// Least VRAM of all GPUs together, in GiB.
+    #[arg(long)]
+    pub min_total_gpu_vram_gb: Option<f64>,
+    /// Least VRAM free now on one GPU, in GiB.
+    #[arg(long)]
+    pub min_free_gpu_vram_gb: Option<f64>,
+    /// Least disk, in GiB.
+    #[arg(long)]
+    pub min_disk_gb: Option<f64>,
+    /// Every one of these models installed; repeatable.
+    #[arg(long)]
+    pub models_all: Vec<String>,
+    /// At least one of these models installed; repeatable.
+    #[arg(long)]
+    pub models_any: Vec<String>,
+    /// Rank nodes with this label first (key=value); repeatable.
+    #[arg(long = "prefer")]
+    pub prefer_labels: Vec<String>,
+    /// least_loaded (default), most_free_vram, random, node_id.
+    #[arg(long)]
+    pub sort: Option<String>,
+    /// Most nodes to return (default 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Only these record fields, comma-separated (node_id always).
+    #[arg(long, value_delimiter = ',')]
+    pub fields: Vec<String>,
+    /// Continue after this cursor (sort node_id).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Answer only from an index at least at this KV revision.
+    #[arg(long)]
+    pub min_revision: Option<u64>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl DiscoverArgs {
+    /// The discovery request these flags ask for.
+    pub fn request(&self) -> Result<DiscoverRequest, Error> {
+        let pairs = |flag: &str, items: &[String]| -> Result<BTreeMap<String, String>, Error> {
+            items
+                .iter()
+                .map(|item| {
+                    item.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| {
+                            Error::Invalid(format!("--{flag} {item:?}: expected key=value"))
+                        })
+                })
+                .collect()
+        };
+        Ok(DiscoverRequest {
+            selector: self.selector.clone(),
+            capability: self.capability.clone(),
+            labels: pairs("label", &self.labels)?,
+            model: self.model.clone(),
+            models_all: self.models_all.clone(),
+            models_any: self.models_any.clone(),
+            role: self.role.clone(),
+            status: self.status.clone(),
+            min_ram_gb: self.min_ram_gb,
+            min_cpu_cores: self.min_cpu_cores,
+            min_gpu_vram_gb: self.min_gpu_vram_gb,
+            min_total_gpu_vram_gb: self.min_total_gpu_vram_gb,
+            min_free_gpu_vram_gb: self.min_free_gpu_vram_gb,
+            min_disk_gb: self.min_disk_gb,
+            prefer_labels: pairs("prefer", &self.prefer_labels)?,
+            sort: self.sort.clone(),
+            limit: self.limit,
+            fields: self.fields.clone(),
+            cursor: self.cursor.clone(),
+            min_revision: self.min_revision,
+        })
+    }
+}

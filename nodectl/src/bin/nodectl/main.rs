@@ -1,0 +1,84 @@
+//! `nodectl`: the operator's command line over the `nodectl` library and
+//! [`fleet_client::Client`]. One file a command group:
+//! - `args`: every flag and subcommand;
+//! - `query`: nodes, get, discover, watch, alerts, audit (any reader);
+//! - `admin`: cordon, uncordon, deregister (the leader answers);
+//! - `token`: join tokens;
+//! - `auth`: the auth directory;
+//! - `print`: lines and JSON for the terminal.
+
+mod admin;
+mod args;
+mod auth;
+mod print;
+mod query;
+mod token;
+
+use std::process::ExitCode;
+
+use args::{Cli, Command};
+use clap::Parser;
+use fleet_client::Client;
+use nodectl::Error;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodectl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How this invocation proves who it is to NATS.
+fn nats_auth(cli: &Cli) -> runtime_support::NatsAuth {
+    runtime_support::NatsAuth {
+        creds: cli.creds.clone(),
+        tls_ca: cli.tls_ca.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        inbox_prefix: None,
+    }
+}
+
+/// A client with this invocation's credentials and timeout.
+async fn connect(cli: &Cli) -> Result<Client, Error> {
+    Ok(Client::connect_with(&cli.nats_url, &nats_auth(cli))
+        .await?
+        .with_timeout(std::time::Duration::from_secs(cli.timeout)))
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    // The auth directory works without a registry (init comes first).
+    if let Command::Auth { dir, command } = &cli.command {
+        return auth::run(&cli, dir, command).await;
+    }
+    let client = connect(&cli).await?;
+    match cli.command {
+        Command::Nodes { output } => query::nodes(&client, output).await,
+        Command::Get { id } => query::get(&client, &id).await,
+        Command::Discover(args) => query::discover(&client, &args).await,
+        Command::Watch { selector } => query::watch(&client, selector.unwrap_or_default()).await,
+        Command::Alerts {
+            since,
+            follow,
+            output,
+        } => query::alerts(&client, since.as_deref(), follow, output).await,
+        Command::Audit {
+            node,
+            since,
+            until,
+            types,
+            output,
+        } => query::audit(&client, node, &since, until.as_deref(), types, output).await,
+        Command::Cordon { id } => admin::cordon(&client, &id).await,
+        Command::Uncordon { id } => admin::uncordon(&client, &id).await,
+        Command::Deregister { id, reason } => admin::deregister(&client, &id, reason).await,
+        Command::Token { dir, command } => token::run(&client, &dir, command).await,
+        // Handled before connecting.
+        Command::Auth { .. } => Ok(()),
+    }
+}

@@ -1,0 +1,195 @@
+//! `nodectl nodes | get | discover | watch | alerts | audit`: questions any
+//! reader may ask.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::Utc;
+use fleet_client::{parse_time_arg, AuditQuery, AuditSource, Client, SelectorChange};
+use futures::StreamExt;
+use nodectl::Error;
+use schemas::DiscoverRequest;
+
+use crate::args::{DiscoverArgs, Output};
+use crate::print::{alert_line, json_line, json_pretty};
+
+/// A time flag: a duration ago (`1h`) or an RFC 3339 time.
+fn time_arg(text: &str) -> Result<chrono::DateTime<Utc>, Error> {
+    parse_time_arg(text).map_err(Error::Invalid)
+}
+
+/// Every node the registry knows, of any status.
+pub async fn nodes(client: &Client, output: Output) -> Result<(), Error> {
+    let request = DiscoverRequest {
+        status: Some("any".into()),
+        limit: Some(1000),
+        ..DiscoverRequest::default()
+    };
+    let nodes = client.list_all(&request).await?;
+    match output {
+        Output::Json => {
+            let reply = schemas::DiscoverReply {
+                total: nodes.len() as u64,
+                nodes,
+                ..schemas::DiscoverReply::default()
+            };
+            println!("{}", json_pretty(&reply)?)
+        }
+        Output::Table => print!("{}", nodectl::table::nodes(&nodes, Utc::now())),
+    }
+    Ok(())
+}
+
+/// One node's record.
+pub async fn get(client: &Client, id: &str) -> Result<(), Error> {
+    match client.get(id).await? {
+        Some(record) => {
+            println!("{}", json_pretty(&record)?);
+            Ok(())
+        }
+        None => Err(Error::NotFound(format!("no node {id}"))),
+    }
+}
+
+/// The nodes matching a query.
+pub async fn discover(client: &Client, args: &DiscoverArgs) -> Result<(), Error> {
+    let reply = client.discover(&args.request()?).await?;
+    match args.output {
+        Output::Json => println!("{}", json_pretty(&reply)?),
+        Output::Table => {
+            print!("{}", nodectl::table::nodes(&reply.nodes, Utc::now()));
+            println!(
+                "({} shown, {} matched, index revision {})",
+                reply.nodes.len(),
+                reply.total,
+                reply.revision
+            );
+            if let Some(cursor) = &reply.next_cursor {
+                println!("(more: --cursor {cursor})");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A live table of the nodes matching a selector; one line per change when
+/// the output is not a terminal.
+pub async fn watch(client: &Client, selector: String) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    let mut changes = Box::pin(client.watch_selector(&selector).await?);
+    let live_table = std::io::stdout().is_terminal();
+    let mut shown: BTreeMap<String, schemas::NodeRecord> = BTreeMap::new();
+    while let Some(change) = changes.next().await {
+        let now = schemas::time::format(Utc::now());
+        match change? {
+            SelectorChange::Added(r) | SelectorChange::Changed(r) => {
+                if !live_table {
+                    println!("{now}  {:<8} {}  {}", "PUT", r.node_id, r.status);
+                }
+                shown.insert(r.node_id.clone(), *r);
+            }
+            SelectorChange::Removed(id) => {
+                if !live_table {
+                    println!("{now}  {:<8} {id}", "REMOVED");
+                }
+                shown.remove(&id);
+            }
+        }
+        if live_table {
+            let records: Vec<schemas::NodeRecord> = shown.values().cloned().collect();
+            // Clear the screen and draw the table again.
+            print!("\x1b[2J\x1b[H");
+            println!(
+                "nodectl watch {selector}    {now}    {} nodes\n",
+                records.len()
+            );
+            print!("{}", nodectl::table::nodes(&records, Utc::now()));
+        }
+    }
+    Ok(())
+}
+
+/// Alerts: live, or replayed since a time (then live with `follow`).
+pub async fn alerts(
+    client: &Client,
+    since: Option<&str>,
+    follow: bool,
+    output: Output,
+) -> Result<(), Error> {
+    // Subscribe before replaying so nothing falls between the two.
+    let live = if since.is_none() || follow {
+        Some(client.follow_alerts().await?)
+    } else {
+        None
+    };
+    let mut seen = HashSet::new();
+    if let Some(since) = since {
+        for alert in client.alerts(time_arg(since)?, None).await? {
+            seen.insert(alert.id.clone());
+            println!("{}", alert_line(&alert, output)?);
+        }
+    }
+    if let Some(live) = live {
+        let mut live = Box::pin(live);
+        while let Some(alert) = live.next().await {
+            if seen.remove(&alert.id) {
+                continue;
+            }
+            println!("{}", alert_line(&alert, output)?);
+        }
+    }
+    Ok(())
+}
+
+/// What happened to a node: its events merged with its alerts.
+pub async fn audit(
+    client: &Client,
+    node: Option<String>,
+    since: &str,
+    until: Option<&str>,
+    types: Vec<String>,
+    output: Output,
+) -> Result<(), Error> {
+    let query = AuditQuery {
+        node_id: node,
+        since: Some(time_arg(since)?),
+        until: until.map(time_arg).transpose()?,
+        types,
+    };
+    let entries = client.audit(&query).await?;
+    for entry in &entries {
+        match output {
+            Output::Json => println!("{}", json_line(entry)?),
+            Output::Table => {
+                let source = match entry.source {
+                    AuditSource::Event => "event",
+                    AuditSource::Alert => "ALERT",
+                };
+                let note = entry
+                    .detail
+                    .get("message")
+                    .or_else(|| entry.detail.get("reason"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        entry
+                            .detail
+                            .get("metrics")
+                            .and_then(|m| m.get("cpu_pct"))
+                            .and_then(|v| v.as_f64())
+                            .map(|c| format!("cpu {c:.1}%"))
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{}  {source:<5}  {:<20}  {:<28}  {note}",
+                    schemas::time::format(entry.at),
+                    entry.kind,
+                    entry.node_id
+                );
+            }
+        }
+    }
+    if output == Output::Table {
+        println!("({} entries)", entries.len());
+    }
+    Ok(())
+}
