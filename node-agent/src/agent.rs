@@ -546,7 +546,9 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
 #[instrument(skip_all, fields(caps_hash = %hash))]
 async fn register_until_acked(agent: Arc<Shared>, mut event: NodeEvent, hash: String) {
     event.seq = Some(agent.next_seq());
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff =
+        runtime_support::Backoff::new(Duration::from_millis(250), MAX_REGISTER_BACKOFF)
+            .with_jitter();
     loop {
         match agent.publish(&event).await {
             Ok(()) => {
@@ -564,11 +566,12 @@ async fn register_until_acked(agent: Arc<Shared>, mut event: NodeEvent, hash: St
                 );
                 return;
             }
-            Err(e) => warn!(error = %e, retry_in = ?backoff, "registration not acked; retrying"),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "registration not acked; retrying");
+                tokio::time::sleep(delay).await;
+            }
         }
-        let jitter = rand::rng().random_range(0.8..=1.2);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(MAX_REGISTER_BACKOFF);
     }
 }
 

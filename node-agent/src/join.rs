@@ -111,7 +111,8 @@ pub async fn join(config: &AgentConfig, token: &str) -> Result<Joined, JoinError
         .map_err(|e| JoinError::Answer(e.to_string()))?
         .into();
     let give_up = tokio::time::Instant::now() + JOIN_PATIENCE;
-    let mut pause = Duration::from_millis(250);
+    let mut backoff =
+        runtime_support::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     let reply = loop {
         let outcome = match tokio::time::timeout(
             JOIN_TIMEOUT,
@@ -140,12 +141,13 @@ pub async fn join(config: &AgentConfig, token: &str) -> Result<Joined, JoinError
         match outcome {
             Ok(reply) => break reply,
             // No registry (yet), or its bucket unavailable: ask again.
-            Err(e @ (JoinError::NoAnswer { .. } | JoinError::Refused { code: 503, .. }))
-                if tokio::time::Instant::now() + pause < give_up =>
-            {
+            Err(e @ (JoinError::NoAnswer { .. } | JoinError::Refused { code: 503, .. })) => {
+                let pause = backoff.next_delay();
+                if tokio::time::Instant::now() + pause >= give_up {
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, retry_in = ?pause, "join not answered; asking again");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }

@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use registry_kv::watch::{watch_raw, RawChange};
+use registry_kv::watch::{keep_watching, watch_raw, RawChange, ALL_KEYS};
+use runtime_support::CancellationToken;
 use schemas::NodeRecord;
 use tokio::sync::watch;
 
@@ -74,8 +74,8 @@ impl ReadIndex {
     }
 }
 
-/// Starts the reflector on `store`; it runs until `shutdown` flips to true.
-pub fn spawn_reflector(store: kv::Store, mut shutdown: watch::Receiver<bool>) -> ReadIndex {
+/// Starts the reflector on `store`; it runs until `cancel`.
+pub fn spawn_reflector(store: kv::Store, cancel: CancellationToken) -> ReadIndex {
     let state = Arc::new(RwLock::new(Catalog::new()));
     let expected = Arc::new(Mutex::new(Expected::new()));
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -87,23 +87,10 @@ pub fn spawn_reflector(store: kv::Store, mut shutdown: watch::Receiver<bool>) ->
         revision: revision_rx,
     };
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                result = reflect(&store, &state, &expected, &ready_tx, &revision_tx) => {
-                    match result {
-                        Ok(()) => warn!("nodes watch ended; reopening"),
-                        Err(e) => warn!(error = %e, "nodes watch failed; reopening"),
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        keep_watching("read index", &cancel, || {
+            reflect(&store, &state, &expected, &ready_tx, &revision_tx)
+        })
+        .await;
     });
     index
 }
@@ -136,7 +123,7 @@ async fn reflect(
             resume = None;
         }
     }
-    let mut changes = Box::pin(watch_raw(store, resume).await?);
+    let mut changes = Box::pin(watch_raw(store, ALL_KEYS, resume).await?);
     let mut buffer = Catalog::new();
     let mut live = resume.is_some();
     // The initial replay is decoded in chunks on a blocking thread (the

@@ -12,6 +12,7 @@ use chrono::Utc;
 use fleet_auth::token::{secret_matches, NodeKeyRecord, TokenRecord, TokenState, MAX_TOKEN_BYTES};
 use fleet_auth::{Role, UserIssuer};
 use futures::StreamExt;
+use runtime_support::CancellationToken;
 use schemas::codec::Encoding;
 use schemas::error::{ErrorCode, ServiceError};
 use schemas::join::{JoinReply, JoinRequest};
@@ -27,14 +28,14 @@ fn unavailable(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::new(ErrorCode::NotReady, format!("registry_meta: {e}"))
 }
 
-/// Answers `registry.join` until `shutdown` (every instance does, in the
+/// Answers `registry.join` until `cancel` (every instance does, in the
 /// registry's queue group).
 pub async fn serve(
     client: async_nats::Client,
     meta: kv::Store,
     issuer: Arc<UserIssuer>,
     counters: Arc<Counters>,
-    mut shutdown: watch::Receiver<bool>,
+    cancel: CancellationToken,
 ) {
     let mut requests = match client
         .queue_subscribe(
@@ -52,7 +53,7 @@ pub async fn serve(
     info!(account = issuer.account(), "serving joins");
     loop {
         let message = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
+            () = cancel.cancelled() => break,
             next = requests.next() => match next {
                 Some(message) => message,
                 None => break,
@@ -244,7 +245,7 @@ pub async fn keep_tokens(
     meta: kv::Store,
     retention: Duration,
     leading: watch::Receiver<bool>,
-    mut shutdown: watch::Receiver<bool>,
+    cancel: CancellationToken,
 ) {
     let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
@@ -252,7 +253,7 @@ pub async fn keep_tokens(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
+            () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         if !*leading.borrow() {

@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use fleet_auth::token::NodeKeyRecord;
 use fleet_auth::EventKey;
 use futures::StreamExt;
+use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError};
+use runtime_support::CancellationToken;
 use subjects::meta_keys;
-use tokio::sync::watch;
 use tracing::{debug, warn};
 
 /// Node id → public key (parsed once) of every joined node.
@@ -57,51 +57,34 @@ impl NodeKeys {
     }
 }
 
-/// Follows `meta`'s node keys until `shutdown`.
-pub fn spawn_watcher(meta: kv::Store, mut shutdown: watch::Receiver<bool>) -> NodeKeys {
+/// Follows `meta`'s node keys until `cancel`.
+pub fn spawn_watcher(meta: kv::Store, cancel: CancellationToken) -> NodeKeys {
     let keys = NodeKeys::default();
     let shared = keys.clone();
     tokio::spawn(async move {
-        loop {
-            let watch = match meta
-                .watch_with_history(format!("{}>", meta_keys::NODE_KEY_PREFIX))
-                .await
-            {
-                Ok(watch) => watch,
-                Err(e) => {
-                    warn!(error = %e, "watching node keys; retrying");
-                    tokio::select! {
-                        _ = shutdown.wait_for(|s| *s) => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            let mut watch = watch;
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return,
-                    next = watch.next() => next,
-                };
-                match next {
-                    Some(Ok(entry)) => {
-                        let Some(node) = meta_keys::parse_node_key(&entry.key) else {
-                            continue;
-                        };
-                        let key = (entry.operation == kv::Operation::Put)
-                            .then(|| serde_json::from_slice::<NodeKeyRecord>(&entry.value).ok())
-                            .flatten()
-                            .map(|r| r.public_key);
-                        debug!(node_id = node, known = key.is_some(), "node key");
-                        shared.set(node, key);
-                    }
-                    Some(Err(e)) => {
-                        warn!(error = %e, "node key watch; restarting it");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        }
+        let filter = format!("{}>", meta_keys::NODE_KEY_PREFIX);
+        keep_watching("node keys", &cancel, || follow(&meta, &filter, &shared)).await;
     });
     keys
+}
+
+/// One watch session: every node key, then live changes, into `keys`.
+async fn follow(meta: &kv::Store, filter: &str, keys: &NodeKeys) -> Result<(), WatchError> {
+    let mut changes = Box::pin(watch_raw(meta, filter, None).await?);
+    while let Some(change) = changes.next().await {
+        let (key, value) = match change? {
+            RawChange::Put { key, value, .. } => (key, Some(value)),
+            RawChange::Delete { key, .. } => (key, None),
+            RawChange::Current => continue,
+        };
+        let Some(node) = meta_keys::parse_node_key(&key) else {
+            continue;
+        };
+        let public = value
+            .and_then(|v| serde_json::from_slice::<NodeKeyRecord>(&v).ok())
+            .map(|r| r.public_key);
+        debug!(node_id = node, known = public.is_some(), "node key");
+        keys.set(node, public);
+    }
+    Ok(())
 }

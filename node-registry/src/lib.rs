@@ -1,23 +1,33 @@
 //! The fleet registry service: the I/O around `registry-core`'s decisions.
 //!
+//! - [`run`]: wires it all and runs until the shutdown future resolves.
+//! - [`worker`]: the leader's loop: consumes `NODE_EVENTS`, executes the
+//!   core's decisions through a record store, an alert sink and a task
+//!   sender.
 //! - [`index`]: the read index, a reflector of the `nodes` bucket.
 //! - [`service`]: `registry.discover|get|list` as the NATS micro service.
-//! - [`worker`]: consumes `NODE_EVENTS`, executes the core's decisions.
-//! - [`config`]: the `node-registry` configuration; [`run`] wires it all.
+//! - [`join`]: `registry.join`, and the housekeeping of join tokens.
+//! - [`keys`]: joined nodes' public keys, for checking event signatures.
+//! - [`tasks`]: control tasks to nodes.
+//! - [`lead`]: one leadership term, and the guard of the `nodes` bucket.
+//! - [`config`]: the `node-registry` configuration.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod index;
 pub mod join;
 pub mod keys;
+pub mod lead;
 pub mod service;
+pub mod tasks;
 pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry_kv::{JetStreamRecords, StreamSettings};
+use registry_kv::StreamSettings;
+use runtime_support::{Backoff, CancellationToken};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -54,13 +64,13 @@ pub enum RegistryError {
 }
 
 /// Connects to NATS, waiting for the server with a bounded backoff until
-/// `shutdown` resolves. Publishes connection state on the returned channel.
+/// `cancel`. Publishes connection state on the returned channel.
 async fn connect(
     url: &str,
     auth: &runtime_support::NatsAuth,
-    shutdown: &mut watch::Receiver<bool>,
+    cancel: &CancellationToken,
 ) -> Result<Option<(async_nats::Client, watch::Receiver<bool>)>, RegistryError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let (tx, rx) = watch::channel(true);
         let options = async_nats::ConnectOptions::new()
@@ -98,11 +108,9 @@ async fn connect(
             }
             Err(e) => warn!(url, error = %e, "NATS not reachable yet; retrying"),
         }
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return Ok(None),
-            _ = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(cancel).await {
+            return Ok(None);
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -127,39 +135,33 @@ pub async fn run(
     config: RegistryConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RegistryError> {
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let shutdown_task = {
-        let stop_tx = stop_tx.clone();
-        async move {
-            shutdown.await;
-            stop_tx.send_replace(true);
-        }
-    };
+    // One token for every task: the shutdown future cancels it.
+    let cancel = CancellationToken::new();
     let body = async {
         let Some((client, connected)) =
-            connect(&config.nats_url, &config.nats_auth(), &mut stop_rx).await?
+            connect(&config.nats_url, &config.nats_auth(), &cancel).await?
         else {
             return Ok(());
         };
         info!(url = %config.nats_url, "connected to NATS");
         let js = async_nats::jetstream::new(client.clone());
         let settings = stream_settings(&config);
-        let provisioned = provision_with_retry(&js, &config, &settings, &mut stop_rx).await?;
-        let Some(provisioned) = provisioned else {
+        let Some(provisioned) = provision_with_retry(&js, &config, &settings, &cancel).await?
+        else {
             return Ok(());
         };
 
-        let index = index::spawn_reflector(provisioned.nodes.clone(), stop_rx.clone());
+        let index = index::spawn_reflector(provisioned.nodes.clone(), cancel.clone());
         let counters = Arc::new(service::Counters::default());
         let service = tokio::spawn(service::serve(
             client.clone(),
             index.clone(),
             counters.clone(),
-            stop_rx.clone(),
+            cancel.clone(),
         ));
 
         // Joined nodes' keys, for checking event signatures.
-        let node_keys = keys::spawn_watcher(provisioned.meta.clone(), stop_rx.clone());
+        let node_keys = keys::spawn_watcher(provisioned.meta.clone(), cancel.clone());
         // Joins, when this instance holds the account's signing key.
         if let Some(issuer) = join_issuer(&config)? {
             tokio::spawn(join::serve(
@@ -167,7 +169,7 @@ pub async fn run(
                 provisioned.meta.clone(),
                 Arc::new(issuer),
                 counters.clone(),
-                stop_rx.clone(),
+                cancel.clone(),
             ));
         }
 
@@ -178,10 +180,10 @@ pub async fn run(
             provisioned.meta.clone(),
             config.token_retention,
             leading.clone(),
-            stop_rx.clone(),
+            cancel.clone(),
         ));
         let takeover = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let lease_task = tokio::spawn(hold_lease(
+        let lease_task = tokio::spawn(lead::hold_lease(
             registry_kv::lease::Lease::new(
                 provisioned.meta.clone(),
                 config.instance_name(),
@@ -190,13 +192,24 @@ pub async fn run(
             leading_tx,
             takeover.clone(),
             connected.clone(),
-            stop_rx.clone(),
+            cancel.clone(),
         ));
+        let leader = lead::Leader {
+            config: &config,
+            provisioned: &provisioned,
+            client: &client,
+            js: &js,
+            index: &index,
+            counters: &counters,
+            node_keys: &node_keys,
+            connected,
+            leading: leading.clone(),
+            cancel: cancel.clone(),
+        };
         loop {
             let mut waiting = leading.clone();
-            let mut stop = stop_rx.clone();
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                () = cancel.cancelled() => break,
                 became = waiting.wait_for(|l| *l) => if became.is_err() { break },
             }
             let grace = if takeover.load(std::sync::atomic::Ordering::Relaxed) {
@@ -204,21 +217,8 @@ pub async fn run(
             } else {
                 registry_core::lifecycle::Grace::Full
             };
-            lead(
-                &config,
-                &provisioned,
-                &client,
-                &js,
-                &index,
-                &counters,
-                &node_keys,
-                grace,
-                connected.clone(),
-                leading.clone(),
-                stop_rx.clone(),
-            )
-            .await;
-            if *stop_rx.borrow() {
+            leader.term(grace).await;
+            if cancel.is_cancelled() {
                 break;
             }
         }
@@ -239,183 +239,20 @@ pub async fn run(
         }
         Ok(())
     };
+    let stopping = async {
+        shutdown.await;
+        cancel.cancel();
+        // The body winds down on the token; this arm never ends the run.
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         result = body => result,
-        () = async { shutdown_task.await; std::future::pending::<()>().await } => Ok(()),
-    }
-}
-
-/// Keeps the lease: renews or takes it every third of its TTL, and says on
-/// `leading` whether this instance leads. Releases it at shutdown.
-async fn hold_lease(
-    mut lease: registry_kv::lease::Lease,
-    leading: watch::Sender<bool>,
-    takeover: Arc<std::sync::atomic::AtomicBool>,
-    connected: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(lease.tick_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            _ = tick.tick() => {}
-        }
-        // A standby that cannot reach NATS must not take over; a leader that
-        // cannot renew counts down its own TTL.
-        if *connected.borrow() || lease.is_held() {
-            if let Err(e) = lease.tick().await {
-                warn!(error = %e, "lease");
-            }
-        }
-        let held = lease.is_held();
-        takeover.store(lease.took_over_live(), std::sync::atomic::Ordering::Relaxed);
-        // Sent only on a change: the worker ends its term on any.
-        leading.send_if_modified(|leads| {
-            if *leads == held {
-                return false;
-            }
-            info!(instance = lease.holder(), held, "leadership changed");
-            *leads = held;
-            true
-        });
-    }
-    leading.send_replace(false);
-    lease.release().await;
-}
-
-/// One term as leader: builds the fleet from the read index, then consumes
-/// and judges until the lease is lost or the registry stops.
-#[allow(clippy::too_many_arguments)]
-async fn lead(
-    config: &RegistryConfig,
-    provisioned: &registry_kv::Provisioned,
-    client: &async_nats::Client,
-    js: &async_nats::jetstream::Context,
-    index: &index::ReadIndex,
-    counters: &Arc<service::Counters>,
-    node_keys: &keys::NodeKeys,
-    grace: registry_core::lifecycle::Grace,
-    connected: watch::Receiver<bool>,
-    leading: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // The fleet starts from what the read index loaded: one read of the
-    // bucket, and the record bytes shared between the two.
-    tokio::select! {
-        _ = stop.wait_for(|s| *s) => return,
-        () = index.wait_ready() => {}
-    }
-    // Taking over from a leader seen alive keeps each node's deadline from
-    // its last checkpointed heartbeat, pushed back by one checkpoint
-    // interval (what that leader heard but did not checkpoint is no later).
-    // A lease found free or long expired is a start after an outage: every
-    // node gets a full window (principle 4).
-    let mut fleet = registry_core::lifecycle::Fleet::new(config.lifecycle());
-    let (count, skipped) = index.read(|catalog| {
-        (
-            catalog.len(),
-            fleet.restore_with(catalog.stored(), chrono::Utc::now(), grace),
-        )
-    });
-    for id in skipped {
-        warn!(node_id = %id, "skipping an unreadable record at start");
-    }
-    info!(
-        nodes = count,
-        ?grace,
-        "leading: fleet restored from the read index"
-    );
-    let worker = worker::Worker::new(
-        fleet,
-        JetStreamRecords::new(provisioned.nodes.clone()),
-        client.clone(),
-        js.clone(),
-        counters.clone(),
-    )
-    .with_index(index.clone())
-    .with_keys(node_keys.clone(), config.require_signatures);
-    let (lost_tx, lost_rx) = watch::channel(0u32);
-    let guard = tokio::spawn(guard_bucket(
-        config.clone(),
-        js.clone(),
-        lost_tx,
-        leading.clone(),
-        stop.clone(),
-    ));
-    worker
-        .run(
-            provisioned.consumer.clone(),
-            config.sweep_interval,
-            connected,
-            leading,
-            stop,
-            lost_rx,
-        )
-        .await;
-    guard.abort();
-}
-
-/// How often the leader checks that the `nodes` bucket still exists.
-const BUCKET_CHECK: Duration = Duration::from_secs(2);
-
-/// While leading: notices the loss of the `nodes` bucket (deleted by
-/// mistake, or lost with its servers), provisions it again, tells the
-/// worker to write every record it holds, and broadcasts a
-/// `registry.reannounce` alert so every node registers again (what the
-/// registry did not hold comes back that way).
-async fn guard_bucket(
-    config: RegistryConfig,
-    js: async_nats::jetstream::Context,
-    lost: watch::Sender<u32>,
-    mut leading: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let stream = subjects::kv_stream(&config.names.nodes_bucket);
-    let alerts = registry_kv::alerts::AlertPublisher::new(js.clone());
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = leading.wait_for(|l| !*l) => return,
-            _ = tokio::time::sleep(BUCKET_CHECK) => {}
-        }
-        let missing = match js.get_stream(&stream).await {
-            Ok(_) => false,
-            Err(e) => matches!(
-                e.kind(),
-                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
-            ),
-        };
-        if !missing {
-            continue;
-        }
-        warn!(bucket = %config.names.nodes_bucket, "the nodes bucket is gone; provisioning it again");
-        if let Err(e) = registry_kv::provision(&js, &config.names, &stream_settings(&config)).await
-        {
-            warn!(error = %e, "provisioning after the loss of the nodes bucket; retrying");
-            continue;
-        }
-        lost.send_modify(|n| *n += 1);
-        let now = chrono::Utc::now();
-        let alert = schemas::Alert {
-            id: uuid::Uuid::new_v4().to_string(),
-            r#type: schemas::status::AlertType::Reannounce.to_string(),
-            at: schemas::time::format(now),
-            message: Some(format!(
-                "the {} bucket was lost and is being rebuilt: every node, register again",
-                config.names.nodes_bucket
-            )),
-            ..schemas::Alert::default()
-        };
-        if let Err(e) = alerts.publish(&alert).await {
-            warn!(error = %e, "broadcasting the reannounce request");
-        }
+        () = stopping => Ok(()),
     }
 }
 
 /// The stream settings the configuration asks for.
-fn stream_settings(config: &RegistryConfig) -> StreamSettings {
+pub(crate) fn stream_settings(config: &RegistryConfig) -> StreamSettings {
     StreamSettings {
         replicas: config.replicas,
         events_max_bytes: config.events_max_bytes,
@@ -423,12 +260,15 @@ fn stream_settings(config: &RegistryConfig) -> StreamSettings {
     }
 }
 
+/// Provisions streams and buckets, retrying a while (the server may be
+/// electing its JetStream leaders); an incompatible existing one is fatal.
 async fn provision_with_retry(
     js: &async_nats::jetstream::Context,
     config: &RegistryConfig,
     settings: &StreamSettings,
-    stop: &mut watch::Receiver<bool>,
+    cancel: &CancellationToken,
 ) -> Result<Option<registry_kv::Provisioned>, RegistryError> {
+    let mut backoff = Backoff::constant(Duration::from_millis(500));
     let mut attempt = 0;
     loop {
         match registry_kv::provision(js, &config.names, settings).await {
@@ -440,9 +280,8 @@ async fn provision_with_retry(
             Err(e) => warn!(error = %e, attempt, "provisioning; retrying"),
         }
         attempt += 1;
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(None),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        if !backoff.wait(cancel).await {
+            return Ok(None);
         }
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
+use runtime_support::CancellationToken;
 use schemas::codec::{self, CodecError, Encoding, MAX_REQUEST_BYTES};
 use schemas::error::{ErrorCode, ServiceError};
 use schemas::status::{SortOrder, StatusFilter};
 use schemas::{DiscoverReply, DiscoverRequest, GetRequest};
-use tokio::sync::watch;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::index::ReadIndex;
@@ -91,12 +91,12 @@ enum Endpoint {
     List,
 }
 
-/// Runs the service until `shutdown` flips to true.
+/// Runs the service until `cancel`.
 pub async fn serve(
     client: async_nats::Client,
     index: ReadIndex,
     counters: Arc<Counters>,
-    mut shutdown: watch::Receiver<bool>,
+    cancel: CancellationToken,
 ) -> Result<(), ServiceStartError> {
     let stats_counters = counters.clone();
     let service = client
@@ -164,7 +164,7 @@ pub async fn serve(
             }
         });
     }
-    let _ = shutdown.wait_for(|s| *s).await;
+    cancel.cancelled().await;
     if let Err(e) = service.stop().await {
         warn!(error = %e, "stopping the registry service");
     }

@@ -65,13 +65,6 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// Whether the same operation may succeed later as it is.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Backend { .. })
-    }
-}
-
 /// What the registry needs from a store of node records.
 ///
 /// Every write names the revision it expects: `create` expects none, `update`
@@ -200,6 +193,8 @@ pub struct MemoryRecords {
 struct MemoryInner {
     revision: u64,
     records: BTreeMap<String, Versioned<NodeRecord>>,
+    /// Every write fails as a backend error (a store that is down).
+    failing: bool,
 }
 
 impl MemoryInner {
@@ -224,6 +219,30 @@ impl MemoryRecords {
         self.lock().records.clone()
     }
 
+    /// From now on, every write fails as the backend would when it is down
+    /// (`true`), or succeeds again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.lock().failing = failing;
+    }
+
+    /// Writes a record as someone else would (no revision check): the
+    /// registry's next CAS write of that key then conflicts.
+    pub fn write_behind_our_back(&self, record: NodeRecord) -> u64 {
+        let key = record.node_id.clone();
+        self.lock().store(&key, record)
+    }
+
+    /// A backend failure, if the store is failing.
+    fn down(inner: &MemoryInner, key: &str) -> Result<(), StoreError> {
+        if inner.failing {
+            return Err(StoreError::Backend {
+                key: key.to_owned(),
+                source: "the memory store is failing".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
         // A panic while holding this lock leaves plain data; keep going.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -238,6 +257,7 @@ impl RecordStore for MemoryRecords {
     async fn create(&self, record: &EncodedRecord) -> Result<u64, StoreError> {
         let value = decode_record(&record.key, &record.value)?;
         let mut inner = self.lock();
+        Self::down(&inner, &record.key)?;
         if inner.records.contains_key(&record.key) {
             return Err(StoreError::Conflict {
                 key: record.key.clone(),
@@ -249,6 +269,7 @@ impl RecordStore for MemoryRecords {
     async fn update(&self, record: &EncodedRecord, revision: u64) -> Result<u64, StoreError> {
         let value = decode_record(&record.key, &record.value)?;
         let mut inner = self.lock();
+        Self::down(&inner, &record.key)?;
         match inner.records.get(&record.key) {
             Some(current) if current.revision == revision => {}
             _ => {
@@ -262,6 +283,7 @@ impl RecordStore for MemoryRecords {
 
     async fn delete(&self, key: &str, revision: u64) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        Self::down(&inner, key)?;
         match inner.records.get(key) {
             Some(current) if current.revision == revision => {
                 inner.records.remove(key);

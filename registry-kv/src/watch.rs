@@ -1,28 +1,16 @@
-//! A typed watch of the `nodes` bucket.
+//! Watches of a bucket, and the one loop that keeps a cache fed from one:
+//! [`watch_raw`] delivers the latest value of each key, says when that
+//! replay is complete, then follows live changes; [`keep_watching`] runs a
+//! watch session again, with backoff, whenever it ends or fails (the read
+//! index and the node keys both live on it).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures::{Stream, StreamExt};
-use schemas::NodeRecord;
+use runtime_support::{Backoff, CancellationToken};
 use tracing::warn;
-
-use crate::records::{decode_record, Versioned};
-
-/// One change seen by a watch of the `nodes` bucket.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeChange {
-    /// A record was written.
-    Put(Box<Versioned<NodeRecord>>),
-    /// A record was deleted or purged.
-    Delete {
-        /// The key.
-        key: String,
-        /// The revision of the delete marker.
-        revision: u64,
-    },
-    /// Every value that existed when the watch opened has been delivered;
-    /// what follows are live changes. Sent exactly once.
-    Current,
-}
 
 /// Why a watch failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +22,8 @@ pub struct WatchError {
     pub source: async_nats::Error,
 }
 
-/// One change of the `nodes` bucket, not yet decoded: a reader that already
-/// holds a revision can skip it without decoding.
+/// One change of a bucket, not yet decoded: a reader that already holds a
+/// revision can skip it without decoding.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawChange {
     /// A value was written.
@@ -59,37 +47,21 @@ pub enum RawChange {
     Current,
 }
 
-impl RawChange {
-    /// Decodes a put into a [`NodeChange`]; `None` (logged) for a value that
-    /// is not a node record or is stored under another node's key.
-    pub fn decode(self) -> Option<NodeChange> {
-        match self {
-            Self::Put {
-                key,
-                value,
-                revision,
-            } => match decode_record(&key, &value) {
-                Ok(value) if value.node_id != key => {
-                    warn!(%key, node_id = %value.node_id, "skipping a record stored under another node's key");
-                    None
-                }
-                Ok(value) => Some(NodeChange::Put(Box::new(Versioned { value, revision }))),
-                Err(e) => {
-                    warn!(error = %e, "skipping a value that is not a node record");
-                    None
-                }
-            },
-            Self::Delete { key, revision } => Some(NodeChange::Delete { key, revision }),
-            Self::Current => Some(NodeChange::Current),
-        }
-    }
-}
+/// The key filter of a whole bucket.
+pub const ALL_KEYS: &str = ">";
 
-/// Watches every key of `store` without decoding: the latest value of each
-/// key first, then [`RawChange::Current`], then live changes. With
+/// Watches the keys of `store` matching `keys` (a subject-style filter,
+/// [`ALL_KEYS`] for all) without decoding: the latest value of each key
+/// first, then [`RawChange::Current`], then live changes. With
 /// `after_revision`, only changes after that revision, and `Current` first.
+///
+/// NOTE: `Current` is certain for [`ALL_KEYS`] only. A narrower filter that
+/// matches nothing yields nothing (the server sends no "end of replay"), so
+/// `Current` then comes with the first change; callers of such watches must
+/// not wait for it.
 pub async fn watch_raw(
     store: &kv::Store,
+    keys: &str,
     after_revision: Option<u64>,
 ) -> Result<impl Stream<Item = Result<RawChange, WatchError>> + Send + 'static, WatchError> {
     let bucket = store.name.clone();
@@ -100,7 +72,7 @@ pub async fn watch_raw(
     let (watch, mut current_sent) = match after_revision {
         Some(revision) => (
             store
-                .watch_all_from_revision(revision + 1)
+                .watch_from_revision(keys, revision + 1)
                 .await
                 .map_err(|e| fail(e.into()))?,
             true,
@@ -108,11 +80,13 @@ pub async fn watch_raw(
         None => {
             // A watch of an empty bucket yields nothing until the first
             // write, so "current" must come from the bucket's state.
-            let status = store.status().await.map_err(|e| fail(e.into()))?;
-            let empty = status.info.state.messages == 0;
+            let empty = keys == ALL_KEYS && {
+                let status = store.status().await.map_err(|e| fail(e.into()))?;
+                status.info.state.messages == 0
+            };
             (
                 store
-                    .watch_with_history(">")
+                    .watch_with_history(keys)
                     .await
                     .map_err(|e| fail(e.into()))?,
                 empty,
@@ -152,17 +126,34 @@ pub async fn watch_raw(
     Ok(prelude.chain(changes))
 }
 
-/// Watches every key of `store`: the latest value of each key first, then
-/// [`NodeChange::Current`], then live changes. Values that are not node
-/// records are logged and skipped.
-pub async fn watch_nodes(
-    store: &kv::Store,
-) -> Result<impl Stream<Item = Result<NodeChange, WatchError>> + Send + 'static, WatchError> {
-    let raw = watch_raw(store, None).await?;
-    Ok(raw.filter_map(|change| {
-        futures::future::ready(match change {
-            Ok(change) => change.decode().map(Ok),
-            Err(e) => Some(Err(e)),
-        })
-    }))
+/// A session that ran this long was healthy: the next failure starts the
+/// backoff from its first delay again.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Keeps a cache fed from a watch: runs `session` (open a watch, apply its
+/// changes until it ends) again whenever it ends or fails, waiting through
+/// a backoff, until `cancel`. `what` names the cache in the logs.
+pub async fn keep_watching<F, Fut>(what: &str, cancel: &CancellationToken, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), WatchError>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let started = Instant::now();
+        let ended = tokio::select! {
+            () = cancel.cancelled() => return,
+            ended = session() => ended,
+        };
+        match ended {
+            Ok(()) => warn!(what, "watch ended; reopening"),
+            Err(e) => warn!(what, error = %e, "watch failed; reopening"),
+        }
+        if started.elapsed() >= HEALTHY_SESSION {
+            backoff.reset();
+        }
+        if !backoff.wait(cancel).await {
+            return;
+        }
+    }
 }

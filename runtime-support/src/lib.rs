@@ -3,7 +3,14 @@
 //! Libraries only emit `tracing` events; binaries install the subscriber
 //! here ([`init_tracing`]), stop on SIGTERM or SIGINT ([`shutdown_signal`]),
 //! and load their one configuration struct in layers ([`load_layered`]).
+//! Every retry loop waits through [`Backoff`]; every service stops its
+//! tasks with one [`CancellationToken`].
 #![deny(missing_docs)]
+
+mod backoff;
+
+pub use backoff::Backoff;
+pub use tokio_util::sync::CancellationToken;
 
 use std::path::Path;
 

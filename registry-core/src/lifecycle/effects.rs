@@ -58,14 +58,20 @@ impl Effects {
         self.alerts.is_empty() && self.writes.is_empty() && self.reannounce.is_empty()
     }
 
-    pub(super) fn extend(&mut self, other: Effects) {
+    /// Adds `other`'s effects after these (one batch of several events).
+    pub fn extend(&mut self, other: Effects) {
         self.alerts.extend(other.alerts);
         self.writes.extend(other.writes);
         self.reannounce.extend(other.reannounce);
     }
 }
 
-pub(super) fn alert_id(node: Option<&NodeId>, kind: AlertType, cause: &str) -> String {
+/// The id of an alert of `kind` about `node` (or the registry), derived
+/// from what caused it (an event's stream sequence, a sweep's deadline, an
+/// operator's request): the same cause always gives the same id, so the
+/// `ALERTS` stream drops a repeat and a standby re-derives its dead
+/// leader's ids.
+pub fn alert_id(node: Option<&NodeId>, kind: AlertType, cause: &str) -> String {
     let node = node.map(NodeId::as_str).unwrap_or("-");
     Uuid::new_v5(
         &ALERT_NAMESPACE,

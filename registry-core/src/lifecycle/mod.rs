@@ -39,8 +39,7 @@ mod preservation;
 mod restore;
 mod wheel;
 
-use effects::*;
-pub use effects::{Effects, Write};
+pub use effects::{alert_id, Effects, Write};
 pub use preservation::{OwnFault, SilenceCensus};
 pub use restore::Grace;
 

@@ -1,0 +1,222 @@
+//! Leadership: the lease kept, one term as leader (the fleet restored from
+//! the read index, the worker run until the lease is lost), and the guard
+//! that rebuilds a lost `nodes` bucket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry_core::lifecycle::{alert_id, Fleet, Grace};
+use registry_kv::alerts::{AlertPublisher, AlertSink};
+use registry_kv::JetStreamRecords;
+use runtime_support::CancellationToken;
+use schemas::status::AlertType;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::RegistryConfig;
+use crate::index::ReadIndex;
+use crate::keys::NodeKeys;
+use crate::service::Counters;
+use crate::tasks::NatsTasks;
+use crate::worker::{Term, Worker};
+
+/// Keeps the lease: renews or takes it every third of its TTL, and says on
+/// `leading` whether this instance leads. Releases it at shutdown.
+pub async fn hold_lease(
+    mut lease: registry_kv::lease::Lease,
+    leading: watch::Sender<bool>,
+    takeover: Arc<std::sync::atomic::AtomicBool>,
+    connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lease.tick_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        // A standby that cannot reach NATS must not take over; a leader that
+        // cannot renew counts down its own TTL.
+        if *connected.borrow() || lease.is_held() {
+            if let Err(e) = lease.tick().await {
+                warn!(error = %e, "lease");
+            }
+        }
+        let held = lease.is_held();
+        takeover.store(lease.took_over_live(), std::sync::atomic::Ordering::Relaxed);
+        // Sent only on a change: the worker ends its term on any.
+        leading.send_if_modified(|leads| {
+            if *leads == held {
+                return false;
+            }
+            info!(instance = lease.holder(), held, "leadership changed");
+            *leads = held;
+            true
+        });
+    }
+    leading.send_replace(false);
+    lease.release().await;
+}
+
+/// What a leadership term needs: the registry's parts, shared by every term.
+#[derive(Debug)]
+pub struct Leader<'a> {
+    /// The configuration.
+    pub config: &'a RegistryConfig,
+    /// The streams, buckets and consumer.
+    pub provisioned: &'a registry_kv::Provisioned,
+    /// The connection.
+    pub client: &'a async_nats::Client,
+    /// Its JetStream context.
+    pub js: &'a async_nats::jetstream::Context,
+    /// The read index (the fleet starts from what it loaded).
+    pub index: &'a ReadIndex,
+    /// The counters of `$SRV.STATS`.
+    pub counters: &'a Arc<Counters>,
+    /// Joined nodes' keys.
+    pub node_keys: &'a NodeKeys,
+    /// Whether the connection to NATS is up.
+    pub connected: watch::Receiver<bool>,
+    /// Whether this instance leads.
+    pub leading: watch::Receiver<bool>,
+    /// The registry is stopping.
+    pub cancel: CancellationToken,
+}
+
+impl Leader<'_> {
+    /// One term as leader: builds the fleet from the read index, then
+    /// consumes and judges until the lease is lost or the registry stops.
+    pub async fn term(&self, grace: Grace) {
+        // The fleet starts from what the read index loaded: one read of the
+        // bucket, and the record bytes shared between the two.
+        tokio::select! {
+            () = self.cancel.cancelled() => return,
+            () = self.index.wait_ready() => {}
+        }
+        // Taking over from a leader seen alive keeps each node's deadline
+        // from its last checkpointed heartbeat, pushed back by one
+        // checkpoint interval (what that leader heard but did not checkpoint
+        // is no later). A lease found free or long expired is a start after
+        // an outage: every node gets a full window (principle 4).
+        let mut fleet = Fleet::new(self.config.lifecycle());
+        let (count, skipped) = self.index.read(|catalog| {
+            (
+                catalog.len(),
+                fleet.restore_with(catalog.stored(), chrono::Utc::now(), grace),
+            )
+        });
+        for id in skipped {
+            warn!(node_id = %id, "skipping an unreadable record at start");
+        }
+        info!(
+            nodes = count,
+            ?grace,
+            "leading: fleet restored from the read index"
+        );
+        let worker = Worker::new(
+            fleet,
+            JetStreamRecords::new(self.provisioned.nodes.clone()),
+            AlertPublisher::new(self.js.clone()),
+            NatsTasks::new(self.client.clone()),
+            self.counters.clone(),
+        )
+        .with_index(self.index.clone())
+        .with_keys(self.node_keys.clone(), self.config.require_signatures);
+        let (lost_tx, lost_rx) = watch::channel(0u32);
+        let guard = tokio::spawn(guard_bucket(
+            self.config.clone(),
+            self.js.clone(),
+            lost_tx,
+            self.leading.clone(),
+            self.cancel.clone(),
+        ));
+        worker
+            .run(Term {
+                consumer: self.provisioned.consumer.clone(),
+                client: self.client.clone(),
+                js: self.js.clone(),
+                sweep_interval: self.config.sweep_interval,
+                connected: self.connected.clone(),
+                leading: self.leading.clone(),
+                cancel: self.cancel.clone(),
+                bucket_lost: lost_rx,
+            })
+            .await;
+        guard.abort();
+    }
+}
+
+/// How often the leader checks that the `nodes` bucket still exists.
+const BUCKET_CHECK: Duration = Duration::from_secs(2);
+
+/// While leading: notices the loss of the `nodes` bucket (deleted by
+/// mistake, or lost with its servers), provisions it again, tells the
+/// worker to write every record it holds, and broadcasts a
+/// `registry.reannounce` alert so every node registers again (what the
+/// registry did not hold comes back that way).
+async fn guard_bucket(
+    config: RegistryConfig,
+    js: async_nats::jetstream::Context,
+    lost: watch::Sender<u32>,
+    mut leading: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    let stream = subjects::kv_stream(&config.names.nodes_bucket);
+    let alerts = AlertPublisher::new(js.clone());
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = leading.wait_for(|l| !*l) => return,
+            _ = tokio::time::sleep(BUCKET_CHECK) => {}
+        }
+        let missing = match js.get_stream(&stream).await {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ),
+        };
+        if !missing {
+            continue;
+        }
+        warn!(bucket = %config.names.nodes_bucket, "the nodes bucket is gone; provisioning it again");
+        if let Err(e) =
+            registry_kv::provision(&js, &config.names, &crate::stream_settings(&config)).await
+        {
+            warn!(error = %e, "provisioning after the loss of the nodes bucket; retrying");
+            continue;
+        }
+        lost.send_modify(|n| *n += 1);
+        // The id is derived from the new bucket's creation: a second
+        // leader that saw the same loss re-derives it (deduplicated).
+        let created = match js.get_stream(&stream).await {
+            Ok(handle) => handle.cached_info().created,
+            Err(e) => {
+                // NOTE: rare (it was just made); the alert still goes out,
+                // its id then from this instance's clock.
+                warn!(error = %e, "reading the new nodes bucket");
+                chrono::Utc::now()
+            }
+        };
+        let created = schemas::time::format(created);
+        let alert = schemas::Alert {
+            id: alert_id(
+                None,
+                AlertType::Reannounce,
+                &format!("{}/{created}", config.names.nodes_bucket),
+            ),
+            r#type: AlertType::Reannounce.to_string(),
+            at: schemas::time::format(chrono::Utc::now()),
+            message: Some(format!(
+                "the {} bucket was lost and is being rebuilt: every node, register again",
+                config.names.nodes_bucket
+            )),
+            ..schemas::Alert::default()
+        };
+        if let Err(e) = alerts.publish(&alert).await {
+            warn!(error = %e, "broadcasting the reannounce request");
+        }
+    }
+}

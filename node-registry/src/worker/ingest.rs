@@ -1,0 +1,202 @@
+//! A batch of deliveries from `NODE_EVENTS`: each decoded, checked and
+//! applied to the fleet, the batch's effects carried out together, and a
+//! verdict for each delivery. Nothing is acked before its effect is durable
+//! (DESIGN principle 9); a bad delivery is terminated, never redelivered.
+
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use registry_core::lifecycle::Effects;
+use registry_kv::alerts::AlertSink;
+use registry_kv::RecordStore;
+use schemas::codec::{self, MAX_EVENT_BYTES};
+use schemas::validate::{validate_event, ValidEvent};
+use schemas::NodeEvent;
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::Worker;
+use crate::service::Counters;
+use crate::tasks::TaskSender;
+
+/// Where a delivery stands in the stream (its JetStream metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryMeta {
+    /// Its stream sequence (alert ids are derived from it).
+    pub stream_seq: u64,
+    /// Messages left for the consumer after this one.
+    pub pending: u64,
+    /// The server's receive time: what liveness is judged on.
+    pub received: DateTime<Utc>,
+    /// How many times it was delivered (1: the first).
+    pub delivered: i64,
+}
+
+/// One delivery of an event, borrowed from the message that carried it.
+#[derive(Debug, Clone)]
+pub struct Delivery<'a> {
+    /// The subject it was published on (`node.<id>.events`).
+    pub subject: &'a str,
+    /// Its headers (encoding, signature).
+    pub headers: Option<&'a HeaderMap>,
+    /// The event as sent.
+    pub payload: &'a [u8],
+    /// Its metadata, or why it has none.
+    pub meta: Result<DeliveryMeta, String>,
+}
+
+/// What to tell the stream about one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done: its effect is durable.
+    Ack,
+    /// Its effect failed: deliver it again later (the fleet retries too).
+    Retry,
+    /// Bad: never deliver it again.
+    Terminate,
+}
+
+/// The outcome of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// One verdict per delivery, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Whether the consumer had nothing left after the batch.
+    pub caught_up: bool,
+}
+
+/// Why an event was rejected.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Rejection {
+    #[error("no JetStream metadata: {0}")]
+    Metadata(String),
+    #[error("{0}")]
+    Subject(#[from] subjects::SubjectError),
+    #[error("{0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("{0}")]
+    Invalid(#[from] schemas::validate::ValidationError),
+    #[error("forged: {0}")]
+    Forged(&'static str),
+    #[error("replayed: seq {seq} is not above {last}")]
+    Replayed { seq: u64, last: u64 },
+    #[error("unsigned, and this node has no key (require_signatures is on)")]
+    Unsigned,
+}
+
+impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
+    /// Handles a batch of deliveries in stream order. Accepted events are
+    /// acked once the effects of the whole batch are durable, or retried
+    /// when they are not; rejected ones are terminated.
+    pub async fn ingest(&mut self, deliveries: &[Delivery<'_>]) -> Ingested {
+        let mut effects = Effects::default();
+        let mut verdicts = vec![Verdict::Terminate; deliveries.len()];
+        let mut accepted = Vec::with_capacity(deliveries.len());
+        let mut caught_up = false;
+        for (i, delivery) in deliveries.iter().enumerate() {
+            let meta = match &delivery.meta {
+                Ok(meta) => *meta,
+                Err(reason) => {
+                    self.reject(delivery, &Rejection::Metadata(reason.clone()));
+                    continue;
+                }
+            };
+            caught_up = meta.pending == 0;
+            self.clock.observe(meta.received);
+            let decoded = decode(delivery).and_then(|event| {
+                Ok(self
+                    .authenticate(delivery, &event, meta.delivered)?
+                    .then_some(event))
+            });
+            match decoded {
+                Err(reason) => self.reject(delivery, &reason),
+                // A redelivery of one already taken: done, quietly.
+                Ok(None) => accepted.push(i),
+                Ok(Some(event)) => {
+                    debug!(seq = meta.stream_seq, node_id = %event.node_id, kind = %event.kind, "event");
+                    Counters::bump(&self.counters.events_applied);
+                    effects.extend(self.fleet.apply(&event, meta.received, meta.stream_seq));
+                    accepted.push(i);
+                }
+            }
+        }
+        let span = info_span!("events", count = accepted.len());
+        // The fleet retries what failed; redelivery covers a crash before
+        // it does.
+        let verdict = if self.execute(effects).instrument(span).await {
+            Verdict::Ack
+        } else {
+            Verdict::Retry
+        };
+        for i in accepted {
+            verdicts[i] = verdict;
+        }
+        Ingested {
+            verdicts,
+            caught_up,
+        }
+    }
+
+    /// Whether an event comes from its node (signature) and is new (seq).
+    /// `Ok(false)`: a redelivery of one already taken; skip it quietly.
+    fn authenticate(
+        &mut self,
+        delivery: &Delivery<'_>,
+        event: &ValidEvent,
+        delivered: i64,
+    ) -> Result<bool, Rejection> {
+        let Some(keys) = &self.keys else {
+            return Ok(true);
+        };
+        let id = &event.node_id;
+        let Some(public) = keys.get(id.as_str()) else {
+            return if self.require_signatures {
+                Err(Rejection::Unsigned)
+            } else {
+                Ok(true)
+            };
+        };
+        let signature = delivery
+            .headers
+            .and_then(|h| h.get(fleet_auth::SIGNATURE_HEADER))
+            .map(|v| v.as_str().to_owned())
+            .ok_or(Rejection::Forged("no signature"))?;
+        if !public.verify(delivery.payload, &signature) {
+            return Err(Rejection::Forged("the signature is not the node's"));
+        }
+        let seq = event.event.seq.ok_or(Rejection::Forged("no seq"))?;
+        let fleet = &self.fleet;
+        let last = self
+            .last_seq
+            .entry(id.clone())
+            .or_insert_with(|| fleet.get(id).and_then(|n| n.record().seq).unwrap_or(0));
+        if seq <= *last {
+            if delivered > 1 {
+                return Ok(false);
+            }
+            return Err(Rejection::Replayed { seq, last: *last });
+        }
+        *last = seq;
+        Ok(true)
+    }
+
+    /// Counts and logs a rejected delivery (its verdict is `Terminate`).
+    fn reject(&self, delivery: &Delivery<'_>, reason: &Rejection) {
+        Counters::bump(&self.counters.events_rejected);
+        match reason {
+            Rejection::Forged(_) | Rejection::Unsigned => {
+                Counters::bump(&self.counters.events_forged);
+            }
+            Rejection::Replayed { .. } => Counters::bump(&self.counters.events_replayed),
+            _ => {}
+        }
+        warn!(subject = %delivery.subject, size = delivery.payload.len(), %reason, "event rejected");
+    }
+}
+
+/// Decodes and validates one delivery: subject id, encoding, size, fields,
+/// and the payload id against the subject id.
+fn decode(delivery: &Delivery<'_>) -> Result<ValidEvent, Rejection> {
+    let subject_id = subjects::parse_node_events(delivery.subject)?;
+    let encoding = schemas::nats::encoding_of(delivery.headers)?;
+    let event: NodeEvent = codec::decode(delivery.payload, encoding, MAX_EVENT_BYTES)?;
+    Ok(validate_event(event, &subject_id)?)
+}

@@ -1,0 +1,122 @@
+//! The registry worker: the one writer of `nodes`. It takes the events of
+//! `NODE_EVENTS` and the passing of time to the fleet (`registry-core`'s
+//! lifecycle) and carries out what the fleet decides.
+//!
+//! The I/O goes through three small traits, each with an in-memory twin, so
+//! the rules that matter (ack only after the effect is durable; a CAS
+//! conflict is re-read and re-decided; one write per node per batch; KV
+//! trouble holds transitions after two failing rounds; a poison message is
+//! terminated once) have unit tests (`tests`):
+//! [`registry_kv::RecordStore`], [`registry_kv::alerts::AlertSink`] and
+//! [`crate::tasks::TaskSender`].
+//!
+//! One job a file:
+//! - here: the [`Worker`] and what it holds;
+//! - `run`: one leadership term's select loop over NATS (events, connection
+//!   advisories, admin requests, stream leader elections, the sweep tick and
+//!   the event-stream probe);
+//! - `ingest`: a batch of deliveries decoded, checked, applied, and the
+//!   verdict for each (ack, retry, terminate);
+//! - `execute`: the fleet's effects carried out; write health;
+//! - `admin`: operators' requests;
+//! - `advisories`: the server's connection advisories;
+//! - `clock`: the server's clock, as the events show it.
+
+mod admin;
+mod advisories;
+mod clock;
+mod execute;
+mod ingest;
+mod run;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use registry_core::lifecycle::Fleet;
+use schemas::Alert;
+use subjects::NodeId;
+
+use crate::index::ReadIndex;
+use crate::keys::NodeKeys;
+use crate::service::Counters;
+
+pub use admin::read_admin_request;
+pub use advisories::read_connection_advisory;
+pub use clock::ServerClock;
+pub use ingest::{Delivery, DeliveryMeta, Ingested, Verdict};
+pub use run::Term;
+
+/// Consumes events and judges liveness; the one writer of `nodes`.
+#[derive(Debug)]
+pub struct Worker<S, A, T> {
+    fleet: Fleet,
+    store: S,
+    alerts: A,
+    tasks: T,
+    counters: Arc<Counters>,
+    clock: ServerClock,
+    /// Alerts not stored yet (`ALERTS` unreachable), retried in order.
+    pending_alerts: VecDeque<Alert>,
+    index: Option<ReadIndex>,
+    /// Rounds of writes in a row that failed (not conflicts) with none
+    /// succeeding, and the failures counted over them.
+    failing_rounds: u32,
+    failed_writes: u64,
+    /// Joined nodes' keys: their events must be signed, with rising seq.
+    keys: Option<NodeKeys>,
+    /// Whether events of nodes without a key are refused.
+    require_signatures: bool,
+    /// The highest event seq accepted per signing node.
+    last_seq: HashMap<NodeId, u64>,
+}
+
+impl<S, A, T> Worker<S, A, T> {
+    /// A worker over a restored fleet, writing through `store`, storing
+    /// alerts in `alerts` and sending tasks through `tasks`.
+    pub fn new(fleet: Fleet, store: S, alerts: A, tasks: T, counters: Arc<Counters>) -> Self {
+        Self {
+            fleet,
+            store,
+            alerts,
+            tasks,
+            counters,
+            clock: ServerClock::default(),
+            pending_alerts: VecDeque::new(),
+            index: None,
+            failing_rounds: 0,
+            failed_writes: 0,
+            keys: None,
+            require_signatures: false,
+            last_seq: HashMap::new(),
+        }
+    }
+
+    /// Announces every record this worker writes to `index`, which then
+    /// takes the record as it is from the watch (the bytes shared with the
+    /// fleet) instead of decoding it again.
+    pub fn with_index(mut self, index: ReadIndex) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// Checks events against the nodes' keys: a node with a key must sign
+    /// its events, with a seq above the last one accepted; with
+    /// `require_signatures`, a node without a key is refused.
+    pub fn with_keys(mut self, keys: NodeKeys, require_signatures: bool) -> Self {
+        self.keys = Some(keys);
+        self.require_signatures = require_signatures;
+        self
+    }
+
+    /// The fleet as the worker knows it.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Alerts waiting to be stored.
+    pub fn pending_alerts(&self) -> usize {
+        self.pending_alerts.len()
+    }
+}

@@ -1,0 +1,352 @@
+//! One leadership term over NATS: the select loop that feeds the worker
+//! events, connection advisories, admin requests and stream leader
+//! elections, and sweeps on a tick while connected and caught up (DESIGN
+//! principle 4).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::{FutureExt, StreamExt};
+use registry_core::lifecycle::OwnFault;
+use registry_kv::alerts::AlertSink;
+use registry_kv::RecordStore;
+use runtime_support::CancellationToken;
+use schemas::codec::Encoding;
+use tokio::sync::watch;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::{Delivery, DeliveryMeta, Verdict, Worker};
+use crate::tasks::TaskSender;
+
+/// Most events handled as one batch.
+const MAX_BATCH: usize = 1000;
+/// How long the event stream may take to answer the probe of each sweep.
+const STREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a retried event waits before it is delivered again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// What one term runs against.
+#[derive(Debug)]
+pub struct Term {
+    /// The durable consumer of `NODE_EVENTS`.
+    pub consumer: PullConsumer,
+    /// The connection (subscriptions, replies).
+    pub client: async_nats::Client,
+    /// For probing the event stream (can nodes store events?).
+    pub js: jetstream::Context,
+    /// How often silence is judged.
+    pub sweep_interval: Duration,
+    /// Whether the connection to NATS is up.
+    pub connected: watch::Receiver<bool>,
+    /// Whether this instance leads; any change ends the term.
+    pub leading: watch::Receiver<bool>,
+    /// The registry is stopping.
+    pub cancel: CancellationToken,
+    /// Counts losses of the `nodes` bucket (every record is written again).
+    pub bucket_lost: watch::Receiver<u32>,
+}
+
+impl Delivery<'_> {
+    /// A delivery borrowed from a JetStream message.
+    fn of(message: &jetstream::Message) -> Delivery<'_> {
+        Delivery {
+            subject: message.subject.as_str(),
+            headers: message.headers.as_ref(),
+            payload: &message.payload,
+            meta: message
+                .info()
+                .map(|i| DeliveryMeta {
+                    stream_seq: i.stream_sequence,
+                    pending: i.pending,
+                    received: i.published,
+                    delivered: i.delivered,
+                })
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
+    /// Runs until `term.cancel` or a change of `term.leading` (the lease
+    /// lost, or lost and taken again: a new term starts from the bucket).
+    pub async fn run(mut self, term: Term) {
+        let Term {
+            mut consumer,
+            client,
+            js,
+            sweep_interval,
+            mut connected,
+            mut leading,
+            cancel,
+            mut bucket_lost,
+        } = term;
+        // This term is for the leadership as it is now: any later change
+        // of it ends the term.
+        if !*leading.borrow_and_update() {
+            return;
+        }
+        let mut tick = tokio::time::interval(sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut caught_up = false;
+        let mut was_connected = *connected.borrow();
+        let mut messages = None;
+        let mut links = self.connection_events(&client).await;
+        let mut elections = match client
+            .subscribe(subjects::STREAM_LEADER_ELECTED_ADVISORIES)
+            .await
+        {
+            Ok(elections) => Some(elections),
+            Err(e) => {
+                warn!(error = %e, "not following stream leader elections");
+                None
+            }
+        };
+        let events_stream = consumer.cached_info().stream_name.clone();
+        // Admin requests are the leader's: only it changes records.
+        let mut admin = match client
+            .queue_subscribe(
+                subjects::REGISTRY_ADMIN,
+                subjects::SERVICE_QUEUE_GROUP.into(),
+            )
+            .await
+        {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                warn!(error = %e, "not serving admin requests");
+                None
+            }
+        };
+        loop {
+            if messages.is_none() {
+                // Short pulls with idle heartbeats: a pull lost with a server
+                // restart is noticed in seconds, not after the 30 s default.
+                let stream = consumer
+                    .stream()
+                    .max_messages_per_batch(1000)
+                    .expires(Duration::from_secs(5))
+                    .heartbeat(Duration::from_secs(2))
+                    .messages()
+                    .await;
+                match stream {
+                    Ok(stream) => messages = Some(stream),
+                    Err(e) => warn!(error = %e, "opening the event consumer; retrying"),
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = leading.changed() => {
+                    warn!(leading = *leading.borrow(), "leadership changed: this term ends (no more consuming or writing in it)");
+                    break;
+                }
+                next = async {
+                    match messages.as_mut() {
+                        Some(stream) => stream.next().await,
+                        None => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            None
+                        }
+                    }
+                } => match next {
+                    Some(Ok(message)) => {
+                        // Take what else is ready now, up to a batch: its
+                        // writes go out together, one per node.
+                        let mut batch = vec![message];
+                        while batch.len() < MAX_BATCH {
+                            let Some(stream) = messages.as_mut() else { break };
+                            match stream.next().now_or_never() {
+                                Some(Some(Ok(more))) => batch.push(more),
+                                Some(Some(Err(e))) => debug!(error = %e, "event consumer hiccup"),
+                                Some(None) => {
+                                    messages = None;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        caught_up = self.on_messages(batch).await;
+                    }
+                    Some(Err(e)) => debug!(error = %e, "event consumer hiccup"),
+                    None => messages = None,
+                },
+                Some(message) = async {
+                    match links.as_mut() {
+                        Some(links) => links.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_connection_advisory(message.subject.as_str(), &message.payload),
+                Some(message) = async {
+                    match admin.as_mut() {
+                        Some(admin) => admin.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_admin(&client, message).instrument(info_span!("admin")).await,
+                Some(message) = async {
+                    match elections.as_mut() {
+                        Some(elections) => elections.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if message.subject.as_str().rsplit('.').next() == Some(events_stream.as_str()) {
+                        // While the event stream had no leader, nodes could
+                        // not store heartbeats: their silence was NATS's.
+                        info!(stream = %events_stream, "the event stream elected a new leader; granting every node a fresh grace window");
+                        self.fleet.grant_grace(self.clock.now());
+                    }
+                }
+                Ok(()) = bucket_lost.changed() => {
+                    bucket_lost.borrow_and_update();
+                    warn!(nodes = self.fleet.len(), "nodes bucket lost: writing every record again");
+                    self.fleet.rewrite_all();
+                }
+                Ok(()) = connected.changed() => {
+                    let is_connected = *connected.borrow_and_update();
+                    if !is_connected && was_connected {
+                        // Nothing can be heard now: hold every transition.
+                        // The alert goes out once the link is back.
+                        warn!("lost the NATS link; holding transitions");
+                        let effects = self.fleet.fault(OwnFault::NatsLink, self.clock.now(), 0);
+                        self.pending_alerts.extend(effects.alerts);
+                    }
+                    if is_connected && !was_connected {
+                        // Whatever happened while we were away is not the
+                        // nodes' fault: judge again after a fresh window.
+                        // The pull in flight died with the old connection.
+                        info!("reconnected to NATS; granting every node a fresh grace window");
+                        self.retry_alerts().await;
+                        let effects = self.fleet.fault_cleared(OwnFault::NatsLink, self.clock.now());
+                        self.execute(effects).await;
+                        caught_up = false;
+                        messages = None;
+                    }
+                    was_connected = is_connected;
+                }
+                _ = tick.tick() => {
+                    // A term that ended while this task was busy judges
+                    // nothing more (the select may pick the tick first).
+                    if leading.has_changed().unwrap_or(true) {
+                        warn!("leadership changed: this term ends (no more consuming or writing in it)");
+                        break;
+                    }
+                    if !was_connected {
+                        continue;
+                    }
+                    // A stream without a leader (or JetStream down) takes no
+                    // heartbeats: the silence is NATS's, so judge nothing,
+                    // and grant a fresh window once it answers again.
+                    if probe_event_stream(&js, &events_stream).await {
+                        if self.fleet.faults().any(|f| f == OwnFault::EventStream) {
+                            info!(stream = %events_stream, "the event stream answers again");
+                            self.retry_alerts().await;
+                            let effects = self.fleet.fault_cleared(OwnFault::EventStream, self.clock.now());
+                            self.execute(effects).await;
+                            caught_up = false;
+                        }
+                    } else {
+                        if !self.fleet.faults().any(|f| f == OwnFault::EventStream) {
+                            warn!(stream = %events_stream, "the event stream does not answer; holding transitions");
+                            let effects = self.fleet.fault(OwnFault::EventStream, self.clock.now(), 0);
+                            self.pending_alerts.extend(effects.alerts);
+                        }
+                        caught_up = false;
+                        continue;
+                    }
+                    if !caught_up {
+                        caught_up = match consumer.info().await {
+                            Ok(info) => info.num_pending == 0,
+                            Err(e) => {
+                                debug!(error = %e, "reading consumer info");
+                                false
+                            }
+                        };
+                    }
+                    self.retry_alerts().await;
+                    if caught_up {
+                        let effects = self.fleet.sweep(self.clock.now());
+                        if !effects.is_empty() {
+                            self.execute(effects).instrument(info_span!("sweep")).await;
+                        }
+                    }
+                }
+            }
+        }
+        info!(nodes = self.fleet.len(), "worker stopped");
+    }
+
+    /// Ingests a batch of messages and tells the stream each verdict;
+    /// returns whether the consumer is caught up.
+    async fn on_messages(&mut self, batch: Vec<jetstream::Message>) -> bool {
+        let deliveries: Vec<Delivery<'_>> = batch.iter().map(Delivery::of).collect();
+        let ingested = self.ingest(&deliveries).await;
+        drop(deliveries);
+        for (message, verdict) in batch.iter().zip(ingested.verdicts) {
+            let kind = match verdict {
+                Verdict::Ack => AckKind::Ack,
+                Verdict::Retry => AckKind::Nak(Some(RETRY_DELAY)),
+                Verdict::Terminate => AckKind::Term,
+            };
+            if let Err(e) = message.ack_with(kind).await {
+                warn!(error = %e, ?verdict, "acknowledging an event");
+            }
+        }
+        ingested.caught_up
+    }
+
+    /// Answers one admin request.
+    async fn on_admin(&mut self, client: &async_nats::Client, message: async_nats::Message) {
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        let result = self.answer_admin(&message.payload, reply.as_str()).await;
+        let (headers, body) = schemas::nats::reply_parts(result, Encoding::Json);
+        if let Err(e) = client.publish_with_headers(reply, headers, body).await {
+            warn!(error = %e, "answering an admin request");
+        }
+    }
+
+    /// Subscribes to the server's connection advisories (when configured
+    /// and exported to this account; without them silence alone is judged).
+    async fn connection_events(
+        &self,
+        client: &async_nats::Client,
+    ) -> Option<futures::stream::SelectAll<async_nats::Subscriber>> {
+        if self.fleet.settings().disconnect_grace.is_zero() {
+            return None;
+        }
+        let mut all = futures::stream::SelectAll::new();
+        for subject in [
+            subjects::ACCOUNT_CONNECT_EVENTS,
+            subjects::ACCOUNT_DISCONNECT_EVENTS,
+        ] {
+            match client.subscribe(subject).await {
+                Ok(subscriber) => all.push(subscriber),
+                Err(e) => {
+                    warn!(subject, error = %e, "no connection events; judging silence alone");
+                    return None;
+                }
+            }
+        }
+        Some(all)
+    }
+}
+
+/// Whether the event stream answers its info request in time (it has a
+/// leader: nodes can store events).
+async fn probe_event_stream(js: &jetstream::Context, stream: &str) -> bool {
+    match tokio::time::timeout(STREAM_PROBE_TIMEOUT, js.get_stream(stream)).await {
+        // A replicated stream may answer from its assignment while it has
+        // no leader: that one stores nothing either.
+        Ok(Ok(handle)) => handle
+            .cached_info()
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.leader.is_some()),
+        Ok(Err(e)) => {
+            debug!(stream, error = %e, "event stream probe");
+            false
+        }
+        Err(_) => {
+            debug!(stream, "event stream probe timed out");
+            false
+        }
+    }
+}
