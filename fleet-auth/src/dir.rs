@@ -134,7 +134,7 @@ impl AuthDir {
         })
     }
 
-    /// The directory.
+    /// Where the auth material lives.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -10,6 +10,7 @@
 //! [`AuthDir`] keeps all of it in one directory (seeds and creds 0600), for
 //! `nodectl auth`; [`UserIssuer`] is the part the registry needs to issue a
 //! joining node's credentials.
+#![deny(missing_docs)]
 
 mod creds;
 mod dir;
@@ -32,7 +33,7 @@ pub enum AuthError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
+        /// The file that could not be used.
         path: String,
         /// What went wrong.
         #[source]

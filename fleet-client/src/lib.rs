@@ -36,9 +36,9 @@ pub enum ClientError {
     /// Could not connect to NATS.
     #[error("connecting to NATS at {url}: {source}")]
     Connect {
-        /// The URL.
+        /// The server URL that was tried.
         url: String,
-        /// Why.
+        /// The underlying reason, as reported.
         source: async_nats::ConnectError,
     },
     /// The credentials or TLS files could not be used.
@@ -91,7 +91,7 @@ pub struct AuditEntry {
     /// The event type (`heartbeat`) or alert type (`node.degraded`).
     #[serde(rename = "type")]
     pub kind: String,
-    /// The node.
+    /// The node it concerns.
     pub node_id: String,
     /// The event or alert itself, as JSON.
     pub detail: serde_json::Value,

@@ -80,7 +80,7 @@ impl Default for SimConfig {
 /// One crash: which node went silent, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Crash {
-    /// The node.
+    /// The node that went silent.
     pub node_id: String,
     /// When it stopped publishing (the simulator's clock, UTC).
     pub crashed_at: DateTime<Utc>,

@@ -45,9 +45,9 @@ pub enum AgentError {
     /// The NATS URL is unusable.
     #[error("connecting to NATS at {url}: {source}")]
     Connect {
-        /// The URL.
+        /// The server URL that was tried.
         url: String,
-        /// Why.
+        /// The underlying reason, as reported.
         source: async_nats::ConnectError,
     },
     /// The credentials or TLS files could not be used.
@@ -56,9 +56,9 @@ pub enum AgentError {
     /// The task subject could not be subscribed.
     #[error("subscribing to {subject}: {source}")]
     Subscribe {
-        /// The subject.
+        /// The subject the request was sent on.
         subject: String,
-        /// Why.
+        /// The underlying reason, as reported.
         source: async_nats::SubscribeError,
     },
 }

@@ -71,5 +71,4 @@ pub fn load_or_create(
 }
 
 #[cfg(test)]
-#[path = "tests/identity.rs"]
 mod tests;

@@ -35,17 +35,17 @@ pub enum JoinError {
     /// NATS could not be reached with the token's bootstrap credentials.
     #[error("connecting to NATS at {url}: {reason}")]
     Connect {
-        /// The URL.
+        /// The server URL that was tried.
         url: String,
-        /// Why.
+        /// The underlying reason, as reported.
         reason: String,
     },
     /// No registry answered.
     #[error("no answer from the registry on {subject}: {reason}")]
     NoAnswer {
-        /// The subject.
+        /// The subject the request was sent on.
         subject: &'static str,
-        /// Why.
+        /// The underlying reason, as reported.
         reason: String,
     },
     /// The registry refused the token.
@@ -53,7 +53,7 @@ pub enum JoinError {
     Refused {
         /// The error code (401 wrong secret, 404 unknown, 409 used, 410 expired).
         code: u16,
-        /// Why.
+        /// The underlying reason, as reported.
         message: String,
     },
     /// The answer could not be read.
@@ -64,11 +64,11 @@ pub enum JoinError {
 /// What a join granted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Joined {
-    /// The node id.
+    /// The id this node joined as: its credentials cover `node.<id>.*`.
     pub node_id: String,
-    /// The role.
+    /// The role the token granted (used unless `--role` is given).
     pub role: String,
-    /// The labels.
+    /// The labels the token granted (used unless `--labels` are given).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }

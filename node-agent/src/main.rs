@@ -72,7 +72,7 @@ enum Command {
     /// Exchange a one-time join token (from `nodectl token create`) for this
     /// node's own credentials, store them in the state directory, and run.
     Join {
-        /// The token.
+        /// The join token, as `nodectl token create` printed it.
         #[arg(long, env = "NODE_AGENT_JOIN_TOKEN")]
         token: String,
         /// Store the credentials and exit instead of running.

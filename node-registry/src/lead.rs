@@ -62,11 +62,11 @@ pub async fn hold_lease(
 /// What a leadership term needs: the registry's parts, shared by every term.
 #[derive(Debug)]
 pub struct Leader<'a> {
-    /// The configuration.
+    /// The registry's configuration.
     pub config: &'a RegistryConfig,
     /// The streams, buckets and consumer.
     pub provisioned: &'a registry_kv::Provisioned,
-    /// The connection.
+    /// The NATS connection (subscriptions, replies).
     pub client: &'a async_nats::Client,
     /// Its JetStream context.
     pub js: &'a async_nats::jetstream::Context,

@@ -48,17 +48,17 @@ pub enum RegistryError {
     /// The NATS URL is not usable.
     #[error("connecting to NATS at {url}: {reason}")]
     Connect {
-        /// The URL.
+        /// The server URL that was tried.
         url: String,
-        /// Why.
+        /// The underlying reason, as reported.
         reason: String,
     },
     /// The join signing key could not be used.
     #[error("join signing key {path}: {reason}")]
     JoinKey {
-        /// The file.
+        /// The file that could not be used.
         path: String,
-        /// Why.
+        /// The underlying reason, as reported.
         reason: String,
     },
 }

@@ -15,11 +15,11 @@ use subjects::NodeId;
 #[derive(Debug, thiserror::Error)]
 #[error("sending {task} to {node_id}: {reason}")]
 pub struct TaskError {
-    /// The node.
+    /// The node it concerns.
     pub node_id: String,
     /// The task.
     pub task: TaskType,
-    /// Why.
+    /// The underlying reason, as reported.
     pub reason: String,
 }
 

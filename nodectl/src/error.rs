@@ -14,7 +14,7 @@ pub enum Error {
     /// The registry's `registry_meta` bucket is not there.
     #[error("the registry's {bucket} bucket: {reason} (is the registry running?)")]
     NoMetaBucket {
-        /// The bucket.
+        /// The bucket the operation was on.
         bucket: &'static str,
         /// Why it could not be opened.
         reason: String,
@@ -41,15 +41,15 @@ pub enum Error {
     Corrupt {
         /// Which record.
         what: String,
-        /// Why.
+        /// The underlying reason, as reported.
         reason: String,
     },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
+        /// The file that could not be used.
         path: String,
-        /// Why.
+        /// The underlying reason, as reported.
         #[source]
         source: std::io::Error,
     },

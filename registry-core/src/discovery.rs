@@ -48,7 +48,7 @@ pub enum QueryError {
     /// A field holds a value outside its domain.
     #[error("field {field}: {reason}")]
     Field {
-        /// The field.
+        /// The request field at fault.
         field: &'static str,
         /// What is wrong.
         reason: String,

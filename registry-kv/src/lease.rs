@@ -37,7 +37,7 @@ pub enum LeaseError {
     /// The bucket could not be read or written (retryable).
     #[error("lease in {bucket}: {source}")]
     Backend {
-        /// The bucket.
+        /// The bucket the operation was on.
         bucket: String,
         /// What failed.
         source: async_nats::Error,

@@ -11,7 +11,7 @@ pub enum MetaError {
     /// The stream's subject listing failed.
     #[error("listing {bucket}: {reason}")]
     List {
-        /// The bucket.
+        /// The bucket the operation was on.
         bucket: String,
         /// What the server or client said.
         reason: String,
@@ -19,9 +19,9 @@ pub enum MetaError {
     /// The purge of a key failed.
     #[error("forgetting {key} in {bucket}: {reason}")]
     Forget {
-        /// The bucket.
+        /// The bucket the operation was on.
         bucket: String,
-        /// The key.
+        /// The key the operation was on.
         key: String,
         /// What the server or client said.
         reason: String,

@@ -11,7 +11,7 @@ use tracing::instrument;
 /// A value with the KV revision it was read or written at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
-    /// The value.
+    /// The value as read or written.
     pub value: T,
     /// The key's revision holding it.
     pub revision: u64,
@@ -44,13 +44,13 @@ pub enum StoreError {
     /// Re-read and re-decide; never retry blindly.
     #[error("record {key}: revision conflict")]
     Conflict {
-        /// The key.
+        /// The key the operation was on.
         key: String,
     },
     /// The stored value is not a node record.
     #[error("record {key}: stored value is not a node record: {reason}")]
     Corrupt {
-        /// The key.
+        /// The key the operation was on.
         key: String,
         /// Why it does not decode.
         reason: String,
@@ -58,7 +58,7 @@ pub enum StoreError {
     /// The store failed (timeouts, lost connection); retryable.
     #[error("record {key}: {source}")]
     Backend {
-        /// The key.
+        /// The key the operation was on.
         key: String,
         /// The underlying error.
         source: async_nats::Error,
@@ -115,7 +115,7 @@ impl JetStreamRecords {
         Self { store }
     }
 
-    /// The bucket.
+    /// The bucket the operation was on.
     pub fn store(&self) -> &kv::Store {
         &self.store
     }

@@ -16,7 +16,7 @@ use tracing::warn;
 #[derive(Debug, thiserror::Error)]
 #[error("watching bucket {bucket}: {source}")]
 pub struct WatchError {
-    /// The bucket.
+    /// The bucket the operation was on.
     pub bucket: String,
     /// What failed.
     pub source: async_nats::Error,
@@ -28,17 +28,17 @@ pub struct WatchError {
 pub enum RawChange {
     /// A value was written.
     Put {
-        /// The key.
+        /// The key the operation was on.
         key: String,
         /// The value as stored (it may share a larger buffer: copy what you
         /// keep).
         value: bytes::Bytes,
-        /// Its revision.
+        /// The revision it was stored at.
         revision: u64,
     },
     /// A key was deleted or purged.
     Delete {
-        /// The key.
+        /// The key the operation was on.
         key: String,
         /// The revision of the delete marker.
         revision: u64,

@@ -145,9 +145,9 @@ pub enum NatsAuthError {
     /// The credentials file could not be read.
     #[error("credentials {path}: {source}")]
     Creds {
-        /// The file.
+        /// The file that could not be used.
         path: String,
-        /// Why.
+        /// The underlying reason, as reported.
         #[source]
         source: std::io::Error,
     },

@@ -68,7 +68,7 @@ impl AdminRequest {
 pub struct AdminReply {
     /// Always true (a refusal is a coded error instead).
     pub ok: bool,
-    /// The node.
+    /// The node it concerns.
     pub node_id: String,
     /// Its status now (`null` once removed).
     pub status: Option<String>,

@@ -33,7 +33,7 @@ pub enum CodecError {
     TooLarge {
         /// Size of the payload.
         size: usize,
-        /// The limit.
+        /// The limit exceeded, in bytes.
         max: usize,
     },
     /// The Content-Type header names an encoding we do not speak.
@@ -113,5 +113,4 @@ where
 }
 
 #[cfg(test)]
-#[path = "tests/codec.rs"]
 mod tests;

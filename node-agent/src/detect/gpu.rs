@@ -314,5 +314,4 @@ pub(crate) mod fixture {
 }
 
 #[cfg(test)]
-#[path = "tests/gpu.rs"]
 mod tests;

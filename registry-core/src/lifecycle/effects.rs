@@ -23,7 +23,7 @@ pub enum Write {
     },
     /// Delete the record at `revision`.
     Delete {
-        /// The node.
+        /// The node it concerns.
         node_id: NodeId,
         /// The revision the key is expected at.
         revision: u64,

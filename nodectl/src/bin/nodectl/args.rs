@@ -57,7 +57,7 @@ pub enum Command {
     },
     /// One node's record, as JSON.
     Get {
-        /// The node id.
+        /// The node's id, as `nodectl nodes` lists it.
         id: String,
     },
     /// Nodes matching a query (online ones unless --status says otherwise).
@@ -82,18 +82,18 @@ pub enum Command {
     },
     /// Put a node in maintenance: not judged, not discovered as online (admin).
     Cordon {
-        /// The node id.
+        /// The node's id, as `nodectl nodes` lists it.
         id: String,
     },
     /// Take a node out of maintenance (admin).
     Uncordon {
-        /// The node id.
+        /// The node's id, as `nodectl nodes` lists it.
         id: String,
     },
     /// Remove a node's record (admin); for nodes gone for good. A live node
     /// registers again: revoke its credentials first.
     Deregister {
-        /// The node id.
+        /// The node's id, as `nodectl nodes` lists it.
         id: String,
         /// Why (kept in the alert).
         #[arg(long)]
