@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = fleet_auth::jwt::decode(text);
         }
         2 => {
-            let _ = serde_json::from_slice::<fleet_auth::token::JoinRequest>(rest);
+            let _ = serde_json::from_slice::<schemas::join::JoinRequest>(rest);
         }
         3 => {
             let _ = node_registry::worker::read_connection_advisory(rest);

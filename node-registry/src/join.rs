@@ -21,7 +21,7 @@ use subjects::NodeId;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::service::Counters;
+use crate::counters::Counters;
 
 /// `registry_meta` did not answer: a 503, for the machine to retry.
 fn unavailable(e: impl std::fmt::Display) -> ServiceError {

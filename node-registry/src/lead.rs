@@ -14,9 +14,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::RegistryConfig;
+use crate::counters::Counters;
 use crate::index::ReadIndex;
 use crate::keys::NodeKeys;
-use crate::service::Counters;
 use crate::tasks::NatsTasks;
 use crate::worker::{Term, Worker};
 

@@ -10,10 +10,12 @@
 //! - [`keys`]: joined nodes' public keys, for checking event signatures.
 //! - [`tasks`]: control tasks to nodes.
 //! - [`lead`]: one leadership term, and the guard of the `nodes` bucket.
+//! - [`counters`]: what the registry counts (`$SRV.STATS`).
 //! - [`config`]: the `node-registry` configuration.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod counters;
 pub mod index;
 pub mod join;
 pub mod keys;
@@ -152,7 +154,7 @@ pub async fn run(
         };
 
         let index = index::spawn_reflector(provisioned.nodes.clone(), cancel.clone());
-        let counters = Arc::new(service::Counters::default());
+        let counters = Arc::new(counters::Counters::default());
         let service = tokio::spawn(service::serve(
             client.clone(),
             index.clone(),

@@ -313,6 +313,16 @@ pub fn sys_server_connz(server_id: &str) -> String {
     format!("$SYS.REQ.SERVER.{server_id}.CONNZ")
 }
 
+/// The server's system subject that every server answers with its
+/// connection list (one reply per server).
+pub const SYS_SERVER_PING_CONNZ: &str = "$SYS.REQ.SERVER.PING.CONNZ";
+
+/// The server's system subject that closes one of its connections
+/// (`{"cid":N}`): how a test drops a client the way a network would.
+pub fn sys_server_kick(server_id: &str) -> String {
+    format!("$SYS.REQ.SERVER.{server_id}.KICK")
+}
+
 /// The keys of the `registry_meta` bucket: the leader lease, join tokens and
 /// joined nodes' public keys.
 pub mod meta_keys {

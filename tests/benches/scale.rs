@@ -208,7 +208,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
     let mut alerts = AlertTap::new(client.nats()).await;
     let js = jetstream::new(server.client().await);
     let mut nodes_stream = js
-        .get_stream("KV_nodes")
+        .get_stream(subjects::kv_stream(subjects::BUCKET_NODES))
         .await
         .expect("nodes bucket stream");
     let mut consumer = registry_consumer(&js).await;

@@ -213,7 +213,7 @@ async fn absent_revoked_and_expired_credentials_are_refused() {
         .await
         .expect("system user connects");
     let reply = sys
-        .request("$SYS.REQ.CLAIMS.UPDATE", account.into())
+        .request(subjects::SYS_CLAIMS_UPDATE, account.into())
         .await
         .expect("claims update");
     let reply: serde_json::Value = serde_json::from_slice(&reply.payload).expect("reply JSON");

@@ -220,7 +220,7 @@ async fn losing_a_stream_leader_loses_no_event_and_discovery_keeps_answering() {
     let mut first = 0u64;
     for stream in [
         subjects::STREAM_NODE_EVENTS.to_owned(),
-        format!("KV_{}", subjects::BUCKET_NODES),
+        subjects::kv_stream(subjects::BUCKET_NODES),
     ] {
         let js0 = jetstream::new(fleet.cluster.servers[0].client().await);
         let leader = leader_of(&js0, &stream).await;
@@ -331,7 +331,7 @@ async fn losing_a_stream_leader_loses_no_event_and_discovery_keeps_answering() {
         // it serves the same records.
         fleet.cluster.servers[victim].start_again().await;
         wait_replicas_current(&js, subjects::STREAM_NODE_EVENTS).await;
-        wait_replicas_current(&js, &format!("KV_{}", subjects::BUCKET_NODES)).await;
+        wait_replicas_current(&js, &subjects::kv_stream(subjects::BUCKET_NODES)).await;
         let returned = fleet.client_at(victim).await;
         let ids = |reply: schemas::DiscoverReply| {
             let mut ids: Vec<String> = reply.nodes.into_iter().map(|n| n.node_id).collect();
@@ -427,7 +427,7 @@ async fn registry_server(cluster: &NatsCluster) -> usize {
         };
         let id = sys.server_info().server_id;
         let Ok(reply) = sys
-            .request(format!("$SYS.REQ.SERVER.{id}.CONNZ"), "{}".into())
+            .request(subjects::sys_server_connz(&id), "{}".into())
             .await
         else {
             continue;
@@ -493,7 +493,7 @@ async fn a_cluster_without_quorum_for_longer_than_degraded_after_raises_no_false
     fleet.cluster.servers[1].start_again().await;
     fleet.cluster.servers[2].start_again().await;
     wait_replicas_current(&js, subjects::STREAM_NODE_EVENTS).await;
-    wait_replicas_current(&js, &format!("KV_{}", subjects::BUCKET_NODES)).await;
+    wait_replicas_current(&js, &subjects::kv_stream(subjects::BUCKET_NODES)).await;
     // A full window after the quorum is back: the agents are heard again.
     seen.extend(alerts.collect_for(Duration::from_secs(12)).await);
     let judged = fleet.judged(&seen);

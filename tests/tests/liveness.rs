@@ -132,7 +132,7 @@ async fn a_connection_kicked_by_the_server_reconnects_and_is_not_degraded() {
         .expect("system account connection");
     let server_id = system.server_info().server_id;
     let connz = system
-        .request("$SYS.REQ.SERVER.PING.CONNZ", "{}".into())
+        .request(subjects::SYS_SERVER_PING_CONNZ, "{}".into())
         .await
         .expect("CONNZ");
     let connz: serde_json::Value = serde_json::from_slice(&connz.payload).expect("CONNZ JSON");
@@ -147,7 +147,7 @@ async fn a_connection_kicked_by_the_server_reconnects_and_is_not_degraded() {
         .unwrap_or_else(|| panic!("the agent's connection in {connz}"));
     let kicked = system
         .request(
-            format!("$SYS.REQ.SERVER.{server_id}.KICK"),
+            subjects::sys_server_kick(&server_id),
             serde_json::json!({ "cid": cid }).to_string().into(),
         )
         .await
@@ -194,7 +194,7 @@ async fn failing_kv_writes_hold_transitions_until_they_succeed_again() {
     // The nodes bucket's stream stops taking writes: full at its current
     // size (it rejects, it does not trim, as a KV stream discards new).
     let js = async_nats::jetstream::new(server.client().await);
-    let stream_name = format!("KV_{}", subjects::BUCKET_NODES);
+    let stream_name = subjects::kv_stream(subjects::BUCKET_NODES);
     let mut stream = js.get_stream(&stream_name).await.expect("KV stream");
     let info = stream.info().await.expect("KV stream info").clone();
     let mut full = info.config.clone();

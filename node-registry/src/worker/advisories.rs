@@ -7,7 +7,7 @@ use subjects::NodeId;
 use tracing::{debug, info, warn};
 
 use super::Worker;
-use crate::service::Counters;
+use crate::counters::Counters;
 
 /// Largest connection advisory read (the server's are about 1 KiB).
 const MAX_CONNECTION_EVENT_BYTES: usize = 64 * 1024;

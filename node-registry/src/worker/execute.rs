@@ -13,7 +13,7 @@ use subjects::NodeId;
 use tracing::{info, instrument, warn};
 
 use super::Worker;
-use crate::service::Counters;
+use crate::counters::Counters;
 use crate::tasks::TaskSender;
 
 /// Most alerts or writes in flight at once.

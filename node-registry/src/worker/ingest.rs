@@ -14,7 +14,7 @@ use schemas::NodeEvent;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::Worker;
-use crate::service::Counters;
+use crate::counters::Counters;
 use crate::tasks::TaskSender;
 
 /// Where a delivery stands in the stream (its JetStream metadata).

@@ -38,9 +38,9 @@ use registry_core::lifecycle::Fleet;
 use schemas::Alert;
 use subjects::NodeId;
 
+use crate::counters::Counters;
 use crate::index::ReadIndex;
 use crate::keys::NodeKeys;
-use crate::service::Counters;
 
 pub use admin::read_admin_request;
 pub use advisories::read_connection_advisory;

@@ -11,7 +11,7 @@ use registry_kv::MemoryRecords;
 use schemas::status::TaskType;
 
 use super::*;
-use crate::service::Counters;
+use crate::counters::Counters;
 use crate::tasks::MemoryTasks;
 
 type TestWorker = Worker<MemoryRecords, MemoryAlerts, MemoryTasks>;

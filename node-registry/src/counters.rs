@@ -1,0 +1,60 @@
+//! What the registry counts: reported in the micro service's `$SRV.STATS`
+//! data (and, with issue 10, as metrics). Every part that counts holds the
+//! one shared [`Counters`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the registry, reported in the service's `$SRV.STATS` data.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events applied.
+    pub events_applied: AtomicU64,
+    /// Events rejected (malformed, oversized, spoofed, invalid).
+    pub events_rejected: AtomicU64,
+    /// Alerts published.
+    pub alerts_published: AtomicU64,
+    /// KV writes made.
+    pub kv_writes: AtomicU64,
+    /// KV writes that failed (conflict or backend).
+    pub kv_write_failures: AtomicU64,
+    /// `reannounce` tasks sent.
+    pub reannounces_sent: AtomicU64,
+    /// Connection events (opened/closed) of known nodes taken in.
+    pub connection_events: AtomicU64,
+    /// Connection events that could not be read (logged and dropped).
+    pub connection_events_rejected: AtomicU64,
+    /// Events refused for a missing or wrong signature.
+    pub events_forged: AtomicU64,
+    /// Events refused as replays (seq not above the last accepted).
+    pub events_replayed: AtomicU64,
+    /// Nodes joined with a token.
+    pub joins: AtomicU64,
+    /// Join requests refused (bad, unknown, used or expired token).
+    pub joins_refused: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter by name, as `$SRV.STATS` reports them.
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "events_applied": get(&self.events_applied),
+            "events_rejected": get(&self.events_rejected),
+            "alerts_published": get(&self.alerts_published),
+            "kv_writes": get(&self.kv_writes),
+            "kv_write_failures": get(&self.kv_write_failures),
+            "reannounces_sent": get(&self.reannounces_sent),
+            "connection_events": get(&self.connection_events),
+            "connection_events_rejected": get(&self.connection_events_rejected),
+            "events_forged": get(&self.events_forged),
+            "events_replayed": get(&self.events_replayed),
+            "joins": get(&self.joins),
+            "joins_refused": get(&self.joins_refused),
+        })
+    }
+}
