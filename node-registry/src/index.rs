@@ -4,14 +4,18 @@
 //! discovery reads cheap snapshots. The initial replay is buffered and
 //! swapped in at once, and only then is the index ready: a query never sees a
 //! half-loaded fleet. If the watch fails it is reopened and the index rebuilt
-//! the same way, still serving the old view meanwhile.
+//! the same way, still serving the old view meanwhile; a watch that stalls
+//! without failing (seen when a cluster server is lost) is noticed by
+//! comparing the index's revision with the bucket's, and reopened too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use registry_kv::watch::{keep_watching, watch_raw, RawChange, ALL_KEYS};
+use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError, ALL_KEYS};
 use runtime_support::CancellationToken;
 use schemas::NodeRecord;
 use tokio::sync::watch;
@@ -87,8 +91,11 @@ pub fn spawn_reflector(store: kv::Store, cancel: CancellationToken) -> ReadIndex
         revision: revision_rx,
     };
     tokio::spawn(async move {
+        // When the bucket the index holds was created: a bucket created
+        // later is a new one (deleted and made again), to load anew.
+        let born = Mutex::new(None);
         keep_watching("read index", &cancel, || {
-            reflect(&store, &state, &expected, &ready_tx, &revision_tx)
+            reflect(&store, &state, &expected, &ready_tx, &revision_tx, &born)
         })
         .await;
     });
@@ -102,23 +109,33 @@ async fn reflect(
     expected: &Mutex<Expected>,
     ready: &watch::Sender<bool>,
     revision: &watch::Sender<u64>,
-) -> Result<(), registry_kv::watch::WatchError> {
+    born: &Mutex<Option<DateTime<Utc>>>,
+) -> Result<(), WatchError> {
     // Once loaded, a reopened watch resumes after what the index holds,
-    // unless the bucket is younger than that (deleted and created again):
-    // then it loads everything anew.
+    // unless the bucket is not the one loaded (deleted and created again):
+    // then it loads everything anew. NOTE: told by the bucket's creation
+    // time, not its last sequence: a stream answering during a leader
+    // election has reported a last sequence of 0, which emptied the index.
+    // A bucket that does not answer is no answer: retry, still serving the
+    // old view.
+    let created = store
+        .status()
+        .await
+        .map_err(|e| WatchError {
+            bucket: store.name.clone(),
+            source: e.into(),
+        })?
+        .info
+        .created;
     let mut resume = ready
         .borrow()
         .then(|| state.read().unwrap_or_else(|p| p.into_inner()).revision);
-    if let Some(revision) = resume {
-        let last = store
-            .status()
-            .await
-            .map(|s| s.info.state.last_sequence)
-            .unwrap_or(0);
-        if last < revision {
+    let known = *born.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(revision), Some(known)) = (resume, known) {
+        if known != created {
             warn!(
-                last,
-                revision, "the nodes bucket was recreated; reloading the index"
+                revision,
+                "the nodes bucket was recreated; reloading the index"
             );
             resume = None;
         }
@@ -131,8 +148,35 @@ async fn reflect(
     // previous one.
     let mut chunk: Vec<RawChange> = Vec::new();
     let mut decoding: Option<tokio::task::JoinHandle<Vec<Decoded>>> = None;
-    while let Some(change) = changes.next().await {
-        let change = change?;
+    // A watch is not lossless: one that stalls (its consumer lost with a
+    // server and not recreated) says nothing. While live, the bucket's last
+    // sequence is compared with the index's revision now and then; behind
+    // and not moving for two checks in a row, the watch is reopened.
+    let mut check = tokio::time::interval(STALL_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut behind_at: Option<u64> = None;
+    loop {
+        let change = tokio::select! {
+            change = changes.next() => match change {
+                Some(change) => change?,
+                None => break,
+            },
+            _ = check.tick(), if live => {
+                let held = state.read().unwrap_or_else(|p| p.into_inner()).revision;
+                let Ok(status) = store.status().await else {
+                    // The bucket does not answer: nothing to compare with.
+                    behind_at = None;
+                    continue;
+                };
+                let last = status.info.state.last_sequence;
+                if last > held && behind_at == Some(held) {
+                    warn!(held, last, "the nodes watch stalled behind the bucket; reopening it");
+                    return Ok(());
+                }
+                behind_at = (last > held).then_some(held);
+                continue;
+            }
+        };
         if live {
             let now = apply_live(state, expected, change);
             revision.send_replace(now);
@@ -155,12 +199,16 @@ async fn reflect(
         );
         let now = buffer.revision;
         *state.write().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut buffer);
+        *born.lock().unwrap_or_else(|p| p.into_inner()) = Some(created);
         live = true;
         revision.send_replace(now);
         ready.send_replace(true);
     }
     Ok(())
 }
+
+/// How often a live index compares its revision with the bucket's.
+const STALL_CHECK: Duration = Duration::from_secs(5);
 
 /// Changes of the initial replay decoded per chunk.
 const LOAD_CHUNK: usize = 4096;

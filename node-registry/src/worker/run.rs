@@ -155,7 +155,12 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                             let Some(stream) = messages.as_mut() else { break };
                             match stream.next().now_or_never() {
                                 Some(Some(Ok(more))) => batch.push(more),
-                                Some(Some(Err(e))) => debug!(error = %e, "event consumer hiccup"),
+                                Some(Some(Err(e))) => {
+                                    if pull_is_lost(&e) {
+                                        messages = None;
+                                        break;
+                                    }
+                                }
                                 Some(None) => {
                                     messages = None;
                                     break;
@@ -165,7 +170,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         }
                         caught_up = self.on_messages(batch).await;
                     }
-                    Some(Err(e)) => debug!(error = %e, "event consumer hiccup"),
+                    Some(Err(e)) => if pull_is_lost(&e) { messages = None },
                     None => messages = None,
                 },
                 Some(message) = async {
@@ -327,6 +332,23 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         }
         Some(all)
     }
+}
+
+/// Whether a pull stream's error means its pull is gone for good. A pull
+/// whose idle heartbeats stopped died with its server, or was sent while the
+/// stream had no leader: the client still counts its messages as pending and
+/// would never ask again, so nothing more would arrive (seen in the cluster
+/// tests after a stream leader was killed: events sat unread until the test
+/// gave up). Other errors pass.
+fn pull_is_lost(error: &async_nats::jetstream::consumer::pull::MessagesError) -> bool {
+    use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+    let lost = error.kind() == MessagesErrorKind::MissingHeartbeat;
+    if lost {
+        warn!(error = %error, "the event pull lost its heartbeats; pulling afresh");
+    } else {
+        debug!(error = %error, "event consumer hiccup");
+    }
+    lost
 }
 
 /// Whether the event stream answers its info request in time (it has a
