@@ -213,18 +213,9 @@ pub struct Overrides {
     /// `--encoding`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<String>,
-    /// `--creds`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub creds: Option<PathBuf>,
-    /// `--tls-ca`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_ca: Option<PathBuf>,
-    /// `--tls-cert`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    /// `--tls-key`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
+    /// `--creds`, `--tls-ca`, `--tls-cert`, `--tls-key`.
+    #[serde(flatten)]
+    pub auth: runtime_support::AuthFlags,
 }
 
 /// The file `node-agent join` stores the node's credentials in, in the

@@ -43,18 +43,8 @@ struct Cli {
     /// Encoding of published events: json or protobuf.
     #[arg(long, global = true)]
     encoding: Option<String>,
-    /// The node's .creds file (default: <state-dir>/node.creds if present).
-    #[arg(long, env = "NATS_CREDS", global = true)]
-    creds: Option<PathBuf>,
-    /// CA certificate(s) to trust for the server's certificate (PEM).
-    #[arg(long, global = true)]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate for mutual TLS (PEM).
-    #[arg(long, global = true)]
-    tls_cert: Option<PathBuf>,
-    /// Key of --tls-cert (PEM).
-    #[arg(long, global = true)]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    auth: runtime_support::AuthFlags,
     /// TOML configuration file (default /etc/node-agent/config.toml if present).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -101,10 +91,7 @@ async fn main() -> ExitCode {
         ollama_url: cli.ollama_url,
         detect_interval: cli.detect_interval,
         encoding: cli.encoding,
-        creds: cli.creds,
-        tls_ca: cli.tls_ca,
-        tls_cert: cli.tls_cert,
-        tls_key: cli.tls_key,
+        auth: cli.auth,
     };
     let mut config = match AgentConfig::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

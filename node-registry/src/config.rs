@@ -147,18 +147,9 @@ pub struct Overrides {
     /// `--replicas`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
-    /// `--creds`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub creds: Option<PathBuf>,
-    /// `--tls-ca`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_ca: Option<PathBuf>,
-    /// `--tls-cert`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    /// `--tls-key`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
+    /// `--creds`, `--tls-ca`, `--tls-cert`, `--tls-key`.
+    #[serde(flatten)]
+    pub auth: runtime_support::AuthFlags,
 }
 
 impl RegistryConfig {

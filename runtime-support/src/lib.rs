@@ -139,6 +139,43 @@ pub struct NatsAuth {
     pub inbox_prefix: Option<String>,
 }
 
+/// The `--creds`, `--tls-ca`, `--tls-cert` and `--tls-key` flags every
+/// binary takes, the same way (also as a layer of its configuration: each
+/// is serialised only when given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize)]
+pub struct AuthFlags {
+    /// The .creds file to connect with (auth mode; made by `nodectl auth`
+    /// or a join; node-agent falls back to <state-dir>/node.creds).
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds: Option<std::path::PathBuf>,
+    /// CA certificate(s) to trust for the server's certificate (PEM).
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate for mutual TLS (PEM).
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Key of --tls-cert (PEM).
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl AuthFlags {
+    /// The connection settings these flags ask for.
+    pub fn nats_auth(&self) -> NatsAuth {
+        NatsAuth {
+            creds: self.creds.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            inbox_prefix: None,
+        }
+    }
+}
+
 /// Why the connection could not be set up as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsAuthError {

@@ -26,18 +26,8 @@ struct Cli {
     /// cluster; see nats-config/cluster/).
     #[arg(long)]
     replicas: Option<usize>,
-    /// The registry user's .creds file (auth mode; see `nodectl auth init`).
-    #[arg(long, env = "NATS_CREDS")]
-    creds: Option<PathBuf>,
-    /// CA certificate(s) to trust for the server's certificate (PEM).
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate for mutual TLS (PEM).
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// Key of --tls-cert (PEM).
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    auth: runtime_support::AuthFlags,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -63,10 +53,7 @@ async fn main() -> ExitCode {
         degraded_after: cli.degraded_after,
         offline_after: cli.offline_after,
         replicas: cli.replicas,
-        creds: cli.creds,
-        tls_ca: cli.tls_ca,
-        tls_cert: cli.tls_cert,
-        tls_key: cli.tls_key,
+        auth: cli.auth,
     };
     let config = match RegistryConfig::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

@@ -21,18 +21,9 @@ pub struct Cli {
     /// Seconds to wait for the registry.
     #[arg(long, default_value_t = 5, global = true)]
     pub timeout: u64,
-    /// Your .creds file (auth mode).
-    #[arg(long, env = "NATS_CREDS", global = true)]
-    pub creds: Option<std::path::PathBuf>,
-    /// CA certificate(s) to trust for the server's certificate (PEM).
-    #[arg(long, global = true)]
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// Client certificate for mutual TLS (PEM).
-    #[arg(long, global = true)]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// Key of --tls-cert (PEM).
-    #[arg(long, global = true)]
-    pub tls_key: Option<std::path::PathBuf>,
+    /// How this invocation proves who it is to NATS.
+    #[command(flatten)]
+    pub auth: runtime_support::AuthFlags,
     #[command(subcommand)]
     pub command: Command,
 }

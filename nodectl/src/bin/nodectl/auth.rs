@@ -67,7 +67,7 @@ async fn issue(
             .find(|u| u.name == name)
             .map(|u| u.public_key)
             .ok_or_else(|| Error::NotFound("the issued user is missing from issued.json".into()))?;
-        if cli.creds.is_some() {
+        if cli.auth.creds.is_some() {
             let kv = nodectl::meta::open(&crate::connect(cli).await?).await?;
             nodectl::node_keys::remember(&kv, name, &key).await?;
         } else {

@@ -35,13 +35,7 @@ async fn main() -> ExitCode {
 
 /// How this invocation proves who it is to NATS.
 fn nats_auth(cli: &Cli) -> runtime_support::NatsAuth {
-    runtime_support::NatsAuth {
-        creds: cli.creds.clone(),
-        tls_ca: cli.tls_ca.clone(),
-        tls_cert: cli.tls_cert.clone(),
-        tls_key: cli.tls_key.clone(),
-        inbox_prefix: None,
-    }
+    cli.auth.nats_auth()
 }
 
 /// A client with this invocation's credentials and timeout.
