@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::Utc;
-use fleet_auth::token::{secret_matches, NodeKeyRecord, TokenRecord, TokenState, MAX_TOKEN_BYTES};
+use fleet_auth::token::{secret_matches, MAX_TOKEN_BYTES};
 use fleet_auth::{Role, UserIssuer};
 use futures::StreamExt;
 use runtime_support::CancellationToken;
 use schemas::codec::Encoding;
 use schemas::error::{ErrorCode, ServiceError};
 use schemas::join::{JoinReply, JoinRequest};
+use schemas::meta::{NodeKeyRecord, TokenRecord, TokenState};
 use subjects::meta_keys;
 use subjects::NodeId;
 use tokio::sync::watch;

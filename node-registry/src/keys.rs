@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::kv;
-use fleet_auth::token::NodeKeyRecord;
 use fleet_auth::EventKey;
 use futures::StreamExt;
 use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError};
 use runtime_support::CancellationToken;
+use schemas::meta::NodeKeyRecord;
 use subjects::meta_keys;
 use tracing::{debug, warn};
 

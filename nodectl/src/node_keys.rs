@@ -3,7 +3,7 @@
 
 use async_nats::jetstream::kv;
 use chrono::Utc;
-use fleet_auth::token::NodeKeyRecord;
+use schemas::meta::NodeKeyRecord;
 use subjects::meta_keys;
 
 use crate::meta::live_entry;

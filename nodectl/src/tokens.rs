@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::Utc;
-use fleet_auth::token::{secret_digest, JoinToken, TokenRecord, TOKEN_PREFIX};
+use fleet_auth::token::{secret_digest, JoinToken, TOKEN_PREFIX};
+use schemas::meta::TokenRecord;
 use subjects::meta_keys;
 
 use crate::meta::live_entry;

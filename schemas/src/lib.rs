@@ -12,6 +12,7 @@
 //! - [`error`]: coded error replies (`Nats-Service-Error-Code`).
 //! - [`admin`], [`join`]: the requests and answers of `registry.admin` and
 //!   `registry.join`.
+//! - [`meta`]: the join-token and node-key records of `registry_meta`.
 //! - [`time`]: RFC 3339 formatting of the server's times.
 //! - [`record`]: a node record as its KV value.
 //! - `nats` (feature `nats`): the encoding named by a message's headers;
@@ -24,6 +25,7 @@ pub mod codec;
 pub mod error;
 pub mod join;
 pub mod json;
+pub mod meta;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod record;
