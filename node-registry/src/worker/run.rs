@@ -256,15 +256,8 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         continue;
                     }
                     if !caught_up {
-                        // Caught up means nothing left to read *and* nothing
-                        // delivered but not yet taken in: events delivered to
-                        // a pull that died (a lost server) count as ack
-                        // pending, not pending, and may hold the very
-                        // heartbeats that prove the fleet alive (seen in the
-                        // cluster test: every live agent judged, then "back"
-                        // 7 ms later when they arrived).
                         caught_up = match consumer.info().await {
-                            Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+                            Ok(info) => info.num_pending == 0,
                             Err(e) => {
                                 debug!(error = %e, "reading consumer info");
                                 false
