@@ -13,7 +13,11 @@ pub enum Role {
     /// alerts), request discovery, send tasks to nodes. Cannot speak for a
     /// node or raise alerts.
     Admin,
-    /// Services that look nodes up: discovery, get and list, nothing else.
+    /// Services and people that look: discovery, get and list, and reading
+    /// the fleet live as the dashboard does (watch the `nodes` bucket,
+    /// replay `ALERTS` and `NODE_EVENTS`, follow heartbeats and alerts).
+    /// Writes nothing: no KV put, no publish but requests, no durable or
+    /// deleted consumer.
     Reader,
     /// One node: publishes its own events, receives its own tasks, asks for
     /// discovery (and a record, for `node-agent status`).
@@ -68,8 +72,15 @@ impl Role {
                 "sub": {"allow": [">"]},
             }),
             Self::Reader => json!({
-                "pub": {"allow": discovery},
-                "sub": {"allow": ["_INBOX.>"]},
+                "pub": {
+                    "allow": discovery.iter().map(|s| s.to_string()).chain(read_only_jetstream()).collect::<Vec<_>>(),
+                    "deny": [
+                        // The registry's own durable consumer is not a reader's.
+                        format!("$JS.API.CONSUMER.CREATE.{}.{}", subjects::STREAM_NODE_EVENTS, subjects::CONSUMER_REGISTRY),
+                        format!("$JS.API.CONSUMER.CREATE.{}.{}.>", subjects::STREAM_NODE_EVENTS, subjects::CONSUMER_REGISTRY),
+                    ],
+                },
+                "sub": {"allow": ["_INBOX.>", subjects::SYSTEM_BROADCAST, subjects::NODE_EVENTS_FILTER]},
             }),
             Self::Node(id) => json!({
                 "pub": {"allow": [
@@ -123,7 +134,44 @@ impl Role {
     }
 }
 
+/// What a reader may ask of JetStream: stream info, and ephemeral (ordered)
+/// consumers it reads, on the `nodes` bucket, `ALERTS` and `NODE_EVENTS`;
+/// plus the flow-control replies of a push consumer (a KV watch).
+fn read_only_jetstream() -> Vec<String> {
+    let streams = [
+        subjects::kv_stream(subjects::BUCKET_NODES),
+        subjects::STREAM_ALERTS.to_owned(),
+        subjects::STREAM_NODE_EVENTS.to_owned(),
+    ];
+    let mut allow = vec!["$JS.API.INFO".to_owned(), "$JS.FC.>".to_owned()];
+    for stream in streams {
+        allow.push(format!("$JS.API.STREAM.INFO.{stream}"));
+        allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}"));
+        allow.push(format!("$JS.API.CONSUMER.CREATE.{stream}.>"));
+        allow.push(format!("$JS.API.CONSUMER.INFO.{stream}.*"));
+        allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"));
+    }
+    allow
+}
+
 /// The inbox prefix of node `id`'s connection.
 pub fn node_inbox_prefix(id: &NodeId) -> String {
     format!("_INBOX_{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample mutual-TLS config lists users with the roles' permissions
+    /// as this crate makes them; it must not drift from them.
+    #[test]
+    fn the_mtls_sample_config_has_the_roles_permissions() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../nats-config/tls/mtls.conf");
+        let sample = std::fs::read_to_string(path).expect("nats-config/tls/mtls.conf");
+        for (role, user) in [(Role::Registry, "CN=registry"), (Role::Reader, "CN=reader")] {
+            let line = role.config_user(user);
+            assert!(sample.contains(&line), "mtls.conf should have\n{line}");
+        }
+    }
 }

@@ -688,7 +688,13 @@ async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
     if let Err(error) = &result {
         warn!(code = error.code, message = %error.message, "task refused");
     }
-    if let Some(reply) = message.reply {
+    if let Some(reply) = message.reply.filter(|r| {
+        let safe = subjects::is_safe_reply(r);
+        if !safe {
+            warn!(reply = %r, "task with a reply subject that is not an inbox; not answered");
+        }
+        safe
+    }) {
         let (headers, body) = schemas::nats::reply_parts(result, encoding);
         if let Err(e) = agent
             .client

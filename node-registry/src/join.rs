@@ -63,6 +63,11 @@ pub async fn serve(
         let Some(reply) = message.reply.clone() else {
             continue;
         };
+        if !subjects::is_safe_reply(&reply) {
+            Counters::bump(&counters.joins_refused);
+            warn!(reply = %reply, "join with a reply subject that is not an inbox; ignored");
+            continue;
+        }
         let result = join(&meta, &issuer, &message.payload)
             .instrument(info_span!("join"))
             .await;

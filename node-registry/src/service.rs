@@ -130,6 +130,10 @@ async fn handle(
         debug!("request without a reply subject; ignored");
         return;
     };
+    if !subjects::is_safe_reply(&reply) {
+        warn!(reply = %reply, "request with a reply subject that is not an inbox; ignored");
+        return;
+    }
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
         Err(e) => (Encoding::Json, Err(bad_request(e))),
         Ok(encoding) => (

@@ -56,6 +56,9 @@ pub enum Error {
     /// JSON could not be written.
     #[error("encoding JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The dashboard could not be served.
+    #[error(transparent)]
+    Dashboard(#[from] fleet_dashboard::DashboardError),
     /// A server refused what was pushed to it.
     #[error("the server refused the account update: {0}")]
     Refused(String),

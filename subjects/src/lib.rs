@@ -354,6 +354,34 @@ pub mod meta_keys {
     }
 }
 
+/// Whether a request's reply subject is one the registry may publish its
+/// answer to. NATS does not check a requester's permissions on the reply
+/// subject it names, so a client allowed to ask could otherwise have the
+/// registry publish into a subject a stream captures (`$KV.nodes.<id>`
+/// would overwrite a node's record) or one the fleet listens on. Refused:
+/// system subjects (`$...`: KV, JetStream, `$SYS`, `$SRV`), node events and
+/// tasks, `system.broadcast`, the registry's own subjects, and anything
+/// with a wildcard or an empty token.
+pub fn is_safe_reply(subject: &str) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if subject.is_empty()
+        || subject.starts_with('$')
+        || subject.chars().any(|c| c.is_whitespace())
+        || tokens
+            .iter()
+            .any(|t| t.is_empty() || *t == "*" || *t == ">")
+    {
+        return false;
+    }
+    let fleet_subject = match tokens.as_slice() {
+        [NODE_PREFIX, _, "events" | "tasks"] => true,
+        ["system", "broadcast"] => true,
+        ["registry", ..] => true,
+        _ => false,
+    };
+    !fleet_subject
+}
+
 /// The subject of a KV key's values in a bucket, for filtering and replay.
 pub fn kv_key_subject(bucket: &str, key: &str) -> String {
     format!("$KV.{bucket}.{key}")
@@ -362,6 +390,28 @@ pub fn kv_key_subject(bucket: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_go_to_inboxes_not_to_fleet_subjects() {
+        for ok in ["_INBOX.abc.1", "_INBOX_node-a.x", "my.replies.7"] {
+            assert!(is_safe_reply(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "$KV.nodes.node-a",
+            "$JS.API.STREAM.DELETE.NODE_EVENTS",
+            "$SYS.REQ.SERVER.PING",
+            "node.node-a.events",
+            "node.node-a.tasks",
+            "system.broadcast",
+            "registry.admin",
+            "_INBOX.*",
+            "_INBOX.>",
+            "_INBOX..x",
+        ] {
+            assert!(!is_safe_reply(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn meta_keys_round_trip() {

@@ -301,6 +301,10 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let Some(reply) = message.reply.clone() else {
             return;
         };
+        if !subjects::is_safe_reply(&reply) {
+            warn!(reply = %reply, "admin request with a reply subject that is not an inbox; ignored");
+            return;
+        }
         let result = self.answer_admin(&message.payload, reply.as_str()).await;
         let (headers, body) = schemas::nats::reply_parts(result, Encoding::Json);
         if let Err(e) = client.publish_with_headers(reply, headers, body).await {

@@ -107,6 +107,17 @@ pub enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Serve the fleet page (a live dashboard that talks to NATS over its
+    /// WebSocket listener) on loopback; prints its URL. Files only, no API.
+    /// With --creds, the page connects with those credentials (a reader's).
+    Dashboard {
+        /// Where to serve the page.
+        #[arg(long, default_value = fleet_dashboard::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// nats-server's WebSocket URL, as the browser will dial it.
+        #[arg(long, env = "NATS_WS_URL", default_value = fleet_dashboard::DEFAULT_WS_URL)]
+        ws_url: String,
+    },
     /// What happened to a node: its events merged with its alerts in time order.
     Audit {
         /// Only this node.

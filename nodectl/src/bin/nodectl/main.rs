@@ -5,11 +5,13 @@
 //! - `admin`: cordon, uncordon, deregister (the leader answers);
 //! - `token`: join tokens;
 //! - `auth`: the auth directory;
+//! - `dashboard`: serving the fleet page;
 //! - `print`: lines and JSON for the terminal.
 
 mod admin;
 mod args;
 mod auth;
+mod dashboard;
 mod print;
 mod query;
 mod token;
@@ -50,6 +52,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
     if let Command::Auth { dir, command } = &cli.command {
         return auth::run(&cli, dir, command).await;
     }
+    // The page talks to NATS itself: serving it needs no connection.
+    if let Command::Dashboard { listen, ws_url } = &cli.command {
+        return dashboard::run(*listen, ws_url, cli.auth.creds.as_deref()).await;
+    }
     let client = connect(&cli).await?;
     match cli.command {
         Command::Nodes { output } => query::nodes(&client, output).await,
@@ -73,6 +79,6 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Deregister { id, reason } => admin::deregister(&client, &id, reason).await,
         Command::Token { dir, command } => token::run(&client, &dir, command).await,
         // Handled before connecting.
-        Command::Auth { .. } => Ok(()),
+        Command::Auth { .. } | Command::Dashboard { .. } => Ok(()),
     }
 }
