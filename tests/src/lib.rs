@@ -11,6 +11,8 @@
 //! - [`eventually`]: awaits a condition with a deadline.
 #![deny(missing_docs)]
 
+pub mod browser;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
