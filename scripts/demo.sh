@@ -2,7 +2,8 @@
 # The demo: a local nats-server in auth mode, the registry and three agents
 # that join with one-time tokens; prints the fleet and a few discovery
 # answers, then kills one agent abruptly and follows the alerts. Ctrl-C stops
-# everything.
+# everything. It also serves the fleet page (`nodectl dashboard`) and prints
+# its URL: open it to watch the same fleet live, the killed agent included.
 #
 # Auth: the first run makes development credentials in .dev-auth/ (an
 # operator, the fleet account, users for the registry and an admin; keys
@@ -11,11 +12,15 @@
 # without auth (nats-config/dev.conf).
 #
 # DEMO_SECONDS=N stops it by itself after N seconds of following alerts.
+# On a terminal the demo waits for Enter before killing the agent (time to
+# open the page); otherwise it waits DEMO_KILL_AFTER seconds (default 0).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 NATS_BIN="$("$root/scripts/nats-server.sh")"
+echo "==> building the fleet page (scripts/dashboard.sh: npm ci, esbuild)"
+"$root/scripts/dashboard.sh"
 echo "==> building (cargo build --bins)"
 cargo build --workspace --bins --quiet
 bin="$root/target/debug"
@@ -27,6 +32,11 @@ if port_busy "$port"; then
   echo "==> port 4222 is taken; using $port"
 fi
 export NATS_URL="nats://127.0.0.1:$port"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ws_port=9222
+port_busy "$ws_port" && ws_port="$(free_port)"
+dash_port=9207
+port_busy "$dash_port" && dash_port="$(free_port)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/fleet-demo.XXXXXX")"
 pids=()
 
@@ -60,8 +70,12 @@ else
 fi
 ctl() { "$bin/nodectl" "${ctl_args[@]}" "$@"; }
 
-echo "==> nats-server $("$NATS_BIN" --version | grep -oE '[0-9.]+$') on $NATS_URL, config $server_conf (logs in $work)"
-"$NATS_BIN" -c "$server_conf" -p "$port" -sd "$work/jetstream" >"$work/nats-server.log" 2>&1 &
+# The chosen config, with its WebSocket listener on $ws_port (includes are
+# relative to the including file).
+rel_conf="$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$root/$server_conf" "$work")"
+printf 'include "%s"\nwebsocket {\n  listen: "127.0.0.1:%s"\n  no_tls: true\n}\n' "$rel_conf" "$ws_port" >"$work/nats.conf"
+echo "==> nats-server $("$NATS_BIN" --version | grep -oE '[0-9.]+$') on $NATS_URL (WebSocket ws://127.0.0.1:$ws_port), config $server_conf (logs in $work)"
+"$NATS_BIN" -c "$work/nats.conf" -p "$port" -sd "$work/jetstream" >"$work/nats-server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do port_busy "$port" && break; sleep 0.1; done
 
@@ -69,6 +83,22 @@ echo "==> node-registry (degraded after 10s of silence or 3s after a closed conn
 NODE_REGISTRY_DISCONNECT_GRACE=3s "$bin/node-registry" "${registry_auth[@]}" --degraded-after 10s --offline-after 30s >"$work/registry.log" 2>&1 &
 registry_pid=$!
 pids+=("$registry_pid")
+
+# The fleet page: files on loopback; the browser talks to NATS over
+# WebSocket, as a reader in auth mode.
+# (A reader credential of its own, made once: one from an older
+# .dev-auth may predate the reader's permission to watch.)
+dash_auth=()
+if [ "${DEMO_AUTH:-1}" = 1 ]; then
+  dash_creds="$auth_dir/creds/dashboard.creds"
+  [ -f "$dash_creds" ] || "$bin/nodectl" auth --dir "$auth_dir" issue --role reader --name dashboard --out "$dash_creds" >/dev/null
+  dash_auth=(--creds "$dash_creds")
+fi
+"$bin/nodectl" "${dash_auth[@]}" dashboard --listen "127.0.0.1:$dash_port" \
+  --ws-url "ws://127.0.0.1:$ws_port" >"$work/dashboard.log" 2>&1 &
+pids+=($!)
+dashboard_url="http://127.0.0.1:$dash_port/"
+echo "==> dashboard: $dashboard_url   (open it in a browser: the fleet, live)"
 
 # With auth, each agent joins with a one-time token that grants its role
 # and labels; without, they are given on the command line.
@@ -123,6 +153,12 @@ node = reply["nodes"][0]
 keep = {k: node[k] for k in ("node_id", "node_name", "role", "labels", "status", "last_heartbeat") if k in node}
 print(json.dumps({"total": reply["total"], "nodes[0]": keep}, indent=2))'
 echo
+echo "==> dashboard: $dashboard_url"
+if [ -t 0 ] && [ -z "${DEMO_SECONDS:-}" ]; then
+  read -r -p "    open it, then press Enter to kill the laptop agent and watch it go degraded, then offline " _
+else
+  sleep "${DEMO_KILL_AFTER:-0}"
+fi
 echo "==> killing the laptop agent with SIGKILL: watch it go degraded (3s after the server reports its connection closed), then offline (30s of silence)"
 { kill -9 "$laptop_pid"; wait "$laptop_pid"; } 2>/dev/null || true
 echo "\$ nodectl alerts --since 1m --follow      (Ctrl-C to stop the demo)"
