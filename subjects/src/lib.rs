@@ -373,13 +373,10 @@ pub fn is_safe_reply(subject: &str) -> bool {
     {
         return false;
     }
-    let fleet_subject = match tokens.as_slice() {
-        [NODE_PREFIX, _, "events" | "tasks"] => true,
-        ["system", "broadcast"] => true,
-        ["registry", ..] => true,
-        _ => false,
-    };
-    !fleet_subject
+    !matches!(
+        tokens.as_slice(),
+        [NODE_PREFIX, _, "events" | "tasks"] | ["system", "broadcast"] | ["registry", ..]
+    )
 }
 
 /// The subject of a KV key's values in a bucket, for filtering and replay.

@@ -109,6 +109,7 @@ impl Browser {
             "--disable-component-update".to_owned(),
             "--disable-sync".to_owned(),
             "--enable-precise-memory-info".to_owned(),
+            "--js-flags=--expose-gc".to_owned(),
             "--window-size=1600,1000".to_owned(),
             format!("--user-data-dir={}", profile.path().display()),
         ];

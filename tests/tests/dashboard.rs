@@ -195,7 +195,7 @@ async fn the_page_follows_the_fleet_live() {
                 &format!("a {kind} alert in the feed"),
                 LIMIT,
                 &format!(
-                    "return !!document.querySelector('[data-alert-type=\"{kind}\"][data-node-id=\"{lap}\"]');"
+                    "return !!document.querySelector('[data-alert-type=\"{kind}\"][data-alert-node=\"{lap}\"]');"
                 ),
             )
             .await;
@@ -241,7 +241,7 @@ async fn the_page_works_with_reader_credentials_and_nothing_more() {
         .wait_for(
             "the alerts replay and the node's registration alert",
             LIMIT,
-            "return !!document.querySelector('[data-alert-type=\"node.registered\"][data-node-id=\"node-a\"]');",
+            "return !!document.querySelector('[data-alert-type=\"node.registered\"][data-alert-node=\"node-a\"]');",
         )
         .await;
     type_selector(&browser, "region=eu").await;

@@ -45,7 +45,8 @@ export class AlertFeed {
       const li = document.createElement("li");
       const type = String(a.type || "unknown");
       li.dataset.alertType = type;
-      if (a.node_id) li.dataset.nodeId = String(a.node_id);
+      // Not data-node-id: that attribute marks node rows (the contract).
+      if (a.node_id) li.dataset.alertNode = String(a.node_id);
       li.className = `a-${type.replace(/[^a-z0-9]+/gi, "-")}`;
       const what = a.node_id ? `${esc(a.node_id)} ` : "";
       li.innerHTML = `<span class="t">${esc(clock(parseTime(a.at)))}</span><b>${esc(type)}</b> ${what}<span class="muted">${esc(a.message || "")}</span>`;

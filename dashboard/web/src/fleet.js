@@ -27,8 +27,10 @@ export class Fleet {
   constructor() {
     /** @type {Map<string, Node>} */
     this.nodes = new Map();
-    /** Bumped on any change; membership changes also bump `membership`. */
+    /** Bumped on any change; `records` on all but live heartbeats;
+     * `membership` when a node comes or goes. */
     this.version = 0;
+    this.records = 0;
     this.membership = 0;
     this.listeners = [];
   }
@@ -40,6 +42,7 @@ export class Fleet {
 
   changed(kind, id) {
     this.version++;
+    if (kind !== "live") this.records++;
     if (kind === "put-new" || kind === "delete") this.membership++;
     for (const fn of this.listeners) fn(kind, id);
   }

@@ -78,6 +78,12 @@ export class NodeTable {
     this.sortedAt = 0;
     this.selected = null;
     this.pending = false;
+    // What changed since the last draw: rows are rebuilt only when one in
+    // view did, the order or the window moved, or `force` (the age tick).
+    this.dirty = new Set();
+    this.force = true;
+    this.orderSerial = 0;
+    this.drawnKey = "";
     this.el.head.style.setProperty("--cols", COLUMNS.map((c) => c.width).join(" "));
     this.el.rows.style.setProperty("--cols", COLUMNS.map((c) => c.width).join(" "));
     this.el.head.innerHTML = COLUMNS.map((c) => `<span data-sort="${c.id}">${esc(c.title)}</span>`).join("");
@@ -87,6 +93,7 @@ export class NodeTable {
       this.desc = this.sortBy === id ? !this.desc : false;
       this.sortBy = id;
       this.orderAt = -1;
+      this.force = true;
       this.schedule();
     });
     this.el.scroll.addEventListener("scroll", () => this.schedule(), { passive: true });
@@ -101,10 +108,23 @@ export class NodeTable {
     window.addEventListener("resize", () => this.schedule());
   }
 
+  /** Notes that node `id` changed (redrawn if it is in view). */
+  touch(id) {
+    this.dirty.add(id);
+    this.schedule();
+  }
+
+  /** Redraws every row in view on the next frame (the heartbeat ages). */
+  refresh() {
+    this.force = true;
+    this.schedule();
+  }
+
   /** Shows only these node ids (null: all). */
   setFilter(ids) {
     this.filter = ids;
     this.orderAt = -1;
+    this.force = true;
     this.schedule();
   }
 
@@ -114,16 +134,29 @@ export class NodeTable {
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
+      const t = performance.now();
       this.draw();
+      if (window.fleetDashboard) window.fleetDashboard.spent.table += performance.now() - t;
     });
   }
 
   /** The ids in display order (re-sorted when needed). */
   rowsInOrder(now) {
+    // Re-sort when nodes come or go; when a record changes (for columns
+    // only records change); at most once a second for the columns that
+    // every heartbeat moves.
     const live = LIVE_COLUMNS.has(this.sortBy);
-    const stale = this.orderAt !== this.fleet.version;
     const membershipChanged = this.orderMembership !== this.fleet.membership;
-    if (this.orderAt === -1 || membershipChanged || (stale && (!live || now - this.sortedAt > 1000))) {
+    const recordsChanged = this.orderRecords !== this.fleet.records;
+    const liveChanged = this.orderAt !== this.fleet.version;
+    const byId = this.sortBy === "id";
+    const since = now - this.sortedAt;
+    if (
+      this.orderAt === -1 ||
+      (membershipChanged && since > 250) ||
+      (!live && !byId && recordsChanged && since > 250) ||
+      (live && liveChanged && since > 1000)
+    ) {
       const column = COLUMNS.find((c) => c.id === this.sortBy) || COLUMNS[0];
       const keyed = [];
       for (const node of this.fleet.nodes.values()) {
@@ -133,7 +166,9 @@ export class NodeTable {
       const dir = this.desc ? -1 : 1;
       keyed.sort((a, b) => (a[0] < b[0] ? -dir : a[0] > b[0] ? dir : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
       this.order = keyed.map((k) => k[1]);
+      this.orderSerial++;
       this.orderAt = this.fleet.version;
+      this.orderRecords = this.fleet.records;
       this.orderMembership = this.fleet.membership;
       this.sortedAt = now;
     }
@@ -152,6 +187,13 @@ export class NodeTable {
     const height = this.el.scroll.clientHeight || 600;
     const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
     const last = Math.min(order.length, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);
+    const key = `${first}:${last}:${this.orderSerial}:${this.selected}:${this.sortBy}:${this.desc}`;
+    let changed = this.force || key !== this.drawnKey;
+    for (let i = first; !changed && i < last; i++) changed = this.dirty.has(order[i]);
+    this.dirty.clear();
+    this.force = false;
+    if (!changed) return;
+    this.drawnKey = key;
     this.el.rows.style.transform = `translateY(${first * ROW_HEIGHT}px)`;
     const html = [];
     for (let i = first; i < last; i++) {
