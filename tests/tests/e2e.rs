@@ -902,3 +902,89 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
         "{bad:?}"
     );
 }
+
+/// NATS does not check the reply subject a requester names, so a request
+/// whose reply subject is a node's KV key (or an alert or event subject)
+/// would have the registry or an agent publish into it: a record
+/// overwritten, an alert or event forged. Both refuse such replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_never_go_to_a_fleet_subject() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "registry");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let _a = agent(&server, "a", &[]);
+    let id = agent_node_id(&server, "a").await;
+    wait_online(&client, 1).await;
+    let nats = server.client().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let kv = js.get_key_value("nodes").await.expect("nodes bucket");
+    let mut tap = AlertTap::new(&nats).await;
+    let mut events = nats
+        .subscribe(format!("node.{id}.events"))
+        .await
+        .expect("subscribe");
+    // Discovery, get, admin and a task, each asking for its answer on a
+    // fleet subject.
+    let kv_subject = format!("$KV.nodes.{id}");
+    let attempts: Vec<(String, String, &str)> = vec![
+        (
+            subjects::REGISTRY_DISCOVER.to_owned(),
+            kv_subject.clone(),
+            "{}",
+        ),
+        (
+            subjects::REGISTRY_GET.to_owned(),
+            subjects::SYSTEM_BROADCAST.to_owned(),
+            "{}",
+        ),
+        (
+            subjects::REGISTRY_ADMIN.to_owned(),
+            kv_subject.clone(),
+            "{}",
+        ),
+        (
+            format!("node.{id}.tasks"),
+            format!("node.{id}.events"),
+            r#"{"type":"ping"}"#,
+        ),
+    ];
+    for (subject, reply, body) in &attempts {
+        nats.publish_with_reply(subject.clone(), reply.clone(), body.to_string().into())
+            .await
+            .expect("publish");
+    }
+    nats.flush().await.expect("flush");
+    // A well-formed request still gets its answer (the services are up),
+    // and by then the bad ones were handled before it.
+    let reply = client
+        .discover(&DiscoverRequest::default())
+        .await
+        .expect("discovery answers");
+    assert_eq!(reply.nodes.len(), 1);
+    let ping = nats
+        .request(format!("node.{id}.tasks"), r#"{"type":"ping"}"#.into())
+        .await
+        .expect("the agent answers a ping to an inbox");
+    assert!(!ping.payload.is_empty());
+    let after = kv.entry(&id).await.expect("read").expect("a record");
+    let record: NodeRecord = serde_json::from_slice(&after.value).expect("still a node record");
+    assert_eq!(record.node_id, id, "the record was overwritten");
+    let alerts = tap.collect_for(Duration::from_millis(500)).await;
+    assert!(
+        alerts.is_empty(),
+        "nothing was published on system.broadcast: {alerts:?}"
+    );
+    // Only the agent's own heartbeats on its events subject: nothing that
+    // is not an event.
+    while let Ok(Some(message)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        futures::StreamExt::next(&mut events),
+    )
+    .await
+    {
+        let event: NodeEvent =
+            serde_json::from_slice(&message.payload).expect("only events on node.<id>.events");
+        assert_eq!(event.node_id, id);
+    }
+}
