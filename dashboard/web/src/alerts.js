@@ -38,7 +38,9 @@ export class AlertFeed {
 
   flush() {
     this.scheduled = false;
-    const batch = this.pending.sort((a, b) => (parseTime(a.at) || 0) - (parseTime(b.at) || 0));
+    // Only the newest MAX_SHOWN of a batch can be seen: build only those
+    // (a replay of the last hour may bring thousands at once).
+    const batch = this.pending.sort((a, b) => (parseTime(a.at) || 0) - (parseTime(b.at) || 0)).slice(-MAX_SHOWN);
     this.pending = [];
     const frag = document.createDocumentFragment();
     for (const a of batch) {

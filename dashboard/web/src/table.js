@@ -8,8 +8,19 @@ import { totalVram, usedVram } from "./fleet.js";
 const ROW_HEIGHT = 28;
 const OVERSCAN = 8;
 
-const num = (v) => (Number.isFinite(Number(v)) ? Number(v) : -1);
+const num = (v) => (v != null && Number.isFinite(Number(v)) ? Number(v) : -1);
 const metric = (n, key) => (n.metrics ? num(n.metrics[key]) : -1);
+
+/** GPU use: the node's figure, else the mean of its cards'. */
+function gpuPct(n) {
+  const direct = metric(n, "gpu_pct");
+  if (direct >= 0) return direct;
+  const cards = n.metrics && Array.isArray(n.metrics.gpus) ? n.metrics.gpus.map((g) => num(g.util_pct)).filter((v) => v >= 0) : [];
+  return cards.length ? cards.reduce((a, b) => a + b, 0) / cards.length : -1;
+}
+
+/** Strings in natural order (node-2 before node-10). */
+const collator = new Intl.Collator(undefined, { numeric: true });
 
 /** The columns: header, width, sort key, cell HTML. */
 const COLUMNS = [
@@ -20,7 +31,7 @@ const COLUMNS = [
   { id: "heartbeat", title: "Heartbeat", width: "78px", key: (n) => -num(n.lastSeen), cell: (n, now) => `<span class="age">${age(now - n.lastSeen)}</span>` },
   { id: "cpu", title: "CPU", width: "60px", key: (n) => metric(n, "cpu_pct"), cell: (n) => bar(metric(n, "cpu_pct") < 0 ? NaN : metric(n, "cpu_pct")) },
   { id: "ram", title: "RAM", width: "60px", key: (n) => metric(n, "ram_pct"), cell: (n) => bar(metric(n, "ram_pct") < 0 ? NaN : metric(n, "ram_pct")) },
-  { id: "gpu", title: "GPU", width: "60px", key: (n) => metric(n, "gpu_pct"), cell: (n) => bar(metric(n, "gpu_pct") < 0 ? NaN : metric(n, "gpu_pct")) },
+  { id: "gpu", title: "GPU", width: "60px", key: gpuPct, cell: (n) => bar(gpuPct(n) < 0 ? NaN : gpuPct(n)) },
   { id: "vram", title: "VRAM GiB", width: "90px", key: (n) => totalVram(n), cell: vramCell },
   { id: "models", title: "Models", width: "minmax(120px, 1.6fr)", key: (n) => models(n).length, cell: modelsCell },
   { id: "labels", title: "Labels", width: "minmax(120px, 1.4fr)", key: (n) => labelText(n), cell: (n) => labelsCell(n) },
@@ -164,7 +175,8 @@ export class NodeTable {
         keyed.push([column.key(node), node.id]);
       }
       const dir = this.desc ? -1 : 1;
-      keyed.sort((a, b) => (a[0] < b[0] ? -dir : a[0] > b[0] ? dir : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+      const compare = (x, y) => (typeof x === "string" && typeof y === "string" ? collator.compare(x, y) : x < y ? -1 : x > y ? 1 : 0);
+      keyed.sort((a, b) => dir * compare(a[0], b[0]) || collator.compare(a[1], b[1]));
       this.order = keyed.map((k) => k[1]);
       this.orderSerial++;
       this.orderAt = this.fleet.version;
