@@ -988,3 +988,40 @@ async fn replies_never_go_to_a_fleet_subject() {
         assert_eq!(event.node_id, id);
     }
 }
+
+/// A record overwritten behind the registry's back with something that is
+/// not a record (what a JetStream API answer sent to `$KV.nodes.<id>` by a
+/// client with JetStream rights would leave, docs/SECURITY.md) is put
+/// right by the registry's next write for that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_overwritten_behind_the_registrys_back_is_put_right() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "registry");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let _a = agent(&server, "a", &[]);
+    let id = agent_node_id(&server, "a").await;
+    wait_online(&client, 1).await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let kv = js.get_key_value("nodes").await.expect("nodes bucket");
+    kv.put(
+        &id,
+        r#"{"type":"io.nats.jetstream.api.v1.stream_info_response","total":0}"#.into(),
+    )
+    .await
+    .expect("overwrite");
+    let record = eventually("the record to be put right", SOON, || async {
+        let entry = kv.entry(&id).await.ok()??;
+        serde_json::from_slice::<NodeRecord>(&entry.value)
+            .ok()
+            .filter(|r| r.node_id == id)
+    })
+    .await;
+    assert_eq!(record.status, "online");
+    let reply = client
+        .discover(&DiscoverRequest::default())
+        .await
+        .expect("discovery");
+    assert_eq!(reply.nodes.len(), 1);
+    assert_eq!(reply.nodes[0].node_id, id);
+}
