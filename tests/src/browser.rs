@@ -248,17 +248,7 @@ pub async fn serve_dashboard(
         &[],
         log,
     );
-    eventually(
-        "the dashboard to listen",
-        Duration::from_secs(20),
-        || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
+    crate::wait_listening("the dashboard to listen", port, Duration::from_secs(20)).await;
     (proc, format!("http://127.0.0.1:{port}/"))
 }
 

@@ -171,6 +171,17 @@ where
     }
 }
 
+/// Waits until something accepts TCP connections on loopback `port`.
+pub async fn wait_listening(what: &str, port: u16, limit: Duration) {
+    eventually(what, limit, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
 /// A real nats-server with JetStream, on a free port with a fresh store.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -273,15 +284,10 @@ impl NatsServer {
         self.child = Some(child);
         let port = self.port;
         // Listening is enough (in auth mode an anonymous client is refused).
-        eventually(
+        wait_listening(
             "nats-server to accept connections",
+            port,
             Duration::from_secs(15),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
         )
         .await;
     }

@@ -903,19 +903,26 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
     );
 }
 
+/// A server, a registry and one agent, online: (server, the processes,
+/// a client, the agent's node id).
+async fn one_agent_fleet() -> (NatsServer, [Proc; 2], Client, String) {
+    let server = NatsServer::start().await;
+    let registry = registry(&server, "registry");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let a = agent(&server, "a", &[]);
+    let id = agent_node_id(&server, "a").await;
+    wait_online(&client, 1).await;
+    (server, [registry, a], client, id)
+}
+
 /// NATS does not check the reply subject a requester names, so a request
 /// whose reply subject is a node's KV key (or an alert or event subject)
 /// would have the registry or an agent publish into it: a record
 /// overwritten, an alert or event forged. Both refuse such replies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_never_go_to_a_fleet_subject() {
-    let server = NatsServer::start().await;
-    let _registry = registry(&server, "registry");
-    let client = registry_client(&server).await;
-    wait_registry(&client).await;
-    let _a = agent(&server, "a", &[]);
-    let id = agent_node_id(&server, "a").await;
-    wait_online(&client, 1).await;
+    let (server, _fleet, client, id) = one_agent_fleet().await;
     let nats = server.client().await;
     let js = async_nats::jetstream::new(nats.clone());
     let kv = js.get_key_value("nodes").await.expect("nodes bucket");
@@ -995,13 +1002,7 @@ async fn replies_never_go_to_a_fleet_subject() {
 /// right by the registry's next write for that node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_overwritten_behind_the_registrys_back_is_put_right() {
-    let server = NatsServer::start().await;
-    let _registry = registry(&server, "registry");
-    let client = registry_client(&server).await;
-    wait_registry(&client).await;
-    let _a = agent(&server, "a", &[]);
-    let id = agent_node_id(&server, "a").await;
-    wait_online(&client, 1).await;
+    let (server, _fleet, client, id) = one_agent_fleet().await;
     let js = async_nats::jetstream::new(server.client().await);
     let kv = js.get_key_value("nodes").await.expect("nodes bucket");
     kv.put(
