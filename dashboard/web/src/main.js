@@ -166,6 +166,11 @@ async function watchConnection() {
 // --- the nodes bucket -----------------------------------------------------
 
 function firstRender() {
+  if (probe.ready) {
+    // A watch opened again: its initial values are nothing new.
+    table.refresh();
+    return;
+  }
   requestAnimationFrame(() => {
     table.force = true;
     table.draw();
@@ -217,6 +222,20 @@ async function watchNodes() {
       initial = false;
       firstRender();
     }
+  }
+}
+
+/** Watches the bucket; a watch that ends or fails is opened again (the
+ * records it brings again are ignored by revision). */
+async function keepWatchingNodes() {
+  for (;;) {
+    try {
+      await watchNodes();
+    } catch (err) {
+      showBanner(`Watching the ${config.names.bucket} bucket failed (${err.message}); retrying…`);
+    }
+    if (nc.isClosed()) return;
+    await new Promise((r) => setTimeout(r, 2000));
   }
 }
 
@@ -465,7 +484,7 @@ async function main() {
   // leaves the page on the checkpoints alone, for very large fleets.
   if (config.live_heartbeats !== false) nc.subscribe("node.*.events", { callback: onEvent });
   startAlerts();
-  watchNodes().catch((err) => fail(`Watching the ${config.names.bucket} bucket failed: ${err.message}`));
+  keepWatchingNodes();
 }
 
 main();
