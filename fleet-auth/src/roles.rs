@@ -73,7 +73,15 @@ impl Role {
             }),
             Self::Reader => json!({
                 "pub": {
-                    "allow": discovery.iter().map(|s| s.to_string()).chain(read_only_jetstream()).collect::<Vec<_>>(),
+                    "allow": discovery
+                        .iter()
+                        .map(|s| s.to_string())
+                        .chain([
+                            subjects::REGISTRY_HEALTH.to_owned(),
+                            format!("$SRV.PING.{}", subjects::SERVICE_NAME),
+                        ])
+                        .chain(read_only_jetstream())
+                        .collect::<Vec<_>>(),
                     "deny": [
                         // The registry's own durable consumer is not a reader's.
                         format!("$JS.API.CONSUMER.CREATE.{}.{}", subjects::STREAM_NODE_EVENTS, subjects::CONSUMER_REGISTRY),

@@ -282,6 +282,46 @@ impl Client {
         }
     }
 
+    /// Every registry instance's health: the instances are counted with
+    /// `$SRV.PING.registry`, then `registry.health` gathers their answers
+    /// (within the client's timeout, or as soon as all have answered).
+    pub async fn health(&self) -> Result<Vec<schemas::health::HealthReply>, ClientError> {
+        let failed = |what: &str| {
+            let what = what.to_owned();
+            move |source| ClientError::Nats { what, source }
+        };
+        let wait = self.timeout.min(Duration::from_secs(2));
+        let pings = runtime_support::gather(
+            &self.nats,
+            format!("$SRV.PING.{}", subjects::SERVICE_NAME),
+            bytes::Bytes::new(),
+            wait.min(Duration::from_millis(500)),
+            usize::MAX,
+        )
+        .await
+        .map_err(failed("pinging the registry instances"))?;
+        let expected = if pings.is_empty() {
+            usize::MAX
+        } else {
+            pings.len()
+        };
+        let answers = runtime_support::gather(
+            &self.nats,
+            subjects::REGISTRY_HEALTH.to_owned(),
+            bytes::Bytes::new(),
+            wait,
+            expected,
+        )
+        .await
+        .map_err(failed("asking registry.health"))?;
+        let mut replies: Vec<schemas::health::HealthReply> = answers
+            .iter()
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect();
+        replies.sort_by(|a, b| a.instance.cmp(&b.instance));
+        Ok(replies)
+    }
+
     /// Asks the leader to cordon, uncordon or deregister a node (the admin
     /// role); returns its answer, or its coded refusal as
     /// [`ClientError::Service`].

@@ -93,6 +93,8 @@ struct Shared {
     registered: AtomicBool,
     /// The caps_hash of the latest acked register, carried by heartbeats.
     registered_hash: Mutex<Option<String>>,
+    /// What `<state-dir>/health.json` says.
+    health: Mutex<crate::health::HealthFile>,
 }
 
 /// A register being published, and the hash of what it carries.
@@ -188,6 +190,7 @@ async fn run_as(
     };
     let mut reannounce_at: Option<Instant> = None;
     info!(url = %config.nats_url, "node agent starting");
+    let health_id = id.to_string();
     let agent = Arc::new(Shared {
         detector: Mutex::new(Detector::new(&config)),
         id,
@@ -201,6 +204,14 @@ async fn run_as(
         last_publish_ok: AtomicBool::new(false),
         registered: AtomicBool::new(false),
         registered_hash: Mutex::new(None),
+        health: Mutex::new(crate::health::HealthFile {
+            pid: std::process::id(),
+            node_id: health_id,
+            started_at: chrono::Utc::now().to_rfc3339(),
+            last_ok_at: None,
+            last_error: None,
+            heartbeat_interval_s: config.heartbeat_interval.as_secs_f64(),
+        }),
         config: RwLock::new(config),
     });
 
@@ -424,6 +435,22 @@ impl Shared {
         }
     }
 
+    /// Writes `<state-dir>/health.json` for `node-agent health`: the last
+    /// acked heartbeat, or why the last one failed.
+    fn record_health(&self, error: Option<String>) {
+        let config = self.config.read().unwrap_or_else(|p| p.into_inner());
+        let now = chrono::Utc::now();
+        let mut last = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if error.is_none() {
+            last.last_ok_at = Some(now.to_rfc3339());
+        }
+        last.last_error = error;
+        last.heartbeat_interval_s = config.heartbeat_interval.as_secs_f64();
+        if let Err(e) = crate::health::write(&config.state_dir, &last) {
+            debug!(error = %e, "writing the health file");
+        }
+    }
+
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -600,9 +627,11 @@ async fn heartbeat(agent: Arc<Shared>) {
             .clone(),
         ..NodeEvent::default()
     };
-    if let Err(e) = agent.publish(&event).await {
+    let result = agent.publish(&event).await;
+    if let Err(e) = &result {
         warn!(error = %e, "heartbeat not acked");
     }
+    agent.record_health(result.err().map(|e| e.to_string()));
 }
 
 /// Publishes `deregister` within [`DEREGISTER_BUDGET`].

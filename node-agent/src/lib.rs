@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod config;
 pub mod detect;
+pub mod health;
 pub mod identity;
 pub mod join;
 

@@ -72,6 +72,10 @@ enum Command {
     /// Ask the registry how it sees this node, print the record and exit
     /// (exit 1 when it does not know the node, 3 when it is not online).
     Status,
+    /// Whether the agent running with this state directory is alive and
+    /// its heartbeats are acked (from <state-dir>/health.json); prints the
+    /// health JSON; exit 0 if healthy, 1 if not (HEALTHCHECK, systemd).
+    Health,
 }
 
 // NOTE: one thread is plenty for a daemon that wakes every few seconds, and
@@ -114,6 +118,15 @@ async fn main() -> ExitCode {
             return print_json(&caps);
         }
         Some(Command::Status) => return status(&config).await,
+        Some(Command::Health) => {
+            let (status, reply) = node_agent::health::check(&config.state_dir, chrono::Utc::now());
+            println!("{reply}");
+            return if status == schemas::status::HealthStatus::Healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
         Some(Command::Join { token, no_run }) => {
             match node_agent::join::join(&config, &token).await {
                 Ok(joined) => {

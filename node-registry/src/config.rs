@@ -214,8 +214,7 @@ impl RegistryConfig {
         if !self.instance.is_empty() {
             return self.instance.clone();
         }
-        let host = sysinfo_free_hostname();
-        format!("{host}-{}", std::process::id())
+        format!("{}-{}", host_name(), std::process::id())
     }
 
     /// The lifecycle part.
@@ -233,7 +232,8 @@ impl RegistryConfig {
 }
 
 /// The host's name, from the kernel (no dependency for one string).
-fn sysinfo_free_hostname() -> String {
+/// This machine's host name (the first part of a default instance name).
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

@@ -76,6 +76,8 @@ pub struct Leader<'a> {
     pub counters: &'a Arc<Counters>,
     /// Joined nodes' keys.
     pub node_keys: &'a NodeKeys,
+    /// The instance's own state (backlog and self-preservation, for health).
+    pub state: &'a Arc<crate::state::RegistryState>,
     /// Whether the connection to NATS is up.
     pub connected: watch::Receiver<bool>,
     /// Whether this instance leads.
@@ -141,6 +143,7 @@ impl Leader<'_> {
                 leading: self.leading.clone(),
                 cancel: self.cancel.clone(),
                 bucket_lost: lost_rx,
+                state: self.state.clone(),
             })
             .await;
         guard.abort();

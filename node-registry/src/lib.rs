@@ -16,11 +16,14 @@
 
 pub mod config;
 pub mod counters;
+pub mod health;
 pub mod index;
 pub mod join;
 pub mod keys;
 pub mod lead;
+pub mod probe;
 pub mod service;
+pub mod state;
 pub mod tasks;
 pub mod worker;
 
@@ -154,6 +157,18 @@ pub async fn run(
         };
 
         let index = index::spawn_reflector(provisioned.nodes.clone(), cancel.clone());
+        let state = Arc::new(state::RegistryState::new(config.instance_name()));
+        tokio::spawn(health::serve(
+            client.clone(),
+            health::HealthSources {
+                js: js.clone(),
+                names: config.names.clone(),
+                connected: connected.clone(),
+                state: state.clone(),
+                index: index.clone(),
+            },
+            cancel.clone(),
+        ));
         let counters = Arc::new(counters::Counters::default());
         let service = tokio::spawn(service::serve(
             client.clone(),
@@ -196,6 +211,19 @@ pub async fn run(
             connected.clone(),
             cancel.clone(),
         ));
+        // Health and metrics say whether this instance leads.
+        {
+            let mut leading = leading.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    state.set_leader(*leading.borrow_and_update());
+                    if leading.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let leader = lead::Leader {
             config: &config,
             provisioned: &provisioned,
@@ -204,6 +232,7 @@ pub async fn run(
             index: &index,
             counters: &counters,
             node_keys: &node_keys,
+            state: &state,
             connected,
             leading: leading.clone(),
             cancel: cancel.clone(),

@@ -104,6 +104,52 @@ pub fn nodes(records: &[NodeRecord], now: DateTime<Utc>) -> String {
     render(&header, &rows)
 }
 
+/// The instances' health as a table.
+pub fn health(replies: &[schemas::health::HealthReply]) -> String {
+    let dep = |r: &schemas::health::HealthReply, k: &str| {
+        r.dependencies
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| "-".to_owned())
+    };
+    let rows: Vec<Vec<String>> = replies
+        .iter()
+        .map(|r| {
+            vec![
+                r.instance.clone(),
+                r.status.to_string(),
+                if r.leader { "leader" } else { "standby" }.to_owned(),
+                r.backlog.map_or_else(|| "-".to_owned(), |b| b.to_string()),
+                format!("{}s", r.uptime_s),
+                dep(r, "nats"),
+                dep(r, "jetstream"),
+                dep(r, "kv"),
+                dep(r, "event_stream"),
+                r.self_preservation
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                r.version.clone(),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "INSTANCE",
+            "STATUS",
+            "ROLE",
+            "BACKLOG",
+            "UPTIME",
+            "NATS",
+            "JETSTREAM",
+            "KV",
+            "EVENTS",
+            "HELD",
+            "VERSION",
+        ],
+        &rows,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,3 +227,29 @@ impl NatsAuth {
         Ok(options)
     }
 }
+
+/// Sends one request that several responders answer (no queue group, such
+/// as `registry.health`) and gathers the answers that arrive within
+/// `wait`, or until `enough` have.
+pub async fn gather(
+    client: &async_nats::Client,
+    subject: String,
+    payload: bytes::Bytes,
+    wait: std::time::Duration,
+    enough: usize,
+) -> Result<Vec<async_nats::Message>, async_nats::Error> {
+    use futures::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client.publish_with_reply(subject, inbox, payload).await?;
+    client.flush().await?;
+    let mut gathered = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while gathered.len() < enough {
+        match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(message)) => gathered.push(message),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(gathered)
+}

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod codec;
 pub mod error;
+pub mod health;
 pub mod join;
 pub mod json;
 pub mod meta;

@@ -76,6 +76,20 @@ string_enum! {
 }
 
 string_enum! {
+    /// How an instance of a service is, in the seed's health shape.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    HealthStatus {
+        /// Everything it depends on answers; it does its job.
+        Healthy => "healthy",
+        /// It works, but holds back (self-preservation) or lags.
+        Degraded => "degraded",
+        /// A dependency is down: it cannot do its job.
+        Unhealthy => "unhealthy",
+    }
+}
+
+string_enum! {
     /// A control task on `node.<id>.tasks`.
     TaskType {
         /// Publish a fresh `register`.

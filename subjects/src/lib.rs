@@ -58,6 +58,9 @@ pub const REGISTRY_FILTER: &str = "registry.>";
 pub const REGISTRY_ADMIN: &str = "registry.admin";
 /// Join: a machine exchanges a join token for its node credentials.
 pub const REGISTRY_JOIN: &str = "registry.join";
+/// Subject every registry instance answers with its health (no queue
+/// group: a request gathers one answer per instance).
+pub const REGISTRY_HEALTH: &str = "registry.health";
 /// Endpoint name of [`REGISTRY_JOIN`].
 pub const ENDPOINT_JOIN: &str = "join";
 /// Endpoint name of [`REGISTRY_LIST`].

@@ -34,6 +34,17 @@ struct Cli {
     /// Print the effective configuration as TOML-like JSON and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of running the registry.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Ask the running instance (this host's, or the configured `instance`)
+    /// for its health over NATS; print it; exit 0 if healthy or degraded,
+    /// 1 if unhealthy or silent (for HEALTHCHECK and systemd).
+    Health,
 }
 
 /// The allocator: the registry's work is millions of small, short-lived
@@ -68,6 +79,22 @@ async fn main() -> ExitCode {
             Err(e) => eprintln!("node-registry: {e}"),
         }
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Health) = cli.command {
+        return match node_registry::probe::probe(&config).await {
+            Ok(health) => {
+                println!("{}", serde_json::to_string(&health).unwrap_or_default());
+                if node_registry::probe::passes(health.status) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("node-registry health: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     runtime_support::init_tracing(&config.log_format);
     match node_registry::run(config, runtime_support::shutdown_signal()).await {

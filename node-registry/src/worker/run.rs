@@ -3,6 +3,7 @@
 //! elections, and sweeps on a tick while connected and caught up (DESIGN
 //! principle 4).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
@@ -24,6 +25,27 @@ const MAX_BATCH: usize = 1000;
 const STREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a retried event waits before it is delivered again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often a caught-up leader still reads its consumer's backlog (for
+/// health and metrics).
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Why transitions are held, for health: none when they are not.
+fn held_transitions(fleet: &registry_core::lifecycle::Fleet) -> Option<serde_json::Value> {
+    let regions = fleet.silent_regions();
+    if !fleet.in_self_preservation() && regions.is_empty() {
+        return None;
+    }
+    let mut reasons: Vec<&str> = fleet.faults().map(OwnFault::reason).collect();
+    if fleet.mass_silence() {
+        reasons.push("mass_silence");
+    }
+    let scope = if fleet.in_self_preservation() {
+        "fleet"
+    } else {
+        "regions"
+    };
+    Some(serde_json::json!({"scope": scope, "reasons": reasons, "regions": regions}))
+}
 
 /// What one term runs against.
 #[derive(Debug)]
@@ -44,6 +66,8 @@ pub struct Term {
     pub cancel: CancellationToken,
     /// Counts losses of the `nodes` bucket (every record is written again).
     pub bucket_lost: watch::Receiver<u32>,
+    /// Where the backlog and self-preservation are told (health, metrics).
+    pub state: Arc<crate::state::RegistryState>,
 }
 
 impl Delivery<'_> {
@@ -79,6 +103,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             mut leading,
             cancel,
             mut bucket_lost,
+            state,
         } = term;
         // This term is for the leadership as it is now: any later change
         // of it ends the term.
@@ -88,6 +113,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let mut tick = tokio::time::interval(sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut caught_up = false;
+        let mut backlog_seen = std::time::Instant::now() - BACKLOG_EVERY;
         let mut was_connected = *connected.borrow();
         let mut messages = None;
         let mut links = self.connection_events(&client).await;
@@ -255,15 +281,25 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         caught_up = false;
                         continue;
                     }
-                    if !caught_up {
-                        caught_up = match consumer.info().await {
-                            Ok(info) => info.num_pending == 0,
+                    // The consumer's figures: to know when it caught up, and
+                    // every few seconds for health and metrics.
+                    if !caught_up || backlog_seen.elapsed() >= BACKLOG_EVERY {
+                        let looked = match consumer.info().await {
+                            Ok(info) => {
+                                backlog_seen = std::time::Instant::now();
+                                state.set_backlog(info.num_pending + info.num_ack_pending as u64);
+                                info.num_pending == 0
+                            }
                             Err(e) => {
                                 debug!(error = %e, "reading consumer info");
                                 false
                             }
                         };
+                        if !caught_up {
+                            caught_up = looked;
+                        }
                     }
+                    state.set_self_preservation(held_transitions(&self.fleet));
                     self.retry_alerts().await;
                     if caught_up {
                         let effects = self.fleet.sweep(self.clock.now());

@@ -27,7 +27,8 @@ impl OwnFault {
         }
     }
 
-    fn reason(self) -> &'static str {
+    /// Its name in alerts' `figures` and in health (`nats_link`, ...).
+    pub fn reason(self) -> &'static str {
         match self {
             Self::NatsLink => "nats_link",
             Self::KvWrites => "kv_writes",
@@ -155,6 +156,12 @@ impl Fleet {
             .iter()
             .filter_map(|r| self.regions.get(usize::from(*r)).map(String::as_str))
             .collect()
+    }
+
+    /// Whether more of the fleet went silent in one window than the
+    /// threshold allows (every transition held).
+    pub fn mass_silence(&self) -> bool {
+        self.mass_silence
     }
 
     /// Whether every transition is held because the registry suspects

@@ -107,6 +107,13 @@ pub enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Every registry instance's health (found with $SRV.PING, asked on
+    /// registry.health); exits non-zero when none is healthy.
+    Health {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Serve the fleet page (a live dashboard that talks to NATS over its
     /// WebSocket listener) on loopback; prints its URL. Files only, no API.
     /// With --creds, the page connects with those credentials (a reader's).

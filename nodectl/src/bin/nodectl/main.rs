@@ -1,7 +1,7 @@
 //! `nodectl`: the operator's command line over the `nodectl` library and
 //! [`fleet_client::Client`]. One file a command group:
 //! - `args`: every flag and subcommand;
-//! - `query`: nodes, get, discover, watch, alerts, audit (any reader);
+//! - `query`: nodes, get, discover, watch, alerts, audit, health (any reader);
 //! - `admin`: cordon, uncordon, deregister (the leader answers);
 //! - `token`: join tokens;
 //! - `auth`: the auth directory;
@@ -59,6 +59,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let client = connect(&cli).await?;
     match cli.command {
         Command::Nodes { output } => query::nodes(&client, output).await,
+        Command::Health { output } => query::health(&client, output).await,
         Command::Get { id } => query::get(&client, &id).await,
         Command::Discover(args) => query::discover(&client, &args).await,
         Command::Watch { selector } => query::watch(&client, selector.unwrap_or_default()).await,

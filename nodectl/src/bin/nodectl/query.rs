@@ -17,6 +17,30 @@ fn time_arg(text: &str) -> Result<chrono::DateTime<Utc>, Error> {
     parse_time_arg(text).map_err(Error::Invalid)
 }
 
+/// Every registry instance's health; an error (exit 1) when none is healthy.
+pub async fn health(client: &Client, output: Output) -> Result<(), Error> {
+    let replies = client.health().await?;
+    match output {
+        Output::Json => {
+            for reply in &replies {
+                println!("{}", json_line(reply)?);
+            }
+        }
+        Output::Table => print!("{}", nodectl::table::health(&replies)),
+    }
+    let healthy = replies
+        .iter()
+        .filter(|r| r.status == schemas::status::HealthStatus::Healthy)
+        .count();
+    if healthy == 0 {
+        return Err(Error::NotFound(format!(
+            "no healthy registry instance ({} answered registry.health)",
+            replies.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Every node the registry knows, of any status.
 pub async fn nodes(client: &Client, output: Output) -> Result<(), Error> {
     let request = DiscoverRequest {

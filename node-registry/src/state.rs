@@ -1,0 +1,78 @@
+//! What this instance knows about itself, shared by the parts that learn it
+//! (the lease, the worker) and the parts that report it (health, metrics).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// No backlog figure yet (a standby, or a leader before its first look).
+const UNKNOWN: u64 = u64::MAX;
+
+/// The instance's own state.
+#[derive(Debug)]
+pub struct RegistryState {
+    /// The instance's name.
+    pub instance: String,
+    started: Instant,
+    leader: AtomicBool,
+    backlog: AtomicU64,
+    self_preservation: Mutex<Option<serde_json::Value>>,
+}
+
+impl RegistryState {
+    /// The state of instance `instance`, starting now.
+    pub fn new(instance: String) -> Self {
+        Self {
+            instance,
+            started: Instant::now(),
+            leader: AtomicBool::new(false),
+            backlog: AtomicU64::new(UNKNOWN),
+            self_preservation: Mutex::new(None),
+        }
+    }
+
+    /// Seconds since the start.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Whether it leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Records whether it leads (a standby has no backlog of its own).
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.store(leads, Ordering::Relaxed);
+        if !leads {
+            self.backlog.store(UNKNOWN, Ordering::Relaxed);
+            self.set_self_preservation(None);
+        }
+    }
+
+    /// Events not yet processed, as the leader last saw them.
+    pub fn backlog(&self) -> Option<u64> {
+        Some(self.backlog.load(Ordering::Relaxed)).filter(|b| *b != UNKNOWN)
+    }
+
+    /// Records the leader's backlog.
+    pub fn set_backlog(&self, events: u64) {
+        self.backlog
+            .store(events.min(UNKNOWN - 1), Ordering::Relaxed);
+    }
+
+    /// Why transitions are held, if they are.
+    pub fn self_preservation(&self) -> Option<serde_json::Value> {
+        self.self_preservation
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records why transitions are held (none: they are not).
+    pub fn set_self_preservation(&self, why: Option<serde_json::Value>) {
+        if let Ok(mut held) = self.self_preservation.lock() {
+            *held = why;
+        }
+    }
+}
