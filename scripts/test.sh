@@ -3,7 +3,8 @@
 # which start real nats-servers (installed on first use by nats-server.sh);
 # the dashboard's tests drive a real headless Chromium (Debian's chromium
 # and chromium-driver, installed by chromium.sh when missing) over the page
-# built by dashboard.sh (npm ci + esbuild).
+# built by dashboard.sh (npm ci + esbuild); the metrics tests run Debian's
+# prometheus and promtool (installed by prometheus.sh when missing).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -11,6 +12,7 @@ cd "$root"
 NATS_SERVER_BIN="$("$root/scripts/nats-server.sh")"
 export NATS_SERVER_BIN
 echo "using $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
+"$root/scripts/prometheus.sh" >/dev/null
 CHROMEDRIVER="$("$root/scripts/chromium.sh")"
 export CHROMEDRIVER
 "$root/scripts/dashboard.sh"

@@ -91,6 +91,13 @@ pub struct RegistryConfig {
     /// Refuse events of nodes without a known key (every node has joined).
     /// Default false: a node with a key must sign its events either way.
     pub require_signatures: bool,
+    /// Where to serve Prometheus's `/metrics` (e.g. `127.0.0.1:9464`).
+    /// Default: off (no HTTP at all).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Most online or degraded nodes with metric series of their own (CPU,
+    /// memory, disk, load, each GPU); above it only the per role and region
+    /// figures. Default 5 000.
+    pub metrics_per_node_limit: usize,
 }
 
 impl Default for RegistryConfig {
@@ -120,6 +127,8 @@ impl Default for RegistryConfig {
             join_account: None,
             token_retention: Duration::from_secs(7 * 24 * 3600),
             require_signatures: false,
+            metrics_addr: None,
+            metrics_per_node_limit: crate::metrics::DEFAULT_PER_NODE_LIMIT,
         }
     }
 }
@@ -147,6 +156,9 @@ pub struct Overrides {
     /// `--replicas`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
+    /// `--metrics-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `--creds`, `--tls-ca`, `--tls-cert`, `--tls-key`.
     #[serde(flatten)]
     pub auth: runtime_support::AuthFlags,

@@ -1,8 +1,13 @@
 //! What the registry counts: reported in the micro service's `$SRV.STATS`
-//! data (and, with issue 10, as metrics). Every part that counts holds the
-//! one shared [`Counters`].
+//! data and, read by `metrics`, as OpenTelemetry counters. Every part that
+//! counts holds the one shared [`Counters`]; counting is an atomic add, so
+//! the hot path pays nothing more when metrics are exported.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use schemas::status::EventType;
 
 /// Counters of the registry, reported in the service's `$SRV.STATS` data.
 #[derive(Debug, Default)]
@@ -31,12 +36,51 @@ pub struct Counters {
     pub joins: AtomicU64,
     /// Join requests refused (bad, unknown, used or expired token).
     pub joins_refused: AtomicU64,
+    /// Events applied, by type (register, heartbeat, deregister).
+    pub events_by_type: [AtomicU64; 3],
+    /// Events refused as malformed or invalid (not for size, id or key).
+    pub events_bad: AtomicU64,
+    /// Events refused for their size.
+    pub events_oversized: AtomicU64,
+    /// Events refused for a payload id other than the subject's.
+    pub events_spoofed: AtomicU64,
+    /// KV writes refused for a changed revision (someone else wrote).
+    pub kv_conflicts: AtomicU64,
+    /// Alerts published, by type (rare: a lock is fine).
+    pub alerts_by_type: Mutex<BTreeMap<String, u64>>,
 }
+
+/// The event types, in the order of [`Counters::events_by_type`].
+pub const EVENT_TYPES: [EventType; 3] = [
+    EventType::Register,
+    EventType::Heartbeat,
+    EventType::Deregister,
+];
 
 impl Counters {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an applied event of `kind`.
+    pub fn count_event(&self, kind: EventType) {
+        if let Some(i) = EVENT_TYPES.iter().position(|k| *k == kind) {
+            Self::bump(&self.events_by_type[i]);
+        }
+    }
+
+    /// Counts a published alert of type `kind`.
+    pub fn count_alert(&self, kind: &str) {
+        Self::bump(&self.alerts_published);
+        if let Ok(mut by_type) = self.alerts_by_type.lock() {
+            *by_type.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// A counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
     }
 
     /// Every counter by name, as `$SRV.STATS` reports them.

@@ -21,6 +21,7 @@ pub mod index;
 pub mod join;
 pub mod keys;
 pub mod lead;
+pub mod metrics;
 pub mod probe;
 pub mod service;
 pub mod state;
@@ -211,6 +212,16 @@ pub async fn run(
             connected.clone(),
             cancel.clone(),
         ));
+        // Metrics, observed from what the registry keeps anyway (no-ops
+        // unless the binary installed the SDK: --metrics-addr).
+        let _metrics = config.metrics_addr.is_some().then(|| {
+            metrics::register(metrics::MetricSources {
+                index: index.clone(),
+                state: state.clone(),
+                counters: counters.clone(),
+                per_node_limit: config.metrics_per_node_limit,
+            })
+        });
         // Health and metrics say whether this instance leads.
         {
             let mut leading = leading.clone();

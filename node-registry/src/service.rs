@@ -37,6 +37,17 @@ enum Endpoint {
     List,
 }
 
+impl Endpoint {
+    /// Its name, as the micro service and the metrics say it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Discover => subjects::ENDPOINT_DISCOVER,
+            Self::Get => subjects::ENDPOINT_GET,
+            Self::List => subjects::ENDPOINT_LIST,
+        }
+    }
+}
+
 /// Runs the service until `cancel`.
 pub async fn serve(
     client: async_nats::Client,
@@ -134,6 +145,7 @@ async fn handle(
         warn!(reply = %reply, "request with a reply subject that is not an inbox; ignored");
         return;
     }
+    let started = std::time::Instant::now();
     let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
         Err(e) => (Encoding::Json, Err(bad_request(e))),
         Ok(encoding) => (
@@ -155,6 +167,10 @@ async fn handle(
     if let Err(e) = client.publish_with_headers(reply, headers, body).await {
         warn!(error = %e, "sending a reply");
     }
+    crate::metrics::discover_duration().record(
+        started.elapsed().as_secs_f64(),
+        &[opentelemetry::KeyValue::new("endpoint", endpoint.name())],
+    );
 }
 
 /// A JSON request that cannot make us wait (no `min_revision` in it).

@@ -441,6 +441,20 @@ impl Catalog {
     pub fn with_role(&self, role: &str) -> RoaringBitmap {
         Self::posting(&self.roles, role)
     }
+
+    /// Every role present, with its slots (for figures by role).
+    pub fn roles(&self) -> impl Iterator<Item = (&str, &RoaringBitmap)> + '_ {
+        self.roles.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Every value of label `key` present, with its slots (for figures by
+    /// region, say).
+    pub fn label_values(&self, key: &str) -> impl Iterator<Item = (&str, &RoaringBitmap)> + '_ {
+        self.label_values
+            .get(key)
+            .into_iter()
+            .flat_map(|values| values.iter().map(|(k, v)| (k.as_str(), v)))
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,10 @@ struct Cli {
     /// cluster; see nats-config/cluster/).
     #[arg(long)]
     replicas: Option<usize>,
+    /// Serve Prometheus metrics on this address's /metrics (e.g.
+    /// 127.0.0.1:9464). Off by default.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     auth: runtime_support::AuthFlags,
     /// TOML configuration file.
@@ -64,6 +68,7 @@ async fn main() -> ExitCode {
         degraded_after: cli.degraded_after,
         offline_after: cli.offline_after,
         replicas: cli.replicas,
+        metrics_addr: cli.metrics_addr,
         auth: cli.auth,
     };
     let config = match RegistryConfig::load(cli.config.as_deref(), &overrides) {
@@ -97,7 +102,31 @@ async fn main() -> ExitCode {
         };
     }
     runtime_support::init_tracing(&config.log_format);
-    match node_registry::run(config, runtime_support::shutdown_signal()).await {
+    // The OpenTelemetry SDK and /metrics, when asked for: the library's
+    // instruments report through it.
+    let stop_telemetry = runtime_support::CancellationToken::new();
+    let telemetry = match config.metrics_addr {
+        Some(addr) => match fleet_telemetry::Telemetry::start(
+            addr,
+            node_registry::metrics::PER_NODE_PREFIXES,
+            stop_telemetry.clone(),
+        )
+        .await
+        {
+            Ok(telemetry) => Some(telemetry),
+            Err(e) => {
+                tracing::error!(error = %e, "node-registry failed");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let result = node_registry::run(config, runtime_support::shutdown_signal()).await;
+    stop_telemetry.cancel();
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node-registry failed");

@@ -148,7 +148,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
     /// Counts a stored alert, or keeps it for a retry.
     fn record_alert(&mut self, alert: Alert, stored: bool) -> bool {
         if stored {
-            Counters::bump(&self.counters.alerts_published);
+            self.counters.count_alert(&alert.r#type);
             info!(
                 alert = %alert.r#type,
                 node_id = alert.node_id.as_deref().unwrap_or(""),
@@ -173,7 +173,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 self.pending_alerts.push_front(alert);
                 return;
             }
-            Counters::bump(&self.counters.alerts_published);
+            self.counters.count_alert(&alert.r#type);
         }
     }
 
@@ -201,6 +201,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             (Ok(_), None) => true,
             (Err(StoreError::Conflict { key }), id) => {
                 Counters::bump(&self.counters.kv_write_failures);
+                Counters::bump(&self.counters.kv_conflicts);
                 // Someone else wrote this key. Re-read its revision; the
                 // fleet, which has seen every event, re-decides and writes
                 // on the next sweep.

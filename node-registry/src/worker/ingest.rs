@@ -113,6 +113,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 Ok(Some(event)) => {
                     debug!(seq = meta.stream_seq, node_id = %event.node_id, kind = %event.kind, "event");
                     Counters::bump(&self.counters.events_applied);
+                    self.counters.count_event(event.kind);
                     effects.extend(self.fleet.apply(&event, meta.received, meta.stream_seq));
                     accepted.push(i);
                 }
@@ -186,7 +187,13 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 Counters::bump(&self.counters.events_forged);
             }
             Rejection::Replayed { .. } => Counters::bump(&self.counters.events_replayed),
-            _ => {}
+            Rejection::Codec(codec::CodecError::TooLarge { .. }) => {
+                Counters::bump(&self.counters.events_oversized);
+            }
+            Rejection::Invalid(schemas::validate::ValidationError::SpoofedId { .. }) => {
+                Counters::bump(&self.counters.events_spoofed);
+            }
+            _ => Counters::bump(&self.counters.events_bad),
         }
         warn!(subject = %delivery.subject, size = delivery.payload.len(), %reason, "event rejected");
     }

@@ -316,6 +316,8 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
     /// Ingests a batch of messages and tells the stream each verdict;
     /// returns whether the consumer is caught up.
     async fn on_messages(&mut self, batch: Vec<jetstream::Message>) -> bool {
+        let started = std::time::Instant::now();
+        crate::metrics::batch_size().record(batch.len() as u64, &[]);
         let deliveries: Vec<Delivery<'_>> = batch.iter().map(Delivery::of).collect();
         let ingested = self.ingest(&deliveries).await;
         drop(deliveries);
@@ -329,6 +331,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 warn!(error = %e, ?verdict, "acknowledging an event");
             }
         }
+        crate::metrics::batch_duration().record(started.elapsed().as_secs_f64(), &[]);
         ingested.caught_up
     }
 
