@@ -20,7 +20,8 @@
 //! each run (default 60), `SCALE_ENCODING` = `json` (default) or
 //! `protobuf`, `SCALE_INGEST_NODES` (default 100000, 0 to skip),
 //! `SCALE_OUT` = folder for `scale.json` and `scale.png` (default
-//! `target/scale`), `SCALE_MERGE` = comma-separated `scale.json` files of
+//! `target/scale`; a run spec ending in `+metrics` runs the registry with
+//! `--metrics-addr` and scrapes it every 15 s), `SCALE_MERGE` = comma-separated `scale.json` files of
 //! earlier runs to draw in the same plot, `SCALE_SETTLE_MAX` = seconds to
 //! wait for the registration backlog (default 600), `SCALE_PERF=<folder>`
 //! to record `perf` profiles of the registry and nats-server.
@@ -82,27 +83,40 @@ async fn publish_pipelined(
 }
 
 /// The registry under test, as a release process.
-fn spawn_registry(server: &NatsServer, name: &str, degraded_after: Duration) -> Proc {
+fn spawn_registry(
+    server: &NatsServer,
+    name: &str,
+    degraded_after: Duration,
+    metrics: Option<u16>,
+) -> Proc {
+    let mut args = vec![
+        "--nats-url".to_owned(),
+        server.url(),
+        "--degraded-after".to_owned(),
+        format!("{}ms", degraded_after.as_millis()),
+        "--offline-after".to_owned(),
+        format!("{}ms", (degraded_after * 6).as_millis()),
+    ];
+    if let Some(port) = metrics {
+        args.push("--metrics-addr".to_owned());
+        args.push(format!("127.0.0.1:{port}"));
+    }
     Proc::spawn(
         name,
         &release_bin("node-registry", "node-registry"),
-        &[
-            "--nats-url".to_owned(),
-            server.url(),
-            "--degraded-after".to_owned(),
-            format!("{}ms", degraded_after.as_millis()),
-            "--offline-after".to_owned(),
-            format!("{}ms", (degraded_after * 6).as_millis()),
-        ],
+        &args,
         &[("RUST_LOG", "warn".to_owned())],
         server.temp_path(&format!("{name}.log")),
     )
 }
 
 /// A fresh nats-server with a release registry on it, answering.
-async fn start(degraded_after: Duration) -> (NatsServer, Proc, fleet_client::Client) {
+async fn start(
+    degraded_after: Duration,
+    metrics: Option<u16>,
+) -> (NatsServer, Proc, fleet_client::Client) {
     let server = NatsServer::start().await;
-    let registry = spawn_registry(&server, "registry", degraded_after);
+    let registry = spawn_registry(&server, "registry", degraded_after, metrics);
     let client = fleet_tests::registry_client(&server)
         .await
         .with_timeout(Duration::from_secs(30));
@@ -179,6 +193,9 @@ fn encoding() -> Encoding {
 #[derive(Debug, Serialize, serde::Deserialize)]
 struct Run {
     nodes: u64,
+    /// Whether the registry exported metrics (scraped every 15 s).
+    #[serde(default)]
+    metrics: bool,
     interval_s: f64,
     encoding: String,
     /// Time for the registry to work off the registration backlog.
@@ -201,10 +218,11 @@ struct Run {
     cold_start_s: f64,
 }
 
-async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
+async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run {
     // Three missed heartbeats, as in production (90 s at 30 s), at least 5 s.
     let degraded_after = (interval * 3).max(Duration::from_secs(5));
-    let (server, registry, client) = start(degraded_after).await;
+    let metrics_port = metrics.then(fleet_tests::free_port);
+    let (server, registry, client) = start(degraded_after, metrics_port).await;
     let mut alerts = AlertTap::new(client.nats()).await;
     let js = jetstream::new(server.client().await);
     let mut nodes_stream = js
@@ -252,6 +270,32 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         profile(pid, &format!("registry-{nodes}"), seconds.min(30)),
         profile(server_pid, &format!("nats-server-{nodes}"), seconds.min(30)),
     ];
+    // With metrics: scraped every 15 s, as Prometheus would, during the
+    // measured window (the collection's cost is part of what is measured).
+    let scrapes = metrics_port.map(|port| {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            loop {
+                let url = url.clone();
+                let started = Instant::now();
+                let size = tokio::task::spawn_blocking(move || {
+                    ureq::get(&url)
+                        .call()
+                        .ok()
+                        .and_then(|mut r| r.body_mut().read_to_string().ok())
+                        .map_or(0, |b| b.len())
+                })
+                .await
+                .unwrap_or(0);
+                sizes.push((size, started.elapsed()));
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                if sizes.len() > 1000 {
+                    break sizes;
+                }
+            }
+        })
+    });
     let started = Instant::now();
     let mut ages = Vec::new();
     let mut pending = Vec::new();
@@ -265,6 +309,10 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         rss_max = rss_max.max(rss_kib(pid) * 1024);
     }
     let ticks_after = cpu_ticks(pid);
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
+        println!("  metrics on: /metrics scraped every 15 s during the window");
+    }
     let server_ticks = cpu_ticks(server_pid) - server_ticks_before;
     let wall = started.elapsed().as_secs_f64();
     let published = simulator.published() - published_before;
@@ -337,13 +385,14 @@ async fn run(nodes: u64, interval: Duration, seconds: u64) -> Run {
         .map_or(nodes, |r| r.total);
     drop(registry);
     let restarted_at = Instant::now();
-    let _second = spawn_registry(&server, "registry-2", degraded_after);
+    let _second = spawn_registry(&server, "registry-2", degraded_after, None);
     fleet_tests::wait_total(&client, in_kv, Duration::from_secs(600)).await;
     let cold_start_s = restarted_at.elapsed().as_secs_f64();
 
     let ms = |v: u64| v as f64 / 1000.0;
     Run {
         nodes,
+        metrics,
         interval_s: interval.as_secs_f64(),
         encoding: format!("{:?}", encoding()).to_lowercase(),
         settle_s,
@@ -390,7 +439,7 @@ struct Ingest {
 /// a fresh registry then works it off as fast as it can.
 async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
     let degraded_after = Duration::from_secs(600);
-    let (server, registry, client) = start(degraded_after).await;
+    let (server, registry, client) = start(degraded_after, None).await;
     let js = jetstream::new(server.client().await);
     let mut consumer = registry_consumer(&js).await;
     let encoding = encoding();
@@ -433,7 +482,7 @@ async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
     publish_all(beats).await;
     let published_per_sec = backlog as f64 / start.elapsed().as_secs_f64();
 
-    let registry = spawn_registry(&server, "registry-2", degraded_after);
+    let registry = spawn_registry(&server, "registry-2", degraded_after, None);
     fleet_tests::wait_registry(&client).await;
     let pid = registry.pid().expect("running");
     let ticks_before = cpu_ticks(pid);
@@ -530,6 +579,12 @@ async fn main() {
     };
     let mut results = Vec::new();
     for spec in runs.split(',') {
+        // `nodes@interval`, or `nodes@interval+metrics` (the registry
+        // exports metrics and is scraped every 15 s).
+        let (spec, metrics) = match spec.strip_suffix("+metrics") {
+            Some(spec) => (spec, true),
+            None => (spec, false),
+        };
         let Some((nodes, interval)) = spec.split_once('@') else {
             continue;
         };
@@ -538,7 +593,7 @@ async fn main() {
             eprintln!("skipping {spec:?}: expected nodes@interval");
             continue;
         };
-        results.push(run(nodes, interval, seconds).await);
+        results.push(run(nodes, interval, seconds, metrics).await);
     }
     println!(
         "\n{:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>10} {:>8} {:>9} {:>9} {:>6} {:>7} {:>7}",
@@ -562,7 +617,7 @@ async fn main() {
     for r in &results {
         println!(
             "{:>8} {:>7}s {:>9.0} {:>9.1} {:>7.2}s {:>7.2}s {:>7.0}s {:>7.1} {:>7.1} {:>10.0} {:>8.3} {:>7}ms {:>7}ms {:>6} {:>7.1} {:>7}",
-            r.nodes,
+            if r.metrics { format!("{}+m", r.nodes) } else { r.nodes.to_string() },
             r.interval_s,
             r.events_per_sec,
             r.events_per_sec / ceiling * 100.0,
