@@ -37,6 +37,8 @@ ws_port=9222
 port_busy "$ws_port" && ws_port="$(free_port)"
 dash_port=9207
 port_busy "$dash_port" && dash_port="$(free_port)"
+metrics_port=9464
+port_busy "$metrics_port" && metrics_port="$(free_port)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/fleet-demo.XXXXXX")"
 pids=()
 
@@ -79,8 +81,9 @@ echo "==> nats-server $("$NATS_BIN" --version | grep -oE '[0-9.]+$') on $NATS_UR
 pids+=($!)
 for _ in $(seq 100); do port_busy "$port" && break; sleep 0.1; done
 
-echo "==> node-registry (degraded after 10s of silence or 3s after a closed connection, offline after 30s, for the demo)"
-NODE_REGISTRY_DISCONNECT_GRACE=3s "$bin/node-registry" "${registry_auth[@]}" --degraded-after 10s --offline-after 30s >"$work/registry.log" 2>&1 &
+echo "==> node-registry (degraded after 10s of silence or 3s after a closed connection, offline after 30s, for the demo; metrics on 127.0.0.1:$metrics_port)"
+NODE_REGISTRY_DISCONNECT_GRACE=3s "$bin/node-registry" "${registry_auth[@]}" --degraded-after 10s --offline-after 30s \
+  --metrics-addr "127.0.0.1:$metrics_port" >"$work/registry.log" 2>&1 &
 registry_pid=$!
 pids+=("$registry_pid")
 
@@ -154,6 +157,9 @@ keep = {k: node[k] for k in ("node_id", "node_name", "role", "labels", "status",
 print(json.dumps({"total": reply["total"], "nodes[0]": keep}, indent=2))'
 echo
 echo "==> dashboard: $dashboard_url"
+echo "==> Prometheus metrics: http://127.0.0.1:$metrics_port/metrics   (deploy/prometheus/prometheus.yml scrapes it; docs/OPERATIONS.md)"
+echo "\$ nodectl health"
+ctl health || true
 if [ -t 0 ] && [ -z "${DEMO_SECONDS:-}" ]; then
   read -r -p "    open it, then press Enter to kill the laptop agent and watch it go degraded, then offline " _
 else

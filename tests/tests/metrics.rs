@@ -179,3 +179,49 @@ fn the_ops_bundle_passes_promtool() {
         );
     }
 }
+
+/// The Grafana dashboard's queries parse as PromQL (promtool checks them as
+/// recording rules) and use only metrics docs/OPERATIONS.md lists.
+#[test]
+fn the_grafana_dashboard_queries_documented_metrics() {
+    let root = workspace_root();
+    let text = std::fs::read_to_string(root.join("deploy/grafana/fleet.json")).expect("fleet.json");
+    let dashboard: Value = serde_json::from_str(&text).expect("fleet.json is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("      - record: grafana:panel_{i}\n        expr: {}\n", serde_json::to_string(e).expect("quoted")))
+        .collect();
+    let file = dir.path().join("panels.yml");
+    std::fs::write(&file, format!("groups:\n  - name: grafana\n    rules:\n{rules}")).expect("write");
+    let out = Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let operations = std::fs::read_to_string(root.join("docs/OPERATIONS.md")).expect("OPERATIONS.md");
+    for expr in &exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !(word.starts_with("fleet_") || word.starts_with("registry_")) {
+                continue;
+            }
+            let base = word.strip_suffix("_bucket").unwrap_or(word);
+            assert!(operations.contains(&format!("`{base}")), "{base} (in {expr}) is not in docs/OPERATIONS.md");
+        }
+    }
+}
