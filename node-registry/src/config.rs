@@ -98,6 +98,11 @@ pub struct RegistryConfig {
     /// memory, disk, load, each GPU); above it only the per role and region
     /// figures. Default 5 000.
     pub metrics_per_node_limit: usize,
+    /// Most GPUs with series of their own (while the nodes are within
+    /// `metrics_per_node_limit`); past it the rest fold into one overflow
+    /// series. Default 10 000. Both limits cost memory up front (about
+    /// 150 B a series), whether the fleet fills them or not.
+    pub metrics_per_gpu_limit: usize,
 }
 
 impl Default for RegistryConfig {
@@ -129,6 +134,7 @@ impl Default for RegistryConfig {
             require_signatures: false,
             metrics_addr: None,
             metrics_per_node_limit: crate::metrics::DEFAULT_PER_NODE_LIMIT,
+            metrics_per_gpu_limit: crate::metrics::DEFAULT_PER_GPU_LIMIT,
         }
     }
 }

@@ -34,9 +34,24 @@ use crate::state::RegistryState;
 /// The meter's name (the instrumentation scope).
 pub const METER: &str = "node-registry";
 
-/// Instruments with one series per node or GPU (the SDK must allow them
-/// many attribute sets).
-pub const PER_NODE_PREFIXES: &[&str] = &["fleet.node.", "fleet.gpu."];
+/// Default of `metrics_per_gpu_limit`.
+pub const DEFAULT_PER_GPU_LIMIT: usize = 10_000;
+
+/// How many series (attribute sets) the per-node and per-GPU instruments
+/// may carry, by name prefix, for the SDK's views; past it the SDK folds
+/// the rest into one overflow series. The SDK reserves room for each limit
+/// up front, whatever the fleet (about 150 B a series: at 200 000 per
+/// instrument the reservation alone was 330 B per node at 100 000 nodes),
+/// so these are what the series need and no more.
+pub fn cardinality_limits(
+    per_node_limit: usize,
+    per_gpu_limit: usize,
+) -> Vec<(&'static str, usize)> {
+    vec![
+        ("fleet.node.", per_node_limit + 1),
+        ("fleet.gpu.", per_gpu_limit + 1),
+    ]
+}
 
 /// Default of `metrics_per_node_limit`.
 pub const DEFAULT_PER_NODE_LIMIT: usize = 5_000;

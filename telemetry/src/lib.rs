@@ -34,12 +34,6 @@ pub enum TelemetryError {
     },
 }
 
-/// Instruments whose attribute sets grow with the fleet (one per node or
-/// GPU) get this many series before the SDK folds the rest into an
-/// overflow series; the registry itself caps them lower (its
-/// `metrics_per_node_limit`).
-pub const LARGE_CARDINALITY: usize = 200_000;
-
 /// The installed provider and its `/metrics` server.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -49,12 +43,14 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Installs the global meter provider with a Prometheus exporter and
-    /// serves `/metrics` on `addr` until `cancel`. Instruments whose names
-    /// start with one of `large` may carry up to [`LARGE_CARDINALITY`]
-    /// attribute sets.
+    /// serves `/metrics` on `addr` until `cancel`. `limits` gives, by
+    /// instrument name prefix, how many attribute sets (series) an
+    /// instrument may carry before the SDK folds the rest into one
+    /// overflow series (the SDK's default is 2 000). The SDK reserves room
+    /// for that many up front: ask for what is needed, not more.
     pub async fn start(
         addr: SocketAddr,
-        large: &'static [&'static str],
+        limits: Vec<(&'static str, usize)>,
         cancel: CancellationToken,
     ) -> Result<Self, TelemetryError> {
         let registry = prometheus::Registry::new();
@@ -67,16 +63,13 @@ impl Telemetry {
         let provider = SdkMeterProvider::builder()
             .with_reader(exporter)
             .with_view(move |i: &Instrument| {
-                large
+                let (_, limit) = limits
                     .iter()
-                    .any(|prefix| i.name().starts_with(prefix))
-                    .then(|| {
-                        Stream::builder()
-                            .with_cardinality_limit(LARGE_CARDINALITY)
-                            .build()
-                            .ok()
-                    })
-                    .flatten()
+                    .find(|(prefix, _)| i.name().starts_with(prefix))?;
+                Stream::builder()
+                    .with_cardinality_limit((*limit).max(1))
+                    .build()
+                    .ok()
             })
             .build();
         opentelemetry::global::set_meter_provider(provider.clone());

@@ -199,10 +199,19 @@ fn the_grafana_dashboard_queries_documented_metrics() {
     let rules: String = exprs
         .iter()
         .enumerate()
-        .map(|(i, e)| format!("      - record: grafana:panel_{i}\n        expr: {}\n", serde_json::to_string(e).expect("quoted")))
+        .map(|(i, e)| {
+            format!(
+                "      - record: grafana:panel_{i}\n        expr: {}\n",
+                serde_json::to_string(e).expect("quoted")
+            )
+        })
         .collect();
     let file = dir.path().join("panels.yml");
-    std::fs::write(&file, format!("groups:\n  - name: grafana\n    rules:\n{rules}")).expect("write");
+    std::fs::write(
+        &file,
+        format!("groups:\n  - name: grafana\n    rules:\n{rules}"),
+    )
+    .expect("write");
     let out = Command::new(tool("promtool"))
         .args(["check", "rules"])
         .arg(&file)
@@ -214,14 +223,18 @@ fn the_grafana_dashboard_queries_documented_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let operations = std::fs::read_to_string(root.join("docs/OPERATIONS.md")).expect("OPERATIONS.md");
+    let operations =
+        std::fs::read_to_string(root.join("docs/OPERATIONS.md")).expect("OPERATIONS.md");
     for expr in &exprs {
         for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if !(word.starts_with("fleet_") || word.starts_with("registry_")) {
                 continue;
             }
             let base = word.strip_suffix("_bucket").unwrap_or(word);
-            assert!(operations.contains(&format!("`{base}")), "{base} (in {expr}) is not in docs/OPERATIONS.md");
+            assert!(
+                operations.contains(&format!("`{base}")),
+                "{base} (in {expr}) is not in docs/OPERATIONS.md"
+            );
         }
     }
 }

@@ -108,7 +108,10 @@ async fn main() -> ExitCode {
     let telemetry = match config.metrics_addr {
         Some(addr) => match fleet_telemetry::Telemetry::start(
             addr,
-            node_registry::metrics::PER_NODE_PREFIXES,
+            node_registry::metrics::cardinality_limits(
+                config.metrics_per_node_limit,
+                config.metrics_per_gpu_limit,
+            ),
             stop_telemetry.clone(),
         )
         .await
