@@ -89,8 +89,13 @@ pub async fn check(sources: &HealthSources) -> HealthReply {
     reply
 }
 
+/// Most health checks answered at once; more are dropped (the asker times
+/// out), so a flood of health requests cannot pile up JetStream calls.
+const MAX_IN_FLIGHT: usize = 16;
+
 /// Answers `registry.health` until `cancel`.
 pub async fn serve(client: async_nats::Client, sources: HealthSources, cancel: CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut requests = match client.subscribe(subjects::REGISTRY_HEALTH).await {
         Ok(requests) => requests,
         Err(e) => {
@@ -113,10 +118,15 @@ pub async fn serve(client: async_nats::Client, sources: HealthSources, cancel: C
             warn!(reply = %reply, "health request with a reply subject that is not an inbox; ignored");
             continue;
         }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!("too many health requests at once; one dropped");
+            continue;
+        };
         let (client, sources) = (client.clone(), sources.clone());
         // Checks wait on JetStream: answered beside the loop.
         tokio::spawn(
             async move {
+                let _permit = permit;
                 let health = check(&sources).await;
                 let body = serde_json::to_vec(&health).map_err(|e| {
                     schemas::error::ServiceError::new(
