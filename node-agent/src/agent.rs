@@ -204,14 +204,7 @@ async fn run_as(
         last_publish_ok: AtomicBool::new(false),
         registered: AtomicBool::new(false),
         registered_hash: Mutex::new(None),
-        health: Mutex::new(crate::health::HealthFile {
-            pid: std::process::id(),
-            node_id: health_id,
-            started_at: chrono::Utc::now().to_rfc3339(),
-            last_ok_at: None,
-            last_error: None,
-            heartbeat_interval_s: config.heartbeat_interval.as_secs_f64(),
-        }),
+        health: Mutex::new(crate::health::HealthFile::starting(health_id, &config)),
         config: RwLock::new(config),
     });
 
@@ -435,20 +428,11 @@ impl Shared {
         }
     }
 
-    /// Writes `<state-dir>/health.json` for `node-agent health`: the last
-    /// acked heartbeat, or why the last one failed.
+    /// Writes `<state-dir>/health.json` for `node-agent health`.
     fn record_health(&self, error: Option<String>) {
         let config = self.config.read().unwrap_or_else(|p| p.into_inner());
-        let now = chrono::Utc::now();
         let mut last = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if error.is_none() {
-            last.last_ok_at = Some(now.to_rfc3339());
-        }
-        last.last_error = error;
-        last.heartbeat_interval_s = config.heartbeat_interval.as_secs_f64();
-        if let Err(e) = crate::health::write(&config.state_dir, &last) {
-            debug!(error = %e, "writing the health file");
-        }
+        last.heartbeat(error, config.heartbeat_interval, &config.state_dir);
     }
 
     fn next_seq(&self) -> u64 {

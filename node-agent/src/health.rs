@@ -32,6 +32,38 @@ pub struct HealthFile {
     pub heartbeat_interval_s: f64,
 }
 
+impl HealthFile {
+    /// The file of an agent starting now as node `node_id`.
+    pub fn starting(node_id: String, config: &crate::config::AgentConfig) -> Self {
+        Self {
+            pid: std::process::id(),
+            node_id,
+            started_at: Utc::now().to_rfc3339(),
+            last_ok_at: None,
+            last_error: None,
+            heartbeat_interval_s: config.heartbeat_interval.as_secs_f64(),
+        }
+    }
+
+    /// Takes in a heartbeat's outcome (none: acked) and writes the file
+    /// into `state_dir` (a failure to write is logged: the agent goes on).
+    pub fn heartbeat(
+        &mut self,
+        error: Option<String>,
+        interval: std::time::Duration,
+        state_dir: &Path,
+    ) {
+        if error.is_none() {
+            self.last_ok_at = Some(Utc::now().to_rfc3339());
+        }
+        self.last_error = error;
+        self.heartbeat_interval_s = interval.as_secs_f64();
+        if let Err(e) = write(state_dir, self) {
+            tracing::debug!(error = %e, "writing the health file");
+        }
+    }
+}
+
 /// Writes `file` into `state_dir` atomically (a temp file renamed over it).
 pub fn write(state_dir: &Path, file: &HealthFile) -> std::io::Result<()> {
     let text = serde_json::to_vec(file).map_err(std::io::Error::other)?;

@@ -313,6 +313,23 @@ pub struct RegistryMetrics {
     _instruments: Vec<Box<dyn std::fmt::Debug + Send + Sync>>,
 }
 
+/// An observed f64 gauge: its name, description and unit, and what it
+/// observes at each collection.
+fn f64_gauge(
+    meter: &Meter,
+    (name, description, unit): (&'static str, &'static str, &'static str),
+    observe: impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<f64>) + Send + Sync + 'static,
+) -> Box<dyn std::fmt::Debug + Send + Sync> {
+    Box::new(
+        meter
+            .f64_observable_gauge(name)
+            .with_description(description)
+            .with_unit(unit)
+            .with_callback(observe)
+            .build(),
+    )
+}
+
 /// Registers every observed instrument.
 pub fn register(sources: MetricSources) -> RegistryMetrics {
     let meter = meter();
@@ -384,20 +401,13 @@ pub fn register(sources: MetricSources) -> RegistryMetrics {
         ),
     ] {
         let s = snapshots.clone();
-        kept.push(Box::new(
-            meter
-                .f64_observable_gauge(name)
-                .with_description(description)
-                .with_unit(unit)
-                .with_callback(move |o| {
-                    for g in &s.get().groups {
-                        if let Some(v) = pick(g) {
-                            o.observe(v, &group(g));
-                        }
-                    }
-                })
-                .build(),
-        ));
+        kept.push(f64_gauge(&meter, (name, description, unit), move |o| {
+            for g in &s.get().groups {
+                if let Some(v) = pick(g) {
+                    o.observe(v, &group(g));
+                }
+            }
+        }));
     }
     for (name, description, unit, pick) in [
         (
@@ -426,20 +436,13 @@ pub fn register(sources: MetricSources) -> RegistryMetrics {
         ),
     ] {
         let s = snapshots.clone();
-        kept.push(Box::new(
-            meter
-                .f64_observable_gauge(name)
-                .with_description(description)
-                .with_unit(unit)
-                .with_callback(move |o| {
-                    for n in &s.get().per_node {
-                        if let Some(v) = pick(n) {
-                            o.observe(v, &n.attributes);
-                        }
-                    }
-                })
-                .build(),
-        ));
+        kept.push(f64_gauge(&meter, (name, description, unit), move |o| {
+            for n in &s.get().per_node {
+                if let Some(v) = pick(n) {
+                    o.observe(v, &n.attributes);
+                }
+            }
+        }));
     }
     for (name, description, unit, pick) in [
         (
@@ -460,24 +463,17 @@ pub fn register(sources: MetricSources) -> RegistryMetrics {
         }),
     ] {
         let s = snapshots.clone();
-        kept.push(Box::new(
-            meter
-                .f64_observable_gauge(name)
-                .with_description(description)
-                .with_unit(unit)
-                .with_callback(move |o| {
-                    for n in &s.get().per_node {
-                        for gpu in &n.gpus {
-                            if let Some(v) = pick(gpu) {
-                                let mut attributes = n.attributes.clone();
-                                attributes.push(KeyValue::new("gpu", i64::from(gpu.0)));
-                                o.observe(v, &attributes);
-                            }
-                        }
+        kept.push(f64_gauge(&meter, (name, description, unit), move |o| {
+            for n in &s.get().per_node {
+                for gpu in &n.gpus {
+                    if let Some(v) = pick(gpu) {
+                        let mut attributes = n.attributes.clone();
+                        attributes.push(KeyValue::new("gpu", i64::from(gpu.0)));
+                        o.observe(v, &attributes);
                     }
-                })
-                .build(),
-        ));
+                }
+            }
+        }));
     }
     let s = snapshots.clone();
     kept.push(Box::new(

@@ -29,6 +29,20 @@ fn registry(server: &NatsServer, instance: &str) -> Proc {
     )
 }
 
+/// An agent heartbeating every 300 ms, state in `agent`.
+fn agent(server: &NatsServer) -> Proc {
+    spawn_agent(
+        server,
+        "agent",
+        &[
+            "--heartbeat-interval",
+            "300ms",
+            "--ollama-url",
+            "http://127.0.0.1:9",
+        ],
+    )
+}
+
 /// `node-registry health` as instance `instance` would run it: exit code
 /// and what it printed.
 fn registry_health(url: &str, instance: &str) -> (i32, String) {
@@ -85,16 +99,7 @@ async fn every_instance_answers_and_the_commands_say_so() {
     let _a = registry(&server, "reg-a");
     let _b = registry(&server, "reg-b");
     let client = registry_client(&server).await;
-    let _agent = spawn_agent(
-        &server,
-        "agent",
-        &[
-            "--heartbeat-interval",
-            "300ms",
-            "--ollama-url",
-            "http://127.0.0.1:9",
-        ],
-    );
+    let _agent = agent(&server);
     agent_node_id(&server, "agent").await;
 
     let replies = instances(&client, 2).await;
@@ -155,16 +160,7 @@ async fn a_leader_in_self_preservation_is_degraded_and_says_why() {
     let server = NatsServer::start().await;
     let _registry = registry(&server, "reg-a");
     let client = registry_client(&server).await;
-    let _agent = spawn_agent(
-        &server,
-        "agent",
-        &[
-            "--heartbeat-interval",
-            "300ms",
-            "--ollama-url",
-            "http://127.0.0.1:9",
-        ],
-    );
+    let _agent = agent(&server);
     agent_node_id(&server, "agent").await;
     instances(&client, 1).await;
     // The nodes bucket stops taking writes (full at its size): the leader
@@ -206,16 +202,7 @@ async fn node_agent_health_follows_its_heartbeats() {
     let server = NatsServer::start().await;
     let _registry = registry(&server, "reg-a");
     let state = server.temp_path("agent");
-    let mut agent = spawn_agent(
-        &server,
-        "agent",
-        &[
-            "--heartbeat-interval",
-            "300ms",
-            "--ollama-url",
-            "http://127.0.0.1:9",
-        ],
-    );
+    let mut agent = agent(&server);
     agent_node_id(&server, "agent").await;
     let health = |state: &std::path::Path| {
         let out = Command::new(workspace_bin("node-agent"))
