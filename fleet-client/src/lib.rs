@@ -24,6 +24,7 @@ use schemas::selector::Selector;
 use schemas::{Alert, DiscoverReply, DiscoverRequest, GetRequest, NodeEvent, NodeRecord};
 use serde::Serialize;
 use subjects::Names;
+use tracing::Instrument as _;
 
 /// Default time a request waits for the registry.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -347,13 +348,20 @@ impl Client {
         subject: &str,
         payload: bytes::Bytes,
     ) -> Result<async_nats::Message, ClientError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
-        let reply = tokio::time::timeout(
-            self.timeout,
-            self.nats
-                .request_with_headers(subject.to_owned(), headers, payload),
-        )
+        let span = tracing::info_span!("request", subject);
+        let reply = async {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_CONTENT_TYPE, Encoding::Json.content_type());
+            // The caller's trace goes on in the registry.
+            runtime_support::trace_context::inject(&mut headers);
+            tokio::time::timeout(
+                self.timeout,
+                self.nats
+                    .request_with_headers(subject.to_owned(), headers, payload),
+            )
+            .await
+        }
+        .instrument(span)
         .await
         .map_err(|_| ClientError::Timeout(subject.to_owned()))?;
         match reply {

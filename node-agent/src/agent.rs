@@ -95,6 +95,7 @@ struct Shared {
     registered_hash: Mutex<Option<String>>,
     /// What `<state-dir>/health.json` says.
     health: Mutex<crate::health::HealthFile>,
+    metrics: crate::metrics::AgentMetrics,
 }
 
 /// A register being published, and the hash of what it carries.
@@ -205,6 +206,7 @@ async fn run_as(
         registered: AtomicBool::new(false),
         registered_hash: Mutex::new(None),
         health: Mutex::new(crate::health::HealthFile::starting(health_id, &config)),
+        metrics: crate::metrics::AgentMetrics::new(),
         config: RwLock::new(config),
     });
 
@@ -275,6 +277,7 @@ async fn run_as(
                 }
                 async_nats::Event::Connected => {
                     info!("reconnected to NATS; registering again");
+                    agent.metrics.reconnected();
                     // Forget the hash so the fresh detection registers even
                     // when nothing changed: the registry may have lost us.
                     *agent.registered_hash.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -451,6 +454,7 @@ impl Shared {
         .await;
         self.last_publish_ok
             .store(result.is_ok(), Ordering::Relaxed);
+        self.metrics.published(&event.r#type, result.is_ok());
         result
     }
 }
@@ -515,16 +519,19 @@ pub fn caps_hash(event: &NodeEvent) -> String {
 
 /// Detects capabilities without blocking the runtime (sysinfo, NVML, Ollama).
 async fn detect(agent: &Arc<Shared>) -> Capabilities {
-    let agent = agent.clone();
-    tokio::task::spawn_blocking(move || {
-        agent
+    let started = Instant::now();
+    let detector = agent.clone();
+    let capabilities = tokio::task::spawn_blocking(move || {
+        detector
             .detector
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .capabilities()
     })
     .await
-    .unwrap_or_default()
+    .unwrap_or_default();
+    agent.metrics.detected(started.elapsed());
+    capabilities
 }
 
 async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
@@ -554,7 +561,9 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
 }
 
 /// Publishes `register` until JetStream acks it, backing off with jitter.
-#[instrument(skip_all, fields(caps_hash = %hash))]
+/// Each registration is a trace of its own (its events carry the
+/// `traceparent` the registry continues).
+#[instrument(name = "register", parent = None, skip_all, fields(node_id = %agent.id, caps_hash = %hash))]
 async fn register_until_acked(agent: Arc<Shared>, mut event: NodeEvent, hash: String) {
     event.seq = Some(agent.next_seq());
     let mut backoff =
@@ -738,6 +747,10 @@ async fn publish(
     };
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
+    if kind == EventType::Register {
+        // The registration's trace, continued by the registry.
+        runtime_support::trace_context::inject(&mut headers);
+    }
     let msg_id = format!("{id}-{boot}-{}", event.seq.unwrap_or_default());
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     let payload = codec::encode(event, encoding);

@@ -77,6 +77,14 @@ pub struct AgentConfig {
     pub tls_cert: Option<PathBuf>,
     /// Key of `tls_cert` (PEM).
     pub tls_key: Option<PathBuf>,
+    /// The OpenTelemetry collector's OTLP/HTTP base URL (e.g.
+    /// `http://127.0.0.1:4318`): the agent's metrics (heartbeats sent,
+    /// publish failures, reconnects, detection time) and its registration
+    /// traces are pushed there. Default: off (the agent serves no HTTP).
+    pub otlp_endpoint: Option<String>,
+    /// How often metrics are pushed over OTLP. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub otlp_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -102,6 +110,8 @@ impl Default for AgentConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            otlp_endpoint: None,
+            otlp_interval: Duration::from_secs(10),
         }
     }
 }
@@ -213,6 +223,9 @@ pub struct Overrides {
     /// `--encoding`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<String>,
+    /// `--otlp-endpoint`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// `--creds`, `--tls-ca`, `--tls-cert`, `--tls-key`.
     #[serde(flatten)]
     pub auth: runtime_support::AuthFlags,
@@ -268,6 +281,11 @@ impl AgentConfig {
                 "encoding {:?}: expected json or protobuf",
                 self.encoding
             )));
+        }
+        if self.otlp_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "otlp_interval must be at least 100ms".into(),
+            ));
         }
         if self.detect_interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod health;
 pub mod identity;
 pub mod join;
+mod metrics;
 
 pub use agent::run;
 pub use config::AgentConfig;

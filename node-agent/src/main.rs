@@ -43,6 +43,10 @@ struct Cli {
     /// Encoding of published events: json or protobuf.
     #[arg(long, global = true)]
     encoding: Option<String>,
+    /// Push metrics and registration traces over OTLP/HTTP to this
+    /// collector (e.g. http://127.0.0.1:4318). Off by default.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     auth: runtime_support::AuthFlags,
     /// TOML configuration file (default /etc/node-agent/config.toml if present).
@@ -95,6 +99,7 @@ async fn main() -> ExitCode {
         ollama_url: cli.ollama_url,
         detect_interval: cli.detect_interval,
         encoding: cli.encoding,
+        otlp_endpoint: cli.otlp_endpoint,
         auth: cli.auth,
     };
     let mut config = match AgentConfig::load(cli.config.as_deref(), &overrides) {
@@ -152,7 +157,35 @@ async fn main() -> ExitCode {
         None => {}
     }
     node_agent::join::apply_joined(&mut config);
-    runtime_support::init_tracing(&config.log_format);
+    // Registration traces (a traceparent on every register, continued by
+    // the registry) and, with --otlp-endpoint, metrics and spans pushed.
+    let stop_telemetry = runtime_support::CancellationToken::new();
+    let telemetry = fleet_telemetry::Telemetry::start(
+        fleet_telemetry::TelemetryConfig {
+            otlp_endpoint: config.otlp_endpoint.clone(),
+            otlp_interval: config.otlp_interval,
+            trace_without_export: true,
+            ..fleet_telemetry::TelemetryConfig::new(
+                "node-agent",
+                config
+                    .node_name
+                    .clone()
+                    .or_else(|| config.node_id.clone())
+                    .unwrap_or_default(),
+            )
+        },
+        stop_telemetry.clone(),
+    )
+    .await;
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("node-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime_support::init_tracing_with(&config.log_format, telemetry.tracing_layer());
+    telemetry.announce();
     let file = cli.config.clone();
     let reload: node_agent::agent::Reload = Box::new(move || {
         AgentConfig::load(file.as_deref(), &overrides).map(|mut config| {
@@ -160,13 +193,15 @@ async fn main() -> ExitCode {
             config
         })
     });
-    match node_agent::agent::run_with_reload(
+    let result = node_agent::agent::run_with_reload(
         config,
         Some(reload),
         runtime_support::shutdown_signal(),
     )
-    .await
-    {
+    .await;
+    stop_telemetry.cancel();
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "node-agent failed");

@@ -103,6 +103,14 @@ pub struct RegistryConfig {
     /// series. Default 10 000. Both limits cost memory up front (about
     /// 150 B a series), whether the fleet fills them or not.
     pub metrics_per_gpu_limit: usize,
+    /// The OpenTelemetry collector's OTLP/HTTP base URL (e.g.
+    /// `http://127.0.0.1:4318`): metrics and traces are pushed there.
+    /// Default: off.
+    pub otlp_endpoint: Option<String>,
+    /// How often metrics are pushed over OTLP (spans wait at most as long).
+    /// Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub otlp_interval: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -135,6 +143,8 @@ impl Default for RegistryConfig {
             metrics_addr: None,
             metrics_per_node_limit: crate::metrics::DEFAULT_PER_NODE_LIMIT,
             metrics_per_gpu_limit: crate::metrics::DEFAULT_PER_GPU_LIMIT,
+            otlp_endpoint: None,
+            otlp_interval: fleet_telemetry::DEFAULT_OTLP_INTERVAL,
         }
     }
 }
@@ -165,6 +175,9 @@ pub struct Overrides {
     /// `--metrics-addr`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--otlp-endpoint`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// `--creds`, `--tls-ca`, `--tls-cert`, `--tls-key`.
     #[serde(flatten)]
     pub auth: runtime_support::AuthFlags,
@@ -194,6 +207,9 @@ impl RegistryConfig {
         }
         if !(0.0..=1.0).contains(&self.self_preservation_threshold) {
             return invalid("self_preservation_threshold must be between 0 and 1".into());
+        }
+        if self.otlp_interval.is_zero() {
+            return invalid("otlp_interval must be above zero".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return invalid(format!(

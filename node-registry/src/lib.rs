@@ -213,15 +213,16 @@ pub async fn run(
             cancel.clone(),
         ));
         // Metrics, observed from what the registry keeps anyway (no-ops
-        // unless the binary installed the SDK: --metrics-addr).
-        let _metrics = config.metrics_addr.is_some().then(|| {
-            metrics::register(metrics::MetricSources {
-                index: index.clone(),
-                state: state.clone(),
-                counters: counters.clone(),
-                per_node_limit: config.metrics_per_node_limit,
-            })
-        });
+        // unless the binary installed the SDK: --metrics-addr or --otlp-endpoint).
+        let _metrics =
+            (config.metrics_addr.is_some() || config.otlp_endpoint.is_some()).then(|| {
+                metrics::register(metrics::MetricSources {
+                    index: index.clone(),
+                    state: state.clone(),
+                    counters: counters.clone(),
+                    per_node_limit: config.metrics_per_node_limit,
+                })
+            });
         // Health and metrics say whether this instance leads.
         {
             let mut leading = leading.clone();

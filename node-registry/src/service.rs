@@ -96,7 +96,18 @@ pub async fn serve(
         let max_payload = client.server_info().max_payload;
         tasks.spawn(async move {
             while let Some(request) = requests.next().await {
-                let span = info_span!("request", endpoint = ?endpoint);
+                let span = info_span!(
+                    "request",
+                    endpoint = ?endpoint,
+                    trace_id = tracing::field::Empty
+                );
+                // A caller's trace (nodectl sends one) goes on through here.
+                if let Some(trace_id) = runtime_support::trace_context::continue_trace(
+                    &span,
+                    request.message.headers.as_ref(),
+                ) {
+                    span.record("trace_id", trace_id);
+                }
                 // NOTE: a request that may wait (min_revision, or protobuf,
                 // which we do not peek into) gets its own task; every other
                 // one is answered here, from memory, without a task switch.

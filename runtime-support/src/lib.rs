@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod backoff;
+pub mod trace_context;
 
 pub use backoff::Backoff;
 pub use tokio_util::sync::CancellationToken;
@@ -18,7 +19,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +62,36 @@ where
 /// Installs the tracing subscriber on stderr: `format` is `json` for JSON
 /// lines, anything else for text. `RUST_LOG` filters (default `info`).
 pub fn init_tracing(format: &str) {
+    init_tracing_with(format, None);
+}
+
+/// [`init_tracing`], and `extra` beside the log output (the OpenTelemetry
+/// layer that exports spans as traces). `RUST_LOG` filters both.
+pub fn init_tracing_with(format: &str, extra: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+    let subscriber = tracing_subscriber::registry().with(extra).with(filter);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // A second install (tests that run a main twice) keeps the first.
+    let _ = if format == "json" {
+        subscriber.with(logs.json()).try_init()
     } else {
-        builder.init();
-    }
+        subscriber.with(logs).try_init()
+    };
+}
+
+/// For command-line tools: `extra` (the OpenTelemetry layer) and, only when
+/// `RUST_LOG` is set, logs on stderr; a tool's output stays its own.
+pub fn init_tracing_quiet(extra: Option<Box<dyn Layer<Registry> + Send + Sync>>) {
+    let logs = std::env::var_os("RUST_LOG").is_some().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(EnvFilter::from_default_env())
+    });
+    let _ = tracing_subscriber::registry()
+        .with(extra)
+        .with(logs)
+        .with(EnvFilter::new("info"))
+        .try_init();
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).

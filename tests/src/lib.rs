@@ -9,9 +9,11 @@
 //! - [`FakeOllama`]: answers `GET /api/tags` with a model list that tests can
 //!   change while it runs.
 //! - [`eventually`]: awaits a condition with a deadline.
+//! - [`otlp::OtlpCollector`]: a stand-in OpenTelemetry collector.
 #![deny(missing_docs)]
 
 pub mod browser;
+pub mod otlp;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -30,6 +30,10 @@ struct Cli {
     /// 127.0.0.1:9464). Off by default.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Push metrics and traces over OTLP/HTTP to this collector (e.g.
+    /// http://127.0.0.1:4318). Off by default.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     auth: runtime_support::AuthFlags,
     /// TOML configuration file.
@@ -69,6 +73,7 @@ async fn main() -> ExitCode {
         offline_after: cli.offline_after,
         replicas: cli.replicas,
         metrics_addr: cli.metrics_addr,
+        otlp_endpoint: cli.otlp_endpoint,
         auth: cli.auth,
     };
     let config = match RegistryConfig::load(cli.config.as_deref(), &overrides) {
@@ -101,34 +106,35 @@ async fn main() -> ExitCode {
             }
         };
     }
-    runtime_support::init_tracing(&config.log_format);
-    // The OpenTelemetry SDK and /metrics, when asked for: the library's
-    // instruments report through it.
+    // The OpenTelemetry SDK, /metrics and OTLP, when asked for: the
+    // library's instruments and spans report through it.
     let stop_telemetry = runtime_support::CancellationToken::new();
-    let telemetry = match config.metrics_addr {
-        Some(addr) => match fleet_telemetry::Telemetry::start(
-            addr,
-            node_registry::metrics::cardinality_limits(
+    let telemetry = fleet_telemetry::Telemetry::start(
+        fleet_telemetry::TelemetryConfig {
+            metrics_addr: config.metrics_addr,
+            otlp_endpoint: config.otlp_endpoint.clone(),
+            otlp_interval: config.otlp_interval,
+            cardinality_limits: node_registry::metrics::cardinality_limits(
                 config.metrics_per_node_limit,
                 config.metrics_per_gpu_limit,
             ),
-            stop_telemetry.clone(),
-        )
-        .await
-        {
-            Ok(telemetry) => Some(telemetry),
-            Err(e) => {
-                tracing::error!(error = %e, "node-registry failed");
-                return ExitCode::FAILURE;
-            }
+            ..fleet_telemetry::TelemetryConfig::new("node-registry", config.instance_name())
         },
-        None => None,
+        stop_telemetry.clone(),
+    )
+    .await;
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("node-registry: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    runtime_support::init_tracing_with(&config.log_format, telemetry.tracing_layer());
+    telemetry.announce();
     let result = node_registry::run(config, runtime_support::shutdown_signal()).await;
     stop_telemetry.cancel();
-    if let Some(telemetry) = telemetry {
-        telemetry.shutdown();
-    }
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,7 +10,7 @@ use registry_kv::{EncodedRecord, RecordStore, StoreError};
 use schemas::status::TaskType;
 use schemas::Alert;
 use subjects::NodeId;
-use tracing::{info, instrument, warn};
+use tracing::{info, info_span, instrument, warn, Instrument, Span};
 
 use super::Worker;
 use crate::counters::Counters;
@@ -31,14 +31,55 @@ type WriteOutcome = (
     Result<Option<u64>, StoreError>,
 );
 
+/// The spans of the events in a batch that carry a trace, by node: their
+/// alerts and KV writes become steps of those traces.
+#[derive(Debug, Default)]
+pub(super) struct Traced(std::collections::HashMap<String, Span>);
+
+impl Traced {
+    /// Follows `node_id`'s effects in `span` (the last traced event of a
+    /// node in a batch carries its effects: one write per node).
+    pub(super) fn follow(&mut self, node_id: &str, span: Span) {
+        self.0.insert(node_id.to_owned(), span);
+    }
+
+    /// A step named by `make` under `node_id`'s traced event, if it has one.
+    fn step(&self, node_id: Option<&str>, make: impl FnOnce(&Span) -> Span) -> Span {
+        if self.0.is_empty() {
+            return Span::none();
+        }
+        node_id
+            .and_then(|id| self.0.get(id))
+            .map_or_else(Span::none, make)
+    }
+}
+
 impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
+    /// [`Self::execute_traced`] with no trace to follow.
+    pub(super) async fn execute(&mut self, effects: Effects) -> bool {
+        self.execute_traced(effects, &Traced::default()).await
+    }
+
     /// Executes effects in order: alerts (all stored before any write, so a
     /// crash never loses one), writes (one per node: the last decision wins;
     /// different nodes in flight together), reannounces. Returns whether
     /// everything succeeded; what failed is retried later.
-    pub(super) async fn execute(&mut self, effects: Effects) -> bool {
+    pub(super) async fn execute_traced(&mut self, effects: Effects, traced: &Traced) -> bool {
         let mut ok = true;
+        // Each traced node's alert is a step of its trace for as long as
+        // the batch's alerts take to store.
+        let alert_steps: Vec<Span> = effects
+            .alerts
+            .iter()
+            .map(|alert| {
+                traced.step(
+                    alert.node_id.as_deref(),
+                    |event| info_span!(parent: event, "alert", r#type = %alert.r#type),
+                )
+            })
+            .collect();
         let stored = self.alerts.publish_all(&effects.alerts).await;
+        drop(alert_steps);
         let published: Vec<(Alert, bool)> = effects
             .alerts
             .into_iter()
@@ -75,28 +116,35 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let store = &self.store;
         let index = self.index.as_ref();
         let results: Vec<WriteOutcome> = futures::stream::iter(latest)
-            .map(|write| async move {
-                let (encoded, result) = match &write {
-                    Write::Put { record, revision } => {
-                        let encoded = EncodedRecord::of(record);
-                        if let Some(index) = index {
-                            index.expect_write(record.clone(), encoded.value.clone());
+            .map(|write| {
+                let step = traced.step(
+                    Some(write.node_id()),
+                    |event| info_span!(parent: event, "kv.write", node_id = write.node_id()),
+                );
+                async move {
+                    let (encoded, result) = match &write {
+                        Write::Put { record, revision } => {
+                            let encoded = EncodedRecord::of(record);
+                            if let Some(index) = index {
+                                index.expect_write(record.clone(), encoded.value.clone());
+                            }
+                            let result = match revision {
+                                None => store.create(&encoded).await,
+                                Some(rev) => store.update(&encoded, *rev).await,
+                            };
+                            (Some(encoded), result.map(Some))
                         }
-                        let result = match revision {
-                            None => store.create(&encoded).await,
-                            Some(rev) => store.update(&encoded, *rev).await,
-                        };
-                        (Some(encoded), result.map(Some))
-                    }
-                    Write::Delete { node_id, revision } => (
-                        None,
-                        store
-                            .delete(node_id.as_str(), *revision)
-                            .await
-                            .map(|()| None),
-                    ),
-                };
-                (write, encoded, result)
+                        Write::Delete { node_id, revision } => (
+                            None,
+                            store
+                                .delete(node_id.as_str(), *revision)
+                                .await
+                                .map(|()| None),
+                        ),
+                    };
+                    (write, encoded, result)
+                }
+                .instrument(step)
             })
             .buffer_unordered(MAX_IN_FLIGHT)
             .collect()

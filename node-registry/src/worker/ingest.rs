@@ -11,8 +11,9 @@ use registry_kv::RecordStore;
 use schemas::codec::{self, MAX_EVENT_BYTES};
 use schemas::validate::{validate_event, ValidEvent};
 use schemas::NodeEvent;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info_span, warn, Instrument, Span};
 
+use super::execute::Traced;
 use super::Worker;
 use crate::counters::Counters;
 use crate::tasks::TaskSender;
@@ -90,6 +91,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let mut effects = Effects::default();
         let mut verdicts = vec![Verdict::Terminate; deliveries.len()];
         let mut accepted = Vec::with_capacity(deliveries.len());
+        let mut traced = Traced::default();
         let mut caught_up = false;
         for (i, delivery) in deliveries.iter().enumerate() {
             let meta = match &delivery.meta {
@@ -101,10 +103,16 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             };
             caught_up = meta.pending == 0;
             self.clock.observe(meta.received);
-            let decoded = decode(delivery).and_then(|event| {
-                Ok(self
-                    .authenticate(delivery, &event, meta.delivered)?
-                    .then_some(event))
+            // An event that carries a trace (the agent's `register`) is
+            // followed through decode, lifecycle, KV write and alert.
+            let span = event_span(delivery, meta.stream_seq);
+            let _entered = span.enter();
+            let decoded = step(&span, || info_span!("decode")).in_scope(|| {
+                decode(delivery).and_then(|event| {
+                    Ok(self
+                        .authenticate(delivery, &event, meta.delivered)?
+                        .then_some(event))
+                })
             });
             match decoded {
                 Err(reason) => self.reject(delivery, &reason),
@@ -114,7 +122,14 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     debug!(seq = meta.stream_seq, node_id = %event.node_id, kind = %event.kind, "event");
                     Counters::bump(&self.counters.events_applied);
                     self.counters.count_event(event.kind);
-                    effects.extend(self.fleet.apply(&event, meta.received, meta.stream_seq));
+                    let applied = step(&span, || info_span!("lifecycle"))
+                        .in_scope(|| self.fleet.apply(&event, meta.received, meta.stream_seq));
+                    effects.extend(applied);
+                    if !span.is_none() {
+                        span.record("node_id", event.node_id.as_str());
+                        span.record("kind", event.kind.to_string());
+                        traced.follow(event.node_id.as_str(), span.clone());
+                    }
                     accepted.push(i);
                 }
             }
@@ -122,7 +137,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let span = info_span!("events", count = accepted.len());
         // The fleet retries what failed; redelivery covers a crash before
         // it does.
-        let verdict = if self.execute(effects).instrument(span).await {
+        let verdict = if self.execute_traced(effects, &traced).instrument(span).await {
             Verdict::Ack
         } else {
             Verdict::Retry
@@ -196,6 +211,41 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             _ => Counters::bump(&self.counters.events_bad),
         }
         warn!(subject = %delivery.subject, size = delivery.payload.len(), %reason, "event rejected");
+    }
+}
+
+/// The span of one event that carries a W3C `traceparent`, continuing that
+/// trace; `Span::none()` for the rest (heartbeats carry none).
+fn event_span(delivery: &Delivery<'_>, seq: u64) -> Span {
+    let Some(headers) = delivery.headers else {
+        return Span::none();
+    };
+    if headers
+        .get(runtime_support::trace_context::TRACEPARENT)
+        .is_none()
+    {
+        return Span::none();
+    }
+    let span = info_span!(
+        "event",
+        seq,
+        trace_id = tracing::field::Empty,
+        node_id = tracing::field::Empty,
+        kind = tracing::field::Empty
+    );
+    if let Some(trace_id) = runtime_support::trace_context::continue_trace(&span, Some(headers)) {
+        span.record("trace_id", trace_id);
+    }
+    span
+}
+
+/// A step of a traced event (`make`'s span), or nothing for one not traced
+/// (the steps of every heartbeat would cost more than they tell).
+fn step(event: &Span, make: impl FnOnce() -> Span) -> Span {
+    if event.is_none() {
+        Span::none()
+    } else {
+        make()
     }
 }
 

@@ -21,6 +21,11 @@ pub struct Cli {
     /// Seconds to wait for the registry.
     #[arg(long, default_value_t = 5, global = true)]
     pub timeout: u64,
+    /// Send this command's trace over OTLP/HTTP to this collector (e.g.
+    /// http://127.0.0.1:4318): the registry's part of the same request
+    /// joins it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     /// How this invocation proves who it is to NATS.
     #[command(flatten)]
     pub auth: runtime_support::AuthFlags,

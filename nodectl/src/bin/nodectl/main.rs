@@ -19,14 +19,42 @@ mod token;
 use std::process::ExitCode;
 
 use args::{Cli, Command};
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use fleet_client::Client;
 use nodectl::Error;
+use tracing::Instrument as _;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    let matches = Cli::command().get_matches();
+    let name = matches.subcommand_name().unwrap_or("nodectl").to_owned();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Every command is one trace: its requests carry a traceparent the
+    // registry continues, exported when --otlp-endpoint is given.
+    let telemetry = fleet_telemetry::Telemetry::start(
+        fleet_telemetry::TelemetryConfig {
+            otlp_endpoint: cli.otlp_endpoint.clone(),
+            trace_without_export: true,
+            ..fleet_telemetry::TelemetryConfig::new("nodectl", std::process::id().to_string())
+        },
+        runtime_support::CancellationToken::new(),
+    )
+    .await;
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("nodectl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime_support::init_tracing_quiet(telemetry.tracing_layer());
+    let span = tracing::info_span!("nodectl", command = name);
+    let result = run(cli).instrument(span).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nodectl: {e}");
