@@ -327,6 +327,13 @@ impl Query {
                 Requirement::NotEquals(key, value) => set -= catalog.equals(key, value),
                 Requirement::In(key, values) => set &= any_of(key, values),
                 Requirement::NotIn(key, values) => set -= any_of(key, values),
+                Requirement::GreaterThan(key, _) | Requirement::LessThan(key, _) => {
+                    // Tags read "true", never a number: labels only.
+                    set &= catalog
+                        .label_values(key)
+                        .filter(|(value, _)| requirement.compares(value) == Some(true))
+                        .fold(RoaringBitmap::new(), |acc, (_, slots)| acc | slots);
+                }
             }
         }
         for model in self.model.iter().chain(&self.models_all) {

@@ -14,12 +14,28 @@
 //! | `k!=v` | k does not have value v (absent counts) |
 //! | `k in (a,b)` | k has one of the values |
 //! | `k notin (a,b)` | k has none of the values (absent counts) |
+//! | `k>n`, `k<n` | k's value is an integer above (below) the integer n |
+//!
+//! It follows Kubernetes' label selectors (apimachinery `pkg/labels`, whose
+//! parser test cases `selector/tests/kubernetes.rs` runs): values may be
+//! empty (`x=`, `x in ()`, `x in (a,)`), are at most 63 characters, and
+//! `>`/`<` compare integers like node affinity's `Gt`/`Lt`. Where it
+//! differs, on purpose:
+//! - values may hold `:` and `/` (model names: `model=qwen3:8b`) and may
+//!   begin or end with `-`, `_` or `.` (whatever a node registered);
+//! - a key is a label key as registration accepts it (1 to 63 of
+//!   `A-Z a-z 0-9 . _ / -`, starting alphanumeric) or a Kubernetes qualified
+//!   name (a DNS prefix of up to 253, `/`, a name of up to 63);
+//! - a key exists only when its value is not `"false"`, and a tag counts as
+//!   the label `<tag>=true` (see above).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// Longest selector accepted, in bytes.
 pub const MAX_SELECTOR_LEN: usize = 4096;
+/// Longest value in a selector, as in Kubernetes.
+pub const MAX_SELECTOR_VALUE_LEN: usize = 63;
 
 /// One requirement of a selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +52,10 @@ pub enum Requirement {
     In(String, Vec<String>),
     /// The key has none of these values.
     NotIn(String, Vec<String>),
+    /// The key's value is an integer above this one.
+    GreaterThan(String, i64),
+    /// The key's value is an integer below this one.
+    LessThan(String, i64),
 }
 
 /// A parsed selector: every requirement must hold.
@@ -77,6 +97,7 @@ impl Requirement {
         match self {
             Self::Exists(k) | Self::NotExists(k) => k,
             Self::Equals(k, _) | Self::NotEquals(k, _) | Self::In(k, _) | Self::NotIn(k, _) => k,
+            Self::GreaterThan(k, _) | Self::LessThan(k, _) => k,
         }
     }
 
@@ -90,8 +111,25 @@ impl Requirement {
             Self::NotEquals(_, want) => value != Some(want.as_str()),
             Self::In(_, set) => value.is_some_and(|v| set.iter().any(|s| s == v)),
             Self::NotIn(_, set) => value.is_none_or(|v| !set.iter().any(|s| s == v)),
+            Self::GreaterThan(_, n) => value.and_then(integer).is_some_and(|v| v > *n),
+            Self::LessThan(_, n) => value.and_then(integer).is_some_and(|v| v < *n),
         }
     }
+
+    /// Whether a label value satisfies a numeric requirement (`>`, `<`);
+    /// `None` for the other kinds. For an index over values.
+    pub fn compares(&self, value: &str) -> Option<bool> {
+        match self {
+            Self::GreaterThan(_, n) => Some(integer(value).is_some_and(|v| v > *n)),
+            Self::LessThan(_, n) => Some(integer(value).is_some_and(|v| v < *n)),
+            _ => None,
+        }
+    }
+}
+
+/// A label value as an integer, as Kubernetes reads it for `Gt`/`Lt`.
+pub fn integer(value: &str) -> Option<i64> {
+    value.parse().ok()
 }
 
 impl Selector {
@@ -141,6 +179,8 @@ impl fmt::Display for Selector {
                 Requirement::NotEquals(k, v) => write!(f, "{k}!={v}")?,
                 Requirement::In(k, vs) => write!(f, "{k} in ({})", vs.join(","))?,
                 Requirement::NotIn(k, vs) => write!(f, "{k} notin ({})", vs.join(","))?,
+                Requirement::GreaterThan(k, n) => write!(f, "{k}>{n}")?,
+                Requirement::LessThan(k, n) => write!(f, "{k}<{n}")?,
             }
         }
         Ok(())
@@ -231,20 +271,42 @@ impl<'a> Parser<'a> {
                 "a label or tag key (letters, digits, . _ / -, starting with a letter or digit)",
             ));
         }
-        if key.len() > crate::validate::MAX_LABEL_KEY_LEN {
+        if !crate::validate::is_label_key(&key) {
             self.pos = start;
-            return Err(self.error("a key of at most 63 characters"));
+            return Err(self.error(
+                "a key of at most 63 characters, or a DNS prefix of at most 253, '/' and a name of at most 63",
+            ));
         }
         Ok(key)
     }
 
+    /// A value, possibly empty (`x=`, `x in (a,)`), as Kubernetes allows.
     fn value(&mut self) -> Result<String, SelectorError> {
         self.skip_spaces();
+        let start = self.pos;
         let value = self.word(is_value_char).to_owned();
-        if value.is_empty() {
+        if value.is_empty() && !matches!(self.peek(), None | Some(',' | ')')) {
             return Err(self.error("a value (letters, digits, . _ / - :)"));
         }
+        if value.len() > MAX_SELECTOR_VALUE_LEN {
+            self.pos = start;
+            return Err(self.error("a value of at most 63 characters"));
+        }
         Ok(value)
+    }
+
+    /// The integer after `>` or `<`.
+    fn integer(&mut self) -> Result<i64, SelectorError> {
+        self.skip_spaces();
+        let start = self.pos;
+        let word = self.word(is_value_char);
+        match integer(word) {
+            Some(n) => Ok(n),
+            None => {
+                self.pos = start;
+                Err(self.error("an integer after '>' or '<'"))
+            }
+        }
     }
 
     /// `(` value {`,` value} `)`
@@ -299,6 +361,12 @@ impl<'a> Parser<'a> {
         } else if rest.starts_with('=') {
             self.pos += 1;
             Ok(Requirement::Equals(key, self.value()?))
+        } else if rest.starts_with('>') {
+            self.pos += 1;
+            Ok(Requirement::GreaterThan(key, self.integer()?))
+        } else if rest.starts_with('<') {
+            self.pos += 1;
+            Ok(Requirement::LessThan(key, self.integer()?))
         } else if self.keyword("notin") {
             Ok(Requirement::NotIn(key, self.value_set()?))
         } else if self.keyword("in") {
@@ -306,97 +374,10 @@ impl<'a> Parser<'a> {
         } else if rest.is_empty() || rest.starts_with(',') {
             Ok(Requirement::Exists(key))
         } else {
-            Err(self.error("'=', '==', '!=', 'in', 'notin', ',' or the end"))
+            Err(self.error("'=', '==', '!=', '>', '<', 'in', 'notin', ',' or the end"))
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn the_issue_example_parses() {
-        let s = Selector::parse("gpu,region in (eu,us),tier!=edge,!spot").expect("parses");
-        assert_eq!(
-            s.requirements,
-            vec![
-                Requirement::Exists("gpu".into()),
-                Requirement::In("region".into(), vec!["eu".into(), "us".into()]),
-                Requirement::NotEquals("tier".into(), "edge".into()),
-                Requirement::NotExists("spot".into()),
-            ]
-        );
-        assert_eq!(s.to_string(), "gpu,region in (eu,us),tier!=edge,!spot");
-        assert_eq!(Selector::parse(&s.to_string()), Ok(s));
-    }
-
-    #[test]
-    fn all_forms_and_spacing() {
-        let s = Selector::parse("  a = 1 , b==2,c!= 3, d notin ( x , y ),e in(z),f/g.h-i ")
-            .expect("parses");
-        assert_eq!(s.requirements.len(), 6);
-        assert_eq!(s.requirements[5], Requirement::Exists("f/g.h-i".into()));
-        assert_eq!(Selector::parse("").map(|s| s.requirements.len()), Ok(0));
-        assert_eq!(
-            Selector::parse("model=qwen3:8b").map(|s| s.requirements.len()),
-            Ok(1)
-        );
-        // A key named like an operator is still a key.
-        assert_eq!(
-            Selector::parse("inside,notinx=1").map(|s| s.requirements),
-            Ok(vec![
-                Requirement::Exists("inside".into()),
-                Requirement::Equals("notinx".into(), "1".into())
-            ])
-        );
-    }
-
-    #[test]
-    fn errors_name_the_position_and_what_was_expected() {
-        let cases = [
-            ("region in (eu,us", 16, "',' or ')'"),
-            ("region in eu", 10, "'(' opening"),
-            ("=x", 0, "a label or tag key"),
-            ("a,,b", 2, "a label or tag key"),
-            ("a=", 2, "a value"),
-            ("a b", 2, "'=', '==', '!='"),
-            ("a=1 b=2", 4, "',' between requirements"),
-            ("!", 1, "a label or tag key"),
-            ("a in ()", 6, "a value"),
-            ("a=\"x\"", 2, "a value"),
-        ];
-        for (text, position, expected) in cases {
-            let err = Selector::parse(text).expect_err(text);
-            assert_eq!(err.position, position, "{text}: {err}");
-            assert!(err.expected.contains(expected), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn semantics_over_labels_and_tags() {
-        let l = labels(&[("region", "eu"), ("gpu", "false"), ("tier", "edge")]);
-        let tags = vec!["nvidia".to_owned(), "gpu".to_owned()];
-        let m = |s: &str| Selector::parse(s).expect("parses").matches(&l, &tags);
-        assert!(m("nvidia"), "a tag exists");
-        assert!(
-            !m("gpu"),
-            "a label set to false hides the tag of the same name"
-        );
-        assert!(m("!gpu"));
-        assert!(m("nvidia=true"));
-        assert!(m("region=eu") && !m("region=us"));
-        assert!(m("region!=us") && m("missing!=x") && !m("region!=eu"));
-        assert!(m("region in (us,eu)") && !m("region in (us)") && !m("missing in (x)"));
-        assert!(m("region notin (us)") && m("missing notin (x)") && !m("region notin (eu)"));
-        assert!(!m("tier!=edge"));
-        assert!(m(""));
-    }
-}
+mod tests;

@@ -128,20 +128,59 @@ pub fn validate_labels(
     Ok(())
 }
 
-/// Checks one label key: 1..=63 bytes of `[A-Za-z0-9._/-]`, starting alphanumeric.
-pub fn check_label_key(key: &str) -> Result<(), ValidationError> {
-    let ok = !key.is_empty()
+/// Whether `key` is a label key: 1 to 63 bytes of `[A-Za-z0-9._/-]`
+/// starting alphanumeric, or a Kubernetes qualified name (a DNS subdomain
+/// prefix of up to 253 bytes, `/`, and a name of up to 63 that starts and
+/// ends alphanumeric: `feature.node.kubernetes.io/cpu-cpuid.AVX512F`).
+pub fn is_label_key(key: &str) -> bool {
+    let short = !key.is_empty()
         && key.len() <= MAX_LABEL_KEY_LEN
         && key.starts_with(|c: char| c.is_ascii_alphanumeric())
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'));
-    if ok {
+    short || is_qualified_name(key)
+}
+
+/// Kubernetes' qualified name: `[prefix/]name`.
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let alnum_ends = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_LABEL_KEY_LEN
+        && alnum_ends(name)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && alnum_ends(part)
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
+}
+
+/// Checks one label key (see [`is_label_key`]).
+pub fn check_label_key(key: &str) -> Result<(), ValidationError> {
+    if is_label_key(key) {
         Ok(())
     } else {
         Err(field_error(
             format!("labels.{}", key.chars().take(64).collect::<String>()),
-            format!("key must be 1 to {MAX_LABEL_KEY_LEN} characters of A-Z a-z 0-9 . _ / -, starting with a letter or digit"),
+            format!("key must be 1 to {MAX_LABEL_KEY_LEN} characters of A-Z a-z 0-9 . _ / -, starting with a letter or digit, or a DNS prefix of up to 253, '/' and a name of up to {MAX_LABEL_KEY_LEN}"),
         ))
     }
 }
@@ -305,5 +344,32 @@ mod tests {
         let mut e = event("register", "n1");
         e.node_name = Some("x".repeat(MAX_TEXT_LEN + 1));
         assert!(validate_event(e, &id("n1")).is_err());
+    }
+
+    #[test]
+    fn label_keys_short_or_kubernetes_qualified() {
+        for good in [
+            "region",
+            "a-",
+            "f/g.h-i",
+            "nvidia.com/gpu.product",
+            "1234",
+            "feature.node.kubernetes.io/cpu-cpuid.AVX512F",
+        ] {
+            assert!(is_label_key(good), "{good}");
+        }
+        let long_prefix = format!("{}.example.com/name", "a".repeat(60));
+        assert!(long_prefix.len() > 63 && is_label_key(&long_prefix));
+        for bad in [
+            "",
+            "-a",
+            &"a".repeat(64),
+            &"a".repeat(254),
+            &format!("Upper.Example.com/{}", "n".repeat(50)),
+            "a b",
+            &format!("{long_prefix}/{}", "n".repeat(64)),
+        ] {
+            assert!(!is_label_key(bad), "{bad}");
+        }
     }
 }

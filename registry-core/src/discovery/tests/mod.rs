@@ -303,7 +303,8 @@ fn invalid_queries_name_the_field() {
 // exactly the brute-force filter's.
 
 const KEYS: &[&str] = &["region", "gpu", "tier", "spot", "zone"];
-const VALUES: &[&str] = &["eu", "us", "true", "false", "edge"];
+// Empty and numeric values too: `k=`, `k in (,eu)`, `k>2`.
+const VALUES: &[&str] = &["eu", "us", "true", "false", "edge", "", "2", "10", "-1"];
 const TAGS: &[&str] = &["gpu", "nvidia", "amd", "ollama", "spot"];
 const MODELS: &[&str] = &["qwen3:8b", "mistral:7b", "llama3:8b"];
 const STATUSES: &[&str] = &["online", "degraded", "offline", "maintenance"];
@@ -359,13 +360,16 @@ fn arb_requirement() -> impl Strategy<Value = String> {
         .prop_map(|i| KEYS.iter().chain(TAGS).nth(i).copied().unwrap_or("x"));
     let value = (0..VALUES.len()).prop_map(|i| VALUES[i]);
     let values = proptest::collection::vec((0..VALUES.len()).prop_map(|i| VALUES[i]), 1..3);
-    (key, value, values, 0..6).prop_map(|(k, v, vs, op)| match op {
+    let number = prop_oneof![Just(-1i64), Just(0), Just(2), Just(5)];
+    (key, value, values, number, 0..8).prop_map(|(k, v, vs, n, op)| match op {
         0 => k.to_owned(),
         1 => format!("!{k}"),
         2 => format!("{k}={v}"),
         3 => format!("{k}!={v}"),
         4 => format!("{k} in ({})", vs.join(",")),
-        _ => format!("{k} notin ({})", vs.join(",")),
+        5 => format!("{k} notin ({})", vs.join(",")),
+        6 => format!("{k}>{n}"),
+        _ => format!("{k}<{n}"),
     })
 }
 
