@@ -32,6 +32,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         ".fleet.v1.NodeEvent.models_loaded",
         ".fleet.v1.NodeEvent.services",
         ".fleet.v1.Metrics.gpus",
+        ".fleet.v1.GpuUsage.throttle",
+        ".fleet.v1.Gpu.mig_instances",
+        ".fleet.v1.Alert.reasons",
+        ".fleet.v1.DiscoverReply.placements",
     ] {
         config.field_attribute(field, "#[serde(skip_serializing_if = \"Vec::is_empty\")]");
     }

@@ -75,6 +75,7 @@ pub fn register(node_id: &str, n: u64, seq: u64, seed: u64) -> NodeEvent {
                 }
                 .into(),
                 vram_gb: [16.0, 20.0, 24.0, 48.0, 80.0][rng.below(5) as usize],
+                ..Gpu::default()
             })
             .collect()
     } else {

@@ -538,6 +538,15 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
     let capabilities = detect(agent).await;
     let config = agent.config().clone();
     let local_ip = local_ip_towards(&config.nats_url).map(|ip| ip.to_string());
+    // The operator's labels, then those GPU feature discovery would set
+    // (the operator's win; the fleet's label limit is kept).
+    let mut labels = config.labels.clone();
+    for (key, value) in crate::detect::gpu::labels::labels(&capabilities.gpus) {
+        if labels.len() >= schemas::validate::MAX_LABELS {
+            break;
+        }
+        labels.entry(key).or_insert(value);
+    }
     let mut event = NodeEvent {
         r#type: EventType::Register.to_string(),
         node_id: agent.id.to_string(),
@@ -548,7 +557,7 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
                 .unwrap_or_else(|| agent.hostname.clone()),
         ),
         role: Some(config.role.clone()),
-        labels: config.labels.clone(),
+        labels,
         hostname: Some(agent.hostname.clone()),
         ip_address: config.advertise_ip.clone().or_else(|| local_ip.clone()),
         local_ip,

@@ -40,6 +40,7 @@ pub const RECORD_FIELDS: &[&str] = &[
     "models_loaded",
     "services",
     "caps_hash",
+    "gpu_health",
 ];
 
 /// Why a discovery request is invalid (answered with 400).
@@ -614,6 +615,7 @@ impl Query {
                 Vec::new()
             },
             caps_hash: record.caps_hash.clone().filter(|_| keep("caps_hash")),
+            gpu_health: record.gpu_health.clone().filter(|_| keep("gpu_health")),
         }
     }
 }

@@ -45,7 +45,8 @@ pub mod v1 {
 
 pub use codec::Encoding;
 pub use v1::{
-    Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply,
-    GetRequest, Gpu, GpuUsage, Metrics, NodeEvent, NodeRecord, Ollama, OllamaModel, PingReply,
-    ReannounceReply, SelfPreservationFigures, TaskRequest,
+    Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply, Fit,
+    GetRequest, Gpu, GpuHealth, GpuState, GpuUsage, Metrics, MigInstance, NodeEvent, NodeGpuHealth,
+    NodeRecord, Ollama, OllamaModel, PingReply, Placement, ReannounceReply,
+    SelfPreservationFigures, TaskRequest,
 };

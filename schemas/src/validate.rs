@@ -7,6 +7,8 @@ use crate::v1::{Capabilities, Metrics, NodeEvent};
 
 /// Most labels one node may carry.
 pub const MAX_LABELS: usize = 64;
+/// A GPU's health states, best first.
+pub const GPU_HEALTH_STATES: &[&str] = &["healthy", "warning", "failed"];
 /// Longest label key, in bytes.
 pub const MAX_LABEL_KEY_LEN: usize = 63;
 /// Longest label value, in bytes.
@@ -203,6 +205,37 @@ fn validate_capabilities(caps: &Capabilities) -> Result<(), ValidationError> {
         check_text("capabilities.gpus.vendor", &gpu.vendor)?;
         check_text("capabilities.gpus.model", &gpu.model)?;
         check_amount("capabilities.gpus.vram_gb", gpu.vram_gb)?;
+        for (field, value) in [
+            ("capabilities.gpus.uuid", &gpu.uuid),
+            ("capabilities.gpus.pci_bus_id", &gpu.pci_bus_id),
+            ("capabilities.gpus.driver_version", &gpu.driver_version),
+            ("capabilities.gpus.cuda_version", &gpu.cuda_version),
+            ("capabilities.gpus.rocm_version", &gpu.rocm_version),
+            (
+                "capabilities.gpus.compute_capability",
+                &gpu.compute_capability,
+            ),
+            ("capabilities.gpus.architecture", &gpu.architecture),
+            ("capabilities.gpus.mig_mode", &gpu.mig_mode),
+        ] {
+            if let Some(value) = value {
+                check_text(field, value)?;
+            }
+        }
+        if gpu.mig_instances.len() > MAX_LIST_LEN {
+            return Err(field_error(
+                "capabilities.gpus.mig_instances",
+                "too many MIG instances",
+            ));
+        }
+        for instance in &gpu.mig_instances {
+            check_text("capabilities.gpus.mig_instances.uuid", &instance.uuid)?;
+            check_text("capabilities.gpus.mig_instances.profile", &instance.profile)?;
+            check_amount(
+                "capabilities.gpus.mig_instances.memory_gb",
+                instance.memory_gb,
+            )?;
+        }
     }
     check_list("capabilities.models", &caps.models)?;
     check_list("capabilities.tags", &caps.tags)?;
@@ -246,8 +279,36 @@ fn validate_metrics(metrics: &Metrics) -> Result<(), ValidationError> {
                 ));
             }
         }
-        if let Some(used) = gpu.vram_used_gb {
-            check_amount("metrics.gpus.vram_used_gb", used)?;
+        for (field, value) in [
+            ("metrics.gpus.vram_used_gb", gpu.vram_used_gb),
+            ("metrics.gpus.power_w", gpu.power_w),
+            ("metrics.gpus.power_limit_w", gpu.power_limit_w),
+        ] {
+            if let Some(value) = value {
+                check_amount(field, value)?;
+            }
+        }
+        if let Some(t) = gpu.temperature_c {
+            if !t.is_finite() || !(-100.0..=300.0).contains(&t) {
+                return Err(field_error(
+                    "metrics.gpus.temperature_c",
+                    format!("{t} is not a temperature"),
+                ));
+            }
+        }
+        check_list("metrics.gpus.throttle", &gpu.throttle)?;
+        if let Some(health) = &gpu.health {
+            if !GPU_HEALTH_STATES.contains(&health.state.as_str()) {
+                return Err(field_error(
+                    "metrics.gpus.health.state",
+                    format!(
+                        "{:?}: expected {}",
+                        health.state.chars().take(32).collect::<String>(),
+                        GPU_HEALTH_STATES.join(", ")
+                    ),
+                ));
+            }
+            check_list("metrics.gpus.health.reasons", &health.reasons)?;
         }
     }
     Ok(())

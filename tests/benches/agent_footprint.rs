@@ -83,10 +83,22 @@ fn gpu_box_heartbeat() -> NodeEvent {
             gpu_pct: Some(63.0),
             disk_pct: Some(71.0),
             load_1m: Some(0.42),
+            // Every figure an NVIDIA GPU reports since issue 15.
             gpus: vec![GpuUsage {
                 index: 0,
                 util_pct: Some(63.0),
                 vram_used_gb: Some(9.8),
+                temperature_c: Some(64.0),
+                power_w: Some(212.5),
+                power_limit_w: Some(300.0),
+                ecc_corrected: Some(0),
+                ecc_uncorrected: Some(0),
+                throttle: vec!["sw_power_cap".into()],
+                health: Some(schemas::GpuHealth {
+                    state: "healthy".into(),
+                    reasons: Vec::new(),
+                }),
+                ..GpuUsage::default()
             }],
         }),
         models_loaded: vec!["qwen3:8b".into()],

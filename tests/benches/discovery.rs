@@ -46,6 +46,7 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
             index,
             util_pct: Some(rng.below(100) as f64),
             vram_used_gb: Some(rng.below(16) as f64),
+            ..GpuUsage::default()
         })
         .collect();
     metrics.gpu_pct = (gpus > 0).then(|| rng.below(100) as f64);
@@ -68,6 +69,7 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
         models_loaded: Vec::new(),
         services: vec!["ollama".into()],
         caps_hash: event.caps_hash,
+        gpu_health: None,
     }
 }
 

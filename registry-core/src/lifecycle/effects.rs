@@ -166,6 +166,7 @@ impl Fleet {
             last_heartbeat: Some(schemas::time::format(node.last_seen)),
             message: Some(message),
             figures: None,
+            ..Alert::default()
         }
     }
 }

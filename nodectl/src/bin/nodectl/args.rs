@@ -250,6 +250,13 @@ pub struct DiscoverArgs {
     /// Least VRAM free now on one GPU, in GiB.
     #[arg(long)]
     pub min_free_gpu_vram_gb: Option<f64>,
+    /// At least this many GPUs (in service, unless --gpu-health any).
+    #[arg(long)]
+    pub min_gpus: Option<u32>,
+    /// Which GPUs count for the GPU bounds: healthy (default: in service,
+    /// neither failed nor quarantined) or any.
+    #[arg(long)]
+    pub gpu_health: Option<String>,
     /// Least disk, in GiB.
     #[arg(long)]
     pub min_disk_gb: Option<f64>,
@@ -318,6 +325,10 @@ impl DiscoverArgs {
             fields: self.fields.clone(),
             cursor: self.cursor.clone(),
             min_revision: self.min_revision,
+            gpu_health: self.gpu_health.clone(),
+            min_gpus: self.min_gpus,
+            fit: None,
+            strategy: None,
         })
     }
 }

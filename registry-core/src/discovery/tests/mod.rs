@@ -45,6 +45,7 @@ fn fleet() -> Vec<NodeRecord> {
             vendor: "nvidia".into(),
             model: "RTX 4000".into(),
             vram_gb: 20.0,
+            ..Gpu::default()
         }];
     }
     if let Some(m) = gpu.metrics.as_mut() {
@@ -52,6 +53,7 @@ fn fleet() -> Vec<NodeRecord> {
             index: 0,
             util_pct: Some(50.0),
             vram_used_gb: Some(12.0),
+            ..GpuUsage::default()
         }];
     }
     let mut laptop = node("laptop", "online", Some(10.0));
@@ -73,11 +75,13 @@ fn fleet() -> Vec<NodeRecord> {
                 vendor: "amd".into(),
                 model: "MI210".into(),
                 vram_gb: 16.0,
+                ..Gpu::default()
             },
             Gpu {
                 vendor: "amd".into(),
                 model: "MI210".into(),
                 vram_gb: 16.0,
+                ..Gpu::default()
             },
         ];
     }
@@ -338,6 +342,7 @@ fn arb_record(i: usize) -> impl Strategy<Value = NodeRecord> {
                             vendor: "nvidia".into(),
                             model: "x".into(),
                             vram_gb: v,
+                            ..Gpu::default()
                         })
                         .collect(),
                     ..Capabilities::default()
