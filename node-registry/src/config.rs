@@ -53,6 +53,10 @@ pub struct RegistryConfig {
     /// connection events off (silence alone is judged).
     #[serde(with = "humantime_serde")]
     pub disconnect_grace: Duration,
+    /// How long a failed GPU must report healthy, without a break, before
+    /// it returns to service (`gpu.healthy`). Default 10m.
+    #[serde(with = "humantime_serde")]
+    pub gpu_recovery: Duration,
     /// Replicas of streams and buckets it creates. Default 1 (3 in a cluster).
     pub replicas: usize,
     /// Max bytes of the `NODE_EVENTS` stream. Default 1 GiB; -1 for no limit.
@@ -126,6 +130,7 @@ impl Default for RegistryConfig {
             self_preservation_threshold: lifecycle.self_preservation_threshold,
             self_preservation_min_fleet: lifecycle.self_preservation_min_fleet,
             disconnect_grace: lifecycle.disconnect_grace,
+            gpu_recovery: lifecycle.gpu_recovery,
             replicas: 1,
             events_max_bytes: 1024 * 1024 * 1024,
             names: Names::default(),
@@ -261,6 +266,7 @@ impl RegistryConfig {
             self_preservation_threshold: self.self_preservation_threshold,
             self_preservation_min_fleet: self.self_preservation_min_fleet,
             disconnect_grace: self.disconnect_grace,
+            gpu_recovery: self.gpu_recovery,
         }
     }
 }

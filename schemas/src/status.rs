@@ -146,6 +146,10 @@ string_enum! {
         SelfPreservation => alert_types::REGISTRY_SELF_PRESERVATION,
         /// The registry asks every node to register again.
         Reannounce => alert_types::REGISTRY_REANNOUNCE,
+        /// A GPU failed: out of service.
+        GpuUnhealthy => alert_types::GPU_UNHEALTHY,
+        /// A quarantined GPU is back in service.
+        GpuHealthy => alert_types::GPU_HEALTHY,
     }
 }
 

@@ -102,6 +102,10 @@ pub mod alert_types {
     pub const NODE_DEREGISTERED: &str = "node.deregistered";
     /// A node was put into maintenance.
     pub const NODE_MAINTENANCE: &str = "node.maintenance";
+    /// A GPU failed and is out of service (quarantined).
+    pub const GPU_UNHEALTHY: &str = "gpu.unhealthy";
+    /// A quarantined GPU stayed healthy for the recovery time and is back.
+    pub const GPU_HEALTHY: &str = "gpu.healthy";
     /// The registry suspects itself (entered / left).
     pub const REGISTRY_SELF_PRESERVATION: &str = "registry.self_preservation";
     /// The registry lost its records and asks every node to register again

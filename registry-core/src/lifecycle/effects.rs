@@ -134,6 +134,8 @@ impl Fleet {
             record.services.iter().map(String::as_str),
         );
         node.has_metrics = record.metrics.is_some();
+        node.gpu_digest = gpus::kept_digest(record.gpu_health.as_ref());
+        node.gpu_quarantine = gpus::any_quarantined(record.gpu_health.as_ref());
         node.last_written = at;
         node.needs_write = false;
         effects.writes.push(Write::Put {

@@ -95,6 +95,8 @@ impl Fleet {
                     caps_hash: caps_digest(record.caps_hash.as_deref()),
                     usage: usage_digest([], []),
                     has_metrics: false,
+                    gpu_digest: 0,
+                    gpu_quarantine: false,
                     record: RecordState::Pending(Box::default()),
                     status: NodeStatus::Online,
                     last_seen: at,
@@ -132,6 +134,15 @@ impl Fleet {
                 record.metrics = previous.metrics;
                 record.models_loaded = previous.models_loaded;
                 record.services = previous.services;
+                // A GPU out of service stays out across a restart of its agent.
+                record.gpu_health = gpus::carried(
+                    previous.gpu_health,
+                    record
+                        .capabilities
+                        .as_ref()
+                        .map(|c| c.gpus.as_slice())
+                        .unwrap_or_default(),
+                );
                 old.last_seen = old.last_seen.max(at);
                 old.caps_hash = caps_digest(record.caps_hash.as_deref());
                 record.status = old.status.to_string();
@@ -179,6 +190,7 @@ impl Fleet {
             return effects;
         };
         let came_back = self.come_back(slot, at, seq, &mut effects);
+        let gpu_health = self.gpu_verdicts(slot, e.metrics.as_ref(), at, seq, &mut effects);
         let checkpoint = chrono_duration(self.settings.checkpoint_interval);
         let Some(node) = self.slot_mut(slot) else {
             return effects;
@@ -202,8 +214,17 @@ impl Fleet {
         // The first metrics after a registration are worth a write: until
         // then discovery cannot rank the node by load.
         let first_metrics = !node.has_metrics && e.metrics.is_some();
-        if came_back || checkpoint_due || first_metrics || usage_changed || node.needs_write {
+        if came_back
+            || checkpoint_due
+            || first_metrics
+            || usage_changed
+            || gpu_health.is_some()
+            || node.needs_write
+        {
             let mut record = node.record();
+            if gpu_health.is_some() {
+                record.gpu_health = gpu_health;
+            }
             if e.metrics.is_some() {
                 record.metrics = e.metrics.clone();
             }

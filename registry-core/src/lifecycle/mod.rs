@@ -30,16 +30,19 @@
 //! - `preservation`: self-preservation, for the registry's own faults and
 //!   for mass silence in the fleet or a region;
 //! - `restore`: the fleet rebuilt from KV at a start or takeover;
-//! - `operator`: cordon, uncordon, remove.
+//! - `operator`: cordon, uncordon, remove;
+//! - `gpus`: GPUs in and out of service (quarantine and recovery).
 
 mod effects;
 mod events;
+mod gpus;
 mod operator;
 mod preservation;
 mod restore;
 mod wheel;
 
 pub use effects::{alert_id, Effects, Write};
+pub use gpus::summary as gpu_summary;
 pub use preservation::{OwnFault, SilenceCensus};
 pub use restore::Grace;
 
@@ -80,6 +83,9 @@ pub struct LifecycleSettings {
     /// nothing heard from the node since, it is degraded (rides out a
     /// reconnect). Zero: connection events are ignored.
     pub disconnect_grace: Duration,
+    /// How long a failed GPU must report healthy, without a break, before
+    /// it returns to service.
+    pub gpu_recovery: Duration,
 }
 
 impl Default for LifecycleSettings {
@@ -92,6 +98,7 @@ impl Default for LifecycleSettings {
             self_preservation_threshold: 0.5,
             self_preservation_min_fleet: 10,
             disconnect_grace: Duration::from_secs(10),
+            gpu_recovery: Duration::from_secs(600),
         }
     }
 }
@@ -132,6 +139,10 @@ pub struct Tracked {
     usage: u64,
     /// Whether the record holds metrics yet.
     has_metrics: bool,
+    /// Digest of the GPU verdicts the record holds (0: none).
+    gpu_digest: u32,
+    /// Whether a GPU is out of service (its recovery clock runs).
+    gpu_quarantine: bool,
     /// The deadline-wheel bucket of this node's one entry, if queued.
     queued: Option<i64>,
     /// Its `region` label, interned (0: none).

@@ -38,6 +38,9 @@ pub(super) struct Liveness<'a> {
     metrics: Option<serde::de::IgnoredAny>,
     #[serde(borrow, default)]
     labels: Option<RegionLabel<'a>>,
+    /// The GPUs in and out of service (small, and only on GPU nodes).
+    #[serde(default)]
+    gpu_health: Option<schemas::NodeGpuHealth>,
 }
 
 /// The one label liveness needs.
@@ -91,6 +94,8 @@ impl Fleet {
                     .unwrap_or(""),
             );
             let tracked = Tracked {
+                gpu_digest: gpus::kept_digest(live.gpu_health.as_ref()),
+                gpu_quarantine: gpus::any_quarantined(live.gpu_health.as_ref()),
                 caps_hash: caps_digest(live.caps_hash.as_deref()),
                 usage: usage_digest(
                     live.models_loaded.iter().map(|m| &**m),
