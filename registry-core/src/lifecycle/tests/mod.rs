@@ -752,3 +752,111 @@ mod properties {
         }
     }
 }
+
+/// A heartbeat of `id` whose GPUs report these verdicts.
+fn gpu_heartbeat(id: &str, verdicts: &[(&str, &[&str])]) -> ValidEvent {
+    let mut e = event(EventType::Heartbeat, id);
+    if let Some(m) = e.event.metrics.as_mut() {
+        m.gpus = verdicts
+            .iter()
+            .enumerate()
+            .map(|(i, (state, reasons))| schemas::GpuUsage {
+                index: u32::try_from(i).expect("few"),
+                health: Some(schemas::GpuHealth {
+                    state: (*state).to_owned(),
+                    reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+                }),
+                ..schemas::GpuUsage::default()
+            })
+            .collect();
+    }
+    e
+}
+
+#[test]
+fn a_failing_gpu_is_quarantined_once_and_returns_after_the_recovery_time() {
+    let mut sim = Sim::new();
+    let mut register = event(EventType::Register, "gpu1");
+    register.event.capabilities = Some(schemas::Capabilities {
+        gpus: vec![schemas::Gpu::default(), schemas::Gpu::default()],
+        ..schemas::Capabilities::default()
+    });
+    sim.seq += 1;
+    let effects = sim.fleet.apply(&register, t0(), sim.seq);
+    sim.run(effects);
+    let mut at = t0();
+    let mut beat = |sim: &mut Sim, at: DateTime<Utc>, verdicts: &[(&str, &[&str])]| {
+        sim.seq += 1;
+        let effects = sim
+            .fleet
+            .apply(&gpu_heartbeat("gpu1", verdicts), at, sim.seq);
+        sim.run(effects.clone());
+        effects
+    };
+    let healthy: &[(&str, &[&str])] = &[("healthy", &[]), ("healthy", &[])];
+    let failing: &[(&str, &[&str])] = &[("healthy", &[]), ("failed", &["xid_79"])];
+    beat(&mut sim, at, healthy);
+    let record = |sim: &Sim| {
+        sim.fleet
+            .get(&id("gpu1"))
+            .map(Tracked::record)
+            .expect("known")
+    };
+    assert_eq!(
+        record(&sim).gpu_health.map(|h| h.state),
+        Some("healthy".into())
+    );
+    // GPU 1 fails: one alert, written at once, the node stays online.
+    at += secs(30);
+    let effects = beat(&mut sim, at, failing);
+    assert_eq!(effects.writes.len(), 1);
+    let gpu_alerts: Vec<&Alert> = sim
+        .alerts
+        .iter()
+        .filter(|a| a.r#type == GPU_UNHEALTHY)
+        .collect();
+    assert_eq!(gpu_alerts.len(), 1);
+    assert_eq!(gpu_alerts[0].gpu_index, Some(1));
+    assert_eq!(gpu_alerts[0].reasons, vec!["xid_79"]);
+    assert_eq!(sim.status("gpu1"), Some(NodeStatus::Online));
+    let health = record(&sim).gpu_health.expect("kept");
+    assert_eq!(health.state, "warning");
+    assert!(health.gpus[1].quarantined && !health.gpus[0].quarantined);
+    // Still failing: nothing new, no write.
+    for _ in 0..3 {
+        at += secs(30);
+        let effects = beat(&mut sim, at, failing);
+        assert!(effects.alerts.is_empty(), "one alert per transition");
+    }
+    // Healthy again: out of service for the recovery time, then back once.
+    at += secs(30);
+    beat(&mut sim, at, healthy);
+    let back = at + chrono_duration(settings().gpu_recovery);
+    while at < back - secs(30) {
+        at += secs(30);
+        let effects = beat(&mut sim, at, healthy);
+        assert!(
+            effects.alerts.is_empty(),
+            "not back before the recovery time"
+        );
+        assert!(record(&sim).gpu_health.expect("kept").gpus[1].quarantined);
+    }
+    at += secs(30);
+    beat(&mut sim, at, healthy);
+    let back_alerts = sim
+        .alerts
+        .iter()
+        .filter(|a| a.r#type == GPU_HEALTHY)
+        .count();
+    assert_eq!(back_alerts, 1);
+    let health = record(&sim).gpu_health.expect("kept");
+    assert_eq!(health.state, "healthy");
+    assert!(!health.gpus[1].quarantined);
+    // A re-registration keeps a quarantine: fail again, then register.
+    at += secs(30);
+    beat(&mut sim, at, failing);
+    sim.seq += 1;
+    let effects = sim.fleet.apply(&register, at + secs(1), sim.seq);
+    sim.run(effects);
+    assert!(record(&sim).gpu_health.expect("kept").gpus[1].quarantined);
+}
