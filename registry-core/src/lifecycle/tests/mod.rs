@@ -785,7 +785,7 @@ fn a_failing_gpu_is_quarantined_once_and_returns_after_the_recovery_time() {
     let effects = sim.fleet.apply(&register, t0(), sim.seq);
     sim.run(effects);
     let mut at = t0();
-    let mut beat = |sim: &mut Sim, at: DateTime<Utc>, verdicts: &[(&str, &[&str])]| {
+    let beat = |sim: &mut Sim, at: DateTime<Utc>, verdicts: &[(&str, &[&str])]| {
         sim.seq += 1;
         let effects = sim
             .fleet
