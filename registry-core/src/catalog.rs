@@ -40,14 +40,32 @@ pub struct Facts {
     pub disk_gb: f64,
     /// CPU cores.
     pub cpu_cores: u32,
+    /// GPUs counted (in service, or all).
+    pub gpus: u32,
+    /// The node has GPUs and none of them counts (all failed or out).
+    pub gpus_out: bool,
 }
 
 impl Facts {
-    /// The facts of a record.
+    /// The facts of a record, over its GPUs in service (neither failed nor
+    /// quarantined): what discovery counts by default.
     pub fn of(record: &NodeRecord) -> Self {
+        Self::over(record, GpusCounted::InService)
+    }
+
+    /// The facts of a record over the GPUs `counted`.
+    pub fn over(record: &NodeRecord, counted: GpusCounted) -> Self {
         let m = record.metrics.as_ref();
         let caps = record.capabilities.as_ref();
-        let gpus = caps.map(|c| c.gpus.as_slice()).unwrap_or_default();
+        let listed = caps.map_or(0, |c| c.gpus.len());
+        let gpus: Vec<&schemas::Gpu> = caps
+            .map(|c| c.gpus.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| counted.counts(record, *i))
+            .map(|(_, g)| g)
+            .collect();
         Self {
             has_capabilities: caps.is_some(),
             cpu_pct: m
@@ -58,19 +76,48 @@ impl Facts {
                 .and_then(|m| m.gpu_pct)
                 .filter(|v| v.is_finite())
                 .unwrap_or(0.0),
-            free_vram_gb: free_vram(record).unwrap_or(-1.0),
+            free_vram_gb: free_vram_over(record, counted).unwrap_or(-1.0),
             best_vram_gb: gpus.iter().map(|g| g.vram_gb).reduce(f64::max),
             total_vram_gb: gpus.iter().map(|g| g.vram_gb).sum(),
             ram_gb: caps.map_or(0.0, |c| c.ram_gb),
             disk_gb: caps.map_or(0.0, |c| c.disk_gb),
             cpu_cores: caps.map_or(0, |c| c.cpu_cores),
+            gpus: u32::try_from(gpus.len()).unwrap_or(u32::MAX),
+            gpus_out: listed > 0 && gpus.is_empty(),
         }
     }
 }
 
-/// The most VRAM free on one GPU: total minus the heartbeat's used figure
-/// (a GPU without a used figure counts as entirely free).
+/// Which of a node's GPUs discovery counts (`gpu_health` of a query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpusCounted {
+    /// Those in service: not failed, not quarantined (the default).
+    #[default]
+    InService,
+    /// All of them.
+    All,
+}
+
+impl GpusCounted {
+    /// Whether GPU `index` (its position in capabilities) of `record` counts.
+    pub fn counts(self, record: &NodeRecord, index: usize) -> bool {
+        self == Self::All
+            || record
+                .gpu_health
+                .as_ref()
+                .and_then(|h| h.gpus.iter().find(|g| g.index as usize == index))
+                .is_none_or(|g| !g.quarantined && g.state != "failed")
+    }
+}
+
+/// The most VRAM free on one GPU in service: total minus the heartbeat's
+/// used figure (a GPU without a used figure counts as entirely free).
 pub fn free_vram(record: &NodeRecord) -> Option<f64> {
+    free_vram_over(record, GpusCounted::InService)
+}
+
+/// The most VRAM free on one of the GPUs `counted`.
+pub fn free_vram_over(record: &NodeRecord, counted: GpusCounted) -> Option<f64> {
     let gpus = record
         .capabilities
         .as_ref()
@@ -83,6 +130,7 @@ pub fn free_vram(record: &NodeRecord) -> Option<f64> {
         .unwrap_or_default();
     gpus.iter()
         .enumerate()
+        .filter(|(i, _)| counted.counts(record, *i))
         .map(|(i, g)| {
             let used = usage
                 .iter()

@@ -11,13 +11,15 @@ use schemas::status::{NodeStatus, SortOrder, StatusFilter};
 use schemas::validate::check_label_key;
 use schemas::{DiscoverReply, DiscoverRequest, NodeRecord};
 
-use crate::catalog::{free_vram, max_of, Catalog, Facts};
+use crate::catalog::{Catalog, Facts, GpusCounted};
 use crate::selector::{Requirement, Selector};
 
 /// Default number of nodes in a reply.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Most nodes one reply may ask for.
 pub const MAX_LIMIT: usize = 10_000;
+/// The capability (tag) of a node with a GPU.
+pub const GPU_CAPABILITY: &str = "gpu";
 /// The label value that matches any value.
 pub const ANY_VALUE: &str = "*";
 /// Top-level fields of a node record, for `fields` projections.
@@ -97,6 +99,10 @@ pub struct Query {
     pub min_total_gpu_vram_gb: Option<f64>,
     /// Some GPU must have at least this much VRAM free.
     pub min_free_gpu_vram_gb: Option<f64>,
+    /// At least this many GPUs.
+    pub min_gpus: Option<u32>,
+    /// Which GPUs count for the GPU bounds.
+    pub gpus_counted: GpusCounted,
     /// Labels that rank a node first without excluding the others.
     pub prefer_labels: BTreeMap<String, String>,
     /// Order of the reply.
@@ -169,6 +175,22 @@ impl Query {
                 }
             }
         }
+        let gpus_counted = match request.gpu_health.as_deref() {
+            None | Some("healthy") => GpusCounted::InService,
+            Some("any") => GpusCounted::All,
+            Some(other) => {
+                return Err(field(
+                    "gpu_health",
+                    format!("{other:?}: expected \"healthy\" or \"any\""),
+                ))
+            }
+        };
+        if request.fit.is_some() || request.strategy.is_some() {
+            return Err(field(
+                "fit",
+                "placement (fit, strategy) is not answered by this registry yet; use min_free_gpu_vram_gb and min_gpus",
+            ));
+        }
         let selector = Selector::parse(request.selector.as_deref().unwrap_or(""))?;
         if request.cursor.is_some() && sort != SortOrder::NodeId {
             return Err(field(
@@ -210,6 +232,8 @@ impl Query {
             min_gpu_vram_gb: request.min_gpu_vram_gb,
             min_total_gpu_vram_gb: request.min_total_gpu_vram_gb,
             min_free_gpu_vram_gb: request.min_free_gpu_vram_gb,
+            min_gpus: request.min_gpus,
+            gpus_counted,
             prefer_labels: request.prefer_labels,
             sort,
             limit,
@@ -266,28 +290,38 @@ impl Query {
         {
             return false;
         }
-        let at_least = |bound: Option<f64>, value: f64| bound.is_none_or(|b| value >= b);
-        let ram = caps.map_or(0.0, |c| c.ram_gb);
-        let disk = caps.map_or(0.0, |c| c.disk_gb);
-        let cores = caps.map_or(0, |c| c.cpu_cores);
-        let gpus = caps.map(|c| c.gpus.as_slice()).unwrap_or_default();
-        let best_vram = gpus.iter().map(|g| g.vram_gb).fold(None, max_of);
-        let total_vram: f64 = gpus.iter().map(|g| g.vram_gb).sum();
-        (caps.is_some() || self.has_no_bounds())
-            && at_least(self.min_ram_gb, ram)
-            && at_least(self.min_disk_gb, disk)
-            && self.min_cpu_cores.is_none_or(|b| cores >= b)
-            && self
-                .min_gpu_vram_gb
-                .is_none_or(|b| best_vram.is_some_and(|v| v >= b))
-            && at_least(self.min_total_gpu_vram_gb, total_vram)
-            && self
-                .min_free_gpu_vram_gb
-                .is_none_or(|b| free_vram(record).is_some_and(|v| v >= b))
+        self.bounds_hold(&Facts::over(record, self.gpus_counted))
+    }
+
+    /// Whether the query bounds GPUs (VRAM, count): such a query needs a
+    /// GPU that counts (in service, by default).
+    fn is_gpu_query(&self) -> bool {
+        self.min_gpu_vram_gb.is_some()
+            || self.min_total_gpu_vram_gb.is_some()
+            || self.min_free_gpu_vram_gb.is_some()
+            || self.min_gpus.is_some()
+    }
+
+    /// Whether the query asks for the `gpu` capability: a node whose GPUs
+    /// have all failed or are out of service does not have it.
+    fn wants_gpu(&self) -> bool {
+        self.capabilities.iter().any(|c| c == GPU_CAPABILITY)
+    }
+
+    /// The facts of a slot over the GPUs the query counts (decoded from the
+    /// record for `gpu_health: "any"`, which the catalog does not keep).
+    fn facts_of(&self, catalog: &Catalog, slot: u32) -> Option<Facts> {
+        match self.gpus_counted {
+            GpusCounted::InService => catalog.facts(slot).copied(),
+            GpusCounted::All => catalog
+                .record(slot)
+                .map(|r| Facts::over(&r, GpusCounted::All)),
+        }
     }
 
     fn has_no_bounds(&self) -> bool {
-        self.min_ram_gb.is_none()
+        !self.is_gpu_query()
+            && self.min_ram_gb.is_none()
             && self.min_disk_gb.is_none()
             && self.min_cpu_cores.is_none()
             && self.min_gpu_vram_gb.is_none()
@@ -354,6 +388,9 @@ impl Query {
 
     /// Whether a node's figures meet the query's resource bounds.
     fn bounds_hold(&self, f: &Facts) -> bool {
+        if self.wants_gpu() && f.gpus_out {
+            return false;
+        }
         if self.has_no_bounds() {
             return true;
         }
@@ -369,6 +406,8 @@ impl Query {
             && self
                 .min_free_gpu_vram_gb
                 .is_none_or(|b| f.free_vram_gb >= 0.0 && f.free_vram_gb >= b)
+            && self.min_gpus.is_none_or(|n| f.gpus >= n)
+            && (!self.is_gpu_query() || f.gpus >= 1)
     }
 
     /// Answers the query from the catalog's indexes: only the matches are
@@ -394,6 +433,7 @@ impl Query {
     pub fn select(&self, catalog: &Catalog) -> Selection {
         if matches!(self.sort, SortOrder::LeastLoaded | SortOrder::MostFreeVram)
             && self.cursor.is_none()
+            && self.gpus_counted == GpusCounted::InService
         {
             return self.select_ranked(catalog);
         }
@@ -406,14 +446,14 @@ impl Query {
             .candidates(catalog)
             .iter()
             .filter_map(|slot| {
-                let facts = catalog.facts(slot)?;
-                if !self.bounds_hold(facts) {
+                let facts = self.facts_of(catalog, slot)?;
+                if !self.bounds_hold(&facts) {
                     return None;
                 }
                 let score = prefer.iter().filter(|b| b.contains(slot)).count();
                 Some(Ranked {
                     score: u32::try_from(score).unwrap_or(u32::MAX),
-                    key: sort_key(self.sort, facts),
+                    key: sort_key(self.sort, &facts),
                     node_id: catalog.node_id(slot)?,
                     item: slot,
                 })
@@ -436,12 +476,16 @@ impl Query {
             .iter()
             .map(|(k, v)| catalog.with_label_value(k, v))
             .collect();
-        let check_bounds = !self.has_no_bounds();
+        let check_bounds = !self.has_no_bounds() || self.wants_gpu();
         // (preference, first key, second key) in ascending rank order.
         type Key = (u32, u64, u64);
         let mut items: Vec<(Key, u32)> = Vec::new();
         for slot in self.candidates(catalog).iter() {
-            if check_bounds && !catalog.facts(slot).is_some_and(|f| self.bounds_hold(f)) {
+            if check_bounds
+                && !self
+                    .facts_of(catalog, slot)
+                    .is_some_and(|f| self.bounds_hold(&f))
+            {
                 continue;
             }
             let [cpu, gpu, free] = catalog.hot(slot);
@@ -506,7 +550,7 @@ impl Query {
                     .count();
                 Ranked {
                     score: u32::try_from(score).unwrap_or(u32::MAX),
-                    key: sort_key(self.sort, &Facts::of(r)),
+                    key: sort_key(self.sort, &Facts::over(r, self.gpus_counted)),
                     node_id: r.node_id.as_str(),
                     item: r,
                 }

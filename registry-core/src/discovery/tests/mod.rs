@@ -321,10 +321,10 @@ fn arb_record(i: usize) -> impl Strategy<Value = NodeRecord> {
         0..STATUSES.len(),
         0u32..4,
         proptest::option::of(0.0f64..100.0),
-        proptest::collection::vec(8.0f64..80.0, 0..3),
+        proptest::collection::vec((8.0f64..80.0, 0u8..4, 0.0f64..8.0), 0..3),
     )
         .prop_map(
-            move |(labels, tags, models, status, ram, cpu, vram)| NodeRecord {
+            move |(labels, tags, models, status, ram, cpu, gpus)| NodeRecord {
                 node_id: format!("n{i:03}"),
                 status: STATUSES[status].into(),
                 role: Some(if i % 3 == 0 { "gateway" } else { "worker" }.into()),
@@ -336,9 +336,9 @@ fn arb_record(i: usize) -> impl Strategy<Value = NodeRecord> {
                     tags: tags.into_iter().map(|t| TAGS[t].to_owned()).collect(),
                     models: models.into_iter().map(|m| MODELS[m].to_owned()).collect(),
                     ram_gb: f64::from(ram) * 32.0,
-                    gpus: vram
-                        .into_iter()
-                        .map(|v| Gpu {
+                    gpus: gpus
+                        .iter()
+                        .map(|&(v, _, _)| Gpu {
                             vendor: "nvidia".into(),
                             model: "x".into(),
                             vram_gb: v,
@@ -349,7 +349,31 @@ fn arb_record(i: usize) -> impl Strategy<Value = NodeRecord> {
                 }),
                 metrics: Some(Metrics {
                     cpu_pct: cpu,
+                    gpus: gpus
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &(_, _, used))| GpuUsage {
+                            index: u32::try_from(i).unwrap_or(0),
+                            vram_used_gb: Some(used),
+                            ..GpuUsage::default()
+                        })
+                        .collect(),
                     ..Metrics::default()
+                }),
+                // Each GPU healthy, warning, failed, or quarantined.
+                gpu_health: (!gpus.is_empty()).then(|| schemas::NodeGpuHealth {
+                    state: String::new(),
+                    gpus: gpus
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &(_, h, _))| schemas::GpuState {
+                            index: u32::try_from(i).unwrap_or(0),
+                            state: ["healthy", "warning", "failed", "healthy"][usize::from(h)]
+                                .into(),
+                            quarantined: h == 3,
+                            ..schemas::GpuState::default()
+                        })
+                        .collect(),
                 }),
                 ..NodeRecord::default()
             },
@@ -393,6 +417,9 @@ fn arb_request() -> impl Strategy<Value = DiscoverRequest> {
             proptest::option::of((0..KEYS.len(), 0..VALUES.len())),
             proptest::option::of(0u32..4),
             1u32..30,
+            proptest::option::of(0u32..3),
+            proptest::option::of(0..2usize),
+            proptest::option::of(0.0f64..60.0),
         ),
     )
         .prop_map(
@@ -405,8 +432,11 @@ fn arb_request() -> impl Strategy<Value = DiscoverRequest> {
                 role,
                 vram,
                 capability,
-                (sort, prefer, ram, limit),
+                (sort, prefer, ram, limit, min_gpus, gpu_health, free),
             )| DiscoverRequest {
+                min_gpus,
+                gpu_health: gpu_health.map(|h| ["healthy", "any"][h].to_owned()),
+                min_free_gpu_vram_gb: free,
                 selector: (!reqs.is_empty()).then(|| reqs.join(",")),
                 model: model.map(|m| MODELS[m].to_owned()),
                 models_any: any.into_iter().map(|m| MODELS[m].to_owned()).collect(),
@@ -463,4 +493,92 @@ proptest! {
         prop_assert_eq!(ids(&indexed), ids(&scanned));
         prop_assert_eq!(indexed.total, scanned.total);
     }
+}
+
+/// Two nodes with two GPUs: `h100x2` has its 80 GB card quarantined, `dead`
+/// has both failed.
+fn gpu_fleet() -> Vec<NodeRecord> {
+    let gpu_node = |id: &str, vram: [f64; 2], states: [(&str, bool); 2]| {
+        let mut r = node(id, "online", Some(10.0));
+        if let Some(c) = r.capabilities.as_mut() {
+            c.tags = vec!["gpu".into()];
+            c.gpus = vram
+                .iter()
+                .map(|v| Gpu {
+                    vendor: "nvidia".into(),
+                    vram_gb: *v,
+                    ..Gpu::default()
+                })
+                .collect();
+        }
+        r.gpu_health = Some(schemas::NodeGpuHealth {
+            state: String::new(),
+            gpus: states
+                .iter()
+                .enumerate()
+                .map(|(i, (state, quarantined))| schemas::GpuState {
+                    index: u32::try_from(i).unwrap_or(0),
+                    state: (*state).into(),
+                    quarantined: *quarantined,
+                    ..schemas::GpuState::default()
+                })
+                .collect(),
+        });
+        r
+    };
+    vec![
+        gpu_node(
+            "h100x2",
+            [80.0, 24.0],
+            [("healthy", true), ("healthy", false)],
+        ),
+        gpu_node("dead", [48.0, 48.0], [("failed", true), ("failed", true)]),
+        gpu_node(
+            "fine",
+            [24.0, 24.0],
+            [("warning", false), ("healthy", false)],
+        ),
+    ]
+}
+
+fn gpu_answer(json: &str) -> Vec<String> {
+    let q = query(json);
+    let records = gpu_fleet();
+    let indexed = q.answer(&catalog(&records));
+    let scanned = q.answer_scan(&records);
+    assert_eq!(ids(&indexed), ids(&scanned), "{json}");
+    let mut found: Vec<String> = ids(&indexed).into_iter().map(str::to_owned).collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn only_gpus_in_service_count_unless_asked_for_any() {
+    // The 80 GB card is quarantined: by default h100x2 has none that big.
+    assert!(gpu_answer(r#"{"min_gpu_vram_gb":48}"#).is_empty());
+    assert_eq!(
+        gpu_answer(r#"{"min_gpu_vram_gb":48,"gpu_health":"any"}"#),
+        vec!["dead", "h100x2"]
+    );
+    // Counts: a warning GPU is in service, a quarantined one is not.
+    assert_eq!(gpu_answer(r#"{"min_gpus":2}"#), vec!["fine"]);
+    assert_eq!(gpu_answer(r#"{"min_gpus":1}"#), vec!["fine", "h100x2"]);
+    assert_eq!(
+        gpu_answer(r#"{"min_gpus":2,"gpu_health":"any"}"#),
+        vec!["dead", "fine", "h100x2"]
+    );
+    // All GPUs failed: not a GPU node for GPU queries.
+    assert_eq!(
+        gpu_answer(r#"{"capability":"gpu"}"#),
+        vec!["fine", "h100x2"]
+    );
+    assert_eq!(gpu_answer(r#"{}"#), vec!["dead", "fine", "h100x2"]);
+    assert_eq!(gpu_answer(r#"{"min_total_gpu_vram_gb":48}"#), vec!["fine"]);
+    let bad = Query::from_request(
+        request(r#"{"gpu_health":"sick"}"#),
+        StatusFilter::Online,
+        SortOrder::LeastLoaded,
+    )
+    .expect_err("bad gpu_health");
+    assert!(bad.to_string().contains("gpu_health"), "{bad}");
 }
