@@ -192,6 +192,9 @@ pub struct Catalog {
     label_values: HashMap<String, Postings>,
     models: Postings,
     roles: Postings,
+    /// Largest size of each model in the nodes' Ollama listings, in bytes
+    /// (what a fit by model name needs).
+    model_sizes: HashMap<String, u64>,
     /// The highest KV revision applied.
     pub revision: u64,
 }
@@ -331,6 +334,18 @@ impl Catalog {
                 slot
             }
         };
+        for model in record
+            .capabilities
+            .as_ref()
+            .and_then(|c| c.ollama.as_ref())
+            .map(|o| o.models.as_slice())
+            .unwrap_or_default()
+        {
+            if model.size_bytes > 0 {
+                let size = self.model_sizes.entry(model.name.clone()).or_default();
+                *size = (*size).max(model.size_bytes);
+            }
+        }
         let facts = Facts::of(record);
         if let Some(hot) = self.hot.get_mut(slot as usize) {
             *hot = [facts.cpu_pct, facts.gpu_pct, facts.free_vram_gb];
@@ -478,6 +493,11 @@ impl Catalog {
     pub fn capability(&self, name: &str) -> RoaringBitmap {
         Self::posting(&self.tags, name)
             | (self.with_label_key(name) - self.with_label_value(name, "false"))
+    }
+
+    /// The largest size of `model` any node's Ollama listing gave, in bytes.
+    pub fn model_size(&self, model: &str) -> Option<u64> {
+        self.model_sizes.get(model).copied()
     }
 
     /// Slots with this model installed.

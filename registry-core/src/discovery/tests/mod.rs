@@ -582,3 +582,128 @@ fn only_gpus_in_service_count_unless_asked_for_any() {
     .expect_err("bad gpu_health");
     assert!(bad.to_string().contains("gpu_health"), "{bad}");
 }
+
+/// Nodes for fit: `big` (80 + 24 GB, 10 used on the 80), `pair` (2 × 24,
+/// 4 used on each), `small` (16), `sick` (48, failed); qwen3:32b is 20 GiB
+/// in `pair`'s Ollama listing.
+fn fit_fleet() -> Vec<NodeRecord> {
+    let mut records = Vec::new();
+    let make = |id: &str, gpus: &[(f64, f64, &str)]| {
+        let mut r = node(id, "online", Some(10.0));
+        if let Some(c) = r.capabilities.as_mut() {
+            c.gpus = gpus
+                .iter()
+                .map(|(v, _, _)| Gpu {
+                    vram_gb: *v,
+                    ..Gpu::default()
+                })
+                .collect();
+        }
+        if let Some(m) = r.metrics.as_mut() {
+            m.gpus = gpus
+                .iter()
+                .enumerate()
+                .map(|(i, (_, used, _))| GpuUsage {
+                    index: u32::try_from(i).unwrap_or(0),
+                    vram_used_gb: Some(*used),
+                    ..GpuUsage::default()
+                })
+                .collect();
+        }
+        r.gpu_health = Some(schemas::NodeGpuHealth {
+            state: String::new(),
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, state))| schemas::GpuState {
+                    index: u32::try_from(i).unwrap_or(0),
+                    state: (*state).into(),
+                    quarantined: *state == "failed",
+                    ..schemas::GpuState::default()
+                })
+                .collect(),
+        });
+        r
+    };
+    let mut pair = make("pair", &[(24.0, 4.0, "healthy"), (24.0, 4.0, "healthy")]);
+    if let Some(c) = pair.capabilities.as_mut() {
+        c.ollama = Some(schemas::Ollama {
+            version: "0.6".into(),
+            models: vec![schemas::OllamaModel {
+                name: "qwen3:32b".into(),
+                size_bytes: 20 * 1024 * 1024 * 1024,
+            }],
+        });
+    }
+    records.push(make(
+        "big",
+        &[(80.0, 10.0, "healthy"), (24.0, 0.0, "healthy")],
+    ));
+    records.push(pair);
+    records.push(make("small", &[(16.0, 0.0, "healthy")]));
+    records.push(make("sick", &[(48.0, 0.0, "failed")]));
+    records
+}
+
+fn fit_answer(json: &str) -> DiscoverReply {
+    let q = query(json);
+    let records = fit_fleet();
+    let indexed = q.answer(&catalog(&records));
+    let scanned = q.answer_scan(&records);
+    assert_eq!(ids(&indexed), ids(&scanned), "{json}");
+    assert_eq!(indexed.placements, scanned.placements, "{json}");
+    assert_eq!(indexed.total, scanned.total, "{json}");
+    indexed
+}
+
+fn placed(reply: &DiscoverReply) -> Vec<(&str, Vec<u32>)> {
+    reply
+        .placements
+        .iter()
+        .map(|p| (p.node_id.as_str(), p.gpus.clone()))
+        .collect()
+}
+
+#[test]
+fn fit_a_model_on_healthy_gpus_packing_tightly() {
+    // qwen3:32b: 20 GiB × 1.2 = 24 GiB on one card. pair's cards have 20
+    // free, big's 24 GB card has 24 and its 80 GB card 70: binpack takes
+    // the 24 GB card first; sick's 48 GB card has failed.
+    let reply = fit_answer(r#"{"fit":{"model":"qwen3:32b"}}"#);
+    assert_eq!(placed(&reply), vec![("big", vec![1])]);
+    assert_eq!(reply.placements[0].free_after_gb, 0.0);
+    let reply = fit_answer(r#"{"fit":{"model":"qwen3:32b"},"strategy":"spread"}"#);
+    assert_eq!(placed(&reply), vec![("big", vec![0])]);
+    // A size given: 16 GiB fits everywhere with room; binpack fills the
+    // fullest first.
+    let reply = fit_answer(r#"{"fit":{"vram_gb":16}}"#);
+    assert_eq!(
+        placed(&reply),
+        vec![("small", vec![0]), ("pair", vec![0]), ("big", vec![1])]
+    );
+    assert_eq!(reply.total, 3);
+    // Over two cards: 36 GiB as 2 × 18.
+    let reply = fit_answer(r#"{"fit":{"vram_gb":36,"gpus":2}}"#);
+    assert_eq!(
+        placed(&reply),
+        vec![("pair", vec![0, 1]), ("big", vec![0, 1])]
+    );
+    // The failed card counts only when asked.
+    let reply = fit_answer(r#"{"fit":{"vram_gb":40},"gpu_health":"any"}"#);
+    assert_eq!(placed(&reply), vec![("sick", vec![0]), ("big", vec![0])]);
+    let reply = fit_answer(r#"{"fit":{"vram_gb":40}}"#);
+    assert_eq!(placed(&reply), vec![("big", vec![0])]);
+    // A model no listing knows, with no size: nothing fits.
+    assert_eq!(fit_answer(r#"{"fit":{"model":"unknown:1b"}}"#).total, 0);
+    for (bad, what) in [
+        (r#"{"fit":{}}"#, "fit"),
+        (r#"{"fit":{"vram_gb":-1}}"#, "fit"),
+        (r#"{"fit":{"vram_gb":1,"gpus":0}}"#, "fit"),
+        (r#"{"strategy":"spread"}"#, "strategy"),
+        (r#"{"fit":{"vram_gb":1},"strategy":"tight"}"#, "strategy"),
+    ] {
+        let err = Query::from_request(request(bad), StatusFilter::Online, SortOrder::LeastLoaded)
+            .expect_err(bad);
+        assert!(err.to_string().contains(what), "{bad}: {err}");
+    }
+}
