@@ -230,8 +230,9 @@ async fn answer(
                 }
             }
             let index = ready(index)?;
-            if encoding == Encoding::Json {
-                // The catalog keeps each record as its JSON: splice them.
+            if encoding == Encoding::Json && query.fit.is_none() {
+                // The catalog keeps each record as its JSON: splice them
+                // (a fit's reply carries placements: built below).
                 return Ok(index.read(|catalog| {
                     let selection = query.select(catalog);
                     let revision = catalog.revision;
@@ -289,6 +290,7 @@ fn encode_within(
     while body.len() > budget && !reply.nodes.is_empty() {
         let fits = reply.nodes.len() * budget / body.len().max(1);
         reply.nodes.truncate(fits.min(reply.nodes.len() - 1));
+        reply.placements.truncate(reply.nodes.len());
         reply.truncated = Some(true);
         if query.sort == SortOrder::NodeId {
             reply.next_cursor = reply.nodes.last().map(|n| n.node_id.clone());

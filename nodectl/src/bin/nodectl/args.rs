@@ -58,6 +58,9 @@ pub enum Command {
     },
     /// Nodes matching a query (online ones unless --status says otherwise).
     Discover(Box<DiscoverArgs>),
+    /// Where a model (or an amount of VRAM) fits now, on GPUs in service,
+    /// with the GPU indices it would use: `nodectl fit qwen3:32b`.
+    Fit(Box<FitArgs>),
     /// A live table of the nodes matching a selector (all nodes without one);
     /// one line per change when the output is not a terminal.
     Watch {
@@ -330,5 +333,51 @@ impl DiscoverArgs {
             fit: None,
             strategy: None,
         })
+    }
+}
+
+/// `nodectl fit`.
+#[derive(Debug, clap::Args)]
+pub struct FitArgs {
+    /// The model (its size from the nodes' Ollama listings).
+    pub model: Option<String>,
+    /// The VRAM it needs in GiB over all its GPUs (instead of a model's size).
+    #[arg(long)]
+    pub vram_gb: Option<f64>,
+    /// Over this many GPUs of one node (default 1: one card).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// binpack (default: least free VRAM left, keeps big cards free) or spread.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Only nodes matching this label selector.
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Count failed and quarantined GPUs too: healthy (default) or any.
+    #[arg(long)]
+    pub gpu_health: Option<String>,
+    /// Most nodes to show.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl FitArgs {
+    /// The discovery request these flags ask for.
+    pub fn request(&self) -> DiscoverRequest {
+        DiscoverRequest {
+            fit: Some(schemas::Fit {
+                model: self.model.clone(),
+                vram_gb: self.vram_gb,
+                gpus: self.gpus,
+            }),
+            strategy: self.strategy.clone(),
+            selector: self.selector.clone(),
+            gpu_health: self.gpu_health.clone(),
+            limit: self.limit,
+            ..DiscoverRequest::default()
+        }
     }
 }

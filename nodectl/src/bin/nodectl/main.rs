@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Health { output } => query::health(&client, output).await,
         Command::Get { id } => query::get(&client, &id).await,
         Command::Discover(args) => query::discover(&client, &args).await,
+        Command::Fit(args) => query::fit(&client, &args).await,
         Command::Watch { selector } => query::watch(&client, selector.unwrap_or_default()).await,
         Command::Alerts {
             since,

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use nodectl::Error;
 use schemas::DiscoverRequest;
 
-use crate::args::{DiscoverArgs, Output};
+use crate::args::{DiscoverArgs, FitArgs, Output};
 use crate::print::{alert_line, json_line, json_pretty};
 
 /// A time flag: a duration ago (`1h`) or an RFC 3339 time.
@@ -90,6 +90,32 @@ pub async fn discover(client: &Client, args: &DiscoverArgs) -> Result<(), Error>
             if let Some(cursor) = &reply.next_cursor {
                 println!("(more: --cursor {cursor})");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Where a model or an amount of VRAM fits now, best first.
+pub async fn fit(client: &Client, args: &FitArgs) -> Result<(), Error> {
+    let reply = client.discover(&args.request()).await?;
+    match args.output {
+        Output::Json => println!("{}", json_pretty(&reply)?),
+        Output::Table => {
+            println!(
+                "{:<40} {:<10} {:>12} {:>14}",
+                "NODE", "GPUS", "GiB/GPU", "FREE AFTER"
+            );
+            for placement in &reply.placements {
+                let gpus: Vec<String> = placement.gpus.iter().map(u32::to_string).collect();
+                println!(
+                    "{:<40} {:<10} {:>12.1} {:>14.1}",
+                    placement.node_id,
+                    gpus.join(","),
+                    placement.vram_per_gpu_gb,
+                    placement.free_after_gb
+                );
+            }
+            println!("({} shown, {} fit)", reply.placements.len(), reply.total);
         }
     }
     Ok(())
