@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Histogram, Meter};
 use opentelemetry::KeyValue;
-use registry_core::catalog::Catalog;
+use registry_core::catalog::{Catalog, GpusCounted};
 use roaring::RoaringBitmap;
 use schemas::status::NodeStatus;
 
@@ -132,8 +132,26 @@ struct NodeSample {
     memory: Option<f64>,
     disk: Option<f64>,
     load: Option<f64>,
-    /// Per GPU: (index, utilisation ratio, used bytes, total bytes).
-    gpus: Vec<(u32, Option<f64>, Option<f64>, f64)>,
+    /// Per GPU.
+    gpus: Vec<GpuSample>,
+}
+
+/// The figures of one GPU.
+#[derive(Debug, Clone, Copy)]
+struct GpuSample {
+    index: u32,
+    /// Utilisation, 0 to 1.
+    utilization: Option<f64>,
+    /// Memory in use, bytes.
+    used: Option<f64>,
+    /// Memory, bytes.
+    total: f64,
+    /// °C.
+    temperature: Option<f64>,
+    /// W.
+    power: Option<f64>,
+    /// 1 in service, 0 failed or quarantined.
+    in_service: f64,
 }
 
 /// Figures of one role × region group.
@@ -254,12 +272,20 @@ fn snapshot(catalog: &Catalog, per_node_limit: usize) -> Snapshot {
                     .enumerate()
                     .map(|(i, card)| {
                         let used = usage.iter().find(|u| u.index as usize == i);
-                        (
-                            i as u32,
-                            used.and_then(|u| ratio(u.util_pct)),
-                            used.and_then(|u| u.vram_used_gb).map(|g| g * GIB),
-                            card.vram_gb * GIB,
-                        )
+                        let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+                        GpuSample {
+                            index: i as u32,
+                            utilization: used.and_then(|u| ratio(u.util_pct)),
+                            used: used.and_then(|u| u.vram_used_gb).map(|g| g * GIB),
+                            total: card.vram_gb * GIB,
+                            temperature: finite(used.and_then(|u| u.temperature_c)),
+                            power: finite(used.and_then(|u| u.power_w)),
+                            in_service: if GpusCounted::InService.counts(&record, i) {
+                                1.0
+                            } else {
+                                0.0
+                            },
+                        }
                     })
                     .collect();
                 NodeSample {
@@ -449,18 +475,27 @@ pub fn register(sources: MetricSources) -> RegistryMetrics {
             "fleet.gpu.utilization",
             "A GPU's use",
             "1",
-            (|g: &(u32, Option<f64>, Option<f64>, f64)| g.1)
-                as fn(&(u32, Option<f64>, Option<f64>, f64)) -> Option<f64>,
+            (|g: &GpuSample| g.utilization) as fn(&GpuSample) -> Option<f64>,
         ),
         (
             "fleet.gpu.memory.used",
             "A GPU's memory in use",
             "By",
-            |g| g.2,
+            |g| g.used,
         ),
         ("fleet.gpu.memory.total", "A GPU's memory", "By", |g| {
-            Some(g.3)
+            Some(g.total)
         }),
+        ("fleet.gpu.temperature", "A GPU's temperature", "Cel", |g| {
+            g.temperature
+        }),
+        ("fleet.gpu.power", "A GPU's power draw", "W", |g| g.power),
+        (
+            "fleet.gpu.in_service",
+            "1 while a GPU is in service, 0 while failed or quarantined",
+            "",
+            |g| Some(g.in_service),
+        ),
     ] {
         let s = snapshots.clone();
         kept.push(f64_gauge(&meter, (name, description, unit), move |o| {
@@ -468,7 +503,7 @@ pub fn register(sources: MetricSources) -> RegistryMetrics {
                 for gpu in &n.gpus {
                     if let Some(v) = pick(gpu) {
                         let mut attributes = n.attributes.clone();
-                        attributes.push(KeyValue::new("gpu", i64::from(gpu.0)));
+                        attributes.push(KeyValue::new("gpu", i64::from(gpu.index)));
                         o.observe(v, &attributes);
                     }
                 }
