@@ -420,6 +420,7 @@ fn arb_request() -> impl Strategy<Value = DiscoverRequest> {
             proptest::option::of(0u32..3),
             proptest::option::of(0..2usize),
             proptest::option::of(0.0f64..60.0),
+            proptest::option::of((1.0f64..90.0, 1u32..3, 0..2usize)),
         ),
     )
         .prop_map(
@@ -432,8 +433,14 @@ fn arb_request() -> impl Strategy<Value = DiscoverRequest> {
                 role,
                 vram,
                 capability,
-                (sort, prefer, ram, limit, min_gpus, gpu_health, free),
+                (sort, prefer, ram, limit, min_gpus, gpu_health, free, fit),
             )| DiscoverRequest {
+                fit: fit.map(|(vram_gb, gpus, _)| schemas::Fit {
+                    model: None,
+                    vram_gb: Some(vram_gb),
+                    gpus: Some(gpus),
+                }),
+                strategy: fit.map(|(_, _, s)| ["binpack", "spread"][s].to_owned()),
                 min_gpus,
                 gpu_health: gpu_health.map(|h| ["healthy", "any"][h].to_owned()),
                 min_free_gpu_vram_gb: free,
@@ -492,6 +499,7 @@ proptest! {
         let scanned = q.answer_scan(&kept);
         prop_assert_eq!(ids(&indexed), ids(&scanned));
         prop_assert_eq!(indexed.total, scanned.total);
+        prop_assert_eq!(indexed.placements, scanned.placements);
     }
 }
 
