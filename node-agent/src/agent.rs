@@ -198,7 +198,7 @@ async fn run_as(
         hostname,
         client,
         js,
-        seq: AtomicU64::new(first_seq(&config.state_dir)),
+        seq: AtomicU64::new(crate::seq::first_seq(&config.state_dir)),
         boot: format!("{:08x}", rand::random::<u32>()),
         key: signing_key(&config),
         started: Instant::now(),
@@ -459,31 +459,6 @@ impl Shared {
     }
 }
 
-/// The file holding the floor of the next run's event sequence.
-const SEQ_FLOOR_FILE: &str = "seq_floor";
-/// Sequence numbers one run may use before the next run's floor.
-const SEQ_PER_RUN: u64 = 1_000_000_000;
-
-/// Where this run's event sequence starts: above every earlier run's
-/// (strictly rising across restarts, which the registry checks to refuse
-/// replayed events), from the clock in microseconds or the floor the last
-/// run left, whichever is higher; the next floor is stored now.
-fn first_seq(state_dir: &std::path::Path) -> u64 {
-    let path = state_dir.join(SEQ_FLOOR_FILE);
-    let floor = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let clock = u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0);
-    let first = floor.max(clock);
-    if let Err(e) = std::fs::create_dir_all(state_dir)
-        .and_then(|()| std::fs::write(&path, first.saturating_add(SEQ_PER_RUN).to_string()))
-    {
-        warn!(path = %path.display(), error = %e, "cannot store the sequence floor");
-    }
-    first
-}
-
 /// The node's key from its credentials, if it has any.
 fn signing_key(config: &AgentConfig) -> Option<Arc<nkeys::KeyPair>> {
     let path = config.nats_auth().creds?;
@@ -541,12 +516,7 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
     // The operator's labels, then those GPU feature discovery would set
     // (the operator's win; the fleet's label limit is kept).
     let mut labels = config.labels.clone();
-    for (key, value) in crate::detect::gpu::labels::labels(&capabilities.gpus) {
-        if labels.len() >= schemas::validate::MAX_LABELS {
-            break;
-        }
-        labels.entry(key).or_insert(value);
-    }
+    crate::detect::gpu::labels::merge_into(&mut labels, &capabilities.gpus);
     let mut event = NodeEvent {
         r#type: EventType::Register.to_string(),
         node_id: agent.id.to_string(),

@@ -14,6 +14,7 @@ pub mod health;
 pub mod identity;
 pub mod join;
 mod metrics;
+mod seq;
 
 pub use agent::run;
 pub use config::AgentConfig;

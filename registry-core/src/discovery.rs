@@ -191,54 +191,11 @@ impl Query {
                 ))
             }
         };
-        let strategy = match request.strategy.as_deref() {
-            None | Some("binpack") => FitStrategy::Binpack,
-            Some("spread") => FitStrategy::Spread,
-            Some(other) => {
-                return Err(field(
-                    "strategy",
-                    format!("{other:?}: expected \"binpack\" or \"spread\""),
-                ))
-            }
-        };
-        let fit = match request.fit {
-            None if request.strategy.is_some() => {
-                return Err(field("strategy", "orders a fit: give fit too"))
-            }
-            None => None,
-            Some(f) => {
-                if f.model.as_deref().is_none_or(str::is_empty) && f.vram_gb.is_none() {
-                    return Err(field("fit", "give a model or vram_gb"));
-                }
-                if let Some(v) = f.vram_gb {
-                    if !v.is_finite() || v <= 0.0 {
-                        return Err(field(
-                            "fit",
-                            format!("vram_gb {v} is not a positive number"),
-                        ));
-                    }
-                }
-                let gpus = f.gpus.unwrap_or(1);
-                if gpus == 0 || gpus > MAX_FIT_GPUS {
-                    return Err(field(
-                        "fit",
-                        format!("gpus {gpus}: expected 1 to {MAX_FIT_GPUS}"),
-                    ));
-                }
-                if request.cursor.is_some() {
-                    return Err(field(
-                        "cursor",
-                        "a fit is ranked by its strategy: no paging",
-                    ));
-                }
-                Some(FitNeed {
-                    model: f.model.filter(|m| !m.is_empty()),
-                    vram_gb: f.vram_gb,
-                    gpus,
-                    strategy,
-                })
-            }
-        };
+        let fit = fit::need_of(
+            request.fit,
+            request.strategy.as_deref(),
+            request.cursor.is_some(),
+        )?;
         let selector = Selector::parse(request.selector.as_deref().unwrap_or(""))?;
         if request.cursor.is_some() && sort != SortOrder::NodeId {
             return Err(field(
@@ -463,40 +420,7 @@ impl Query {
     /// touched, and only the returned records are decoded.
     pub fn answer(&self, catalog: &Catalog) -> DiscoverReply {
         if let Some(need) = &self.fit {
-            let size = need.model.as_deref().and_then(|m| catalog.model_size(m));
-            let prefer: Vec<RoaringBitmap> = self
-                .prefer_labels
-                .iter()
-                .map(|(k, v)| catalog.with_label_value(k, v))
-                .collect();
-            let hits = need.per_gpu_gb(size).map(|per_gpu| {
-                self.candidates(catalog)
-                    .iter()
-                    .filter_map(|slot| {
-                        let facts = self.facts_of(catalog, slot)?;
-                        // Cheap first: the figures say whether it can fit at all.
-                        if !self.bounds_hold(&facts)
-                            || facts.free_vram_gb < per_gpu
-                            || facts.gpus < need.gpus
-                        {
-                            return None;
-                        }
-                        let record = catalog.record(slot)?;
-                        let placement = place(
-                            &record,
-                            per_gpu,
-                            need.gpus,
-                            need.strategy,
-                            self.gpus_counted,
-                        )?;
-                        let score = prefer.iter().filter(|b| b.contains(slot)).count();
-                        Some((score, placement, record))
-                    })
-                    .collect()
-            });
-            let mut reply = self.fit_reply(need, hits.unwrap_or_default());
-            reply.revision = catalog.revision;
-            return reply;
+            return self.answer_fit(need, catalog);
         }
         let selection = self.select(catalog);
         DiscoverReply {
@@ -625,28 +549,7 @@ impl Query {
         records: impl IntoIterator<Item = &'a NodeRecord> + Clone,
     ) -> DiscoverReply {
         if let Some(need) = &self.fit {
-            let size = need
-                .model
-                .as_deref()
-                .and_then(|m| model_size_in(records.clone(), m));
-            let hits = need.per_gpu_gb(size).map(|per_gpu| {
-                records
-                    .clone()
-                    .into_iter()
-                    .filter(|r| self.matches(r))
-                    .filter_map(|r| {
-                        let placement =
-                            place(r, per_gpu, need.gpus, need.strategy, self.gpus_counted)?;
-                        let score = self
-                            .prefer_labels
-                            .iter()
-                            .filter(|(k, v)| r.labels.get(*k) == Some(*v))
-                            .count();
-                        Some((score, placement, r.clone()))
-                    })
-                    .collect()
-            });
-            return self.fit_reply(need, hits.unwrap_or_default());
+            return self.answer_fit_scan(need, records);
         }
         let hits: Vec<Ranked<'a, &'a NodeRecord>> = records
             .into_iter()
@@ -670,37 +573,6 @@ impl Query {
             nodes: records.into_iter().map(|r| self.project(r)).collect(),
             total,
             next_cursor,
-            ..DiscoverReply::default()
-        }
-    }
-
-    /// The reply to a fit: nodes where it fits, preferred labels first,
-    /// then by the free VRAM left after placing (least for binpack, most
-    /// for spread), then by id; each with its placement.
-    fn fit_reply(
-        &self,
-        need: &FitNeed,
-        mut hits: Vec<(usize, schemas::Placement, NodeRecord)>,
-    ) -> DiscoverReply {
-        let total = hits.len() as u64;
-        hits.sort_by(|a, b| {
-            let left = match need.strategy {
-                FitStrategy::Binpack => a.1.free_after_gb.total_cmp(&b.1.free_after_gb),
-                FitStrategy::Spread => b.1.free_after_gb.total_cmp(&a.1.free_after_gb),
-            };
-            b.0.cmp(&a.0)
-                .then(left)
-                .then_with(|| a.2.node_id.cmp(&b.2.node_id))
-        });
-        hits.truncate(self.limit);
-        let (nodes, placements) = hits
-            .into_iter()
-            .map(|(_, placement, record)| (self.project(&record), placement))
-            .unzip();
-        DiscoverReply {
-            nodes,
-            placements,
-            total,
             ..DiscoverReply::default()
         }
     }

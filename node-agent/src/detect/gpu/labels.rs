@@ -75,6 +75,17 @@ pub fn labels(gpus: &[Gpu]) -> BTreeMap<String, String> {
     labels
 }
 
+/// Adds these GPUs' labels to `labels`: those already there win, and the
+/// fleet's label limit is kept.
+pub fn merge_into(labels: &mut BTreeMap<String, String>, gpus: &[Gpu]) {
+    for (key, value) in self::labels(gpus) {
+        if labels.len() >= schemas::validate::MAX_LABELS {
+            break;
+        }
+        labels.entry(key).or_insert(value);
+    }
+}
+
 /// GiB (one decimal) to whole MiB.
 fn mib(gib: f64) -> u64 {
     (gib * 1024.0).round() as u64
