@@ -155,10 +155,7 @@ impl Telemetry {
                     .with_endpoint(format!("{base}/v1/metrics"))
                     .with_timeout(config.otlp_interval.max(Duration::from_secs(1)))
                     .build()
-                    .map_err(|e| TelemetryError::Exporter {
-                        which: "OTLP metrics",
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(exporter_error("OTLP metrics"))?;
                 builder = builder.with_reader(
                     PeriodicReader::builder(exporter)
                         .with_interval(config.otlp_interval)
@@ -182,10 +179,7 @@ impl Telemetry {
                     .with_endpoint(format!("{base}/v1/traces"))
                     .with_timeout(config.otlp_interval.max(Duration::from_secs(1)))
                     .build()
-                    .map_err(|e| TelemetryError::Exporter {
-                        which: "OTLP traces",
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(exporter_error("OTLP traces"))?;
                 builder = builder.with_span_processor(
                     BatchSpanProcessor::builder(exporter)
                         .with_batch_config(
@@ -247,6 +241,16 @@ impl Telemetry {
                 warn!(error = %e, "shutting the meter provider down");
             }
         }
+    }
+}
+
+/// Turns an exporter's build error into ours, naming the exporter.
+fn exporter_error(
+    which: &'static str,
+) -> impl FnOnce(opentelemetry_otlp::ExporterBuildError) -> TelemetryError {
+    move |e| TelemetryError::Exporter {
+        which,
+        reason: e.to_string(),
     }
 }
 

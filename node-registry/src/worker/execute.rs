@@ -71,6 +71,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let alert_steps: Vec<Span> = effects
             .alerts
             .iter()
+            .filter(|_| !traced.0.is_empty())
             .map(|alert| {
                 traced.step(
                     alert.node_id.as_deref(),
