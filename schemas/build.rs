@@ -36,6 +36,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         ".fleet.v1.Gpu.mig_instances",
         ".fleet.v1.Alert.reasons",
         ".fleet.v1.DiscoverReply.placements",
+        // Rare operator and profile state: absent on most records.
+        ".fleet.v1.NodeEvent.profile_mismatch",
+        ".fleet.v1.NodeRecord.gpu_cordons",
+        ".fleet.v1.NodeRecord.profile_mismatch",
     ] {
         config.field_attribute(field, "#[serde(skip_serializing_if = \"Vec::is_empty\")]");
     }

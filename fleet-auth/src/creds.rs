@@ -24,6 +24,15 @@ pub fn read_creds_seed(text: &str) -> Option<&str> {
     after.lines().map(str::trim).find(|l| l.starts_with("SU"))
 }
 
+/// The user JWT in a `.creds` file's text.
+pub fn read_creds_jwt(text: &str) -> Option<&str> {
+    let after = text.split("-----BEGIN NATS USER JWT-----").nth(1)?;
+    after
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('-'))
+}
+
 /// Writes `contents` to `path` readable by its owner only (0600), replacing
 /// it atomically; parent directories are created (0700).
 pub fn write_secret(path: &Path, contents: &str) -> Result<(), AuthError> {
@@ -68,6 +77,10 @@ mod tests {
 
     #[test]
     fn creds_round_trip_and_are_private() {
+        assert_eq!(
+            read_creds_jwt(&creds_file("eyJ.abc.def", "SUAX")),
+            Some("eyJ.abc.def")
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sub/n1.creds");
         let text = creds_file("eyJ0eXAi.abc.def", "SUAEXAMPLESEED");

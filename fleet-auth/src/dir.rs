@@ -350,8 +350,12 @@ mod tests {
             .collect();
         assert_eq!(names, ["registry", "admin", "reader", "bootstrap"]);
         let id = subjects::NodeId::parse("node-a").expect("id");
-        dir.issue(&Role::Node(id), "node-a", Some(Duration::from_secs(60)))
-            .expect("issue");
+        dir.issue(
+            &Role::Node(id, None),
+            "node-a",
+            Some(Duration::from_secs(60)),
+        )
+        .expect("issue");
         let reopened = AuthDir::open(tmp.path()).expect("open");
         let account = reopened.revoke("node-a").expect("revoke");
         let claims = jwt::decode(&account).expect("account JWT");

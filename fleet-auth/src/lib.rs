@@ -18,7 +18,7 @@ pub mod jwt;
 mod roles;
 pub mod token;
 
-pub use creds::{creds_file, read_creds_seed, write_secret};
+pub use creds::{creds_file, read_creds_jwt, read_creds_seed, write_secret};
 pub use dir::{AuthDir, IssuedUser};
 pub use roles::{node_inbox_prefix, Role};
 

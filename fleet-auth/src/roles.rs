@@ -20,8 +20,9 @@ pub enum Role {
     /// deleted consumer.
     Reader,
     /// One node: publishes its own events, receives its own tasks, asks for
-    /// discovery (and a record, for `node-agent status`).
-    Node(NodeId),
+    /// discovery (and a record, for `node-agent status`), and reads (only)
+    /// the profile of its role, when it has one.
+    Node(NodeId, Option<String>),
     /// A machine joining: can only exchange a join token for its node
     /// credentials.
     Bootstrap,
@@ -34,7 +35,7 @@ impl Role {
             Self::Registry => "registry",
             Self::Admin => "admin",
             Self::Reader => "reader",
-            Self::Node(_) => "node",
+            Self::Node(..) => "node",
             Self::Bootstrap => "bootstrap",
         }
     }
@@ -44,7 +45,7 @@ impl Role {
     /// read another's).
     pub fn inbox_prefix(&self) -> String {
         match self {
-            Self::Node(id) => node_inbox_prefix(id),
+            Self::Node(id, _) => node_inbox_prefix(id),
             _ => "_INBOX".to_owned(),
         }
     }
@@ -90,12 +91,8 @@ impl Role {
                 },
                 "sub": {"allow": ["_INBOX.>", subjects::SYSTEM_BROADCAST, subjects::NODE_EVENTS_FILTER]},
             }),
-            Self::Node(id) => json!({
-                "pub": {"allow": [
-                    subjects::node_events(id),
-                    subjects::REGISTRY_DISCOVER,
-                    subjects::REGISTRY_GET,
-                ]},
+            Self::Node(id, role) => json!({
+                "pub": {"allow": node_publishes(id, role.as_deref())},
                 "sub": {"allow": [subjects::node_tasks(id), format!("{}.>", node_inbox_prefix(id))]},
                 // Replies to the tasks it receives, one each.
                 "resp": {"max": 1, "ttl": 0},
@@ -160,6 +157,37 @@ fn read_only_jetstream() -> Vec<String> {
         allow.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"));
     }
     allow
+}
+
+/// What a node may publish: its events, discovery requests, and the reads
+/// of its role's profile.
+fn node_publishes(id: &NodeId, role: Option<&str>) -> Vec<String> {
+    let mut allow = vec![
+        subjects::node_events(id),
+        subjects::REGISTRY_DISCOVER.to_owned(),
+        subjects::REGISTRY_GET.to_owned(),
+    ];
+    allow.extend(role.map(profile_reader).unwrap_or_default());
+    allow
+}
+
+/// What a node of `role` may ask of JetStream to read its role's profile,
+/// and nothing else of the `profiles` bucket: an ordered consumer whose
+/// filter is named in the API subject (the server checks that the
+/// consumer's filter is that one), a direct get of that key, and the
+/// flow-control replies of its push consumer. A role that cannot name a
+/// profile gets nothing.
+fn profile_reader(role: &str) -> Vec<String> {
+    if !subjects::is_role_name(role) {
+        return Vec::new();
+    }
+    let stream = subjects::kv_stream(subjects::BUCKET_PROFILES);
+    let key = subjects::profile_subject(role);
+    vec![
+        format!("$JS.API.CONSUMER.CREATE.{stream}.*.{key}"),
+        format!("$JS.API.DIRECT.GET.{stream}.{key}"),
+        format!("$JS.FC.{stream}.>"),
+    ]
 }
 
 /// The inbox prefix of node `id`'s connection.

@@ -229,7 +229,7 @@ fn grant(
 ) -> Result<JoinReply, ServiceError> {
     let jwt = issuer
         .issue(
-            &Role::Node(node_id.clone()),
+            &Role::Node(node_id.clone(), Some(record.role.clone())),
             node_id.as_str(),
             public_key,
             None,

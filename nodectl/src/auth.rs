@@ -6,11 +6,23 @@ use fleet_client::Client;
 
 use crate::Error;
 
-/// The role `issue --role` names; `name` is the user's name (a node's id).
-pub fn role(role: &str, name: &str) -> Result<Role, Error> {
+/// The role `issue --role` names; `name` is the user's name (a node's id),
+/// `node_role` a node's role (whose profile it may read).
+pub fn role(role: &str, name: &str, node_role: Option<&str>) -> Result<Role, Error> {
+    if let Some(bad) = node_role.filter(|r| !subjects::is_role_name(r)) {
+        return Err(Error::Invalid(format!(
+            "node role {bad:?}: 1 to 63 characters of a-z 0-9 - _, starting with a letter or digit"
+        )));
+    }
+    if node_role.is_some() && role != "node" {
+        return Err(Error::Invalid(
+            "--node-role goes with --role node only".into(),
+        ));
+    }
     match role {
         "node" => Ok(Role::Node(
             subjects::NodeId::parse(name).map_err(|e| Error::Invalid(e.to_string()))?,
+            node_role.map(str::to_owned),
         )),
         "reader" => Ok(Role::Reader),
         "admin" => Ok(Role::Admin),
@@ -46,9 +58,21 @@ mod tests {
 
     #[test]
     fn roles_by_name() {
-        assert!(matches!(role("node", "node-a"), Ok(Role::Node(_))));
-        assert!(matches!(role("node", "Not An Id"), Err(Error::Invalid(_))));
-        assert!(matches!(role("reader", "x"), Ok(Role::Reader)));
-        assert!(matches!(role("root", "x"), Err(Error::Invalid(_))));
+        assert!(matches!(
+            role("node", "node-a", None),
+            Ok(Role::Node(_, None))
+        ));
+        assert!(matches!(
+            role("node", "node-a", Some("worker")),
+            Ok(Role::Node(_, Some(r))) if r == "worker"
+        ));
+        assert!(role("node", "node-a", Some("a.b")).is_err());
+        assert!(role("reader", "r", Some("worker")).is_err());
+        assert!(matches!(
+            role("node", "Not An Id", None),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(role("reader", "x", None), Ok(Role::Reader)));
+        assert!(matches!(role("root", "x", None), Err(Error::Invalid(_))));
     }
 }

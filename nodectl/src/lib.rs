@@ -7,7 +7,9 @@
 //! - [`auth`]: the auth directory's roles, and pushing a revocation to the
 //!   servers.
 //! - [`meta`]: opening the registry's `registry_meta` bucket.
-//! - [`table`]: rendering for people.
+//! - [`profiles`]: role profiles (set, get, list, rm, history).
+//! - [`table`]: rendering for people; [`reasons`]: what is out of service
+//!   and why (`nodectl nodes --reasons`).
 //! - [`Error`]: why an operation failed, by kind.
 //!
 //! Every write to `registry_meta` here is compare-and-swap (DESIGN
@@ -19,6 +21,8 @@ pub mod auth;
 mod error;
 pub mod meta;
 pub mod node_keys;
+pub mod profiles;
+pub mod reasons;
 pub mod table;
 pub mod tokens;
 

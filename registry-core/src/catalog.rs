@@ -91,7 +91,8 @@ impl Facts {
 /// Which of a node's GPUs discovery counts (`gpu_health` of a query).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GpusCounted {
-    /// Those in service: not failed, not quarantined (the default).
+    /// Those in service: not failed, not quarantined, not cordoned by an
+    /// operator (the default).
     #[default]
     InService,
     /// All of them.
@@ -102,11 +103,12 @@ impl GpusCounted {
     /// Whether GPU `index` (its position in capabilities) of `record` counts.
     pub fn counts(self, record: &NodeRecord, index: usize) -> bool {
         self == Self::All
-            || record
+            || (record
                 .gpu_health
                 .as_ref()
                 .and_then(|h| h.gpus.iter().find(|g| g.index as usize == index))
                 .is_none_or(|g| !g.quarantined && g.state != "failed")
+                && !record.gpu_cordons.iter().any(|c| c.index as usize == index))
     }
 }
 

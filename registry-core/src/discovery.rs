@@ -47,6 +47,11 @@ pub const RECORD_FIELDS: &[&str] = &[
     "services",
     "caps_hash",
     "gpu_health",
+    "maintenance",
+    "gpu_cordons",
+    "profile_revision",
+    "profile_error",
+    "profile_mismatch",
 ];
 
 /// Why a discovery request is invalid (answered with 400).
@@ -672,6 +677,22 @@ impl Query {
             },
             caps_hash: record.caps_hash.clone().filter(|_| keep("caps_hash")),
             gpu_health: record.gpu_health.clone().filter(|_| keep("gpu_health")),
+            maintenance: record.maintenance.clone().filter(|_| keep("maintenance")),
+            gpu_cordons: if keep("gpu_cordons") {
+                record.gpu_cordons.clone()
+            } else {
+                Vec::new()
+            },
+            profile_revision: record.profile_revision.filter(|_| keep("profile_revision")),
+            profile_error: record
+                .profile_error
+                .clone()
+                .filter(|_| keep("profile_error")),
+            profile_mismatch: if keep("profile_mismatch") {
+                record.profile_mismatch.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Provisioned {
     pub nodes: kv::Store,
     /// The bucket of registry-wide state.
     pub meta: kv::Store,
+    /// The bucket of role profiles (written by operators, read by agents).
+    pub profiles: kv::Store,
     /// The registry's durable pull consumer on the events stream.
     pub consumer: consumer::PullConsumer,
 }
@@ -159,6 +161,7 @@ pub async fn provision(
         },
     )
     .await?;
+    let profiles = ensure_bucket(js, profiles_config(settings)).await?;
     let consumer = events
         .get_or_create_consumer(
             &names.consumer,
@@ -184,8 +187,23 @@ pub async fn provision(
         alerts,
         nodes,
         meta,
+        profiles,
         consumer,
     })
+}
+
+/// The `profiles` bucket as the contract has it: one key per role, 16
+/// revisions each (so `nodectl profile history` can show what changed).
+pub fn profiles_config(settings: &StreamSettings) -> kv::Config {
+    kv::Config {
+        bucket: subjects::BUCKET_PROFILES.to_owned(),
+        description: "One configuration profile per role".into(),
+        history: 16,
+        max_value_size: i32::try_from(schemas::profile::MAX_PROFILE_BYTES).unwrap_or(i32::MAX),
+        num_replicas: settings.replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
 }
 
 async fn ensure_stream(

@@ -13,6 +13,7 @@
 //! - [`admin`], [`join`]: the requests and answers of `registry.admin` and
 //!   `registry.join`.
 //! - [`meta`]: the join-token and node-key records of `registry_meta`.
+//! - [`profile`]: a role's configuration profile (bucket `profiles`).
 //! - [`time`]: RFC 3339 formatting of the server's times.
 //! - [`record`]: a node record as its KV value.
 //! - `nats` (feature `nats`): the encoding named by a message's headers;
@@ -29,6 +30,7 @@ pub mod json;
 pub mod meta;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod profile;
 pub mod record;
 pub mod selector;
 pub mod status;
@@ -46,7 +48,7 @@ pub mod v1 {
 pub use codec::Encoding;
 pub use v1::{
     Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply, Fit,
-    GetRequest, Gpu, GpuHealth, GpuState, GpuUsage, Metrics, MigInstance, NodeEvent, NodeGpuHealth,
-    NodeRecord, Ollama, OllamaModel, PingReply, Placement, ReannounceReply,
-    SelfPreservationFigures, TaskRequest,
+    GetRequest, Gpu, GpuCordon, GpuHealth, GpuState, GpuUsage, Maintenance, Metrics, MigInstance,
+    NodeEvent, NodeGpuHealth, NodeRecord, Ollama, OllamaModel, PingReply, Placement,
+    ReannounceReply, SelfPreservationFigures, TaskRequest,
 };

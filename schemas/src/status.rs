@@ -98,6 +98,8 @@ string_enum! {
         Ping => "ping",
         /// Detect the capabilities afresh and answer them.
         Detect => "detect",
+        /// Answer the role profile in force (its opaque `config` included).
+        Profile => "profile",
     }
 }
 
@@ -106,12 +108,18 @@ string_enum! {
     #[derive(serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "lowercase")]
     AdminOp {
-        /// Into maintenance: neither judged nor discovered as online.
+        /// Into maintenance: neither judged nor discovered as online. With
+        /// `gpu`, that one GPU out of service instead.
         Cordon => "cordon",
-        /// Out of maintenance, judged again after a fresh window.
+        /// Out of maintenance, judged again after a fresh window. With
+        /// `gpu`, that GPU back in service.
         Uncordon => "uncordon",
         /// The record removed (a live agent registers again).
         Deregister => "deregister",
+        /// Into maintenance with a reason, and a deadline to resume at.
+        Drain => "drain",
+        /// Out of maintenance (as uncordon).
+        Resume => "resume",
     }
 }
 
@@ -142,6 +150,12 @@ string_enum! {
         Deregistered => alert_types::NODE_DEREGISTERED,
         /// A node was put into maintenance.
         Maintenance => alert_types::NODE_MAINTENANCE,
+        /// A node left maintenance.
+        Resumed => alert_types::NODE_RESUMED,
+        /// A node could not apply its role's profile.
+        ProfileFailed => alert_types::NODE_PROFILE_FAILED,
+        /// A node lacks models its role's profile expects.
+        ProfileMismatch => alert_types::NODE_PROFILE_MISMATCH,
         /// The registry suspects itself and holds transitions (or stops doing so).
         SelfPreservation => alert_types::REGISTRY_SELF_PRESERVATION,
         /// The registry asks every node to register again.
@@ -150,6 +164,10 @@ string_enum! {
         GpuUnhealthy => alert_types::GPU_UNHEALTHY,
         /// A quarantined GPU is back in service.
         GpuHealthy => alert_types::GPU_HEALTHY,
+        /// An operator took a GPU out of service.
+        GpuCordoned => alert_types::GPU_CORDONED,
+        /// An operator put a GPU back in service.
+        GpuUncordoned => alert_types::GPU_UNCORDONED,
     }
 }
 

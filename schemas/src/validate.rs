@@ -85,6 +85,7 @@ pub fn validate_event(
         ("agent_version", &event.agent_version),
         ("reason", &event.reason),
         ("caps_hash", &event.caps_hash),
+        ("profile_error", &event.profile_error),
     ] {
         if let Some(value) = value {
             check_text(field, value)?;
@@ -99,6 +100,7 @@ pub fn validate_event(
     }
     check_list("models_loaded", &event.models_loaded)?;
     check_list("services", &event.services)?;
+    check_list("profile_mismatch", &event.profile_mismatch)?;
     Ok(ValidEvent {
         kind,
         node_id,

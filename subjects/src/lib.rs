@@ -86,6 +86,27 @@ pub const BUCKET_NODES: &str = "nodes";
 pub const BUCKET_REGISTRY_META: &str = "registry_meta";
 /// Default name of the registry's durable pull consumer on `NODE_EVENTS`.
 pub const CONSUMER_REGISTRY: &str = "registry";
+/// The KV bucket with one configuration profile per role (key = role).
+/// Not configurable: agents and credentials name it.
+pub const BUCKET_PROFILES: &str = "profiles";
+/// Longest role name, in bytes.
+pub const ROLE_MAX_LEN: usize = 63;
+
+/// Whether `role` can name a profile: `^[a-z0-9][a-z0-9_-]{0,62}$`, one
+/// subject token and one KV key (a role outside this syntax has none).
+pub fn is_role_name(role: &str) -> bool {
+    !role.is_empty()
+        && role.len() <= ROLE_MAX_LEN
+        && role.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && role
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// The subject of role `role`'s profile values in the `profiles` bucket.
+pub fn profile_subject(role: &str) -> String {
+    kv_key_subject(BUCKET_PROFILES, role)
+}
 
 /// Alert types on [`SYSTEM_BROADCAST`]. They are names of the contract that
 /// look like subjects, so they are spelled here too.
@@ -100,8 +121,18 @@ pub mod alert_types {
     pub const NODE_OFFLINE: &str = "node.offline";
     /// A node deregistered.
     pub const NODE_DEREGISTERED: &str = "node.deregistered";
-    /// A node was put into maintenance.
+    /// A node was put into maintenance (drained or cordoned).
     pub const NODE_MAINTENANCE: &str = "node.maintenance";
+    /// A node left maintenance: resumed by an operator or at its deadline.
+    pub const NODE_RESUMED: &str = "node.resumed";
+    /// A node could not apply its role's profile (it keeps its last good one).
+    pub const NODE_PROFILE_FAILED: &str = "node.profile_failed";
+    /// A node lacks models its role's profile expects.
+    pub const NODE_PROFILE_MISMATCH: &str = "node.profile_mismatch";
+    /// An operator took one GPU of a node out of service.
+    pub const GPU_CORDONED: &str = "gpu.cordoned";
+    /// An operator put a cordoned GPU back in service.
+    pub const GPU_UNCORDONED: &str = "gpu.uncordoned";
     /// A GPU failed and is out of service (quarantined).
     pub const GPU_UNHEALTHY: &str = "gpu.unhealthy";
     /// A quarantined GPU stayed healthy for the recovery time and is back.
@@ -394,6 +425,27 @@ pub fn kv_key_subject(bucket: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn role_names_are_one_token_and_one_key() {
+        for ok in ["worker", "gpu-box", "llm_server", "0"] {
+            assert!(is_role_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Worker",
+            "a.b",
+            "a*",
+            ">",
+            "-x",
+            "_x",
+            "a b",
+            &"r".repeat(64),
+        ] {
+            assert!(!is_role_name(bad), "{bad}");
+        }
+        assert_eq!(profile_subject("worker"), "$KV.profiles.worker");
+    }
 
     #[test]
     fn replies_go_to_inboxes_not_to_fleet_subjects() {

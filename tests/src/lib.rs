@@ -647,6 +647,10 @@ pub async fn admin_json(
             op,
             node_id,
             reason: reason.map(str::to_owned),
+            by: None,
+            gpu: None,
+            for_: None,
+            until: None,
         };
         let answer = client.admin(&request).await?;
         return Ok(serde_json::to_value(answer).expect("an answer is JSON"));

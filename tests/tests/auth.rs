@@ -64,7 +64,8 @@ async fn setup() -> Setup {
     let auth = AuthDir::init(tmp.path()).expect("auth init");
     for node in ["node-a", "node-b"] {
         let id = NodeId::parse(node).expect("id");
-        auth.issue(&Role::Node(id), node, None).expect("issue");
+        auth.issue(&Role::Node(id, None), node, None)
+            .expect("issue");
     }
     let server = NatsServer::start_with_auth(tmp.path(), "").await;
     // The registry's material: the streams and buckets exist.
@@ -197,7 +198,11 @@ async fn absent_revoked_and_expired_credentials_are_refused() {
     // Expired: issued for one second.
     let id = NodeId::parse("node-brief").expect("id");
     s.auth
-        .issue(&Role::Node(id), "node-brief", Some(Duration::from_secs(1)))
+        .issue(
+            &Role::Node(id, None),
+            "node-brief",
+            Some(Duration::from_secs(1)),
+        )
         .expect("issue");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = connect_as(&s.server, &s.auth, "node-brief", "_INBOX_node-brief").await;

@@ -215,7 +215,8 @@ async fn the_page_works_with_reader_credentials_and_nothing_more() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let auth = AuthDir::init(tmp.path()).expect("auth init");
     let id = NodeId::parse("node-a").expect("id");
-    auth.issue(&Role::Node(id), "node-a", None).expect("issue");
+    auth.issue(&Role::Node(id, None), "node-a", None)
+        .expect("issue");
     let ws = free_port();
     let server = NatsServer::start_with_auth(tmp.path(), &websocket_config(ws)).await;
     let registry_creds = auth.creds_path("registry").display().to_string();

@@ -830,18 +830,19 @@ async fn an_operator_cordons_uncordons_and_deregisters_a_node() {
         "a cordoned node was judged: {quiet:?}"
     );
 
-    // Uncordoned: online, judged again after a fresh window (it is dead:
-    // degraded then).
+    // Uncordoned: online (`node.resumed`: `node.online` is a return from
+    // silence), judged again after a fresh window (it is dead: degraded then).
     let answer = fleet_tests::admin_json(&client, "uncordon", &id, None)
         .await
         .expect("uncordon");
     assert_eq!(answer["status"], "online", "{answer}");
     let back = alerts
-        .expect("node.online", SOON, |a| {
-            a.r#type == "node.online" && a.node_id.as_deref() == Some(id.as_str())
+        .expect("node.resumed", SOON, |a| {
+            a.r#type == "node.resumed" && a.node_id.as_deref() == Some(id.as_str())
         })
         .await;
     assert_eq!(back.previous_status.as_deref(), Some("maintenance"));
+    assert_eq!(back.status.as_deref(), Some("online"));
     let degraded = alerts
         .expect("node.degraded after the fresh window", SOON, |a| {
             a.r#type == "node.degraded" && a.node_id.as_deref() == Some(id.as_str())

@@ -67,7 +67,7 @@ async fn mutual_tls_maps_certificates_to_users_with_their_roles() {
     let users = [
         Role::Registry.config_user("CN=registry"),
         Role::Reader.config_user("CN=reader"),
-        Role::Node(node.clone()).config_user("CN=node-tls"),
+        Role::Node(node.clone(), None).config_user("CN=node-tls"),
     ];
     let config = format!(
         "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify_and_map: true\n  timeout: 5\n}}\n\

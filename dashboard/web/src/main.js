@@ -287,7 +287,14 @@ function applyBeats() {
   }
 }
 
-const LIFECYCLE = new Set(["node.registered", "node.online", "node.degraded", "node.offline", "node.maintenance"]);
+const LIFECYCLE = new Set([
+  "node.registered",
+  "node.online",
+  "node.degraded",
+  "node.offline",
+  "node.maintenance",
+  "node.resumed",
+]);
 
 function onAlert(alert) {
   if (!alert || typeof alert !== "object" || typeof alert.type !== "string") return;

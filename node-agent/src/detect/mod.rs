@@ -66,6 +66,11 @@ impl Detector {
         }
     }
 
+    /// Replaces the services probed (the role's profile changed).
+    pub fn set_services(&mut self, services: Vec<ServiceProbe>) {
+        self.services = services;
+    }
+
     /// Detects capabilities now (blocking: reads sysfs, asks NVML and Ollama).
     pub fn capabilities(&mut self) -> Capabilities {
         let mut caps = Capabilities {

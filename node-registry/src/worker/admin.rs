@@ -1,6 +1,8 @@
-//! Operators' requests on `registry.admin` (cordon, uncordon, deregister):
-//! the leader alone answers, since only it changes records.
+//! Operators' requests on `registry.admin` (drain and resume, cordon and
+//! uncordon of a node or one GPU, deregister): the leader alone answers,
+//! since only it changes records.
 
+use registry_core::lifecycle::{Drain, GpuCordonRequest, OperatorError};
 use registry_kv::alerts::AlertSink;
 use registry_kv::RecordStore;
 use schemas::admin::{AdminReply, AdminRequest};
@@ -25,22 +27,53 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let now = self.clock.now();
         let cause = format!("admin/{cause}");
         let was = self.fleet.get(&request.node_id).map(|n| n.status);
-        let applied = match request.op {
-            AdminOp::Cordon => self.fleet.cordon(&request.node_id, now, &cause),
-            AdminOp::Uncordon => self.fleet.uncordon(&request.node_id, now, &cause),
-            AdminOp::Deregister => self.fleet.remove(
-                &request.node_id,
+        let id = &request.node_id;
+        let reason = request.reason.clone().unwrap_or_default();
+        let by = request.by.clone();
+        let applied = match (request.op, request.gpu) {
+            (AdminOp::Cordon, Some(index)) => {
+                self.fleet
+                    .cordon_gpu(id, now, &cause, GpuCordonRequest { index, reason, by })
+            }
+            (AdminOp::Uncordon, Some(index)) => self.fleet.uncordon_gpu(id, now, &cause, index),
+            (AdminOp::Cordon, None) if request.reason.is_none() => {
+                self.fleet.cordon(id, now, &cause)
+            }
+            (AdminOp::Cordon | AdminOp::Drain, None) => {
+                let resume_at = request
+                    .resume_at(now)
+                    .map_err(|e| ServiceError::new(ErrorCode::BadRequest, e.to_string()))?;
+                self.fleet.drain(
+                    id,
+                    now,
+                    &cause,
+                    Drain {
+                        reason,
+                        by,
+                        resume_at,
+                    },
+                )
+            }
+            (AdminOp::Uncordon | AdminOp::Resume, None) => self.fleet.resume(id, now, &cause),
+            (AdminOp::Deregister, _) => self.fleet.remove(
+                id,
                 now,
                 &cause,
                 request.reason.as_deref().unwrap_or("no reason given"),
             ),
+            // AdminRequest::decode allows gpu with cordon and uncordon only.
+            (op, Some(_)) => {
+                return Err(ServiceError::new(
+                    ErrorCode::BadRequest,
+                    format!("gpu does not go with op {op}"),
+                ))
+            }
         };
-        let Some(effects) = applied else {
-            return Err(ServiceError::new(
-                ErrorCode::NotFound,
-                format!("no node {}", request.node_id),
-            ));
-        };
+        let effects = applied.map_err(|e| match e {
+            OperatorError::UnknownNode(_) | OperatorError::NoSuchGpu { .. } => {
+                ServiceError::new(ErrorCode::NotFound, e.to_string())
+            }
+        })?;
         let stored = self.execute(effects).await;
         let status = self
             .fleet
@@ -55,12 +88,15 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 request.node_id, request.node_id
             )
         });
+        let record = self.fleet.get(&request.node_id).map(|n| n.record());
         let answer = AdminReply {
             ok: true,
             node_id: request.node_id.to_string(),
             status,
             stored,
             note,
+            maintenance: record.as_ref().and_then(|r| r.maintenance.clone()),
+            gpu_cordons: record.map(|r| r.gpu_cordons).unwrap_or_default(),
         };
         serde_json::to_vec(&answer)
             .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))

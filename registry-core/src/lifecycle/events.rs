@@ -82,8 +82,12 @@ impl Fleet {
             agent_version: e.agent_version.clone(),
             seq: e.seq,
             caps_hash: e.caps_hash.clone(),
+            profile_revision: e.profile_revision,
+            profile_error: e.profile_error.clone(),
+            profile_mismatch: e.profile_mismatch.clone(),
             ..NodeRecord::default()
         };
+        let mut kept = None;
         let slot = match self.ids.get(id).copied() {
             None => {
                 record.status = NodeStatus::Online.to_string();
@@ -109,6 +113,7 @@ impl Fleet {
                     region: self
                         .region_number(e.labels.get(REGION_LABEL).map_or("", String::as_str)),
                     link: None,
+                    resume_at: None,
                 };
                 effects.alerts.push(self.alert(
                     AlertType::Registered,
@@ -143,6 +148,10 @@ impl Fleet {
                         .map(|c| c.gpus.as_slice())
                         .unwrap_or_default(),
                 );
+                // An operator's word outlives a restart of the agent.
+                record.maintenance = previous.maintenance.clone();
+                record.gpu_cordons = previous.gpu_cordons.clone();
+                kept = Some((previous.profile_error, previous.profile_mismatch));
                 old.last_seen = old.last_seen.max(at);
                 old.caps_hash = caps_digest(record.caps_hash.as_deref());
                 record.status = old.status.to_string();
@@ -151,9 +160,62 @@ impl Fleet {
                 slot
             }
         };
+        self.profile_alerts(slot, kept, &record, at, seq, &mut effects);
         self.write(slot, record, at, &mut effects);
         self.schedule(slot);
         effects
+    }
+
+    /// One `node.profile_failed` alert when a register reports a profile
+    /// error it did not before, and one `node.profile_mismatch` when the
+    /// models it lacks changed (and it lacks some).
+    fn profile_alerts(
+        &self,
+        slot: u32,
+        before: Option<(Option<String>, Vec<String>)>,
+        record: &NodeRecord,
+        at: DateTime<Utc>,
+        seq: u64,
+        effects: &mut Effects,
+    ) {
+        let Some(node) = self.slot(slot) else {
+            return;
+        };
+        let (error_before, missing_before) = before.unwrap_or_default();
+        let role = record.role.as_deref().unwrap_or("-");
+        if let Some(error) = &record.profile_error {
+            if error_before.as_ref() != Some(error) {
+                let mut alert = self.alert(
+                    AlertType::ProfileFailed,
+                    node,
+                    None,
+                    at,
+                    &seq.to_string(),
+                    format!(
+                        "node {} cannot apply the profile of role {role} (it keeps its last good one): {error}",
+                        node.id
+                    ),
+                );
+                alert.reason = Some(error.clone());
+                effects.alerts.push(alert);
+            }
+        }
+        if !record.profile_mismatch.is_empty() && record.profile_mismatch != missing_before {
+            let mut alert = self.alert(
+                AlertType::ProfileMismatch,
+                node,
+                None,
+                at,
+                &seq.to_string(),
+                format!(
+                    "node {} lacks models the profile of role {role} expects: {}",
+                    node.id,
+                    record.profile_mismatch.join(", ")
+                ),
+            );
+            alert.reason = Some(record.profile_mismatch.join(","));
+            effects.alerts.push(alert);
+        }
     }
 
     /// Moves a node to another region (its labels changed).

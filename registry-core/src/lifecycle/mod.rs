@@ -30,7 +30,8 @@
 //! - `preservation`: self-preservation, for the registry's own faults and
 //!   for mass silence in the fleet or a region;
 //! - `restore`: the fleet rebuilt from KV at a start or takeover;
-//! - `operator`: cordon, uncordon, remove;
+//! - `operator`: drain (cordon) and resume (uncordon), a GPU cordoned,
+//!   remove;
 //! - `gpus`: GPUs in and out of service (quarantine and recovery).
 
 mod effects;
@@ -43,6 +44,7 @@ mod wheel;
 
 pub use effects::{alert_id, Effects, Write};
 pub use gpus::summary as gpu_summary;
+pub use operator::{Drain, GpuCordonRequest, OperatorError};
 pub use preservation::{OwnFault, SilenceCensus};
 pub use restore::Grace;
 
@@ -149,6 +151,8 @@ pub struct Tracked {
     region: u16,
     /// What the server last said about its connection.
     link: Option<Link>,
+    /// In maintenance: when its drain ends by itself.
+    resume_at: Option<DateTime<Utc>>,
 }
 
 /// What the server last said about a node's NATS connection.
@@ -315,6 +319,10 @@ impl Fleet {
     /// Whether no node is known.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    fn slot(&self, slot: u32) -> Option<&Tracked> {
+        self.slots.get(slot as usize)?.as_ref()
     }
 
     fn slot_mut(&mut self, slot: u32) -> Option<&mut Tracked> {

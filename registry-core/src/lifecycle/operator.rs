@@ -1,75 +1,345 @@
-//! An operator's word on a node: cordon, uncordon, remove.
+//! An operator's word on a node: drain (cordon) with a reason and a
+//! deadline, resume (uncordon), one GPU cordoned or back, remove.
 
 use super::*;
+use schemas::{GpuCordon, Maintenance};
+
+/// An operator's drain of a whole node: why, who, and when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drain {
+    /// Why ("" for a reason-less cordon).
+    pub reason: String,
+    /// Who asked, as their client said.
+    pub by: Option<String>,
+    /// When the leader resumes the node by itself (none: only an operator does).
+    pub resume_at: Option<DateTime<Utc>>,
+}
+
+/// An operator's cordon of one GPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuCordonRequest {
+    /// The GPU's index.
+    pub index: u32,
+    /// Why.
+    pub reason: String,
+    /// Who asked.
+    pub by: Option<String>,
+}
+
+/// Why an operator's request cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    /// The registry does not know the node.
+    #[error("no node {0}")]
+    UnknownNode(NodeId),
+    /// The node reports no GPU of that index.
+    #[error("node {node} has no GPU {index} (it reports {count})")]
+    NoSuchGpu {
+        /// The node.
+        node: NodeId,
+        /// The index asked for.
+        index: u32,
+        /// How many GPUs it reports.
+        count: usize,
+    },
+}
+
+/// The GPU of `index` among a node's capabilities: its reported index, or
+/// its position where the agent reports none.
+fn gpu_at(record: &NodeRecord, index: u32) -> Option<&schemas::Gpu> {
+    let gpus = record.capabilities.as_ref()?.gpus.as_slice();
+    gpus.iter()
+        .enumerate()
+        .find(|(position, gpu)| gpu.index.unwrap_or(*position as u32) == index)
+        .map(|(_, gpu)| gpu)
+}
 
 impl Fleet {
-    /// Puts a node in maintenance (an operator's cordon): it is no longer
-    /// judged, nor discovered as online, until uncordoned. `None`: unknown.
-    pub fn cordon(&mut self, id: &NodeId, at: DateTime<Utc>, cause: &str) -> Option<Effects> {
-        let slot = *self.ids.get(id)?;
-        let node = self.slots.get(slot as usize)?.as_ref()?;
-        let mut effects = Effects::default();
-        if node.status == NodeStatus::Maintenance {
-            return Some(effects);
-        }
-        let previous = node.status;
-        let mut record = node.record();
-        self.set_status(slot, NodeStatus::Maintenance, at);
-        let node = self.slots.get(slot as usize)?.as_ref()?;
-        effects.alerts.push(self.alert(
-            AlertType::Maintenance,
-            node,
-            Some(previous),
-            at,
-            cause,
-            format!("node {id} cordoned (was {previous})"),
-        ));
-        record.status = NodeStatus::Maintenance.to_string();
-        record.updated_at = schemas::time::format(at);
-        self.write(slot, record, at, &mut effects);
-        Some(effects)
+    fn slot_of(&self, id: &NodeId) -> Result<u32, OperatorError> {
+        self.ids
+            .get(id)
+            .copied()
+            .ok_or_else(|| OperatorError::UnknownNode(id.clone()))
     }
 
-    /// Takes a node out of maintenance: online, judged again after a fresh
-    /// `degraded_after` window. `None`: unknown.
-    pub fn uncordon(&mut self, id: &NodeId, at: DateTime<Utc>, cause: &str) -> Option<Effects> {
-        let slot = *self.ids.get(id)?;
-        let node = self.slots.get(slot as usize)?.as_ref()?;
+    /// Puts a node in maintenance (an operator's cordon, without a reason):
+    /// it is no longer judged, nor discovered as online, until uncordoned.
+    /// A node already in maintenance keeps its drain as it is.
+    pub fn cordon(
+        &mut self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+        cause: &str,
+    ) -> Result<Effects, OperatorError> {
+        let slot = self.slot_of(id)?;
+        if self
+            .slot(slot)
+            .is_some_and(|n| n.status == NodeStatus::Maintenance)
+        {
+            return Ok(Effects::default());
+        }
+        self.drain(id, at, cause, Drain::default())
+    }
+
+    /// Drains a node: maintenance with a reason, who asked, and maybe a
+    /// deadline at which the leader resumes it by itself. Entering raises
+    /// one `node.maintenance` alert; draining a node already in maintenance
+    /// updates its reason and deadline (no new alert).
+    pub fn drain(
+        &mut self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+        cause: &str,
+        drain: Drain,
+    ) -> Result<Effects, OperatorError> {
+        let slot = self.slot_of(id)?;
+        let Some(node) = self.slot(slot) else {
+            return Err(OperatorError::UnknownNode(id.clone()));
+        };
         let mut effects = Effects::default();
+        let previous = node.status;
+        let mut record = node.record();
+        let since = match (&record.maintenance, previous) {
+            (Some(kept), NodeStatus::Maintenance) => kept.since.clone(),
+            _ => schemas::time::format(at),
+        };
+        let maintenance = Maintenance {
+            reason: drain.reason.clone(),
+            by: drain.by.clone(),
+            since,
+            resume_at: drain.resume_at.map(schemas::time::format),
+        };
+        if previous == NodeStatus::Maintenance && record.maintenance.as_ref() == Some(&maintenance)
+        {
+            return Ok(effects);
+        }
+        if previous != NodeStatus::Maintenance {
+            self.set_status(slot, NodeStatus::Maintenance, at);
+            let Some(node) = self.slot(slot) else {
+                return Ok(effects);
+            };
+            let how = if drain.reason.is_empty() {
+                "cordoned".to_owned()
+            } else {
+                format!("drained: {}", drain.reason)
+            };
+            let until = drain
+                .resume_at
+                .map(|t| format!(" until {}", schemas::time::format(t)))
+                .unwrap_or_default();
+            let mut alert = self.alert(
+                AlertType::Maintenance,
+                node,
+                Some(previous),
+                at,
+                cause,
+                format!("node {id} {how}{until} (was {previous})"),
+            );
+            alert.reason = (!drain.reason.is_empty()).then(|| drain.reason.clone());
+            alert.resume_at = maintenance.resume_at.clone();
+            effects.alerts.push(alert);
+            record.status = NodeStatus::Maintenance.to_string();
+            record.updated_at = schemas::time::format(at);
+        }
+        record.maintenance = Some(maintenance);
+        if let Some(node) = self.slot_mut(slot) {
+            node.resume_at = drain.resume_at;
+        }
+        self.write(slot, record, at, &mut effects);
+        self.schedule(slot);
+        Ok(effects)
+    }
+
+    /// Takes a node out of maintenance (`nodectl resume`, `uncordon`, or its
+    /// drain's deadline): online, judged again after a fresh
+    /// `degraded_after` window, with one `node.resumed` alert. A node not in
+    /// maintenance is left as it is.
+    pub fn resume(
+        &mut self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+        cause: &str,
+    ) -> Result<Effects, OperatorError> {
+        let slot = self.slot_of(id)?;
+        Ok(self.resume_slot(slot, at, cause, "by an operator"))
+    }
+
+    /// Uncordon: the reason-less name of [`Fleet::resume`].
+    pub fn uncordon(
+        &mut self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+        cause: &str,
+    ) -> Result<Effects, OperatorError> {
+        self.resume(id, at, cause)
+    }
+
+    pub(super) fn resume_slot(
+        &mut self,
+        slot: u32,
+        at: DateTime<Utc>,
+        cause: &str,
+        how: &str,
+    ) -> Effects {
+        let mut effects = Effects::default();
+        let Some(node) = self.slot(slot) else {
+            return effects;
+        };
         if node.status != NodeStatus::Maintenance {
-            return Some(effects);
+            return effects;
         }
         let mut record = node.record();
         self.set_status(slot, NodeStatus::Online, at);
         if let Some(node) = self.slot_mut(slot) {
             node.judged_from = node.judged_from.max(at);
+            node.resume_at = None;
         }
-        let node = self.slots.get(slot as usize)?.as_ref()?;
-        effects.alerts.push(self.alert(
-            AlertType::Online,
+        let Some(node) = self.slot(slot) else {
+            return effects;
+        };
+        let reason = record
+            .maintenance
+            .as_ref()
+            .map(|m| m.reason.clone())
+            .filter(|r| !r.is_empty());
+        let mut alert = self.alert(
+            AlertType::Resumed,
             node,
             Some(NodeStatus::Maintenance),
             at,
             cause,
-            format!("node {id} uncordoned"),
-        ));
+            format!("node {} resumed {how}", node.id),
+        );
+        alert.reason = reason;
+        effects.alerts.push(alert);
         record.status = NodeStatus::Online.to_string();
+        record.maintenance = None;
         record.updated_at = schemas::time::format(at);
         self.write(slot, record, at, &mut effects);
         self.schedule(slot);
-        Some(effects)
+        effects
+    }
+
+    /// Takes one GPU of a node out of service while the node stays in
+    /// service: discovery's GPU figures and fit leave it out. Raises one
+    /// `gpu.cordoned` alert; cordoning it again updates the reason.
+    pub fn cordon_gpu(
+        &mut self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+        cause: &str,
+        request: GpuCordonRequest,
+    ) -> Result<Effects, OperatorError> {
+        let slot = self.slot_of(id)?;
+        let Some(node) = self.slot(slot) else {
+            return Err(OperatorError::UnknownNode(id.clone()));
+        };
+        let mut record = node.record();
+        let Some(gpu) = gpu_at(&record, request.index) else {
+            return Err(OperatorError::NoSuchGpu {
+                node: id.clone(),
+                index: request.index,
+                count: record.capabilities.as_ref().map_or(0, |c| c.gpus.len()),
+            });
+        };
+        let uuid = gpu.uuid.clone();
+        let mut effects = Effects::default();
+        match record
+            .gpu_cordons
+            .iter_mut()
+            .find(|c| c.index == request.index)
+        {
+            Some(kept) if kept.reason == request.reason && kept.by == request.by => {
+                return Ok(effects)
+            }
+            Some(kept) => {
+                kept.reason = request.reason.clone();
+                kept.by = request.by.clone();
+            }
+            None => {
+                record.gpu_cordons.push(GpuCordon {
+                    index: request.index,
+                    uuid: uuid.clone(),
+                    reason: request.reason.clone(),
+                    by: request.by.clone(),
+                    since: schemas::time::format(at),
+                });
+                record.gpu_cordons.sort_by_key(|c| c.index);
+                let mut alert = self.alert(
+                    AlertType::GpuCordoned,
+                    node,
+                    None,
+                    at,
+                    cause,
+                    format!(
+                        "GPU {} of node {id} cordoned: {}",
+                        request.index, request.reason
+                    ),
+                );
+                alert.gpu_index = Some(request.index);
+                alert.gpu_uuid = uuid;
+                alert.reason = Some(request.reason.clone()).filter(|r| !r.is_empty());
+                effects.alerts.push(alert);
+            }
+        }
+        record.updated_at = schemas::time::format(at);
+        self.write(slot, record, at, &mut effects);
+        Ok(effects)
+    }
+
+    /// Puts a cordoned GPU back in service, with one `gpu.uncordoned` alert.
+    /// A GPU not cordoned is left as it is.
+    pub fn uncordon_gpu(
+        &mut self,
+        id: &NodeId,
+        at: DateTime<Utc>,
+        cause: &str,
+        index: u32,
+    ) -> Result<Effects, OperatorError> {
+        let slot = self.slot_of(id)?;
+        let Some(node) = self.slot(slot) else {
+            return Err(OperatorError::UnknownNode(id.clone()));
+        };
+        let mut record = node.record();
+        let mut effects = Effects::default();
+        let Some(position) = record.gpu_cordons.iter().position(|c| c.index == index) else {
+            if gpu_at(&record, index).is_none() {
+                return Err(OperatorError::NoSuchGpu {
+                    node: id.clone(),
+                    index,
+                    count: record.capabilities.as_ref().map_or(0, |c| c.gpus.len()),
+                });
+            }
+            return Ok(effects);
+        };
+        let cordon = record.gpu_cordons.remove(position);
+        let mut alert = self.alert(
+            AlertType::GpuUncordoned,
+            node,
+            None,
+            at,
+            cause,
+            format!("GPU {index} of node {id} back in service"),
+        );
+        alert.gpu_index = Some(index);
+        alert.gpu_uuid = cordon.uuid;
+        effects.alerts.push(alert);
+        record.updated_at = schemas::time::format(at);
+        self.write(slot, record, at, &mut effects);
+        Ok(effects)
     }
 
     /// Removes a node on an operator's word (as if it had deregistered).
-    /// `None`: unknown.
     pub fn remove(
         &mut self,
         id: &NodeId,
         at: DateTime<Utc>,
         cause: &str,
         reason: &str,
-    ) -> Option<Effects> {
-        let node = self.take(id)?;
+    ) -> Result<Effects, OperatorError> {
+        let node = self
+            .take(id)
+            .ok_or_else(|| OperatorError::UnknownNode(id.clone()))?;
         self.reannounced.remove(id);
         let mut effects = Effects::default();
         effects.alerts.push(self.alert(
@@ -86,6 +356,6 @@ impl Fleet {
                 revision,
             });
         }
-        Some(effects)
+        Ok(effects)
     }
 }

@@ -41,6 +41,9 @@ pub(super) struct Liveness<'a> {
     /// The GPUs in and out of service (small, and only on GPU nodes).
     #[serde(default)]
     gpu_health: Option<schemas::NodeGpuHealth>,
+    /// An operator's drain, for its deadline (only on drained nodes).
+    #[serde(default)]
+    maintenance: Option<schemas::Maintenance>,
 }
 
 /// The one label liveness needs.
@@ -117,6 +120,12 @@ impl Fleet {
                 queued: None,
                 region,
                 link: None,
+                resume_at: live
+                    .maintenance
+                    .as_ref()
+                    .and_then(|m| m.resume_at.as_deref())
+                    .and_then(schemas::time::parse)
+                    .filter(|_| status == NodeStatus::Maintenance),
             };
             self.take(&id);
             self.put(tracked);

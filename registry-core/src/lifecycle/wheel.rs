@@ -34,7 +34,9 @@ impl Fleet {
                 Some(self.link_deadline(node).map_or(silent, |d| d.min(silent)))
             }
             NodeStatus::Degraded => Some(from + chrono_duration(self.settings.offline_after)),
-            NodeStatus::Offline | NodeStatus::Maintenance => None,
+            // Not judged; a drain with a deadline ends by itself.
+            NodeStatus::Maintenance => node.resume_at,
+            NodeStatus::Offline => None,
         }
     }
 
@@ -108,7 +110,27 @@ impl Fleet {
     /// Call it only while the registry is caught up with the event stream and
     /// connected; otherwise silence may be the registry's, not the node's.
     pub fn sweep(&mut self, now: DateTime<Utc>) -> Effects {
-        let due = self.due(now);
+        let (resumed, due): (Vec<u32>, Vec<u32>) = self.due(now).into_iter().partition(|slot| {
+            self.slot(*slot)
+                .is_some_and(|n| n.status == NodeStatus::Maintenance)
+        });
+        // Drains whose deadline came: an operator's decision, never held.
+        let mut effects = Effects::default();
+        for slot in resumed {
+            let Some(node) = self.slot(slot) else {
+                continue;
+            };
+            // The drained record's version: a standby that takes over derives
+            // the same alert id.
+            let cause = format!("resume/r{}", node.revision.unwrap_or(0));
+            let how = format!(
+                "by itself: its drain ended at {}",
+                node.resume_at
+                    .map(schemas::time::format)
+                    .unwrap_or_default()
+            );
+            effects.extend(self.resume_slot(slot, now, &cause, &how));
+        }
         let mut by_region = self.census_by_region(now);
         for slot in &due {
             let Some(node) = self.slots.get(*slot as usize).and_then(Option::as_ref) else {
@@ -120,7 +142,7 @@ impl Fleet {
                 }
             }
         }
-        let mut effects = self.self_preservation_check(&by_region, now);
+        effects.extend(self.self_preservation_check(&by_region, now));
         let (held, judged): (Vec<u32>, Vec<u32>) = due.into_iter().partition(|slot| {
             self.slots
                 .get(*slot as usize)

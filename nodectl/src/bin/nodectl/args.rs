@@ -50,6 +50,11 @@ pub enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Only what is out of service (drained or silent nodes, cordoned
+        /// or quarantined GPUs) with why, by whom and since when, like
+        /// Slurm's `sinfo -R`.
+        #[arg(long)]
+        reasons: bool,
     },
     /// One node's record, as JSON.
     Get {
@@ -79,15 +84,55 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Put a node in maintenance: not judged, not discovered as online (admin).
+    /// Drain nodes: maintenance with a reason (not judged, not discovered
+    /// as online), until resumed or until a deadline (admin). Survives
+    /// registry restarts and failovers.
+    Drain {
+        /// The nodes' ids, as `nodectl nodes` lists them.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Why (shown by `nodectl nodes --reasons` and in the alert).
+        #[arg(long)]
+        reason: String,
+        /// Resume by itself after this long (e.g. 2h), on the registry's clock.
+        #[arg(long = "for", conflicts_with = "until", value_parser = parse_for)]
+        for_: Option<String>,
+        /// Resume by itself at this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Take drained nodes out of maintenance now (admin).
+    Resume {
+        /// The nodes' ids, as `nodectl nodes` lists them.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Put a node in maintenance without a reason (admin); with --gpu, take
+    /// one GPU out of service instead (the node stays in service).
     Cordon {
         /// The node's id, as `nodectl nodes` lists it.
         id: String,
+        /// Only this GPU (its index), out of discovery's GPU figures and fit.
+        #[arg(long, requires = "reason")]
+        gpu: Option<u32>,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
     },
-    /// Take a node out of maintenance (admin).
+    /// Take a node out of maintenance (admin); with --gpu, put that GPU
+    /// back in service.
     Uncordon {
         /// The node's id, as `nodectl nodes` lists it.
         id: String,
+        /// Only this GPU (its index).
+        #[arg(long)]
+        gpu: Option<u32>,
+    },
+    /// Role profiles: settings every node of a role applies live (admin to
+    /// write).
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
     },
     /// Remove a node's record (admin); for nodes gone for good. A live node
     /// registers again: revoke its credentials first.
@@ -153,6 +198,51 @@ pub enum Command {
     },
 }
 
+/// `nodectl profile ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Write a role's profile from a TOML or JSON file (checked first:
+    /// unknown keys and bad values are refused).
+    Set {
+        /// The role.
+        role: String,
+        /// The profile file (.toml or .json).
+        file: std::path::PathBuf,
+    },
+    /// A role's profile now, with its revision.
+    Get {
+        /// The role.
+        role: String,
+    },
+    /// Every role's profile: role, revision, when written.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Remove a role's profile (its history stays); nodes go back to their
+    /// own configuration.
+    Rm {
+        /// The role.
+        role: String,
+    },
+    /// Every revision of a role's profile the bucket keeps.
+    History {
+        /// The role.
+        role: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// A drain's length, checked here so a typo is named before any request.
+fn parse_for(text: &str) -> Result<String, String> {
+    humantime::parse_duration(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("{e} (e.g. 90m, 2h, 1d)"))
+}
+
 /// Admin commands over the auth directory (operator, accounts, issued
 /// credentials).
 #[derive(Debug, Subcommand)]
@@ -169,6 +259,9 @@ pub enum AuthCommand {
         /// The user's name; for a node, its node id.
         #[arg(long)]
         name: String,
+        /// For a node: its role, whose profile (only) it may read.
+        #[arg(long)]
+        node_role: Option<String>,
         /// How long they are valid (e.g. 30d); forever without.
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<std::time::Duration>,

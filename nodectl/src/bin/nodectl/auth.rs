@@ -20,9 +20,13 @@ pub async fn run(cli: &Cli, dir: &Path, command: &AuthCommand) -> Result<(), Err
         AuthCommand::Issue {
             role,
             name,
+            node_role,
             ttl,
             out,
-        } => issue(cli, dir, role, name, *ttl, out.as_deref()).await,
+        } => {
+            let role = nodectl::auth::role(role, name, node_role.as_deref())?;
+            issue(cli, dir, role, name, *ttl, out.as_deref()).await
+        }
         AuthCommand::Revoke { name, no_push } => revoke(cli, dir, name, *no_push).await,
         AuthCommand::List => list(dir),
     }
@@ -49,17 +53,16 @@ fn init(dir: &Path) -> Result<(), Error> {
 async fn issue(
     cli: &Cli,
     dir: &Path,
-    role: &str,
+    role: Role,
     name: &str,
     ttl: Option<std::time::Duration>,
     out: Option<&Path>,
 ) -> Result<(), Error> {
     let dir = open(dir)?;
-    let role = nodectl::auth::role(role, name)?;
     let path = dir.issue(&role, name, ttl)?;
     // The registry checks a node's event signatures against the key it
     // knows for it: tell it (with --creds, an admin's).
-    if matches!(role, Role::Node(_)) {
+    if matches!(role, Role::Node(..)) {
         let key = dir
             .issued()?
             .into_iter()

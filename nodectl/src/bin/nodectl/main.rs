@@ -2,7 +2,8 @@
 //! [`fleet_client::Client`]. One file a command group:
 //! - `args`: every flag and subcommand;
 //! - `query`: nodes, get, discover, watch, alerts, audit, health (any reader);
-//! - `admin`: cordon, uncordon, deregister (the leader answers);
+//! - `admin`: drain, resume, cordon, uncordon, deregister (the leader
+//!   answers); profiles;
 //! - `token`: join tokens;
 //! - `auth`: the auth directory;
 //! - `dashboard`: serving the fleet page;
@@ -22,6 +23,7 @@ use args::{Cli, Command};
 use clap::{CommandFactory as _, FromArgMatches as _};
 use fleet_client::Client;
 use nodectl::Error;
+use schemas::status::AdminOp;
 use tracing::Instrument as _;
 
 #[tokio::main]
@@ -85,8 +87,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         return dashboard::run(*listen, ws_url, cli.auth.creds.as_deref()).await;
     }
     let client = connect(&cli).await?;
+    let by = admin::who(cli.auth.creds.as_deref());
     match cli.command {
-        Command::Nodes { output } => query::nodes(&client, output).await,
+        Command::Nodes { output, reasons } => query::nodes(&client, output, reasons).await,
         Command::Health { output } => query::health(&client, output).await,
         Command::Get { id } => query::get(&client, &id).await,
         Command::Discover(args) => query::discover(&client, &args).await,
@@ -104,9 +107,54 @@ async fn run(cli: Cli) -> Result<(), Error> {
             types,
             output,
         } => query::audit(&client, node, &since, until.as_deref(), types, output).await,
-        Command::Cordon { id } => admin::cordon(&client, &id).await,
-        Command::Uncordon { id } => admin::uncordon(&client, &id).await,
-        Command::Deregister { id, reason } => admin::deregister(&client, &id, reason).await,
+        Command::Drain {
+            ids,
+            reason,
+            for_,
+            until,
+        } => {
+            let details = admin::Details {
+                reason: Some(reason),
+                by,
+                for_,
+                until,
+                ..admin::Details::default()
+            };
+            admin::each(&client, AdminOp::Drain, &ids, details).await
+        }
+        Command::Resume { ids } => {
+            let details = admin::Details {
+                by,
+                ..admin::Details::default()
+            };
+            admin::each(&client, AdminOp::Resume, &ids, details).await
+        }
+        Command::Cordon { id, gpu, reason } => {
+            let details = admin::Details {
+                reason,
+                by,
+                gpu,
+                ..admin::Details::default()
+            };
+            admin::cordon(&client, &id, details).await
+        }
+        Command::Uncordon { id, gpu } => {
+            let details = admin::Details {
+                by,
+                gpu,
+                ..admin::Details::default()
+            };
+            admin::uncordon(&client, &id, details).await
+        }
+        Command::Deregister { id, reason } => {
+            let details = admin::Details {
+                reason,
+                by,
+                ..admin::Details::default()
+            };
+            admin::deregister(&client, &id, details).await
+        }
+        Command::Profile { command } => admin::profile(&client, command).await,
         Command::Token { dir, command } => token::run(&client, &dir, command).await,
         // Handled before connecting.
         Command::Auth { .. } | Command::Dashboard { .. } => Ok(()),

@@ -41,14 +41,27 @@ pub async fn health(client: &Client, output: Output) -> Result<(), Error> {
     Ok(())
 }
 
-/// Every node the registry knows, of any status.
-pub async fn nodes(client: &Client, output: Output) -> Result<(), Error> {
+/// Every node the registry knows, of any status; or, with `reasons`,
+/// what is out of service and why.
+pub async fn nodes(client: &Client, output: Output, reasons: bool) -> Result<(), Error> {
     let request = DiscoverRequest {
         status: Some("any".into()),
         limit: Some(1000),
         ..DiscoverRequest::default()
     };
     let nodes = client.list_all(&request).await?;
+    if reasons {
+        let out = nodectl::reasons::reasons(&nodes);
+        match output {
+            Output::Json => {
+                for reason in &out {
+                    println!("{}", crate::print::json_line(reason)?);
+                }
+            }
+            Output::Table => print!("{}", nodectl::reasons::table(&out, Utc::now())),
+        }
+        return Ok(());
+    }
     match output {
         Output::Json => {
             let reply = schemas::DiscoverReply {

@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{HeaderMap, Message};
+use async_nats::HeaderMap;
 use futures::StreamExt;
 use rand::Rng;
-use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE, MAX_REQUEST_BYTES};
-use schemas::error::{ErrorCode, ServiceError};
-use schemas::status::{EventType, TaskType};
-use schemas::{Capabilities, DetectReply, NodeEvent, PingReply, ReannounceReply, TaskRequest};
+use schemas::codec::{self, Encoding, HEADER_CONTENT_TYPE};
+use schemas::status::EventType;
+use schemas::{Capabilities, NodeEvent};
 use subjects::NodeId;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,6 +22,12 @@ use tracing::{debug, info, info_span, instrument, warn, Instrument};
 
 use crate::config::{AgentConfig, ConfigError};
 use crate::detect::{local_ip_towards, Detector};
+use crate::profile::{self, ProfileState};
+
+mod settings;
+mod tasks;
+use settings::{apply_config, apply_profile, apply_reload, watch_profile};
+use tasks::handle_task;
 
 /// The agent's version, reported in registrations and pings.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -78,8 +83,12 @@ struct Shared {
     hostname: String,
     client: async_nats::Client,
     js: jetstream::Context,
-    /// The configuration in force; SIGHUP replaces it (but not the NATS URL).
+    /// The configuration in force: `local` with the role's profile over it.
     config: RwLock<AgentConfig>,
+    /// The configuration as loaded; SIGHUP replaces it (but not the NATS URL).
+    local: RwLock<AgentConfig>,
+    /// The role's profile in force, and why the latest was refused.
+    profile: Mutex<ProfileState>,
     detector: Mutex<Detector>,
     /// Rises with every event; together with `boot` it makes `Nats-Msg-Id`
     /// unique, so a retried publish is stored once.
@@ -207,8 +216,13 @@ async fn run_as(
         registered_hash: Mutex::new(None),
         health: Mutex::new(crate::health::HealthFile::starting(health_id, &config)),
         metrics: crate::metrics::AgentMetrics::new(),
+        local: RwLock::new(config.clone()),
+        profile: Mutex::new(ProfileState::default()),
         config: RwLock::new(config),
     });
+    // The role's profile: watched off the loop, applied in it.
+    let (profile_tx, mut profile_rx) = mpsc::channel::<profile::Update>(4);
+    let mut profile_watch = watch_profile(&agent, &profile_tx);
 
     tokio::pin!(shutdown);
     let mut hangups = hangup_signals();
@@ -258,9 +272,23 @@ async fn run_as(
             Some(()) = next_hangup(&mut hangups) => {
                 info!("SIGHUP: re-reading the configuration and detecting again");
                 if let Some(reload) = &reload {
-                    apply_reload(&agent, reload());
+                    if apply_reload(&agent, reload()) {
+                        // Another role: another profile.
+                        profile_watch.abort();
+                        *agent.profile.lock().unwrap_or_else(|p| p.into_inner()) = ProfileState::default();
+                        apply_config(&agent);
+                        profile_watch = watch_profile(&agent, &profile_tx);
+                    }
                 }
                 spawn_detection(&agent, &detected_tx);
+            }
+            Some(update) = profile_rx.recv() => {
+                if apply_profile(&agent, update) {
+                    // A shorter interval takes effect at once.
+                    next_beat = next_beat.min(Instant::now() + agent.jittered_interval());
+                    next_detect = next_detect.min(Instant::now() + agent.detect_interval());
+                    spawn_detection(&agent, &detected_tx);
+                }
             }
             Some(event) = events_rx.recv() => match event {
                 async_nats::Event::Connected if !initial_connect_seen => {
@@ -320,9 +348,13 @@ async fn run_as(
             }
         }
     }
-    for handle in [registration.map(|r| r.task), heartbeat_in_flight]
-        .into_iter()
-        .flatten()
+    for handle in [
+        registration.map(|r| r.task),
+        heartbeat_in_flight,
+        Some(profile_watch),
+    ]
+    .into_iter()
+    .flatten()
     {
         handle.abort();
     }
@@ -358,26 +390,6 @@ async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
 #[cfg(not(unix))]
 async fn next_hangup(_: &mut Hangups) -> Option<()> {
     std::future::pending().await
-}
-
-fn apply_reload(agent: &Arc<Shared>, reloaded: Result<AgentConfig, ConfigError>) {
-    match reloaded {
-        Ok(config) => {
-            let mut current = agent.config.write().unwrap_or_else(|p| p.into_inner());
-            if config.nats_url != current.nats_url || config.node_id != current.node_id {
-                warn!("nats_url and node_id take effect only after a restart");
-            }
-            *agent.detector.lock().unwrap_or_else(|p| p.into_inner()) = Detector::new(&config);
-            let nats_url = std::mem::take(&mut current.nats_url);
-            let node_id = current.node_id.take();
-            *current = AgentConfig {
-                nats_url,
-                node_id,
-                ..config
-            };
-        }
-        Err(e) => warn!(error = %e, "configuration not reloaded; keeping the one in force"),
-    }
 }
 
 /// Detects capabilities off the loop and sends the register event it makes.
@@ -535,6 +547,16 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
         agent_version: Some(AGENT_VERSION.to_owned()),
         ..NodeEvent::default()
     };
+    {
+        let profile = agent.profile.lock().unwrap_or_else(|p| p.into_inner());
+        event.profile_revision = profile.revision();
+        event.profile_error = profile.error.clone();
+        event.profile_mismatch = event
+            .capabilities
+            .as_ref()
+            .map(|c| profile.missing_models(&c.models))
+            .unwrap_or_default();
+    }
     event.caps_hash = Some(caps_hash(&event));
     event
 }
@@ -637,75 +659,6 @@ fn asks_to_reannounce(payload: &[u8]) -> bool {
     payload.len() <= schemas::codec::MAX_EVENT_BYTES
         && serde_json::from_slice::<Kind<'_>>(payload)
             .is_ok_and(|k| k.r#type == subjects::alert_types::REGISTRY_REANNOUNCE)
-}
-
-/// Answers one control task; returns whether a fresh `register` is due.
-#[instrument(skip_all, fields(node_id = %agent.id))]
-async fn handle_task(agent: &Arc<Shared>, message: Message) -> bool {
-    let mut reregister = false;
-    let (encoding, result) = match schemas::nats::encoding_of(message.headers.as_ref()) {
-        Err(e) => (
-            Encoding::Json,
-            Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
-        ),
-        Ok(encoding) => {
-            let result =
-                match codec::decode::<TaskRequest>(&message.payload, encoding, MAX_REQUEST_BYTES) {
-                    Err(e) => Err(ServiceError::new(ErrorCode::BadRequest, e.to_string())),
-                    Ok(task) => match task.r#type.parse::<TaskType>() {
-                        Ok(TaskType::Reannounce) => {
-                            info!("asked to reannounce");
-                            reregister = true;
-                            Ok(codec::encode(&ReannounceReply { ok: true }, encoding))
-                        }
-                        Ok(TaskType::Ping) => Ok(codec::encode(
-                            &PingReply {
-                                node_id: agent.id.to_string(),
-                                agent_version: AGENT_VERSION.to_owned(),
-                                uptime_s: agent.started.elapsed().as_secs(),
-                                last_publish_ok: agent.last_publish_ok.load(Ordering::Relaxed),
-                            },
-                            encoding,
-                        )),
-                        Ok(TaskType::Detect) => Ok(codec::encode(
-                            &DetectReply {
-                                capabilities: Some(detect(agent).await),
-                            },
-                            encoding,
-                        )),
-                        Err(unknown) => Err(ServiceError::new(
-                            ErrorCode::NotFound,
-                            format!(
-                                "unknown task type {:?}, expected one of {}",
-                                unknown.value,
-                                TaskType::ALL.join(", ")
-                            ),
-                        )),
-                    },
-                };
-            (encoding, result)
-        }
-    };
-    if let Err(error) = &result {
-        warn!(code = error.code, message = %error.message, "task refused");
-    }
-    if let Some(reply) = message.reply.filter(|r| {
-        let safe = subjects::is_safe_reply(r);
-        if !safe {
-            warn!(reply = %r, "task with a reply subject that is not an inbox; not answered");
-        }
-        safe
-    }) {
-        let (headers, body) = schemas::nats::reply_parts(result, encoding);
-        if let Err(e) = agent
-            .client
-            .publish_with_headers(reply, headers, body)
-            .await
-        {
-            warn!(error = %e, "replying to a task");
-        }
-    }
-    reregister
 }
 
 /// Publishes one event and waits for JetStream's ack.
