@@ -195,7 +195,10 @@ mod tests {
         let now = schemas::time::parse("2026-11-26T09:30:00Z").expect("now");
         let text = table(&all, now);
         assert!(text.starts_with("REASON"), "{text}");
-        let drained = text.lines().find(|l| l.starts_with("PSU swap")).expect("row");
+        let drained = text
+            .lines()
+            .find(|l| l.starts_with("PSU swap"))
+            .expect("row");
         assert!(
             drained.contains(" ops ") && drained.contains("2026-11-26T10:00:00Z"),
             "{text}"

@@ -69,7 +69,7 @@ fn record(i: u64, rng: &mut Rng) -> NodeRecord {
         models_loaded: Vec::new(),
         services: vec!["ollama".into()],
         caps_hash: event.caps_hash,
-        gpu_health: None,
+        ..NodeRecord::default()
     }
 }
 

@@ -4,6 +4,8 @@ use super::*;
 use schemas::{Metrics, NodeEvent};
 use subjects::alert_types::*;
 
+mod operator;
+
 fn t0() -> DateTime<Utc> {
     schemas::time::parse("2026-11-22T00:00:00Z").expect("valid time")
 }
