@@ -607,6 +607,21 @@ pub async fn stored_node_id(state_dir: &Path) -> String {
     .await
 }
 
+/// Runs a binary of the workspace to completion, without `NATS_URL` from
+/// the environment: (success, stdout, stderr), trimmed.
+pub fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(workspace_bin(name))
+        .args(args)
+        .env_remove("NATS_URL")
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
 /// A typed registry client on `server`, with the contract's names.
 pub async fn registry_client(server: &NatsServer) -> fleet_client::Client {
     fleet_client::Client::new(server.client().await, subjects::Names::default())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use fleet_auth::{AuthDir, Role};
-use fleet_tests::NatsServer;
+use fleet_tests::{run_bin, NatsServer};
 use futures::StreamExt;
 use subjects::NodeId;
 use tokio::sync::mpsc;
@@ -62,9 +62,10 @@ struct Setup {
 async fn setup() -> Setup {
     let tmp = tempfile::tempdir().expect("tempdir");
     let auth = AuthDir::init(tmp.path()).expect("auth init");
-    for node in ["node-a", "node-b"] {
+    // node-a is of role gpu: it may read that profile (and only that one).
+    for (node, role) in [("node-a", Some("gpu")), ("node-b", None)] {
         let id = NodeId::parse(node).expect("id");
-        auth.issue(&Role::Node(id, None), node, None)
+        auth.issue(&Role::Node(id, role.map(str::to_owned)), node, None)
             .expect("issue");
     }
     let server = NatsServer::start_with_auth(tmp.path(), "").await;
@@ -188,6 +189,127 @@ async fn a_node_touches_only_what_is_its_own() {
     assert_eq!(info.state.messages, 1, "only node-a's own event is stored");
 }
 
+/// Creates an ordered push consumer on the `profiles` bucket named in the
+/// API subject with `filter` there, and `config_filters` in its config;
+/// returns the first value delivered, or why there was none.
+async fn read_profile(
+    client: &async_nats::Client,
+    subject_filter: &str,
+    config: serde_json::Value,
+) -> Result<String, String> {
+    let inbox = client.new_inbox();
+    let mut delivered = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = subjects::kv_stream(subjects::BUCKET_PROFILES);
+    let mut config = config;
+    config["deliver_subject"] = inbox.into();
+    config["deliver_policy"] = "last_per_subject".into();
+    config["ack_policy"] = "none".into();
+    let request = serde_json::json!({"stream_name": stream, "config": config});
+    let reply = client
+        .request(
+            format!(
+                "$JS.API.CONSUMER.CREATE.{stream}.probe{}.{subject_filter}",
+                rand_suffix()
+            ),
+            request.to_string().into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+    if let Some(error) = answer.get("error") {
+        return Err(error.to_string());
+    }
+    match tokio::time::timeout(Duration::from_secs(3), delivered.next()).await {
+        Ok(Some(message)) => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
+        _ => Err("nothing delivered".into()),
+    }
+}
+
+fn rand_suffix() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_node_reads_only_its_roles_profile_and_writes_none() {
+    let s = setup().await;
+    let (admin, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
+        .await
+        .expect("admin connects");
+    let profiles = jetstream::new(admin)
+        .get_key_value(subjects::BUCKET_PROFILES)
+        .await
+        .expect("the profiles bucket");
+    profiles
+        .put("gpu", r#"{"labels":{"tier":"a"}}"#.into())
+        .await
+        .expect("an admin writes profiles");
+    profiles
+        .put("cpu", r#"{"labels":{"tier":"secret"}}"#.into())
+        .await
+        .expect("put");
+    let (a, mut errors) = connect_as(&s.server, &s.auth, "node-a", "_INBOX_node-a")
+        .await
+        .expect("node-a connects");
+    let own = subjects::profile_subject("gpu");
+    let other = subjects::profile_subject("cpu");
+
+    // Its own role's profile: readable, the way the agent reads it.
+    let value = read_profile(&a, &own, serde_json::json!({"filter_subject": own}))
+        .await
+        .expect("its own profile");
+    assert!(value.contains("\"a\""), "{value}");
+
+    // Another role's: the consumer is refused by the server.
+    let denied = read_profile(&a, &other, serde_json::json!({"filter_subject": other})).await;
+    assert!(denied.is_err(), "read another role's profile: {denied:?}");
+    violation(&mut errors, "$KV.profiles.cpu").await;
+    // Nor through its own subject with another filter in the body.
+    for config in [
+        serde_json::json!({"filter_subject": other}),
+        serde_json::json!({"filter_subjects": [other]}),
+        serde_json::json!({"filter_subjects": [own, other]}),
+    ] {
+        let sneaky = read_profile(&a, &own, config.clone()).await;
+        assert!(
+            sneaky.is_err(),
+            "{config}: the server took a consumer whose filter differs from the subject's: {sneaky:?}"
+        );
+    }
+    // Nor with the filter only in the body (the old API subject).
+    let stream = subjects::kv_stream(subjects::BUCKET_PROFILES);
+    a.publish(format!("$JS.API.CONSUMER.CREATE.{stream}"), "{}".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, &format!("$JS.API.CONSUMER.CREATE.{stream}")).await;
+    // Nor directly.
+    a.publish(format!("$JS.API.DIRECT.GET.{stream}.{other}"), "".into())
+        .await
+        .expect("sent");
+    violation(&mut errors, &format!("$JS.API.DIRECT.GET.{stream}.{other}")).await;
+    // And it writes no profile, not even its own.
+    a.publish(own.clone(), "{}".into()).await.expect("sent");
+    violation(&mut errors, &own).await;
+    assert_eq!(
+        profiles.get("gpu").await.expect("get").as_deref(),
+        Some(br#"{"labels":{"tier":"a"}}"#.as_slice())
+    );
+    // A node without a role reads none.
+    let (b, mut b_errors) = connect_as(&s.server, &s.auth, "node-b", "_INBOX_node-b")
+        .await
+        .expect("node-b connects");
+    assert!(
+        read_profile(&b, &own, serde_json::json!({"filter_subject": own}))
+            .await
+            .is_err()
+    );
+    violation(&mut b_errors, &own).await;
+}
+
 #[tokio::test]
 async fn absent_revoked_and_expired_credentials_are_refused() {
     let s = setup().await;
@@ -298,19 +420,6 @@ async fn the_registry_and_an_agent_run_with_their_own_credentials() {
         .expect("an admin cordons");
     assert_eq!(answer["status"], "maintenance", "{answer}");
     drop((registry, agent));
-}
-
-/// Runs a binary of the workspace to completion: (success, stdout, stderr).
-fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(fleet_tests::workspace_bin(name))
-        .args(args)
-        .output()
-        .expect("run");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    )
 }
 
 /// `node-agent join --no-run`: (success, stderr).
@@ -477,6 +586,52 @@ async fn a_join_token_is_exchanged_once_for_a_nodes_own_credentials() {
     .await;
     assert_eq!(node.labels.get("region").map(String::as_str), Some("eu"));
     assert_eq!(node.labels.get("gpu").map(String::as_str), Some("true"));
+    // Its credentials let it read its role's profile: an admin sets one and
+    // the joined agent applies it.
+    let profile = s.server.temp_path("inference.toml");
+    std::fs::write(&profile, "[labels]\ntier = \"joined\"\n").expect("profile file");
+    let profile = profile.display().to_string();
+    let (ok, _, err) = run_bin(
+        "nodectl",
+        &[
+            "--nats-url",
+            &url,
+            "--creds",
+            &admin,
+            "profile",
+            "set",
+            "inference",
+            &profile,
+        ],
+    );
+    assert!(ok, "{err}");
+    fleet_tests::eventually(
+        "the joined node on its profile",
+        Duration::from_secs(30),
+        || async {
+            let record = client.get(&node.node_id).await.ok()??;
+            (record.labels.get("tier").map(String::as_str) == Some("joined")
+                && record.profile_revision.is_some())
+            .then_some(())
+        },
+    )
+    .await;
+    // A reader cannot write one.
+    let reader_creds = s.auth.creds_path("reader").display().to_string();
+    let (ok, _, _) = run_bin(
+        "nodectl",
+        &[
+            "--nats-url",
+            &url,
+            "--creds",
+            &reader_creds,
+            "profile",
+            "set",
+            "inference",
+            &profile,
+        ],
+    );
+    assert!(!ok, "a reader wrote a profile");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
