@@ -171,6 +171,40 @@ async fn the_page_follows_the_fleet_live() {
         )
         .await;
 
+    // A drain shows live: the row in maintenance, the detail says why and
+    // until when; a resume brings it back with a node.resumed alert.
+    let client = fleet_tests::registry_client(&server).await;
+    fleet_tests::admin_json(&client, "drain", &gpu, Some("PSU swap"))
+        .await
+        .expect("drain");
+    fleet_tests::eventually("the drained row", LIMIT, || async {
+        (status_of(&browser, &gpu).await == json!("maintenance")).then_some(())
+    })
+    .await;
+    browser
+        .wait_for(
+            "the drain's reason in the detail",
+            LIMIT,
+            "const m = document.querySelector('[data-role=\"maintenance\"]'); return !!m && m.textContent.includes('PSU swap');",
+        )
+        .await;
+    fleet_tests::admin_json(&client, "resume", &gpu, None)
+        .await
+        .expect("resume");
+    fleet_tests::eventually("the resumed row", LIMIT, || async {
+        (status_of(&browser, &gpu).await == json!("online")).then_some(())
+    })
+    .await;
+    browser
+        .wait_for(
+            "a node.resumed alert in the feed",
+            LIMIT,
+            &format!(
+                "return !!document.querySelector('[data-alert-type=\"node.resumed\"][data-alert-node=\"{gpu}\"]');"
+            ),
+        )
+        .await;
+
     // A killed agent's row goes degraded, then offline, live; its
     // heartbeat age keeps ticking; the feed shows both alerts.
     laptop.kill9();

@@ -22,14 +22,26 @@ export function drawDetail(el, node, timeline, timelineError) {
   const gpus = Array.isArray(caps.gpus) ? caps.gpus : [];
   const usage = node.metrics && Array.isArray(node.metrics.gpus) ? node.metrics.gpus : [];
   const labels = r.labels || {};
+  const cordons = Array.isArray(r.gpu_cordons) ? r.gpu_cordons : [];
   const gpuRows = gpus
     .map((g, i) => {
       const u = usage.find((x) => Number(x.index) === i) || {};
+      const cordon = cordons.find((c) => Number(c.index) === i);
       return `<li>#${i} ${esc(g.vendor)} ${esc(g.model)} · ${gb(Number(g.vram_gb))} GiB${
         Number.isFinite(Number(u.util_pct)) ? ` · ${Number(u.util_pct).toFixed(0)}% · ${gb(Number(u.vram_used_gb))} GiB used` : ""
-      }</li>`;
+      }${cordon ? ` · <b data-role="gpu-cordon">cordoned: ${esc(cordon.reason)}${cordon.by ? ` (${esc(cordon.by)})` : ""}</b>` : ""}</li>`;
     })
     .join("");
+  // Why it is out of service, who said so, and until when.
+  const m = r.maintenance;
+  const drain =
+    node.status === "maintenance" && m
+      ? esc(
+          [m.reason || "cordoned", m.by && `by ${m.by}`, m.since && `since ${clock(parseTime(m.since))}`, m.resume_at && `until ${clock(parseTime(m.resume_at))}`]
+            .filter(Boolean)
+            .join(" · "),
+        )
+      : "";
   const events = timeline
     ? timeline
         .slice(-200)
@@ -46,11 +58,24 @@ export function drawDetail(el, node, timeline, timelineError) {
     <h2>${esc(node.id)}</h2>
     ${kv([
       ["status", `<span class="status s-${esc(node.status)}">${esc(node.status)}</span>`],
+      ["maintenance", drain && `<span data-role="maintenance">${drain}</span>`],
       ["last heartbeat", `${esc(age(Date.now() - node.lastSeen))} ago`],
       ["name", esc(r.node_name)],
       ["role", esc(r.role)],
       ["host", esc([r.hostname, r.ip_address, r.local_ip].filter(Boolean).join(" · "))],
       ["agent", esc(r.agent_version)],
+      [
+        "profile",
+        esc(
+          [
+            r.profile_revision !== undefined && r.profile_revision !== null && `revision ${r.profile_revision}`,
+            r.profile_error && `refused: ${r.profile_error}`,
+            Array.isArray(r.profile_mismatch) && r.profile_mismatch.length > 0 && `lacks ${r.profile_mismatch.join(", ")}`,
+          ]
+            .filter(Boolean)
+            .join(" · "),
+        ),
+      ],
       ["registered", esc(clock(parseTime(r.registered_at)))],
       ["os", esc([caps.os, caps.os_version, caps.arch].filter(Boolean).join(" "))],
       ["cpu", esc([caps.cpu_model, caps.cpu_cores && `${caps.cpu_cores} cores`].filter(Boolean).join(" · "))],
