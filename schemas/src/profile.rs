@@ -128,14 +128,19 @@ impl Profile {
         if bytes.len() > MAX_PROFILE_BYTES {
             return Err(ProfileError::TooLarge(bytes.len()));
         }
-        let profile: Self =
+        let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ProfileError::Malformed(e.to_string()))?;
-        profile.validate()?;
-        Ok(profile)
+        Self::from_value(value)
     }
 
     /// Checks a profile built from another form (TOML), as [`Profile::decode`].
     pub fn from_value(value: serde_json::Value) -> Result<Self, ProfileError> {
+        // serde would take a list as the fields in order: a profile is a table.
+        if !value.is_object() {
+            return Err(ProfileError::Malformed(
+                "a profile is a JSON object (a TOML table)".into(),
+            ));
+        }
         let profile: Self =
             serde_json::from_value(value).map_err(|e| ProfileError::Malformed(e.to_string()))?;
         profile.validate()?;
@@ -282,7 +287,8 @@ mod tests {
             ),
             (r#"{"expected_models":[""]}"#, "not a model name"),
             (r#"{"config":[1,2]}"#, "invalid type"),
-            (r#"[]"#, "invalid type"),
+            (r#"[]"#, "a profile is a JSON object"),
+            (r#"["10s"]"#, "a profile is a JSON object"),
         ] {
             let error = Profile::decode(bad.as_bytes()).expect_err(bad);
             assert!(error.to_string().contains(want), "{bad}: {error}");
