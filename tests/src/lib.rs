@@ -583,6 +583,35 @@ pub fn spawn_agent_on(urls: &str, state: &Path, args: &[&str]) -> Proc {
     )
 }
 
+/// Starts a quick `node-agent` against `server`: a heartbeat every 300 ms,
+/// no Ollama (a closed port), and `extra` flags.
+pub fn spawn_quick_agent(server: &NatsServer, state: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--heartbeat-interval",
+        "300ms",
+        "--ollama-url",
+        "http://127.0.0.1:9",
+    ];
+    args.extend_from_slice(extra);
+    spawn_agent(server, state, &args)
+}
+
+/// Publishes `event` on node `node_id`'s events subject as an agent would
+/// (JSON), and waits for the stream's ack.
+pub async fn publish_event(
+    js: &async_nats::jetstream::Context,
+    node_id: &str,
+    event: &schemas::NodeEvent,
+) {
+    let subject = subjects::node_events(&subjects::NodeId::parse(node_id).expect("node id"));
+    let payload = serde_json::to_vec(event).expect("JSON");
+    js.publish(subject, payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("acked");
+}
+
 /// The node id an agent stored in its state directory, once it has.
 pub async fn agent_node_id(server: &NatsServer, state: &str) -> String {
     stored_node_id(&server.temp_path(state)).await

@@ -32,14 +32,7 @@ fn registry(server: &NatsServer, name: &str) -> Proc {
 }
 
 fn agent(server: &NatsServer, state: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--heartbeat-interval",
-        "300ms",
-        "--ollama-url",
-        "http://127.0.0.1:9",
-    ];
-    args.extend_from_slice(extra);
-    spawn_agent(server, state, &args)
+    fleet_tests::spawn_quick_agent(server, state, extra)
 }
 
 fn time(text: &str) -> DateTime<Utc> {

@@ -52,13 +52,7 @@ fn heartbeat(seq: u64, second: &str) -> NodeEvent {
 }
 
 async fn publish(js: &jetstream::Context, event: &NodeEvent) {
-    let subject = subjects::node_events(&subjects::NodeId::parse(NODE).expect("id"));
-    let payload = serde_json::to_vec(event).expect("JSON");
-    js.publish(subject, payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("acked");
+    fleet_tests::publish_event(js, NODE, event).await;
 }
 
 fn nodectl(url: &str, args: &[&str]) -> String {

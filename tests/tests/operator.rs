@@ -10,8 +10,8 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use fleet_client::Client;
 use fleet_tests::{
-    agent_node_id, eventually, registry_client, run_bin, spawn_agent, spawn_registry,
-    wait_registry, AlertTap, NatsServer, Proc,
+    agent_node_id, eventually, registry_client, run_bin, spawn_registry, wait_registry, AlertTap,
+    NatsServer, Proc,
 };
 use schemas::{Capabilities, DiscoverRequest, Gpu, Metrics, NodeEvent, NodeRecord};
 use subjects::alert_types::*;
@@ -35,14 +35,7 @@ fn registry(server: &NatsServer, instance: &str) -> Proc {
 }
 
 fn agent(server: &NatsServer, state: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--heartbeat-interval",
-        "300ms",
-        "--ollama-url",
-        "http://127.0.0.1:9",
-    ];
-    args.extend_from_slice(extra);
-    spawn_agent(server, state, &args)
+    fleet_tests::spawn_quick_agent(server, state, extra)
 }
 
 fn nodectl(server: &NatsServer, args: &[&str]) -> (bool, String, String) {
@@ -165,13 +158,7 @@ async fn a_drain_for_3s_resumes_by_itself_across_a_registry_killed_in_between() 
 const GPU_NODE: &str = "gpu-box-9";
 
 async fn publish(js: &jetstream::Context, event: &NodeEvent) {
-    let subject = subjects::node_events(&subjects::NodeId::parse(GPU_NODE).expect("id"));
-    let payload = serde_json::to_vec(event).expect("JSON");
-    js.publish(subject, payload.into())
-        .await
-        .expect("publish")
-        .await
-        .expect("acked");
+    fleet_tests::publish_event(js, GPU_NODE, event).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,15 @@ fn gpu_at(record: &NodeRecord, index: u32) -> Option<&schemas::Gpu> {
         .map(|(_, gpu)| gpu)
 }
 
+/// The refusal of a GPU index `record`'s node does not report.
+fn no_such_gpu(id: &NodeId, index: u32, record: &NodeRecord) -> OperatorError {
+    OperatorError::NoSuchGpu {
+        node: id.clone(),
+        index,
+        count: record.capabilities.as_ref().map_or(0, |c| c.gpus.len()),
+    }
+}
+
 impl Fleet {
     fn slot_of(&self, id: &NodeId) -> Result<u32, OperatorError> {
         self.ids
@@ -236,11 +245,7 @@ impl Fleet {
         };
         let mut record = node.record();
         let Some(gpu) = gpu_at(&record, request.index) else {
-            return Err(OperatorError::NoSuchGpu {
-                node: id.clone(),
-                index: request.index,
-                count: record.capabilities.as_ref().map_or(0, |c| c.gpus.len()),
-            });
+            return Err(no_such_gpu(id, request.index, &record));
         };
         let uuid = gpu.uuid.clone();
         let mut effects = Effects::default();
@@ -304,11 +309,7 @@ impl Fleet {
         let mut effects = Effects::default();
         let Some(position) = record.gpu_cordons.iter().position(|c| c.index == index) else {
             if gpu_at(&record, index).is_none() {
-                return Err(OperatorError::NoSuchGpu {
-                    node: id.clone(),
-                    index,
-                    count: record.capabilities.as_ref().map_or(0, |c| c.gpus.len()),
-                });
+                return Err(no_such_gpu(id, index, &record));
             }
             return Ok(effects);
         };
