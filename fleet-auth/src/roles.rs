@@ -93,7 +93,7 @@ impl Role {
             }),
             Self::Node(id, role) => json!({
                 "pub": {"allow": node_publishes(id, role.as_deref())},
-                "sub": {"allow": [subjects::node_tasks(id), format!("{}.>", node_inbox_prefix(id))]},
+                "sub": {"allow": node_subscribes(id, role.as_deref())},
                 // Replies to the tasks it receives, one each.
                 "resp": {"max": 1, "ttl": 0},
             }),
@@ -171,23 +171,33 @@ fn node_publishes(id: &NodeId, role: Option<&str>) -> Vec<String> {
     allow
 }
 
-/// What a node of `role` may ask of JetStream to read its role's profile,
-/// and nothing else of the `profiles` bucket: an ordered consumer whose
-/// filter is named in the API subject (the server checks that the
-/// consumer's filter is that one), a direct get of that key, and the
-/// flow-control replies of its push consumer. A role that cannot name a
-/// profile gets nothing.
+/// What a node of `role` may publish to read its role's profile, and
+/// nothing else of the `profiles` bucket: a direct get of that one key (the
+/// key is in the API subject). A role that cannot name a profile gets
+/// nothing.
 fn profile_reader(role: &str) -> Vec<String> {
     if !subjects::is_role_name(role) {
         return Vec::new();
     }
-    let stream = subjects::kv_stream(subjects::BUCKET_PROFILES);
-    let key = subjects::profile_subject(role);
-    vec![
-        format!("$JS.API.CONSUMER.CREATE.{stream}.*.{key}"),
-        format!("$JS.API.DIRECT.GET.{stream}.{key}"),
-        format!("$JS.FC.{stream}.>"),
-    ]
+    vec![format!(
+        "$JS.API.DIRECT.GET.{}.{}",
+        subjects::kv_stream(subjects::BUCKET_PROFILES),
+        subjects::profile_subject(role)
+    )]
+}
+
+/// What a node may subscribe to: its tasks, its own inbox prefix, and the
+/// changes of its role's profile (a KV put is a publish on the key's
+/// subject).
+fn node_subscribes(id: &NodeId, role: Option<&str>) -> Vec<String> {
+    let mut allow = vec![
+        subjects::node_tasks(id),
+        format!("{}.>", node_inbox_prefix(id)),
+    ];
+    if let Some(role) = role.filter(|r| subjects::is_role_name(r)) {
+        allow.push(subjects::profile_subject(role));
+    }
+    allow
 }
 
 /// The inbox prefix of node `id`'s connection.

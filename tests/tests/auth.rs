@@ -189,49 +189,21 @@ async fn a_node_touches_only_what_is_its_own() {
     assert_eq!(info.state.messages, 1, "only node-a's own event is stored");
 }
 
-/// Creates an ordered push consumer on the `profiles` bucket named in the
-/// API subject with `filter` there, and `config_filters` in its config;
-/// returns the first value delivered, or why there was none.
-async fn read_profile(
-    client: &async_nats::Client,
-    subject_filter: &str,
-    config: serde_json::Value,
-) -> Result<String, String> {
-    let inbox = client.new_inbox();
-    let mut delivered = client
-        .subscribe(inbox.clone())
+/// The last value of `subject` in the `profiles` bucket by direct get, as
+/// the agent reads it.
+async fn direct_get(client: &async_nats::Client, subject: &str) -> Result<String, String> {
+    let stream = jetstream::new(client.clone())
+        .get_stream_no_info(subjects::kv_stream(subjects::BUCKET_PROFILES))
         .await
         .map_err(|e| e.to_string())?;
-    let stream = subjects::kv_stream(subjects::BUCKET_PROFILES);
-    let mut config = config;
-    config["deliver_subject"] = inbox.into();
-    config["deliver_policy"] = "last_per_subject".into();
-    config["ack_policy"] = "none".into();
-    let request = serde_json::json!({"stream_name": stream, "config": config});
-    let reply = client
-        .request(
-            format!(
-                "$JS.API.CONSUMER.CREATE.{stream}.probe{}.{subject_filter}",
-                rand_suffix()
-            ),
-            request.to_string().into(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let answer: serde_json::Value =
-        serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-    if let Some(error) = answer.get("error") {
-        return Err(error.to_string());
-    }
-    match tokio::time::timeout(Duration::from_secs(3), delivered.next()).await {
-        Ok(Some(message)) => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
-        _ => Err("nothing delivered".into()),
-    }
-}
-
-fn rand_suffix() -> u32 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    let message = tokio::time::timeout(
+        Duration::from_secs(3),
+        stream.direct_get_last_for_subject(subject),
+    )
+    .await
+    .map_err(|_| "no answer".to_owned())?
+    .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&message.payload).into_owned())
 }
 
 #[tokio::test]
@@ -258,55 +230,51 @@ async fn a_node_reads_only_its_roles_profile_and_writes_none() {
     let own = subjects::profile_subject("gpu");
     let other = subjects::profile_subject("cpu");
 
-    // Its own role's profile: readable, the way the agent reads it.
-    let value = read_profile(&a, &own, serde_json::json!({"filter_subject": own}))
-        .await
-        .expect("its own profile");
+    // Its own role's profile, the way the agent reads it: the value by
+    // direct get, and its changes by subscription.
+    let value = direct_get(&a, &own).await.expect("its own profile");
     assert!(value.contains("\"a\""), "{value}");
+    let mut changes = a.subscribe(own.clone()).await.expect("subscribe");
+    a.flush().await.expect("flush");
+    profiles
+        .put("gpu", r#"{"labels":{"tier":"b"}}"#.into())
+        .await
+        .expect("put");
+    let heard = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
+    assert!(matches!(heard, Ok(Some(_))), "the change was not heard");
 
-    // Another role's: the consumer is refused by the server.
-    let denied = read_profile(&a, &other, serde_json::json!({"filter_subject": other})).await;
+    // Another role's: refused by the server, every way.
+    let denied = direct_get(&a, &other).await;
     assert!(denied.is_err(), "read another role's profile: {denied:?}");
-    violation(&mut errors, "$KV.profiles.cpu").await;
-    // Nor through its own subject with another filter in the body.
-    for config in [
-        serde_json::json!({"filter_subject": other}),
-        serde_json::json!({"filter_subjects": [other]}),
-        serde_json::json!({"filter_subjects": [own, other]}),
-    ] {
-        let sneaky = read_profile(&a, &own, config.clone()).await;
-        assert!(
-            sneaky.is_err(),
-            "{config}: the server took a consumer whose filter differs from the subject's: {sneaky:?}"
-        );
-    }
-    // Nor with the filter only in the body (the old API subject).
+    violation(
+        &mut errors,
+        &format!("$JS.API.DIRECT.GET.KV_profiles.{other}"),
+    )
+    .await;
+    let _theirs = a.subscribe(other.clone()).await.expect("sent");
+    violation(&mut errors, &other).await;
     let stream = subjects::kv_stream(subjects::BUCKET_PROFILES);
-    a.publish(format!("$JS.API.CONSUMER.CREATE.{stream}"), "{}".into())
-        .await
-        .expect("sent");
-    violation(&mut errors, &format!("$JS.API.CONSUMER.CREATE.{stream}")).await;
-    // Nor directly.
-    a.publish(format!("$JS.API.DIRECT.GET.{stream}.{other}"), "".into())
-        .await
-        .expect("sent");
-    violation(&mut errors, &format!("$JS.API.DIRECT.GET.{stream}.{other}")).await;
+    for api in [
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.x.{own}"),
+    ] {
+        a.publish(api.clone(), "{}".into()).await.expect("sent");
+        violation(&mut errors, &api).await;
+    }
     // And it writes no profile, not even its own.
     a.publish(own.clone(), "{}".into()).await.expect("sent");
     violation(&mut errors, &own).await;
     assert_eq!(
         profiles.get("gpu").await.expect("get").as_deref(),
-        Some(br#"{"labels":{"tier":"a"}}"#.as_slice())
+        Some(br#"{"labels":{"tier":"b"}}"#.as_slice())
     );
     // A node without a role reads none.
     let (b, mut b_errors) = connect_as(&s.server, &s.auth, "node-b", "_INBOX_node-b")
         .await
         .expect("node-b connects");
-    assert!(
-        read_profile(&b, &own, serde_json::json!({"filter_subject": own}))
-            .await
-            .is_err()
-    );
+    assert!(direct_get(&b, &own).await.is_err());
     violation(&mut b_errors, &own).await;
 }
 

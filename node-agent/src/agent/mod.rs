@@ -89,6 +89,8 @@ struct Shared {
     local: RwLock<AgentConfig>,
     /// The role's profile in force, and why the latest was refused.
     profile: Mutex<ProfileState>,
+    /// Asks the profile watch to read the profile again (after a reconnect).
+    profile_resync: Arc<tokio::sync::Notify>,
     detector: Mutex<Detector>,
     /// Rises with every event; together with `boot` it makes `Nats-Msg-Id`
     /// unique, so a retried publish is stored once.
@@ -218,6 +220,7 @@ async fn run_as(
         metrics: crate::metrics::AgentMetrics::new(),
         local: RwLock::new(config.clone()),
         profile: Mutex::new(ProfileState::default()),
+        profile_resync: Arc::new(tokio::sync::Notify::new()),
         config: RwLock::new(config),
     });
     // The role's profile: watched off the loop, applied in it.
@@ -305,6 +308,8 @@ async fn run_as(
                 }
                 async_nats::Event::Connected => {
                     info!("reconnected to NATS; registering again");
+                    // A profile change may have been missed meanwhile.
+                    agent.profile_resync.notify_one();
                     agent.metrics.reconnected();
                     // Forget the hash so the fresh detection registers even
                     // when nothing changed: the registry may have lost us.

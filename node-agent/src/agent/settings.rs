@@ -75,9 +75,9 @@ pub(super) fn watch_profile(
     tokio::spawn(
         profile::watch::run(
             agent.client.clone(),
-            agent.id.clone(),
             role,
             updates.clone(),
+            agent.profile_resync.clone(),
         )
         .in_current_span(),
     )

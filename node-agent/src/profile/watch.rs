@@ -1,115 +1,140 @@
-//! Watches the node's role's key in the `profiles` bucket and sends each
-//! change to the agent's loop: an ordered push consumer on that one key,
-//! its filter named in the API subject, which is all a node's credentials
-//! let it read (`fleet_auth::Role::Node`).
+//! Follows the node's role's key in the `profiles` bucket and sends each
+//! change to the agent's loop.
+//!
+//! No JetStream consumer: a fleet of a million agents must not cost the
+//! server a million consumers (each with its idle heartbeats). A plain
+//! subscription to the key's subject hears every put (a KV put is a publish
+//! on `$KV.profiles.<role>`), and a direct get of the key's last message
+//! reads the value with its revision: at start, after each change heard
+//! (with a little jitter, so a fleet does not ask in one instant), after a
+//! reconnect, and every [`RESYNC`] in case a change was missed. Both are
+//! all a node's credentials let it do with the bucket
+//! (`fleet_auth::Role::Node`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
-use subjects::NodeId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use super::Update;
 
-/// Longest pause between two attempts to (re)open the watch.
+/// Longest pause between two attempts to read the profile.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// The KV operation header and the values that mean a removal.
+/// A read in any case this often (a change missed while disconnected).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Longest random delay before reading a change heard (spreads a fleet's
+/// reads of one change over this window).
+const JITTER_MS: u64 = 1000;
+/// The KV operation header.
 const KV_OPERATION: &str = "KV-Operation";
 
-/// Watches `role`'s profile until `updates` is closed, reopening the watch
-/// (with backoff) when the bucket is missing, the server refuses, or the
-/// connection drops.
+/// Follows `role`'s profile until `updates` is closed; `resync` asks for a
+/// read now (the agent reconnected).
 pub async fn run(
     client: async_nats::Client,
-    node_id: NodeId,
     role: String,
     updates: mpsc::Sender<Update>,
+    resync: Arc<Notify>,
 ) {
     if !subjects::is_role_name(&role) {
         warn!(%role, "the role cannot name a profile (a-z 0-9 - _): no profile is applied");
         return;
     }
+    let subject = subjects::profile_subject(&role);
     let js = jetstream::new(client.clone());
-    let mut backoff =
-        runtime_support::Backoff::new(Duration::from_secs(1), MAX_BACKOFF).with_jitter();
+    let mut backoff = new_backoff();
+    // The subscription first, so no change between the read and it is missed.
+    let mut changes = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(changes) => break changes,
+            Err(e) => {
+                warn!(%role, error = %e, "cannot follow the role's profile; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    };
+    let stream = loop {
+        match js
+            .get_stream_no_info(subjects::kv_stream(subjects::BUCKET_PROFILES))
+            .await
+        {
+            Ok(stream) => break stream,
+            Err(e) => {
+                warn!(%role, error = %e, "no profiles bucket; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    };
+    info!(%role, "following the role's profile");
     let mut said = false;
     loop {
-        match watch_once(&js, &client, &node_id, &role, &updates).await {
-            Ok(()) if updates.is_closed() => return,
-            Ok(()) => {
-                debug!("profile watch ended; reopening");
-                backoff = runtime_support::Backoff::new(Duration::from_secs(1), MAX_BACKOFF)
-                    .with_jitter();
+        let wait = match read(&stream, &subject).await {
+            Ok(update) => {
+                if updates.send(update).await.is_err() {
+                    return;
+                }
+                said = false;
+                backoff = new_backoff();
+                RESYNC
             }
             Err(e) => {
                 // Said once at warn level; the retries at debug.
                 if said {
-                    debug!(%role, error = %e, "profile watch not open; retrying");
+                    debug!(%role, error = %e, "profile not read; retrying");
                 } else {
-                    warn!(%role, error = %e, "cannot watch the role's profile (is the registry up, and do the node's credentials name its role?); retrying");
+                    warn!(%role, error = %e, "cannot read the role's profile (is the registry up, and do the node's credentials name its role?); retrying");
                     said = true;
                 }
+                backoff.next_delay()
             }
+        };
+        tokio::select! {
+            heard = changes.next() => {
+                if heard.is_none() {
+                    return;
+                }
+                let jitter = Duration::from_millis(rand::random::<u64>() % JITTER_MS);
+                tokio::time::sleep(jitter).await;
+            }
+            () = resync.notified() => {}
+            () = tokio::time::sleep(wait) => {}
         }
         if updates.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
-async fn watch_once(
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    node_id: &NodeId,
-    role: &str,
-    updates: &mpsc::Sender<Update>,
-) -> Result<(), String> {
-    let stream = js
-        .get_stream_no_info(subjects::kv_stream(subjects::BUCKET_PROFILES))
-        .await
-        .map_err(|e| e.to_string())?;
-    let consumer = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            // Named, so the API subject carries the filter the node's
-            // credentials allow; random, so a restart never meets its
-            // predecessor's consumer.
-            name: Some(format!("profile_{node_id}_{:08x}", rand::random::<u32>())),
-            deliver_subject: client.new_inbox(),
-            description: Some(format!("profile watch of {node_id}")),
-            filter_subject: subjects::profile_subject(role),
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            replay_policy: consumer::ReplayPolicy::Instant,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    info!(%role, "watching the role's profile");
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| e.to_string())?;
-        let Ok(revision) = message.info().map(|i| i.stream_sequence) else {
-            continue;
-        };
-        let removed = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(KV_OPERATION))
-            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-        let update = if removed {
-            Update::Removed { revision }
-        } else {
-            Update::Put {
-                revision,
-                value: message.payload.clone(),
-            }
-        };
-        if updates.send(update).await.is_err() {
-            return Ok(());
+fn new_backoff() -> runtime_support::Backoff {
+    runtime_support::Backoff::new(Duration::from_secs(1), MAX_BACKOFF).with_jitter()
+}
+
+/// The key's value now: its last message (a put, or a removal marker), or
+/// no profile at all.
+async fn read(stream: &stream::Stream<()>, subject: &str) -> Result<Update, String> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(message) => {
+            let removed = message
+                .headers
+                .get(KV_OPERATION)
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            Ok(if removed {
+                Update::Removed {
+                    revision: message.sequence,
+                }
+            } else {
+                Update::Put {
+                    revision: message.sequence,
+                    value: message.payload,
+                }
+            })
         }
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+            Ok(Update::Removed { revision: 0 })
+        }
+        Err(e) => Err(e.to_string()),
     }
-    Ok(())
 }
