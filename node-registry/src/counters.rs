@@ -46,6 +46,8 @@ pub struct Counters {
     pub events_spoofed: AtomicU64,
     /// KV writes refused for a changed revision (someone else wrote).
     pub kv_conflicts: AtomicU64,
+    /// Events the stream discarded before the registry read them.
+    pub events_lost: AtomicU64,
     /// Alerts published, by type (rare: a lock is fine).
     pub alerts_by_type: Mutex<BTreeMap<String, u64>>,
 }

@@ -623,6 +623,11 @@ pub fn register(sources: MetricSources) -> RegistryMetrics {
             "Record writes that failed (conflicts included)",
             |c| Counters::get(&c.kv_write_failures),
         ),
+        (
+            "registry.events.lost",
+            "Events the event stream discarded before the registry read them",
+            |c| Counters::get(&c.events_lost),
+        ),
         ("registry.joins", "Nodes joined with a token", |c| {
             Counters::get(&c.joins)
         }),

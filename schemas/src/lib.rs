@@ -47,8 +47,8 @@ pub mod v1 {
 
 pub use codec::Encoding;
 pub use v1::{
-    Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply, Fit,
-    GetRequest, Gpu, GpuCordon, GpuHealth, GpuState, GpuUsage, Maintenance, Metrics, MigInstance,
-    NodeEvent, NodeGpuHealth, NodeRecord, Ollama, OllamaModel, PingReply, Placement,
-    ReannounceReply, SelfPreservationFigures, TaskRequest,
+    Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply,
+    EventsLost, Fit, GetRequest, Gpu, GpuCordon, GpuHealth, GpuState, GpuUsage, Maintenance,
+    Metrics, MigInstance, NodeEvent, NodeGpuHealth, NodeRecord, Ollama, OllamaModel, PingReply,
+    Placement, ReannounceReply, SelfPreservationFigures, TaskRequest,
 };

@@ -160,6 +160,10 @@ string_enum! {
         SelfPreservation => alert_types::REGISTRY_SELF_PRESERVATION,
         /// The registry asks every node to register again.
         Reannounce => alert_types::REGISTRY_REANNOUNCE,
+        /// The event stream discarded events the registry had not read.
+        EventsLost => alert_types::REGISTRY_EVENTS_LOST,
+        /// The event stream holds less history than the minimum (or again enough).
+        HistoryShort => alert_types::REGISTRY_HISTORY_SHORT,
         /// A GPU failed: out of service.
         GpuUnhealthy => alert_types::GPU_UNHEALTHY,
         /// A quarantined GPU is back in service.

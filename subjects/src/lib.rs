@@ -139,6 +139,12 @@ pub mod alert_types {
     pub const GPU_HEALTHY: &str = "gpu.healthy";
     /// The registry suspects itself (entered / left).
     pub const REGISTRY_SELF_PRESERVATION: &str = "registry.self_preservation";
+    /// The event stream discarded events before the registry read them
+    /// (its limits were reached while the registry lagged).
+    pub const REGISTRY_EVENTS_LOST: &str = "registry.events_lost";
+    /// The event stream holds less history than the configured minimum at
+    /// the current event rate (entered, or left).
+    pub const REGISTRY_HISTORY_SHORT: &str = "registry.history_short";
     /// The registry lost its records and asks every node to register again
     /// (agents listening on `system.broadcast` do, after a random delay).
     pub const REGISTRY_REANNOUNCE: &str = "registry.reannounce";

@@ -289,3 +289,87 @@ async fn a_registry_cut_off_from_nats_still_stops_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_stream_discards_unread_are_counted_said_and_recovered() {
+    let server = NatsServer::start().await;
+    // A tiny event stream (64 KiB), so a flood discards unread events.
+    let small = |instance: &str| {
+        spawn_registry(
+            &server,
+            &format!("registry-{instance}"),
+            &["--degraded-after", "4s", "--offline-after", "60s"],
+            &[
+                ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
+                ("NODE_REGISTRY_CHECKPOINT_INTERVAL", "1s"),
+                ("NODE_REGISTRY_LEASE_TTL", "2s"),
+                ("NODE_REGISTRY_INSTANCE", instance),
+                ("NODE_REGISTRY_EVENTS_MAX_BYTES", "65536"),
+            ],
+        )
+    };
+    let mut first = small("a");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let js = async_nats::jetstream::new(client.nats().clone());
+    // The registry is down; an agent registers (its event is stored) ...
+    first.kill9();
+    let _late = agent(&server, "late");
+    let id = agent_node_id(&server, "late").await;
+    let events = js
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    let subject = format!("node.{id}.events");
+    let register_seq = eventually("the late register stored", SOON, || async {
+        events
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .ok()
+            .map(|m| m.sequence)
+    })
+    .await;
+    // ... and a flood pushes it out of the stream before anyone read it.
+    let flood = "node.flood.events";
+    let payload = format!(
+        r#"{{"type":"heartbeat","node_id":"flood","metrics":{{"cpu_pct":1.0}},"models_loaded":["{}"]}}"#,
+        "x".repeat(200)
+    );
+    for _ in 0..600 {
+        js.publish(flood, payload.clone().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let mut events = js
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    let first_seq = events.info().await.expect("info").state.first_sequence;
+    assert!(
+        first_seq > register_seq,
+        "the flood did not push the register out ({first_seq} <= {register_seq})"
+    );
+
+    // The registry comes back: it says what was lost, and the late node
+    // registers again when asked (its heartbeat is of a node it does not know).
+    let _second = small("b");
+    let lost = alerts
+        .expect("registry.events_lost", SOON, |a| {
+            a.r#type == subjects::alert_types::REGISTRY_EVENTS_LOST
+        })
+        .await;
+    let figures = lost.events_lost.expect("the figures");
+    assert!(figures.count >= first_seq - register_seq, "{figures:?}");
+    assert!(
+        figures.first_seq <= register_seq && figures.last_seq >= register_seq,
+        "{figures:?}"
+    );
+    assert_eq!(figures.count, figures.last_seq - figures.first_seq + 1);
+    eventually("the late node registered again", SOON, || async {
+        client.get(&id).await.ok().flatten().map(|_| ())
+    })
+    .await;
+}

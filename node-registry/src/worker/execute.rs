@@ -214,6 +214,18 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         false
     }
 
+    /// Says the events lost since the last time, when it is time to.
+    pub(super) async fn say_losses(&mut self) {
+        if let Some(alert) = self.losses.alert_due(self.clock.now()) {
+            warn!(
+                message = alert.message.as_deref().unwrap_or_default(),
+                "events lost"
+            );
+            let stored = self.alerts.publish(&alert).await.is_ok();
+            self.record_alert(alert, stored);
+        }
+    }
+
     /// Stores the alerts kept for a retry, in order, until one fails.
     pub(super) async fn retry_alerts(&mut self) {
         while let Some(alert) = self.pending_alerts.pop_front() {

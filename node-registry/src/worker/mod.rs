@@ -20,13 +20,15 @@
 //! - `execute`: the fleet's effects carried out; write health;
 //! - `admin`: operators' requests;
 //! - `advisories`: the server's connection advisories;
-//! - `clock`: the server's clock, as the events show it.
+//! - `clock`: the server's clock, as the events show it;
+//! - `losses`: events the stream discarded before they were read.
 
 mod admin;
 mod advisories;
 mod clock;
 mod execute;
 mod ingest;
+mod losses;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -46,6 +48,7 @@ pub use admin::read_admin_request;
 pub use advisories::read_connection_advisory;
 pub use clock::ServerClock;
 pub use ingest::{Delivery, DeliveryMeta, Ingested, Verdict};
+pub use losses::LossWatch;
 pub use run::Term;
 
 /// Consumes events and judges liveness; the one writer of `nodes`.
@@ -70,6 +73,8 @@ pub struct Worker<S, A, T> {
     require_signatures: bool,
     /// The highest event seq accepted per signing node.
     last_seq: HashMap<NodeId, u64>,
+    /// Events the stream discarded before they were read.
+    losses: LossWatch,
 }
 
 impl<S, A, T> Worker<S, A, T> {
@@ -90,6 +95,7 @@ impl<S, A, T> Worker<S, A, T> {
             keys: None,
             require_signatures: false,
             last_seq: HashMap::new(),
+            losses: LossWatch::default(),
         }
     }
 
@@ -118,5 +124,11 @@ impl<S, A, T> Worker<S, A, T> {
     /// Alerts waiting to be stored.
     pub fn pending_alerts(&self) -> usize {
         self.pending_alerts.len()
+    }
+
+    /// Starts a term whose consumer had read up to stream sequence `high`
+    /// (unknown: the first delivery sets it).
+    pub fn losses_after(&mut self, high: Option<u64>) {
+        self.losses = high.map(LossWatch::after).unwrap_or_default();
     }
 }

@@ -128,6 +128,28 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             }
         };
         let events_stream = consumer.cached_info().stream_name.clone();
+        // Where this term's consumer stands, to see events the stream
+        // discards before they are read. A consumer that never delivered
+        // anything misses every event since it was made: all of the
+        // stream's when both were provisioned together, none of the events
+        // an older stream held before the consumer existed.
+        let high = match consumer.info().await {
+            Ok(info) if info.delivered.stream_sequence > 0 => Some(info.delivered.stream_sequence),
+            Ok(info) => js.get_stream(&events_stream).await.ok().map(|s| {
+                let stream = s.cached_info();
+                let together = (info.created - stream.created).num_seconds() < 60;
+                if together {
+                    0
+                } else {
+                    stream.state.first_sequence.saturating_sub(1)
+                }
+            }),
+            Err(e) => {
+                debug!(error = %e, "reading consumer info at the start of a term");
+                None
+            }
+        };
+        self.losses_after(high);
         // Admin requests are the leader's: only it changes records.
         let mut admin = match client
             .queue_subscribe(
@@ -301,6 +323,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     }
                     state.set_self_preservation(held_transitions(&self.fleet));
                     self.retry_alerts().await;
+                    self.say_losses().await;
                     if caught_up {
                         let effects = self.fleet.sweep(self.clock.now());
                         if !effects.is_empty() {

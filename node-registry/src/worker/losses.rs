@@ -1,0 +1,180 @@
+//! Nothing lost silently: events the stream discarded before the worker
+//! read them.
+//!
+//! `NODE_EVENTS` has limits (age, bytes) and discards its oldest events
+//! when they are reached. Once the registry lags further behind than the
+//! stream holds, the events it had not read yet are gone: its consumer
+//! simply skips to the stream's new first event. The consumer takes every
+//! subject of the stream, so the stream sequences it is handed are
+//! consecutive; a jump past the highest one seen is exactly the events
+//! lost. They are counted (`registry_events_lost_total`) and said, at most
+//! once per [`SAY_EVERY`], with one `registry.events_lost` alert carrying
+//! the count, the sequences and the time span.
+//!
+//! Recovery needs nothing new: a node whose registration was lost is
+//! unknown to the registry, and its next heartbeat brings it a `reannounce`
+//! request; a node whose changed capabilities were lost carries another
+//! `caps_hash` in its heartbeats, which brings the same; a lost heartbeat
+//! is followed by the next one; a lost deregistration leaves a node that
+//! goes silent, and is judged so.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use registry_core::lifecycle::alert_id;
+use schemas::status::AlertType;
+use schemas::{Alert, EventsLost};
+
+/// Least time between two `registry.events_lost` alerts (losses in between
+/// are summed into the next one).
+pub const SAY_EVERY: Duration = Duration::from_secs(10);
+
+/// Watches the stream sequences the worker is handed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LossWatch {
+    /// The highest stream sequence read (or known read before this term);
+    /// `None` until known.
+    high: Option<u64>,
+    /// The server time of the event at `high`, when read in this term.
+    high_at: Option<DateTime<Utc>>,
+    /// Lost and not said yet.
+    unsaid: Option<EventsLost>,
+    /// When the last alert was made.
+    said_at: Option<DateTime<Utc>>,
+}
+
+impl LossWatch {
+    /// A watch whose consumer has read up to stream sequence `high`.
+    pub fn after(high: u64) -> Self {
+        Self {
+            high: Some(high),
+            ..Self::default()
+        }
+    }
+
+    /// Takes one delivery (stream sequence `seq`, received at `received`);
+    /// returns how many events were lost just before it. A redelivery
+    /// (`seq` not above the highest) loses nothing; the first delivery of a
+    /// watch that does not know where its consumer stood only sets it.
+    pub fn observe(&mut self, seq: u64, received: DateTime<Utc>) -> u64 {
+        let Some(high) = self.high else {
+            self.high = Some(seq);
+            self.high_at = Some(received);
+            return 0;
+        };
+        if seq <= high {
+            return 0;
+        }
+        let lost = seq - high - 1;
+        if lost > 0 {
+            let from = self.high_at.map(schemas::time::format);
+            let to = schemas::time::format(received);
+            match self.unsaid.as_mut() {
+                Some(unsaid) => {
+                    unsaid.count += lost;
+                    unsaid.last_seq = seq - 1;
+                    unsaid.to = to;
+                }
+                None => {
+                    self.unsaid = Some(EventsLost {
+                        count: lost,
+                        first_seq: high + 1,
+                        last_seq: seq - 1,
+                        from,
+                        to,
+                    })
+                }
+            }
+        }
+        self.high = Some(seq);
+        self.high_at = Some(received);
+        lost
+    }
+
+    /// The alert due at `now`: the losses not said yet, unless one was said
+    /// less than [`SAY_EVERY`] ago.
+    pub fn alert_due(&mut self, now: DateTime<Utc>) -> Option<Alert> {
+        let every = chrono::Duration::from_std(SAY_EVERY).unwrap_or(chrono::Duration::MAX);
+        if self
+            .said_at
+            .is_some_and(|at| now.signed_duration_since(at) < every)
+        {
+            return None;
+        }
+        let lost = self.unsaid.take()?;
+        self.said_at = Some(now);
+        Some(alert(lost, now))
+    }
+}
+
+/// The `registry.events_lost` alert for `lost`; its id is derived from the
+/// sequences, so a standby that finds the same gap says it once with it.
+fn alert(lost: EventsLost, now: DateTime<Utc>) -> Alert {
+    let span = match &lost.from {
+        Some(from) => format!("received between {from} and {}", lost.to),
+        None => format!("received before {}", lost.to),
+    };
+    Alert {
+        id: alert_id(
+            None,
+            AlertType::EventsLost,
+            &format!("lost/{}-{}", lost.first_seq, lost.last_seq),
+        ),
+        r#type: AlertType::EventsLost.to_string(),
+        at: schemas::time::format(now),
+        message: Some(format!(
+            "{} node events (stream sequences {}-{}, {span}) were discarded by the event stream's limits before the registry read them; nodes whose registrations were among them are asked to register again at their next heartbeat",
+            lost.count, lost.first_seq, lost.last_seq
+        )),
+        events_lost: Some(lost),
+        ..Alert::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        schemas::time::parse("2026-11-26T10:00:00Z").expect("time") + chrono::Duration::seconds(s)
+    }
+
+    #[test]
+    fn a_jump_in_sequences_is_counted_and_said_once_per_window() {
+        let mut watch = LossWatch::after(10);
+        assert_eq!(watch.observe(11, at(0)), 0);
+        assert_eq!(watch.observe(11, at(0)), 0, "a redelivery loses nothing");
+        assert_eq!(watch.observe(5, at(0)), 0, "an older redelivery neither");
+        assert_eq!(watch.observe(20, at(3)), 8);
+        let said = watch.alert_due(at(4)).expect("an alert");
+        assert_eq!(said.r#type, "registry.events_lost");
+        let lost = said.events_lost.clone().expect("figures");
+        assert_eq!((lost.count, lost.first_seq, lost.last_seq), (8, 12, 19));
+        assert_eq!(lost.from, Some(schemas::time::format(at(0))));
+        assert_eq!(lost.to, schemas::time::format(at(3)));
+        assert!(watch.alert_due(at(5)).is_none(), "nothing more to say");
+        // Two more gaps within the window: summed into the next alert.
+        assert_eq!(watch.observe(25, at(6)), 4);
+        assert_eq!(watch.observe(30, at(7)), 4);
+        assert!(watch.alert_due(at(8)).is_none(), "said less than 10 s ago");
+        let next = watch.alert_due(at(14)).expect("the next alert");
+        let lost = next.events_lost.clone().expect("figures");
+        assert_eq!((lost.count, lost.first_seq, lost.last_seq), (8, 21, 29));
+        assert_ne!(next.id, said.id);
+        // The same gap found again (a standby) has the same id.
+        let mut standby = LossWatch::after(10);
+        standby.observe(11, at(0));
+        standby.observe(20, at(3));
+        assert_eq!(standby.alert_due(at(9)).map(|a| a.id), Some(said.id));
+    }
+
+    #[test]
+    fn a_watch_that_does_not_know_its_start_loses_nothing_at_first() {
+        let mut watch = LossWatch::default();
+        assert_eq!(watch.observe(1000, at(0)), 0);
+        assert_eq!(watch.observe(1001, at(0)), 0);
+        assert_eq!(watch.observe(1003, at(1)), 1);
+        let lost = watch.alert_due(at(1)).and_then(|a| a.events_lost);
+        assert_eq!(lost.map(|l| (l.count, l.first_seq)), Some((1, 1002)));
+    }
+}
