@@ -59,8 +59,20 @@ pub struct RegistryConfig {
     pub gpu_recovery: Duration,
     /// Replicas of streams and buckets it creates. Default 1 (3 in a cluster).
     pub replicas: usize,
-    /// Max bytes of the `NODE_EVENTS` stream. Default 1 GiB; -1 for no limit.
+    /// Max bytes of the `NODE_EVENTS` stream when created: the floor it
+    /// grows from (`events_history`). Default 1 GiB; -1 for no limit.
     pub events_max_bytes: i64,
+    /// The event stream's size as a budget in time: the leader grows its
+    /// max bytes to hold this much at the measured event rate (never past
+    /// `events_max_bytes_cap`, never shrinking it). Default 1h; 0s: fixed.
+    #[serde(with = "humantime_serde")]
+    pub events_history: Duration,
+    /// The most bytes the event stream may grow to. Default 64 GiB.
+    pub events_max_bytes_cap: i64,
+    /// Less event history than this at the current rate is warned about
+    /// (`registry.history_short`, health). Default 10m.
+    #[serde(with = "humantime_serde")]
+    pub events_min_history: Duration,
     /// Stream, bucket and consumer names. Default: the contract's.
     pub names: Names,
     /// Log format: `text` (default) or `json`.
@@ -133,6 +145,9 @@ impl Default for RegistryConfig {
             gpu_recovery: lifecycle.gpu_recovery,
             replicas: 1,
             events_max_bytes: 1024 * 1024 * 1024,
+            events_history: Duration::from_secs(3600),
+            events_max_bytes_cap: 64 * 1024 * 1024 * 1024,
+            events_min_history: Duration::from_secs(600),
             names: Names::default(),
             log_format: "text".to_owned(),
             lease_ttl: Duration::from_secs(10),

@@ -81,6 +81,8 @@ pub async fn check(sources: &HealthSources) -> HealthReply {
         backlog: state.backlog(),
         dependencies,
         self_preservation: state.self_preservation(),
+        event_history_s: state.event_history().0.map(|h| h.as_secs()),
+        event_history_short: state.event_history().1,
     };
     reply.status = reply.judge(BACKLOG_LIMIT);
     if reply.status == schemas::status::HealthStatus::Healthy && !sources.index.is_ready() {

@@ -144,6 +144,11 @@ impl Leader<'_> {
                 cancel: self.cancel.clone(),
                 bucket_lost: lost_rx,
                 state: self.state.clone(),
+                history: crate::worker::HistorySettings {
+                    min: self.config.events_min_history,
+                    budget: self.config.events_history,
+                    max_bytes_cap: self.config.events_max_bytes_cap,
+                },
             })
             .await;
         guard.abort();

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// No backlog figure yet (a standby, or a leader before its first look).
 const UNKNOWN: u64 = u64::MAX;
@@ -17,6 +17,9 @@ pub struct RegistryState {
     leader: AtomicBool,
     backlog: AtomicU64,
     self_preservation: Mutex<Option<serde_json::Value>>,
+    /// The event stream's history at the current rate, and whether it is
+    /// under the minimum (the leader's look).
+    event_history: Mutex<(Option<Duration>, bool)>,
 }
 
 impl RegistryState {
@@ -28,6 +31,7 @@ impl RegistryState {
             leader: AtomicBool::new(false),
             backlog: AtomicU64::new(UNKNOWN),
             self_preservation: Mutex::new(None),
+            event_history: Mutex::new((None, false)),
         }
     }
 
@@ -47,6 +51,7 @@ impl RegistryState {
         if !leads {
             self.backlog.store(UNKNOWN, Ordering::Relaxed);
             self.set_self_preservation(None);
+            self.set_event_history(None, false);
         }
     }
 
@@ -67,6 +72,19 @@ impl RegistryState {
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// The event stream's history at the current rate (`None`: unbounded
+    /// or not measured), and whether it is under the minimum.
+    pub fn event_history(&self) -> (Option<Duration>, bool) {
+        self.event_history.lock().map(|h| *h).unwrap_or_default()
+    }
+
+    /// Records the leader's look at the event stream's history.
+    pub fn set_event_history(&self, held: Option<Duration>, short: bool) {
+        if let Ok(mut history) = self.event_history.lock() {
+            *history = (held, short);
+        }
     }
 
     /// Records why transitions are held (none: they are not).

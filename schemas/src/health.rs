@@ -32,12 +32,21 @@ pub struct HealthReply {
     pub dependencies: BTreeMap<String, String>,
     /// While transitions are held: why, and over what scope.
     pub self_preservation: Option<serde_json::Value>,
+    /// The leader's event stream holds about this many seconds of events at
+    /// the current rate (absent: no limit binds, or not measured yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_history_s: Option<u64>,
+    /// That is less than the configured minimum: a registry lagging that
+    /// far loses events unread.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub event_history_short: bool,
 }
 
 impl HealthReply {
     /// The status its dependencies and state call for: unhealthy when a
-    /// dependency is not `ok`/`connected`, degraded in self-preservation or
-    /// with a backlog of `backlog_limit` or more, else healthy.
+    /// dependency is not `ok`/`connected`, degraded in self-preservation,
+    /// with a short event history or with a backlog of `backlog_limit` or
+    /// more, else healthy.
     pub fn judge(&self, backlog_limit: u64) -> HealthStatus {
         if self
             .dependencies
@@ -46,6 +55,7 @@ impl HealthReply {
         {
             HealthStatus::Unhealthy
         } else if self.self_preservation.is_some()
+            || self.event_history_short
             || self.backlog.is_some_and(|b| b >= backlog_limit)
         {
             HealthStatus::Degraded
@@ -78,6 +88,8 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
             self_preservation: None,
+            event_history_s: Some(3600),
+            event_history_short: false,
         }
     }
 
@@ -88,6 +100,9 @@ mod tests {
         r.backlog = Some(5000);
         assert_eq!(r.judge(1000), HealthStatus::Degraded);
         r.backlog = None;
+        r.event_history_short = true;
+        assert_eq!(r.judge(1000), HealthStatus::Degraded);
+        r.event_history_short = false;
         r.self_preservation = Some(serde_json::json!({"scope": "fleet"}));
         assert_eq!(r.judge(1000), HealthStatus::Degraded);
         r.dependencies

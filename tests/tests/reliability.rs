@@ -373,3 +373,65 @@ async fn events_the_stream_discards_unread_are_counted_said_and_recovered() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_grows_to_its_budget_and_short_history_is_said() {
+    let server = NatsServer::start().await;
+    // 64 KiB to start, at most 256 KiB: a few fast agents fill that in
+    // well under the 10 minute minimum.
+    let _registry = spawn_registry(
+        &server,
+        "registry-a",
+        &["--degraded-after", "4s", "--offline-after", "60s"],
+        &[
+            ("NODE_REGISTRY_SWEEP_INTERVAL", "200ms"),
+            ("NODE_REGISTRY_EVENTS_MAX_BYTES", "65536"),
+            ("NODE_REGISTRY_EVENTS_MAX_BYTES_CAP", "262144"),
+            ("NODE_REGISTRY_EVENTS_HISTORY", "1h"),
+            ("NODE_REGISTRY_EVENTS_MIN_HISTORY", "10m"),
+        ],
+    );
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    let _agents: Vec<Proc> = (0..3)
+        .map(|i| {
+            spawn_agent(
+                &server,
+                &format!("fast-{i}"),
+                &[
+                    "--heartbeat-interval",
+                    "200ms",
+                    "--ollama-url",
+                    "http://127.0.0.1:9",
+                ],
+            )
+        })
+        .collect();
+    let short = alerts
+        .expect("registry.history_short", Duration::from_secs(60), |a| {
+            a.r#type == subjects::alert_types::REGISTRY_HISTORY_SHORT
+        })
+        .await;
+    assert_eq!(short.status.as_deref(), Some("entered"));
+    assert_eq!(short.min_history_s, Some(600));
+    assert!(short.history_s.is_some_and(|h| h < 600), "{short:?}");
+    // It grew to its cap on the way (an hour at this rate is far more).
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let mut stream = js
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    assert_eq!(stream.info().await.expect("info").config.max_bytes, 262_144);
+    // Health says so too: degraded, with the figure.
+    let reply = client
+        .nats()
+        .request(subjects::REGISTRY_HEALTH, "".into())
+        .await
+        .expect("health answers");
+    let health: schemas::health::HealthReply =
+        serde_json::from_slice(&reply.payload).expect("health JSON");
+    assert!(health.event_history_short, "{health:?}");
+    assert_eq!(health.status, schemas::status::HealthStatus::Degraded);
+    assert!(health.event_history_s.is_some_and(|h| h < 600));
+}

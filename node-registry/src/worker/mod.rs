@@ -21,12 +21,15 @@
 //! - `admin`: operators' requests;
 //! - `advisories`: the server's connection advisories;
 //! - `clock`: the server's clock, as the events show it;
-//! - `losses`: events the stream discarded before they were read.
+//! - `losses`: events the stream discarded before they were read;
+//! - `history`: the history the event stream holds at the current rate,
+//!   and its size as a budget in time.
 
 mod admin;
 mod advisories;
 mod clock;
 mod execute;
+mod history;
 mod ingest;
 mod losses;
 mod run;
@@ -47,6 +50,7 @@ use crate::keys::NodeKeys;
 pub use admin::read_admin_request;
 pub use advisories::read_connection_advisory;
 pub use clock::ServerClock;
+pub use history::{HistorySettings, HistoryWatch};
 pub use ingest::{Delivery, DeliveryMeta, Ingested, Verdict};
 pub use losses::LossWatch;
 pub use run::Term;

@@ -68,6 +68,8 @@ pub struct Term {
     pub bucket_lost: watch::Receiver<u32>,
     /// Where the backlog and self-preservation are told (health, metrics).
     pub state: Arc<crate::state::RegistryState>,
+    /// The event stream's history: the minimum, the budget, the cap.
+    pub history: super::HistorySettings,
 }
 
 impl Delivery<'_> {
@@ -104,7 +106,9 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             cancel,
             mut bucket_lost,
             state,
+            history,
         } = term;
+        let mut history = super::HistoryWatch::new(history);
         // This term is for the leadership as it is now: any later change
         // of it ends the term.
         if !*leading.borrow_and_update() {
@@ -286,7 +290,12 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     // A stream without a leader (or JetStream down) takes no
                     // heartbeats: the silence is NATS's, so judge nothing,
                     // and grant a fresh window once it answers again.
-                    if probe_event_stream(&js, &events_stream).await {
+                    let probed = probe_event_stream(&js, &events_stream).await;
+                    if let Some(info) = &probed {
+                        self.look_at_history(&js, &mut history, info).await;
+                        state.set_event_history(history.capacity(), history.is_short());
+                    }
+                    if probed.is_some() {
                         if self.fleet.faults().any(|f| f == OwnFault::EventStream) {
                             info!(stream = %events_stream, "the event stream answers again");
                             self.retry_alerts().await;
@@ -417,24 +426,24 @@ fn pull_is_lost(error: &async_nats::jetstream::consumer::pull::MessagesError) ->
     lost
 }
 
-/// Whether the event stream answers its info request in time (it has a
-/// leader: nodes can store events).
-async fn probe_event_stream(js: &jetstream::Context, stream: &str) -> bool {
+/// The event stream's info, if it answers in time and has a leader (nodes
+/// can store events); `None` otherwise.
+async fn probe_event_stream(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Option<jetstream::stream::Info> {
     match tokio::time::timeout(STREAM_PROBE_TIMEOUT, js.get_stream(stream)).await {
         // A replicated stream may answer from its assignment while it has
         // no leader: that one stores nothing either.
-        Ok(Ok(handle)) => handle
-            .cached_info()
-            .cluster
-            .as_ref()
-            .is_none_or(|c| c.leader.is_some()),
+        Ok(Ok(handle)) => Some(handle.cached_info().clone())
+            .filter(|info| info.cluster.as_ref().is_none_or(|c| c.leader.is_some())),
         Ok(Err(e)) => {
             debug!(stream, error = %e, "event stream probe");
-            false
+            None
         }
         Err(_) => {
             debug!(stream, "event stream probe timed out");
-            false
+            None
         }
     }
 }
