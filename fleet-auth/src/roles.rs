@@ -140,13 +140,15 @@ impl Role {
 }
 
 /// What a reader may ask of JetStream: stream info, and ephemeral (ordered)
-/// consumers it reads, on the `nodes` bucket, `ALERTS` and `NODE_EVENTS`;
+/// consumers it reads, on the `nodes` bucket, `ALERTS`, `NODE_EVENTS` and
+/// `NODE_LIFECYCLE`;
 /// plus the flow-control replies of a push consumer (a KV watch).
 fn read_only_jetstream() -> Vec<String> {
     let streams = [
         subjects::kv_stream(subjects::BUCKET_NODES),
         subjects::STREAM_ALERTS.to_owned(),
         subjects::STREAM_NODE_EVENTS.to_owned(),
+        subjects::STREAM_NODE_LIFECYCLE.to_owned(),
     ];
     let mut allow = vec!["$JS.API.INFO".to_owned(), "$JS.FC.>".to_owned()];
     for stream in streams {

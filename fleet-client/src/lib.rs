@@ -460,6 +460,68 @@ impl Client {
                 detail: serde_json::to_value(&event).unwrap_or_default(),
             });
         }
+        // Registrations and deregistrations outlive NODE_EVENTS in the
+        // registry's lifecycle stream: its copies fill in what the events
+        // stream no longer holds (one entry per event, at its first receipt).
+        let lifecycle_filter = match &query.node_id {
+            Some(id) => subjects::node_lifecycle(&subjects::NodeId::parse(id).map_err(|e| {
+                ClientError::Service(ServiceError::new(
+                    schemas::error::ErrorCode::BadRequest,
+                    e.to_string(),
+                ))
+            })?),
+            None => subjects::NODE_LIFECYCLE_FILTER.to_owned(),
+        };
+        // A registry older than the lifecycle stream has none: nothing to add.
+        let copies = self
+            .replay(
+                &self.names.lifecycle_stream,
+                lifecycle_filter,
+                since,
+                query.until,
+            )
+            .await
+            .unwrap_or_default();
+        let held: std::collections::HashSet<(String, String, String)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.node_id.clone(),
+                    e.kind.clone(),
+                    schemas::time::format(e.at),
+                )
+            })
+            .collect();
+        for r in copies {
+            let Ok(encoding) = schemas::nats::encoding_of(r.headers.as_ref()) else {
+                continue;
+            };
+            let Ok(event) = codec::decode::<NodeEvent>(&r.payload, encoding, MAX_EVENT_BYTES)
+            else {
+                continue;
+            };
+            let at = r
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(subjects::HEADER_RECEIVED))
+                .and_then(|v| schemas::time::parse(v.as_str()))
+                .unwrap_or(r.at);
+            let key = (
+                event.node_id.clone(),
+                event.r#type.clone(),
+                schemas::time::format(at),
+            );
+            if held.contains(&key) {
+                continue;
+            }
+            entries.push(AuditEntry {
+                at,
+                source: AuditSource::Event,
+                kind: event.r#type.clone(),
+                node_id: event.node_id.clone(),
+                detail: serde_json::to_value(&event).unwrap_or_default(),
+            });
+        }
         for r in self
             .replay(
                 &self.names.alerts_stream,

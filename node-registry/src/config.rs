@@ -69,6 +69,11 @@ pub struct RegistryConfig {
     pub events_history: Duration,
     /// The most bytes the event stream may grow to. Default 64 GiB.
     pub events_max_bytes_cap: i64,
+    /// How long registrations and deregistrations are kept in
+    /// `NODE_LIFECYCLE` (`nodectl audit` reads them after `NODE_EVENTS` let
+    /// them go). Default 30d.
+    #[serde(with = "humantime_serde")]
+    pub lifecycle_max_age: Duration,
     /// Less event history than this at the current rate is warned about
     /// (`registry.history_short`, health). Default 10m.
     #[serde(with = "humantime_serde")]
@@ -148,6 +153,7 @@ impl Default for RegistryConfig {
             events_history: Duration::from_secs(3600),
             events_max_bytes_cap: 64 * 1024 * 1024 * 1024,
             events_min_history: Duration::from_secs(600),
+            lifecycle_max_age: Duration::from_secs(30 * 24 * 3600),
             names: Names::default(),
             log_format: "text".to_owned(),
             lease_ttl: Duration::from_secs(10),

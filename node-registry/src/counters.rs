@@ -48,6 +48,8 @@ pub struct Counters {
     pub kv_conflicts: AtomicU64,
     /// Events the stream discarded before the registry read them.
     pub events_lost: AtomicU64,
+    /// Registrations and deregistrations not copied to the lifecycle stream.
+    pub lifecycle_copies_failed: AtomicU64,
     /// Alerts published, by type (rare: a lock is fine).
     pub alerts_by_type: Mutex<BTreeMap<String, u64>>,
 }

@@ -124,7 +124,8 @@ impl Leader<'_> {
             self.counters.clone(),
         )
         .with_index(self.index.clone())
-        .with_keys(self.node_keys.clone(), self.config.require_signatures);
+        .with_keys(self.node_keys.clone(), self.config.require_signatures)
+        .with_lifecycle_stream(self.config.names.lifecycle_stream.clone());
         let (lost_tx, lost_rx) = watch::channel(0u32);
         let guard = tokio::spawn(guard_bucket(
             self.config.clone(),

@@ -299,6 +299,7 @@ pub(crate) fn stream_settings(config: &RegistryConfig) -> StreamSettings {
     StreamSettings {
         replicas: config.replicas,
         events_max_bytes: config.events_max_bytes,
+        lifecycle_max_age: config.lifecycle_max_age,
         ..StreamSettings::default()
     }
 }

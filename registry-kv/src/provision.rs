@@ -17,6 +17,8 @@ pub struct StreamSettings {
     pub events_max_bytes: i64,
     /// Max age of `ALERTS`.
     pub alerts_max_age: Duration,
+    /// Max age of `NODE_LIFECYCLE` (registrations and deregistrations).
+    pub lifecycle_max_age: Duration,
     /// Duplicate window of both streams (drops replayed `Nats-Msg-Id`s).
     pub duplicate_window: Duration,
     /// History kept per key in `nodes`.
@@ -34,6 +36,7 @@ impl Default for StreamSettings {
             events_max_age: Duration::from_secs(7 * 24 * 3600),
             events_max_bytes: 1024 * 1024 * 1024,
             alerts_max_age: Duration::from_secs(30 * 24 * 3600),
+            lifecycle_max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             nodes_history: 16,
             ack_wait: Duration::from_secs(30),
@@ -49,6 +52,9 @@ pub struct Provisioned {
     pub events: stream::Stream,
     /// The stream of alerts.
     pub alerts: stream::Stream,
+    /// The stream of the registry's copies of registrations and
+    /// deregistrations.
+    pub lifecycle: stream::Stream,
     /// The bucket of node records.
     pub nodes: kv::Store,
     /// The bucket of registry-wide state.
@@ -137,6 +143,23 @@ pub async fn provision(
         },
     )
     .await?;
+    let lifecycle = ensure_stream(
+        js,
+        stream::Config {
+            name: names.lifecycle_stream.clone(),
+            description: Some(
+                "Every registration and deregistration applied, kept as long as alerts".into(),
+            ),
+            subjects: vec![subjects::NODE_LIFECYCLE_FILTER.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: settings.lifecycle_max_age,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
     let nodes = ensure_bucket(
         js,
         kv::Config {
@@ -185,6 +208,7 @@ pub async fn provision(
     Ok(Provisioned {
         events,
         alerts,
+        lifecycle,
         nodes,
         meta,
         profiles,

@@ -86,6 +86,22 @@ pub const BUCKET_NODES: &str = "nodes";
 pub const BUCKET_REGISTRY_META: &str = "registry_meta";
 /// Default name of the registry's durable pull consumer on `NODE_EVENTS`.
 pub const CONSUMER_REGISTRY: &str = "registry";
+/// Default name of the stream that keeps every node's registrations and
+/// deregistrations long after `NODE_EVENTS` let them go (the audit of
+/// lifecycle at any fleet size).
+pub const STREAM_NODE_LIFECYCLE: &str = "NODE_LIFECYCLE";
+/// What [`STREAM_NODE_LIFECYCLE`] holds: the registry's copies of the
+/// `register` and `deregister` events it applied, one subject per node.
+pub const NODE_LIFECYCLE_FILTER: &str = "registry.audit.*";
+/// Header of a lifecycle copy: the server's receive time of the original
+/// event (RFC 3339).
+pub const HEADER_RECEIVED: &str = "Fleet-Received";
+
+/// The subject of node `id`'s lifecycle copies.
+pub fn node_lifecycle(id: &NodeId) -> String {
+    format!("registry.audit.{id}")
+}
+
 /// The KV bucket with one configuration profile per role (key = role).
 /// Not configurable: agents and credentials name it.
 pub const BUCKET_PROFILES: &str = "profiles";
@@ -170,6 +186,9 @@ pub struct Names {
     pub meta_bucket: String,
     /// Durable consumer of the registry on the events stream (default `registry`).
     pub consumer: String,
+    /// Stream of the registry's copies of registrations and deregistrations
+    /// (default `NODE_LIFECYCLE`).
+    pub lifecycle_stream: String,
 }
 
 impl Default for Names {
@@ -180,6 +199,7 @@ impl Default for Names {
             nodes_bucket: BUCKET_NODES.to_owned(),
             meta_bucket: BUCKET_REGISTRY_META.to_owned(),
             consumer: CONSUMER_REGISTRY.to_owned(),
+            lifecycle_stream: STREAM_NODE_LIFECYCLE.to_owned(),
         }
     }
 }

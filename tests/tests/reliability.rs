@@ -435,3 +435,78 @@ async fn the_event_stream_grows_to_its_budget_and_short_history_is_said() {
     assert_eq!(health.status, schemas::status::HealthStatus::Degraded);
     assert!(health.event_history_s.is_some_and(|h| h < 600));
 }
+
+/// The types `nodectl audit --node <id> -o json` lists, in order.
+fn audited(server: &NatsServer, id: &str) -> Vec<String> {
+    let url = server.url();
+    let (ok, out, err) = fleet_tests::run_bin(
+        "nodectl",
+        &[
+            "--nats-url",
+            &url,
+            "audit",
+            "--node",
+            id,
+            "--since",
+            "1h",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(ok, "nodectl audit: {err}");
+    out.lines()
+        .map(|l| {
+            let entry: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            entry["type"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_stay_in_the_audit_after_the_event_stream_let_them_go() {
+    let server = NatsServer::start().await;
+    let _registry = registry(&server, "a");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let mut node = agent(&server, "kept");
+    let id = agent_node_id(&server, "kept").await;
+    eventually("the node registered", SOON, || async {
+        client.get(&id).await.ok().flatten().map(|_| ())
+    })
+    .await;
+    let registers = |types: &[String]| types.iter().filter(|t| *t == "register").count();
+    // Both streams hold the registration: listed once.
+    let types = eventually("a heartbeat in the audit", SOON, || async {
+        let types = audited(&server, &id);
+        types.iter().any(|t| t == "heartbeat").then_some(types)
+    })
+    .await;
+    assert_eq!(registers(&types), 1, "{types:?}");
+    // NODE_EVENTS lets everything go (as its limits do at a large fleet):
+    // the registration is still there, from the lifecycle stream.
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let events = js
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    events.purge().await.expect("purge");
+    let types = audited(&server, &id);
+    assert_eq!(registers(&types), 1, "{types:?}");
+    // The node leaves: its deregistration is kept as well.
+    node.terminate(Duration::from_secs(10)).await;
+    eventually("the deregistration audited", SOON, || async {
+        audited(&server, &id)
+            .iter()
+            .any(|t| t == "deregister")
+            .then_some(())
+    })
+    .await;
+    events.purge().await.expect("purge");
+    let types = audited(&server, &id);
+    assert_eq!(registers(&types), 1, "{types:?}");
+    assert!(types.iter().any(|t| t == "deregister"), "{types:?}");
+    assert!(
+        !types.iter().any(|t| t == "heartbeat"),
+        "heartbeats go with NODE_EVENTS: {types:?}"
+    );
+}

@@ -255,6 +255,67 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         }
     }
 
+    /// Copies applied registrations and deregistrations to the lifecycle
+    /// stream (`registry.audit.<id>`, the original bytes, the server's
+    /// receive time in `Fleet-Received`, deduplicated by the event's stream
+    /// sequence). A copy that fails is logged and counted: the event itself
+    /// is applied either way.
+    pub(super) async fn copy_lifecycle(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        applied: &[&super::Delivery<'_>],
+    ) {
+        let mut acks = Vec::with_capacity(applied.len());
+        for delivery in applied {
+            let (Ok(meta), Ok(id)) = (
+                &delivery.meta,
+                subjects::parse_node_events(delivery.subject),
+            ) else {
+                continue;
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(kind) = delivery
+                .headers
+                .and_then(|h| h.get(schemas::codec::HEADER_CONTENT_TYPE))
+            {
+                headers.insert(schemas::codec::HEADER_CONTENT_TYPE, kind.as_str());
+            }
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{stream}-{}", meta.stream_seq).as_str(),
+            );
+            headers.insert(
+                subjects::HEADER_RECEIVED,
+                schemas::time::format(meta.received).as_str(),
+            );
+            let sent = js
+                .publish_with_headers(
+                    subjects::node_lifecycle(&id),
+                    headers,
+                    bytes::Bytes::copy_from_slice(delivery.payload),
+                )
+                .await;
+            acks.push(sent);
+        }
+        let mut failed = 0u64;
+        for ack in acks {
+            let stored = match ack {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if !stored {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            self.counters
+                .lifecycle_copies_failed
+                .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
+            warn!(failed, "registrations not copied to the lifecycle stream (they are applied; the long audit lacks them)");
+        }
+    }
+
     /// Says the events lost since the last time, when it is time to.
     pub(super) async fn say_losses(&mut self) {
         if let Some(alert) = self.losses.alert_due(self.clock.now()) {

@@ -9,6 +9,7 @@ use registry_core::lifecycle::Effects;
 use registry_kv::alerts::AlertSink;
 use registry_kv::RecordStore;
 use schemas::codec::{self, MAX_EVENT_BYTES};
+use schemas::status::EventType;
 use schemas::validate::{validate_event, ValidEvent};
 use schemas::NodeEvent;
 use tracing::{debug, info_span, warn, Instrument, Span};
@@ -62,6 +63,9 @@ pub struct Ingested {
     pub verdicts: Vec<Verdict>,
     /// Whether the consumer had nothing left after the batch.
     pub caught_up: bool,
+    /// The deliveries whose copy goes to the lifecycle stream: the
+    /// registrations and deregistrations applied (not redeliveries).
+    pub lifecycle: Vec<usize>,
 }
 
 /// Why an event was rejected.
@@ -93,6 +97,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let mut accepted = Vec::with_capacity(deliveries.len());
         let mut traced = Traced::default();
         let mut caught_up = false;
+        let mut lifecycle = Vec::new();
         for (i, delivery) in deliveries.iter().enumerate() {
             let meta = match &delivery.meta {
                 Ok(meta) => *meta,
@@ -136,6 +141,9 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     let applied = step(&span, || info_span!("lifecycle"))
                         .in_scope(|| self.fleet.apply(&event, meta.received, meta.stream_seq));
                     effects.extend(applied);
+                    if event.kind != EventType::Heartbeat {
+                        lifecycle.push(i);
+                    }
                     if !span.is_none() {
                         span.record("node_id", event.node_id.as_str());
                         span.record("kind", event.kind.to_string());
@@ -159,6 +167,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         Ingested {
             verdicts,
             caught_up,
+            lifecycle,
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Worker<S, A, T> {
     last_seq: HashMap<NodeId, u64>,
     /// Events the stream discarded before they were read.
     losses: LossWatch,
+    /// Where applied registrations and deregistrations are copied.
+    lifecycle_stream: String,
 }
 
 impl<S, A, T> Worker<S, A, T> {
@@ -100,6 +102,7 @@ impl<S, A, T> Worker<S, A, T> {
             require_signatures: false,
             last_seq: HashMap::new(),
             losses: LossWatch::default(),
+            lifecycle_stream: subjects::STREAM_NODE_LIFECYCLE.to_owned(),
         }
     }
 
@@ -108,6 +111,13 @@ impl<S, A, T> Worker<S, A, T> {
     /// fleet) instead of decoding it again.
     pub fn with_index(mut self, index: ReadIndex) -> Self {
         self.index = Some(index);
+        self
+    }
+
+    /// Copies applied registrations and deregistrations to `stream`
+    /// (default `NODE_LIFECYCLE`).
+    pub fn with_lifecycle_stream(mut self, stream: String) -> Self {
+        self.lifecycle_stream = stream;
         self
     }
 

@@ -132,6 +132,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             }
         };
         let events_stream = consumer.cached_info().stream_name.clone();
+        let lifecycle_stream = self.lifecycle_stream.clone();
         // Where this term's consumer stands, to see events the stream
         // discards before they are read. A consumer that never delivered
         // anything misses every event since it was made: all of the
@@ -220,7 +221,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                 None => break,
                             }
                         }
-                        caught_up = self.on_messages(batch).await;
+                        caught_up = self.on_messages(batch, &js, &lifecycle_stream).await;
                     }
                     Some(Err(e)) => if pull_is_lost(&e) { messages = None },
                     None => messages = None,
@@ -347,11 +348,28 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
 
     /// Ingests a batch of messages and tells the stream each verdict;
     /// returns whether the consumer is caught up.
-    async fn on_messages(&mut self, batch: Vec<jetstream::Message>) -> bool {
+    async fn on_messages(
+        &mut self,
+        batch: Vec<jetstream::Message>,
+        js: &jetstream::Context,
+        lifecycle_stream: &str,
+    ) -> bool {
         let started = std::time::Instant::now();
         crate::metrics::batch_size().record(batch.len() as u64, &[]);
         let deliveries: Vec<Delivery<'_>> = batch.iter().map(Delivery::of).collect();
         let ingested = self.ingest(&deliveries).await;
+        // Registrations and deregistrations are copied to the lifecycle
+        // stream before they are acked, so they outlive NODE_EVENTS.
+        let applied: Vec<&Delivery<'_>> = ingested
+            .lifecycle
+            .iter()
+            .filter(|i| ingested.verdicts.get(**i) == Some(&Verdict::Ack))
+            .filter_map(|i| deliveries.get(*i))
+            .collect();
+        if !applied.is_empty() {
+            self.copy_lifecycle(js, lifecycle_stream, &applied).await;
+        }
+        drop(applied);
         drop(deliveries);
         for (message, verdict) in batch.iter().zip(ingested.verdicts) {
             let kind = match verdict {
