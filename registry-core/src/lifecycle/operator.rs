@@ -64,6 +64,22 @@ fn no_such_gpu(id: &NodeId, index: u32, record: &NodeRecord) -> OperatorError {
 }
 
 impl Fleet {
+    /// An alert about one GPU of `node`: `when` is the time and the cause,
+    /// `gpu` the index and uuid.
+    fn gpu_alert(
+        &self,
+        kind: AlertType,
+        node: &Tracked,
+        (at, cause): (DateTime<Utc>, &str),
+        (index, uuid): (u32, Option<String>),
+        message: String,
+    ) -> Alert {
+        let mut alert = self.alert(kind, node, None, at, cause, message);
+        alert.gpu_index = Some(index);
+        alert.gpu_uuid = uuid;
+        alert
+    }
+
     fn slot_of(&self, id: &NodeId) -> Result<u32, OperatorError> {
         self.ids
             .get(id)
@@ -270,19 +286,16 @@ impl Fleet {
                     since: schemas::time::format(at),
                 });
                 record.gpu_cordons.sort_by_key(|c| c.index);
-                let mut alert = self.alert(
+                let mut alert = self.gpu_alert(
                     AlertType::GpuCordoned,
                     node,
-                    None,
-                    at,
-                    cause,
+                    (at, cause),
+                    (request.index, uuid),
                     format!(
                         "GPU {} of node {id} cordoned: {}",
                         request.index, request.reason
                     ),
                 );
-                alert.gpu_index = Some(request.index);
-                alert.gpu_uuid = uuid;
                 alert.reason = Some(request.reason.clone()).filter(|r| !r.is_empty());
                 effects.alerts.push(alert);
             }
@@ -314,17 +327,13 @@ impl Fleet {
             return Ok(effects);
         };
         let cordon = record.gpu_cordons.remove(position);
-        let mut alert = self.alert(
+        effects.alerts.push(self.gpu_alert(
             AlertType::GpuUncordoned,
             node,
-            None,
-            at,
-            cause,
+            (at, cause),
+            (index, cordon.uuid),
             format!("GPU {index} of node {id} back in service"),
-        );
-        alert.gpu_index = Some(index);
-        alert.gpu_uuid = cordon.uuid;
-        effects.alerts.push(alert);
+        ));
         record.updated_at = schemas::time::format(at);
         self.write(slot, record, at, &mut effects);
         Ok(effects)
