@@ -37,6 +37,10 @@ use fleet_tests::{release_bin, AlertTap, NatsServer, Proc};
 use schemas::codec::{encode, Encoding, HEADER_CONTENT_TYPE};
 use serde::Serialize;
 
+#[path = "scale/storm.rs"]
+mod storm;
+use storm::{storm, Storm};
+
 /// Raw JetStream publish rate (acked, pipelined) into a fresh stream.
 async fn ceiling(server: &NatsServer, events: usize) -> f64 {
     let js = jetstream::new(server.client().await);
@@ -514,119 +518,6 @@ async fn ingest_ceiling(nodes: u64, per_node: u64) -> Ingest {
         registry_cpu_pct: (cpu_ticks(pid) - ticks_before) as f64 / clock_ticks() / wall * 100.0,
         server_cpu_pct: (cpu_ticks(server_pid) - server_ticks_before) as f64 / clock_ticks() / wall
             * 100.0,
-    }
-}
-
-/// A registration storm: what every agent does after a NATS restart.
-#[derive(Debug, Serialize, serde::Deserialize)]
-struct Storm {
-    nodes: u64,
-    /// Seconds over which the registrations were published.
-    published_s: f64,
-    /// Most events waiting at once, and the oldest one's age then.
-    peak_backlog: u64,
-    peak_lag_s: f64,
-    /// From the storm's start until the oldest unprocessed event was under
-    /// 1 s old again.
-    worked_off_s: f64,
-    /// Degraded or offline alerts (no node crashed).
-    false_alarms: usize,
-    /// `node.registered` alerts (every node was known).
-    repeated_registrations: usize,
-}
-
-/// `nodes` at a 30 s interval, settled; then every one registers again
-/// within 3 s (as every agent does after a NATS restart), on top of the
-/// steady heartbeats.
-async fn storm(nodes: u64) -> Storm {
-    let interval = Duration::from_secs(30);
-    let degraded_after = interval * 3;
-    let (server, registry, client) = start(degraded_after, None).await;
-    let js = jetstream::new(server.client().await);
-    let mut consumer = registry_consumer(&js).await;
-    let config = SimConfig {
-        nodes,
-        heartbeat_interval: interval,
-        encoding: encoding(),
-        duration: Duration::from_secs(900),
-        seed: 5,
-        ..SimConfig::default()
-    };
-    let simulator = std::sync::Arc::new(Simulator::new(
-        config,
-        jetstream::new(server.client().await),
-    ));
-    let sim = {
-        let simulator = simulator.clone();
-        tokio::spawn(async move { simulator.run().await })
-    };
-    tokio::time::sleep(interval * 2).await;
-    settle(&js, &mut consumer, Duration::from_secs(600)).await;
-    fleet_tests::wait_total(&client, nodes, Duration::from_secs(600)).await;
-    println!("  storm: {nodes} nodes registered and settled; every one registers again within 3 s");
-
-    let mut alerts = AlertTap::new(client.nats()).await;
-    let encoding = encoding();
-    let started = Instant::now();
-    let publisher = {
-        let js = js.clone();
-        tokio::spawn(async move {
-            // 30 waves, 100 ms apart: the whole fleet within 3 s.
-            let per_wave = nodes.div_ceil(30);
-            for wave in 0..30u64 {
-                let due = started + Duration::from_millis(100 * wave);
-                tokio::time::sleep_until(due.into()).await;
-                let events = (wave * per_wave..((wave + 1) * per_wave).min(nodes)).map(|n| {
-                    let event =
-                        fleet_sim::generate::register(&format!("sim-{n}"), n, 1_000_000 + n, 5);
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(HEADER_CONTENT_TYPE, encoding.content_type());
-                    (
-                        format!("node.sim-{n}.events"),
-                        Some(headers),
-                        encode(&event, encoding).into(),
-                    )
-                });
-                publish_pipelined(&js, events).await;
-            }
-            started.elapsed().as_secs_f64()
-        })
-    };
-    let (mut peak_backlog, mut peak_lag_s) = (0, 0.0f64);
-    let mut worked_off_s = f64::NAN;
-    let mut published_s = f64::NAN;
-    while started.elapsed() < Duration::from_secs(300) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if published_s.is_nan() && publisher.is_finished() {
-            published_s = started.elapsed().as_secs_f64();
-        }
-        if let Some((waiting, age)) = lag(&js, &mut consumer).await {
-            peak_backlog = peak_backlog.max(waiting);
-            peak_lag_s = peak_lag_s.max(age);
-            if !published_s.is_nan() && age < 1.0 {
-                worked_off_s = started.elapsed().as_secs_f64();
-                break;
-            }
-        }
-    }
-    let published_s = publisher.await.unwrap_or(published_s);
-    let seen = alerts.collect_for(Duration::from_secs(5)).await;
-    let count = |kinds: &[&str]| {
-        seen.iter()
-            .filter(|a| kinds.contains(&a.r#type.as_str()))
-            .count()
-    };
-    simulator.stop();
-    let _ = sim.await;
-    drop(registry);
-    Storm {
-        nodes,
-        published_s,
-        peak_backlog,
-        peak_lag_s,
-        worked_off_s,
-        false_alarms: count(&["node.degraded", "node.offline"]),
-        repeated_registrations: count(&["node.registered"]),
     }
 }
 
