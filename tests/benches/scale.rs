@@ -589,18 +589,7 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let storm = if storm_nodes > 0 {
-        let storm = storm(storm_nodes).await;
-        println!(
-            "registration storm: {} nodes registered again in {:.1} s on top of their heartbeats; peak backlog {} events ({:.1} s old); worked off (oldest unprocessed < 1 s) {:.1} s after it began; false alarms {}, repeated node.registered {}",
-            storm.nodes,
-            storm.published_s,
-            storm.peak_backlog,
-            storm.peak_lag_s,
-            storm.worked_off_s,
-            storm.false_alarms,
-            storm.repeated_registrations
-        );
-        Some(storm)
+        Some(storm(storm_nodes).await.said())
     } else {
         None
     };

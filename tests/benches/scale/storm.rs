@@ -29,6 +29,23 @@ pub struct Storm {
     pub repeated_registrations: usize,
 }
 
+impl Storm {
+    /// Prints the figures, and gives them back.
+    pub fn said(self) -> Self {
+        println!(
+            "registration storm: {} nodes registered again in {:.1} s on top of their heartbeats; peak backlog {} events ({:.1} s old); worked off (oldest unprocessed < 1 s) {:.1} s after it began; false alarms {}, repeated node.registered {}",
+            self.nodes,
+            self.published_s,
+            self.peak_backlog,
+            self.peak_lag_s,
+            self.worked_off_s,
+            self.false_alarms,
+            self.repeated_registrations
+        );
+        self
+    }
+}
+
 /// `nodes` at a 30 s interval, settled; then every one registers again
 /// within 3 s (as every agent does after a NATS restart), on top of the
 /// steady heartbeats.
