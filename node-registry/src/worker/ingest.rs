@@ -32,6 +32,10 @@ pub struct DeliveryMeta {
     pub delivered: i64,
 }
 
+/// Events waiting behind a batch from which the fleet defers first-metrics
+/// writes (a backlog is being worked off).
+const BACKLOG_DEFERS_WRITES: u64 = 1000;
+
 /// One delivery of an event, borrowed from the message that carried it.
 #[derive(Debug, Clone)]
 pub struct Delivery<'a> {
@@ -98,6 +102,13 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let mut traced = Traced::default();
         let mut caught_up = false;
         let mut lifecycle = Vec::new();
+        // A full batch with more waiting: the fleet defers what only
+        // freshens records until it has caught up.
+        let waiting = deliveries
+            .first()
+            .and_then(|d| d.meta.as_ref().ok())
+            .map_or(0, |m| m.pending);
+        self.fleet.set_backlogged(waiting >= BACKLOG_DEFERS_WRITES);
         for (i, delivery) in deliveries.iter().enumerate() {
             let meta = match &delivery.meta {
                 Ok(meta) => *meta,

@@ -254,6 +254,7 @@ impl Fleet {
         let came_back = self.come_back(slot, at, seq, &mut effects);
         let gpu_health = self.gpu_verdicts(slot, e.metrics.as_ref(), at, seq, &mut effects);
         let checkpoint = chrono_duration(self.settings.checkpoint_interval);
+        let backlogged = self.backlogged;
         let Some(node) = self.slot_mut(slot) else {
             return effects;
         };
@@ -275,7 +276,8 @@ impl Fleet {
         let checkpoint_due = at.signed_duration_since(node.last_written) >= checkpoint;
         // The first metrics after a registration are worth a write: until
         // then discovery cannot rank the node by load.
-        let first_metrics = !node.has_metrics && e.metrics.is_some();
+        // (Under a backlog they wait for its checkpoint: see `set_backlogged`.)
+        let first_metrics = !node.has_metrics && e.metrics.is_some() && !backlogged;
         if came_back
             || checkpoint_due
             || first_metrics

@@ -214,6 +214,9 @@ pub struct Fleet {
     /// The registry's own faults, with when each was first seen: every
     /// transition held.
     faults: BTreeMap<OwnFault, DateTime<Utc>>,
+    /// The worker is working off a backlog: writes that only freshen a
+    /// record wait for the node's next checkpoint.
+    backlogged: bool,
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
@@ -278,7 +281,17 @@ impl Fleet {
             mass_silence: false,
             silent_regions: BTreeSet::new(),
             faults: BTreeMap::new(),
+            backlogged: false,
         }
+    }
+
+    /// Tells the fleet whether the events it is given are a backlog being
+    /// worked off. Then a node's first metrics wait for its next checkpoint
+    /// instead of costing a write each (after a registration storm or a
+    /// registry restart, one write per node would slow the catching up that
+    /// judging waits for); material changes are written at once as ever.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
     }
 
     /// The settings in force.

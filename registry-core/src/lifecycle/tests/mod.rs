@@ -4,6 +4,7 @@ use super::*;
 use schemas::{Metrics, NodeEvent};
 use subjects::alert_types::*;
 
+mod backlog;
 mod operator;
 
 fn t0() -> DateTime<Utc> {
