@@ -76,6 +76,12 @@ impl AdminRequest {
         if payload.len() > MAX_ADMIN_REQUEST_BYTES {
             return Err(AdminRequestError::TooLarge);
         }
+        // serde would read a list as the fields in order: a request is an object.
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AdminRequestError::Malformed(
+                "a request is a JSON object".into(),
+            ));
+        }
         let request: Self = serde_json::from_slice(payload)
             .map_err(|e| AdminRequestError::Malformed(e.to_string()))?;
         let bad_text = |text: &Option<String>, max: usize| {
@@ -205,6 +211,7 @@ mod tests {
             (r#"{"op":"reboot","node_id":"a"}"#, "unknown variant"),
             (r#"{"op":"cordon","node_id":"A B"}"#, "node id"),
             (r#"{"op":"cordon","node_id":"a","x":1}"#, "unknown field"),
+            (r#"["drain","a"]"#, "a request is a JSON object"),
             (
                 r#"{"op":"drain","node_id":"a","gpu":1}"#,
                 "gpu does not go with op drain",

@@ -46,6 +46,10 @@ pub enum CodecError {
     /// The protobuf form is malformed.
     #[error("invalid protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    /// The JSON form is not an object (serde would read a list as the
+    /// fields in order: a message is an object).
+    #[error("invalid JSON: a message is a JSON object")]
+    NotAnObject,
 }
 
 impl Encoding {
@@ -93,8 +97,11 @@ where
         });
     }
     match encoding {
-        Encoding::Json if payload.iter().all(u8::is_ascii_whitespace) => Ok(T::default()),
-        Encoding::Json => Ok(serde_json::from_slice(payload)?),
+        Encoding::Json => match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => Ok(T::default()),
+            Some(b'{') => Ok(serde_json::from_slice(payload)?),
+            Some(_) => Err(CodecError::NotAnObject),
+        },
         Encoding::Protobuf => Ok(T::decode(payload)?),
     }
 }

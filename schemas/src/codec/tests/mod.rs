@@ -84,6 +84,18 @@ fn capability_is_a_string_or_a_list() {
     let empty: DiscoverRequest = decode(b"", Encoding::Json, 1024).expect("empty is {}");
     assert_eq!(empty, DiscoverRequest::default());
     assert!(decode::<DiscoverRequest>(br#"{"capability":3}"#, Encoding::Json, 1024).is_err());
+    // A list is not a message, though serde would take it as the fields in
+    // order.
+    for list in [&br#"["gpu"]"#[..], b" [ ]", br#"["heartbeat","node-a"]"#] {
+        assert!(matches!(
+            decode::<DiscoverRequest>(list, Encoding::Json, 1024),
+            Err(CodecError::NotAnObject)
+        ));
+        assert!(matches!(
+            decode::<NodeEvent>(list, Encoding::Json, 1024),
+            Err(CodecError::NotAnObject)
+        ));
+    }
 }
 
 #[test]
