@@ -651,6 +651,18 @@ pub fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// An RFC 3339 time of the contract (a test fails on anything else).
+pub fn rfc3339(text: &str) -> chrono::DateTime<chrono::Utc> {
+    schemas::time::parse(text).unwrap_or_else(|| panic!("{text:?} is not an RFC 3339 time"))
+}
+
+/// The node ids a discovery query (as JSON) answers, in reply order.
+pub async fn discover_ids(client: &fleet_client::Client, json: &str) -> Vec<String> {
+    let request: schemas::DiscoverRequest = serde_json::from_str(json).expect("request JSON");
+    let reply = client.discover(&request).await.expect("discover answers");
+    reply.nodes.into_iter().map(|n| n.node_id).collect()
+}
+
 /// A typed registry client on `server`, with the contract's names.
 pub async fn registry_client(server: &NatsServer) -> fleet_client::Client {
     fleet_client::Client::new(server.client().await, subjects::Names::default())

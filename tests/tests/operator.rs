@@ -52,13 +52,11 @@ fn nodectl_ok(server: &NatsServer, args: &[&str]) -> String {
 }
 
 fn time(text: &str) -> DateTime<Utc> {
-    schemas::time::parse(text).unwrap_or_else(|| panic!("{text:?} is not an RFC 3339 time"))
+    fleet_tests::rfc3339(text)
 }
 
 async fn discover(client: &Client, json: &str) -> Vec<String> {
-    let request: DiscoverRequest = serde_json::from_str(json).expect("request JSON");
-    let reply = client.discover(&request).await.expect("discover answers");
-    reply.nodes.into_iter().map(|n| n.node_id).collect()
+    fleet_tests::discover_ids(client, json).await
 }
 
 async fn record(client: &Client, id: &str) -> NodeRecord {

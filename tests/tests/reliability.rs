@@ -15,16 +15,23 @@ const TTL: Duration = Duration::from_secs(2);
 const SOON: Duration = Duration::from_secs(20);
 
 fn registry(server: &NatsServer, instance: &str) -> Proc {
+    registry_with(server, instance, &[])
+}
+
+/// Like [`registry`], with more `NODE_REGISTRY_*` settings.
+fn registry_with(server: &NatsServer, instance: &str, extra: &[(&str, &str)]) -> Proc {
+    let mut envs = vec![
+        ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
+        ("NODE_REGISTRY_CHECKPOINT_INTERVAL", "1s"),
+        ("NODE_REGISTRY_LEASE_TTL", "2s"),
+        ("NODE_REGISTRY_INSTANCE", instance),
+    ];
+    envs.extend_from_slice(extra);
     spawn_registry(
         server,
         &format!("registry-{instance}"),
         &["--degraded-after", "4s", "--offline-after", "60s"],
-        &[
-            ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
-            ("NODE_REGISTRY_CHECKPOINT_INTERVAL", "1s"),
-            ("NODE_REGISTRY_LEASE_TTL", "2s"),
-            ("NODE_REGISTRY_INSTANCE", instance),
-        ],
+        &envs,
     )
 }
 
@@ -295,17 +302,10 @@ async fn events_the_stream_discards_unread_are_counted_said_and_recovered() {
     let server = NatsServer::start().await;
     // A tiny event stream (64 KiB), so a flood discards unread events.
     let small = |instance: &str| {
-        spawn_registry(
+        registry_with(
             &server,
-            &format!("registry-{instance}"),
-            &["--degraded-after", "4s", "--offline-after", "60s"],
-            &[
-                ("NODE_REGISTRY_SWEEP_INTERVAL", "100ms"),
-                ("NODE_REGISTRY_CHECKPOINT_INTERVAL", "1s"),
-                ("NODE_REGISTRY_LEASE_TTL", "2s"),
-                ("NODE_REGISTRY_INSTANCE", instance),
-                ("NODE_REGISTRY_EVENTS_MAX_BYTES", "65536"),
-            ],
+            instance,
+            &[("NODE_REGISTRY_EVENTS_MAX_BYTES", "65536")],
         )
     };
     let mut first = small("a");

@@ -87,6 +87,15 @@ impl Fleet {
             .ok_or_else(|| OperatorError::UnknownNode(id.clone()))
     }
 
+    /// A known node and its slot.
+    fn known(&self, id: &NodeId) -> Result<(u32, &Tracked), OperatorError> {
+        let slot = self.slot_of(id)?;
+        let node = self
+            .slot(slot)
+            .ok_or_else(|| OperatorError::UnknownNode(id.clone()))?;
+        Ok((slot, node))
+    }
+
     /// Puts a node in maintenance (an operator's cordon, without a reason):
     /// it is no longer judged, nor discovered as online, until uncordoned.
     /// A node already in maintenance keeps its drain as it is.
@@ -96,11 +105,7 @@ impl Fleet {
         at: DateTime<Utc>,
         cause: &str,
     ) -> Result<Effects, OperatorError> {
-        let slot = self.slot_of(id)?;
-        if self
-            .slot(slot)
-            .is_some_and(|n| n.status == NodeStatus::Maintenance)
-        {
+        if self.known(id)?.1.status == NodeStatus::Maintenance {
             return Ok(Effects::default());
         }
         self.drain(id, at, cause, Drain::default())
@@ -117,10 +122,7 @@ impl Fleet {
         cause: &str,
         drain: Drain,
     ) -> Result<Effects, OperatorError> {
-        let slot = self.slot_of(id)?;
-        let Some(node) = self.slot(slot) else {
-            return Err(OperatorError::UnknownNode(id.clone()));
-        };
+        let (slot, node) = self.known(id)?;
         let mut effects = Effects::default();
         let previous = node.status;
         let mut record = node.record();
@@ -255,10 +257,7 @@ impl Fleet {
         cause: &str,
         request: GpuCordonRequest,
     ) -> Result<Effects, OperatorError> {
-        let slot = self.slot_of(id)?;
-        let Some(node) = self.slot(slot) else {
-            return Err(OperatorError::UnknownNode(id.clone()));
-        };
+        let (slot, node) = self.known(id)?;
         let mut record = node.record();
         let Some(gpu) = gpu_at(&record, request.index) else {
             return Err(no_such_gpu(id, request.index, &record));
@@ -314,10 +313,7 @@ impl Fleet {
         cause: &str,
         index: u32,
     ) -> Result<Effects, OperatorError> {
-        let slot = self.slot_of(id)?;
-        let Some(node) = self.slot(slot) else {
-            return Err(OperatorError::UnknownNode(id.clone()));
-        };
+        let (slot, node) = self.known(id)?;
         let mut record = node.record();
         let mut effects = Effects::default();
         let Some(position) = record.gpu_cordons.iter().position(|c| c.index == index) else {
