@@ -78,23 +78,21 @@ async fn prometheus_scrapes_the_fleet() {
     // The exposition itself: the contract's name, per-node series, and
     // promtool's lint.
     let url = format!("http://{metrics_addr}/metrics");
-    let exposition = eventually("two online nodes in /metrics", SOON, || {
+    // Registration makes a node online; its per-node series come with the
+    // first heartbeat that carries metrics, a beat later: wait for both.
+    let node_series = format!("fleet_node_cpu_utilization_ratio{{node_id=\"{a}\"");
+    let exposition = eventually("two online nodes and a's series in /metrics", SOON, || {
         let url = url.clone();
+        let node_series = node_series.clone();
         async move {
             let text = tokio::task::spawn_blocking(move || get(&url))
                 .await
                 .ok()??;
-            text.contains("fleet_nodes{status=\"online\"} 2")
+            (text.contains("fleet_nodes{status=\"online\"} 2") && text.contains(&node_series))
                 .then_some(text)
         }
     })
     .await;
-    assert!(
-        exposition.contains(&format!(
-            "fleet_node_cpu_utilization_ratio{{node_id=\"{a}\""
-        )),
-        "{exposition}"
-    );
     assert!(
         exposition.contains("registry_discover_duration_seconds")
             || exposition.contains("registry_events_total")
