@@ -54,6 +54,10 @@ pub struct SimConfig {
     pub id_prefix: String,
     /// Most publishes awaiting their JetStream ack at once.
     pub max_in_flight: usize,
+    /// One heartbeat of a node in this many waits for JetStream's ack, as
+    /// the agent does (`node_agent::agent::HEARTBEAT_ACK_EVERY`); the rest
+    /// are published without one. 1: every heartbeat is acked.
+    pub heartbeat_ack_every: u64,
     /// Seed of the deterministic generator.
     pub seed: u64,
 }
@@ -72,6 +76,7 @@ impl Default for SimConfig {
             duration: Duration::from_secs(60),
             id_prefix: "sim".to_owned(),
             max_in_flight: 20_000,
+            heartbeat_ack_every: 4,
             seed: 1,
         }
     }
@@ -202,8 +207,28 @@ impl Simulator {
     }
 
     /// Publishes one event; the ack is awaited in the background, bounded by
-    /// `max_in_flight`.
+    /// `max_in_flight`. Heartbeats other than every
+    /// `heartbeat_ack_every`-th of a node go without an ack.
     async fn publish(&self, event: &NodeEvent) -> Result<(), SimError> {
+        let unacked = event.r#type == "heartbeat"
+            && event
+                .seq
+                .is_some_and(|s| s % self.config.heartbeat_ack_every.max(1) != 0);
+        if unacked {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_CONTENT_TYPE, self.config.encoding.content_type());
+            let id = subjects::NodeId::parse(&event.node_id).map_err(|e| SimError(e.into()))?;
+            return self
+                .js
+                .client()
+                .publish_with_headers(
+                    subjects::node_events(&id),
+                    headers,
+                    encode(event, self.config.encoding).into(),
+                )
+                .await
+                .map_err(|e| SimError(e.into()));
+        }
         let permit = self
             .in_flight
             .clone()

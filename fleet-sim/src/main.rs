@@ -49,6 +49,10 @@ struct Cli {
     /// Connections to spread the fleet over.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// One heartbeat of a node in this many waits for JetStream's ack, as
+    /// the agent does; 1 acks every heartbeat.
+    #[arg(long, default_value_t = 4)]
+    heartbeat_ack_every: u64,
     /// Seed of the deterministic generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -102,6 +106,7 @@ async fn main() -> ExitCode {
                 format!("{}-{part}", cli.id_prefix)
             },
             seed: cli.seed.wrapping_add(part),
+            heartbeat_ack_every: cli.heartbeat_ack_every,
             ..SimConfig::default()
         };
         let js = async_nats::jetstream::new(client);

@@ -106,11 +106,15 @@ pub fn check(state_dir: &Path, now: DateTime<Utc>) -> (HealthStatus, serde_json:
         return unhealthy(format!("the agent (pid {}) is not running", file.pid));
     }
     let parse = |t: &Option<String>| t.as_deref().and_then(schemas::time::parse);
-    // Acked within three intervals (and a margin for a slow ack).
-    let limit = chrono::Duration::milliseconds((file.heartbeat_interval_s * 3000.0) as i64 + 5000);
+    // A heartbeat acked within two intervals more than the acked ones are
+    // apart (and a margin for a slow ack).
+    let intervals = (crate::agent::HEARTBEAT_ACK_EVERY + 2) as f64;
+    let limit = chrono::Duration::milliseconds(
+        (file.heartbeat_interval_s * intervals * 1000.0) as i64 + 5000,
+    );
     let fresh = parse(&file.last_ok_at).is_some_and(|at| now.signed_duration_since(at) <= limit);
     let started = parse(&Some(file.started_at.clone()));
-    // A fresh agent gets its first three intervals to be heard.
+    // A fresh agent gets as long to be heard.
     let starting = file.last_ok_at.is_none()
         && started.is_some_and(|at| now.signed_duration_since(at) <= limit);
     let status = if fresh || starting {
@@ -162,7 +166,8 @@ mod tests {
         )
         .expect("write");
         assert_eq!(check(dir.path(), now).0, HealthStatus::Healthy);
-        // Three intervals and more without an ack: unhealthy, and it says why.
+        // Six intervals and more without an ack (acked beats are four apart):
+        // unhealthy, and it says why.
         write(
             dir.path(),
             &file(

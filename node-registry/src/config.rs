@@ -34,6 +34,12 @@ pub struct RegistryConfig {
     /// (at most fleet size / heartbeat interval).
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Most checkpoint writes a second for the whole fleet. Default 5000: a
+    /// fleet above `checkpoint_interval` × this (300 000 nodes at 60s)
+    /// checkpoints each node every `nodes / checkpoint_writes_per_s`
+    /// seconds instead (200 s at a million). That interval also bounds how
+    /// late a detection after a failover can be. 0: no limit.
+    pub checkpoint_writes_per_s: u32,
     /// How often silence is judged. Default 1s; the bound on detection
     /// latency beyond `degraded_after`.
     #[serde(with = "humantime_serde")]
@@ -142,6 +148,7 @@ impl Default for RegistryConfig {
             degraded_after: lifecycle.degraded_after,
             offline_after: lifecycle.offline_after,
             checkpoint_interval: lifecycle.checkpoint_interval,
+            checkpoint_writes_per_s: lifecycle.checkpoint_writes_per_s,
             sweep_interval: Duration::from_secs(1),
             reannounce_interval: lifecycle.reannounce_interval,
             self_preservation_threshold: lifecycle.self_preservation_threshold,
@@ -283,6 +290,7 @@ impl RegistryConfig {
             degraded_after: self.degraded_after,
             offline_after: self.offline_after,
             checkpoint_interval: self.checkpoint_interval,
+            checkpoint_writes_per_s: self.checkpoint_writes_per_s,
             reannounce_interval: self.reannounce_interval,
             self_preservation_threshold: self.self_preservation_threshold,
             self_preservation_min_fleet: self.self_preservation_min_fleet,

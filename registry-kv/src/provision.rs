@@ -191,7 +191,7 @@ pub async fn provision(
             consumer::pull::Config {
                 durable_name: Some(names.consumer.clone()),
                 description: Some("The registry leader's position in the event stream".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
+                ack_policy: consumer::AckPolicy::All,
                 ack_wait: settings.ack_wait,
                 max_ack_pending: settings.max_ack_pending,
                 deliver_policy: consumer::DeliverPolicy::All,

@@ -33,6 +33,12 @@ use tasks::handle_task;
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long one publish may wait for JetStream's ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// One heartbeat in this many waits for JetStream's ack (the agent's proof
+/// that its events are stored, for its health); the others are published
+/// without one, which spares the server a reply per heartbeat. A lost
+/// heartbeat is followed by the next; registrations and deregistrations
+/// are always acked and retried.
+pub const HEARTBEAT_ACK_EVERY: u64 = 4;
 /// The whole budget for the deregister at shutdown (the agent exits within 2 s).
 const DEREGISTER_BUDGET: Duration = Duration::from_millis(1500);
 /// Longest pause between two registration attempts.
@@ -100,6 +106,8 @@ struct Shared {
     key: Option<Arc<nkeys::KeyPair>>,
     started: Instant,
     last_publish_ok: AtomicBool,
+    /// Heartbeats published since the last one acked.
+    unacked_beats: AtomicU64,
     /// Whether a register was ever acked (heartbeats start then).
     registered: AtomicBool,
     /// The caps_hash of the latest acked register, carried by heartbeats.
@@ -214,6 +222,7 @@ async fn run_as(
         key: signing_key(&config),
         started: Instant::now(),
         last_publish_ok: AtomicBool::new(false),
+        unacked_beats: AtomicU64::new(HEARTBEAT_ACK_EVERY),
         registered: AtomicBool::new(false),
         registered_hash: Mutex::new(None),
         health: Mutex::new(crate::health::HealthFile::starting(health_id, &config)),
@@ -459,7 +468,8 @@ impl Shared {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    async fn publish(&self, event: &NodeEvent) -> Result<(), PublishFailure> {
+    /// Publishes `event`, waiting for JetStream's ack when `acked`.
+    async fn publish(&self, event: &NodeEvent, acked: Acked) -> Result<(), PublishFailure> {
         let result = publish(
             &self.js,
             &self.id,
@@ -467,6 +477,7 @@ impl Shared {
             self.key.as_deref(),
             event,
             self.encoding(),
+            acked,
         )
         .await;
         self.last_publish_ok
@@ -576,7 +587,7 @@ async fn register_until_acked(agent: Arc<Shared>, mut event: NodeEvent, hash: St
         runtime_support::Backoff::new(Duration::from_millis(250), MAX_REGISTER_BACKOFF)
             .with_jitter();
     loop {
-        match agent.publish(&event).await {
+        match agent.publish(&event, Acked::Yes).await {
             Ok(()) => {
                 agent.registered.store(true, Ordering::Relaxed);
                 *agent
@@ -626,11 +637,41 @@ async fn heartbeat(agent: Arc<Shared>) {
             .clone(),
         ..NodeEvent::default()
     };
-    let result = agent.publish(&event).await;
-    if let Err(e) = &result {
-        warn!(error = %e, "heartbeat not acked");
+    // Every HEARTBEAT_ACK_EVERY-th beat is acked, and the next one after
+    // any that failed.
+    let acked = if agent.unacked_beats.load(Ordering::Relaxed) + 1 >= HEARTBEAT_ACK_EVERY {
+        Acked::Yes
+    } else {
+        Acked::No
+    };
+    let result = agent.publish(&event, acked).await;
+    match (&result, acked) {
+        (Ok(()), Acked::Yes) => agent.unacked_beats.store(0, Ordering::Relaxed),
+        (Ok(()), Acked::No) => {
+            agent.unacked_beats.fetch_add(1, Ordering::Relaxed);
+        }
+        (Err(e), _) => {
+            warn!(error = %e, "heartbeat not stored");
+            agent
+                .unacked_beats
+                .store(HEARTBEAT_ACK_EVERY, Ordering::Relaxed);
+        }
     }
-    agent.record_health(result.err().map(|e| e.to_string()));
+    // The health file hears of acks and failures; an unacked beat that
+    // left the client is neither.
+    match (result, acked) {
+        (Ok(()), Acked::No) => {}
+        (result, _) => agent.record_health(result.err().map(|e| e.to_string())),
+    }
+}
+
+/// Whether a publish waits for JetStream's ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acked {
+    /// Waits for the ack (and fails without one in time).
+    Yes,
+    /// Leaves once the client has taken it.
+    No,
 }
 
 /// Publishes `deregister` within [`DEREGISTER_BUDGET`].
@@ -645,7 +686,7 @@ async fn deregister(agent: &Arc<Shared>) {
         reason: Some("shutdown".to_owned()),
         ..NodeEvent::default()
     };
-    match tokio::time::timeout(DEREGISTER_BUDGET, agent.publish(&event)).await {
+    match tokio::time::timeout(DEREGISTER_BUDGET, agent.publish(&event, Acked::Yes)).await {
         Ok(Ok(())) => info!("deregistered"),
         Ok(Err(e)) => warn!(error = %e, "deregister not acked"),
         Err(_) => warn!("deregister not acked within {DEREGISTER_BUDGET:?}"),
@@ -666,7 +707,7 @@ fn asks_to_reannounce(payload: &[u8]) -> bool {
             .is_ok_and(|k| k.r#type == subjects::alert_types::REGISTRY_REANNOUNCE)
 }
 
-/// Publishes one event and waits for JetStream's ack.
+/// Publishes one event, and waits for JetStream's ack when `acked`.
 async fn publish(
     js: &jetstream::Context,
     id: &NodeId,
@@ -674,6 +715,7 @@ async fn publish(
     key: Option<&nkeys::KeyPair>,
     event: &NodeEvent,
     encoding: Encoding,
+    acked: Acked,
 ) -> Result<(), PublishFailure> {
     let kind: EventType = event.r#type.parse().unwrap_or(EventType::Heartbeat);
     let subject = subjects::node_events(id);
@@ -688,12 +730,23 @@ async fn publish(
         // The registration's trace, continued by the registry.
         runtime_support::trace_context::inject(&mut headers);
     }
-    let msg_id = format!("{id}-{boot}-{}", event.seq.unwrap_or_default());
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+    if kind != EventType::Heartbeat {
+        // Retried until acked: the id makes a retry stored once. A
+        // heartbeat is never retried, so it spares the server the lookup.
+        let msg_id = format!("{id}-{boot}-{}", event.seq.unwrap_or_default());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+    }
     let payload = codec::encode(event, encoding);
     if let Some(key) = key {
         let signature = fleet_auth::sign_event(key, &payload).map_err(|e| fail(e.to_string()))?;
         headers.insert(fleet_auth::SIGNATURE_HEADER, signature.as_str());
+    }
+    if acked == Acked::No {
+        return js
+            .client()
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .map_err(|e| fail(e.to_string()));
     }
     let ack = js
         .publish_with_headers(subject.clone(), headers, payload.into())

@@ -137,7 +137,11 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             let decoded = step(&span, || info_span!("decode")).in_scope(|| {
                 decode(delivery).and_then(|event| {
                     Ok(self
-                        .authenticate(delivery, &event, meta.delivered)?
+                        .authenticate(
+                            delivery,
+                            &event,
+                            meta.delivered > 1 || meta.stream_seq <= self.redelivered_up_to,
+                        )?
                         .then_some(event))
                 })
             });
@@ -188,7 +192,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         &mut self,
         delivery: &Delivery<'_>,
         event: &ValidEvent,
-        delivered: i64,
+        redelivered: bool,
     ) -> Result<bool, Rejection> {
         let Some(keys) = &self.keys else {
             return Ok(true);
@@ -216,7 +220,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             .entry(id.clone())
             .or_insert_with(|| fleet.get(id).and_then(|n| n.record().seq).unwrap_or(0));
         if seq <= *last {
-            if delivered > 1 {
+            if redelivered {
                 return Ok(false);
             }
             return Err(Rejection::Replayed { seq, last: *last });

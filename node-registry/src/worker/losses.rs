@@ -52,6 +52,13 @@ impl LossWatch {
         }
     }
 
+    /// Delivery starts again after stream sequence `floor` (a rewind):
+    /// a jump past it is a loss, even below what was read before.
+    pub fn rewound_to(&mut self, floor: u64) {
+        self.high = Some(floor);
+        self.high_at = None;
+    }
+
     /// Takes one delivery (stream sequence `seq`, received at `received`);
     /// returns how many events were lost just before it. A redelivery
     /// (`seq` not above the highest) loses nothing; the first delivery of a

@@ -23,7 +23,9 @@
 //! - `clock`: the server's clock, as the events show it;
 //! - `losses`: events the stream discarded before they were read;
 //! - `history`: the history the event stream holds at the current rate,
-//!   and its size as a budget in time.
+//!   and its size as a budget in time;
+//! - `position`: where a term reads the stream from (a rewind to the ack
+//!   floor) and how it acks (per batch).
 
 mod admin;
 mod advisories;
@@ -32,6 +34,7 @@ mod execute;
 mod history;
 mod ingest;
 mod losses;
+mod position;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -81,6 +84,9 @@ pub struct Worker<S, A, T> {
     losses: LossWatch,
     /// Where applied registrations and deregistrations are copied.
     lifecycle_stream: String,
+    /// Events up to this stream sequence were delivered before the last
+    /// rewind: they come again, and are not replays.
+    redelivered_up_to: u64,
 }
 
 impl<S, A, T> Worker<S, A, T> {
@@ -103,6 +109,7 @@ impl<S, A, T> Worker<S, A, T> {
             last_seq: HashMap::new(),
             losses: LossWatch::default(),
             lifecycle_stream: subjects::STREAM_NODE_LIFECYCLE.to_owned(),
+            redelivered_up_to: 0,
         }
     }
 
@@ -144,5 +151,12 @@ impl<S, A, T> Worker<S, A, T> {
     /// (unknown: the first delivery sets it).
     pub fn losses_after(&mut self, high: Option<u64>) {
         self.losses = high.map(LossWatch::after).unwrap_or_default();
+    }
+
+    /// The consumer was rewound: delivery resumes after stream sequence
+    /// `floor`, and what follows up to `delivered_before` comes again.
+    pub fn rewound(&mut self, floor: u64, delivered_before: u64) {
+        self.losses.rewound_to(floor);
+        self.redelivered_up_to = self.redelivered_up_to.max(delivered_before);
     }
 }

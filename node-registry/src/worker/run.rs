@@ -16,7 +16,7 @@ use schemas::codec::Encoding;
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::{Delivery, DeliveryMeta, Verdict, Worker};
+use super::{position, Delivery, DeliveryMeta, Verdict, Worker};
 use crate::tasks::TaskSender;
 
 /// Most events handled as one batch.
@@ -133,28 +133,34 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         };
         let events_stream = consumer.cached_info().stream_name.clone();
         let lifecycle_stream = self.lifecycle_stream.clone();
+        // Ack per batch (an older consumer is recreated to), from the ack
+        // floor: see `position`.
+        consumer = position::ack_all(&js, consumer).await;
+        let acking = position::Acking::of(&consumer);
         // Where this term's consumer stands, to see events the stream
-        // discards before they are read. A consumer that never delivered
-        // anything misses every event since it was made: all of the
-        // stream's when both were provisioned together, none of the events
-        // an older stream held before the consumer existed.
+        // discards before they are read.
+        // Set when the pull is dropped with events it was handed and this
+        // term did not apply: the next pull starts after the ack floor.
+        let mut rewind_due = false;
         let high = match consumer.info().await {
-            Ok(info) if info.delivered.stream_sequence > 0 => Some(info.delivered.stream_sequence),
-            Ok(info) => js.get_stream(&events_stream).await.ok().map(|s| {
-                let stream = s.cached_info();
-                let together = (info.created - stream.created).num_seconds() < 60;
-                if together {
-                    0
-                } else {
-                    stream.state.first_sequence.saturating_sub(1)
-                }
-            }),
+            Ok(info) if info.delivered.stream_sequence > info.ack_floor.stream_sequence => {
+                let floor = self.rewind(&mut consumer).await;
+                rewind_due = floor.is_none();
+                floor
+            }
+            Ok(info) => js
+                .get_stream(&events_stream)
+                .await
+                .ok()
+                .map(|s| position::read_up_to(info, s.cached_info())),
             Err(e) => {
                 debug!(error = %e, "reading consumer info at the start of a term");
                 None
             }
         };
         self.losses_after(high);
+        // After a batch that could not be stored: not before then.
+        let mut pull_after = tokio::time::Instant::now();
         // Admin requests are the leader's: only it changes records.
         let mut admin = match client
             .queue_subscribe(
@@ -170,7 +176,12 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             }
         };
         loop {
-            if messages.is_none() {
+            if messages.is_none() && rewind_due && tokio::time::Instant::now() >= pull_after {
+                // Only once the server has rewound: otherwise a later ack
+                // would cover what the dropped pull was handed.
+                rewind_due = self.rewind(&mut consumer).await.is_none() && *connected.borrow();
+            }
+            if messages.is_none() && !rewind_due && tokio::time::Instant::now() >= pull_after {
                 // Short pulls with idle heartbeats: a pull lost with a server
                 // restart is noticed in seconds, not after the 30 s default.
                 let stream = consumer
@@ -211,6 +222,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                 Some(Some(Err(e))) => {
                                     if pull_is_lost(&e) {
                                         messages = None;
+                                        rewind_due = true;
                                         break;
                                     }
                                 }
@@ -221,9 +233,18 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                 None => break,
                             }
                         }
-                        caught_up = self.on_messages(batch, &js, &lifecycle_stream).await;
+                        let (done, applied) = self.on_messages(batch, &js, &lifecycle_stream, acking).await;
+                        caught_up = done;
+                        if !applied {
+                            // Nothing after the failed events may be acked
+                            // before they are applied: read them again.
+                            messages = None;
+                            rewind_due = true;
+                            caught_up = false;
+                            pull_after = tokio::time::Instant::now() + RETRY_DELAY;
+                        }
                     }
-                    Some(Err(e)) => if pull_is_lost(&e) { messages = None },
+                    Some(Err(e)) => if pull_is_lost(&e) { messages = None; rewind_due = true; },
                     None => messages = None,
                 },
                 Some(message) = async {
@@ -275,6 +296,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         self.execute(effects).await;
                         caught_up = false;
                         messages = None;
+                        rewind_due = true;
                     }
                     was_connected = is_connected;
                 }
@@ -346,14 +368,16 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         info!(nodes = self.fleet.len(), "worker stopped");
     }
 
-    /// Ingests a batch of messages and tells the stream each verdict;
-    /// returns whether the consumer is caught up.
+    /// Ingests a batch of messages and tells the stream what was done;
+    /// returns whether the consumer is caught up, and whether every event
+    /// was applied (or rejected for good).
     async fn on_messages(
         &mut self,
         batch: Vec<jetstream::Message>,
         js: &jetstream::Context,
         lifecycle_stream: &str,
-    ) -> bool {
+        acking: position::Acking,
+    ) -> (bool, bool) {
         let started = std::time::Instant::now();
         crate::metrics::batch_size().record(batch.len() as u64, &[]);
         let deliveries: Vec<Delivery<'_>> = batch.iter().map(Delivery::of).collect();
@@ -371,18 +395,49 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         }
         drop(applied);
         drop(deliveries);
-        for (message, verdict) in batch.iter().zip(ingested.verdicts) {
-            let kind = match verdict {
-                Verdict::Ack => AckKind::Ack,
-                Verdict::Retry => AckKind::Nak(Some(RETRY_DELAY)),
-                Verdict::Terminate => AckKind::Term,
-            };
-            if let Err(e) = message.ack_with(kind).await {
-                warn!(error = %e, ?verdict, "acknowledging an event");
+        let all_done = !ingested.verdicts.contains(&Verdict::Retry);
+        match acking {
+            // A rejected event is done too (counted and logged): the last
+            // ack covers it.
+            position::Acking::PerBatch => {
+                if let Some(last) = batch.last().filter(|_| all_done) {
+                    if let Err(e) = last.ack().await {
+                        warn!(error = %e, "acknowledging a batch of events");
+                    }
+                }
+            }
+            position::Acking::PerEvent => {
+                for (message, verdict) in batch.iter().zip(&ingested.verdicts) {
+                    let kind = match verdict {
+                        Verdict::Ack => AckKind::Ack,
+                        Verdict::Retry => AckKind::Nak(Some(RETRY_DELAY)),
+                        Verdict::Terminate => AckKind::Term,
+                    };
+                    if let Err(e) = message.ack_with(kind).await {
+                        warn!(error = %e, ?verdict, "acknowledging an event");
+                    }
+                }
             }
         }
         crate::metrics::batch_duration().record(started.elapsed().as_secs_f64(), &[]);
-        ingested.caught_up
+        // Per event, a retried event comes back by itself.
+        (
+            ingested.caught_up,
+            all_done || acking == position::Acking::PerEvent,
+        )
+    }
+
+    /// Rewinds the consumer to its ack floor (see `position`); returns the
+    /// floor, which this term has read up to.
+    async fn rewind(&mut self, consumer: &mut PullConsumer) -> Option<u64> {
+        let rewound = position::rewind(consumer).await?;
+        info!(
+            floor = rewound.floor,
+            delivered = rewound.delivered_before,
+            "event consumer rewound to its ack floor"
+        );
+        self.rewound(rewound.floor, rewound.delivered_before);
+        Some(rewound.floor)
     }
 
     /// Answers one admin request.

@@ -253,7 +253,7 @@ impl Fleet {
         };
         let came_back = self.come_back(slot, at, seq, &mut effects);
         let gpu_health = self.gpu_verdicts(slot, e.metrics.as_ref(), at, seq, &mut effects);
-        let checkpoint = chrono_duration(self.settings.checkpoint_interval);
+        let checkpoint = chrono_duration(self.checkpoint_interval());
         let backlogged = self.backlogged;
         let Some(node) = self.slot_mut(slot) else {
             return effects;

@@ -71,8 +71,14 @@ pub struct LifecycleSettings {
     pub degraded_after: Duration,
     /// Silence after which a node becomes offline.
     pub offline_after: Duration,
-    /// Least time between two KV checkpoints of one node's heartbeat.
+    /// Least time between two KV checkpoints of one node's heartbeat (a
+    /// large fleet spaces them further: see `checkpoint_writes_per_s`).
     pub checkpoint_interval: Duration,
+    /// Most checkpoint writes per second the fleet as a whole should cost:
+    /// a fleet larger than `checkpoint_interval` × this checkpoints each
+    /// node every `nodes / checkpoint_writes_per_s` seconds instead.
+    /// Zero: no limit.
+    pub checkpoint_writes_per_s: u32,
     /// Least time between two `reannounce` requests to one unknown node.
     pub reannounce_interval: Duration,
     /// Share of watched nodes silent at once above which the registry
@@ -96,6 +102,7 @@ impl Default for LifecycleSettings {
             degraded_after: Duration::from_secs(90),
             offline_after: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(60),
+            checkpoint_writes_per_s: 5000,
             reannounce_interval: Duration::from_secs(10),
             self_preservation_threshold: 0.5,
             self_preservation_min_fleet: 10,
@@ -285,6 +292,13 @@ impl Fleet {
         }
     }
 
+    /// How often each node's heartbeat is checkpointed at this fleet's
+    /// size: `checkpoint_interval`, or longer where the fleet would
+    /// otherwise cost more than `checkpoint_writes_per_s` writes a second.
+    pub fn checkpoint_interval(&self) -> Duration {
+        checkpoint_interval_for(&self.settings, self.ids.len())
+    }
+
     /// Tells the fleet whether the events it is given are a backlog being
     /// worked off. Then a node's first metrics wait for its next checkpoint
     /// instead of costing a write each (after a registration storm or a
@@ -416,3 +430,14 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests;
+
+/// The checkpoint interval `settings` give a fleet of `nodes`.
+pub fn checkpoint_interval_for(settings: &LifecycleSettings, nodes: usize) -> Duration {
+    let base = settings.checkpoint_interval;
+    if settings.checkpoint_writes_per_s == 0 {
+        return base;
+    }
+    let spread =
+        Duration::from_secs_f64(nodes as f64 / f64::from(settings.checkpoint_writes_per_s));
+    base.max(spread)
+}

@@ -74,7 +74,6 @@ impl Fleet {
         now: DateTime<Utc>,
         grace: Grace,
     ) -> Vec<String> {
-        let checkpoint = chrono_duration(self.settings.checkpoint_interval);
         let mut skipped = Vec::new();
         for (bytes, revision) in records {
             let Ok(live) = serde_json::from_slice::<Liveness<'_>>(&bytes) else {
@@ -109,10 +108,9 @@ impl Fleet {
                 record: RecordState::Written(bytes.clone()),
                 status,
                 last_seen,
-                judged_from: match grace {
-                    Grace::Full => now,
-                    Grace::SinceCheckpoint => (last_seen + checkpoint).min(now),
-                },
+                // A takeover's window is set below, once the fleet's size
+                // (and so its checkpoint interval) is known.
+                judged_from: now,
                 status_since: updated,
                 last_written: updated,
                 revision: Some(revision),
@@ -129,6 +127,19 @@ impl Fleet {
             };
             self.take(&id);
             self.put(tracked);
+        }
+        if grace == Grace::SinceCheckpoint {
+            // The old leader checkpointed every node it heard at least this
+            // often (its fleet was this one): no node was heard later than
+            // its last checkpoint plus this.
+            // Deadlines only move earlier here: each node is queued again.
+            let checkpoint = chrono_duration(self.checkpoint_interval());
+            for slot in 0..u32::try_from(self.slots.len()).unwrap_or(u32::MAX) {
+                if let Some(node) = self.slot_mut(slot) {
+                    node.judged_from = (node.last_seen + checkpoint).min(now);
+                    self.schedule(slot);
+                }
+            }
         }
         skipped
     }

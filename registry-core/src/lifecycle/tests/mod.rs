@@ -5,6 +5,7 @@ use schemas::{Metrics, NodeEvent};
 use subjects::alert_types::*;
 
 mod backlog;
+mod checkpoint;
 mod operator;
 
 fn t0() -> DateTime<Utc> {
