@@ -173,7 +173,7 @@ fn replay_chain(id: &str, alerts: &[&Alert]) -> Result<Option<String>, String> {
         let allowed = matches!(
             (alert.r#type.as_str(), previous.as_deref(), next.as_deref()),
             ("node.degraded", Some("online"), Some("degraded"))
-                | ("node.offline", Some("online" | "degraded"), Some("offline"))
+                | ("node.offline", Some("degraded"), Some("offline"))
                 | ("node.online", Some("degraded" | "offline"), Some("online"))
         );
         if !allowed {

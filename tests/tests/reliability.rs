@@ -510,3 +510,84 @@ async fn registrations_stay_in_the_audit_after_the_event_stream_let_them_go() {
         "heartbeats go with NODE_EVENTS: {types:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_consumer_acking_each_event_is_recreated_at_its_ack_floor() {
+    use async_nats::jetstream::consumer::{self, PullConsumer};
+    use futures::StreamExt as _;
+    let server = NatsServer::start().await;
+    let mut first = registry(&server, "a");
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    first.kill9();
+    // The consumer as an older version made it: one ack per event.
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let events = js
+        .get_stream(subjects::STREAM_NODE_EVENTS)
+        .await
+        .expect("stream");
+    events
+        .delete_consumer(subjects::CONSUMER_REGISTRY)
+        .await
+        .expect("delete");
+    let older: PullConsumer = events
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(subjects::CONSUMER_REGISTRY.to_owned()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("an explicit consumer");
+    for id in ["acked-1", "handed-2", "unread-3"] {
+        let register = format!(r#"{{"type":"register","node_id":"{id}"}}"#);
+        js.publish(format!("node.{id}.events"), register.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    // Its leader applied and acked the first, was handed the second, and
+    // died.
+    let mut handed = older
+        .fetch()
+        .max_messages(2)
+        .messages()
+        .await
+        .expect("fetch");
+    let applied = handed.next().await.expect("one").expect("message");
+    applied.double_ack().await.expect("acked");
+    handed.next().await.expect("two").expect("message");
+    drop(handed);
+
+    // A registry of this version leads: the consumer acks all from now on,
+    // starting after the ack floor: the handed event comes at once (not
+    // after the 30 s ack_wait) and the acked one never again.
+    let _second = registry(&server, "b");
+    for id in ["handed-2", "unread-3"] {
+        eventually(&format!("{id} registered"), SOON, || async {
+            client.get(id).await.ok().flatten().map(|_| ())
+        })
+        .await;
+    }
+    assert!(
+        client.get("acked-1").await.expect("get").is_none(),
+        "an event the older consumer acked was delivered again"
+    );
+    let mut now: PullConsumer = events
+        .get_consumer(subjects::CONSUMER_REGISTRY)
+        .await
+        .expect("consumer");
+    assert_eq!(
+        now.info().await.expect("info").config.ack_policy,
+        consumer::AckPolicy::All
+    );
+    eventually("everything acked", SOON, || async {
+        let mut consumer: PullConsumer = events
+            .get_consumer(subjects::CONSUMER_REGISTRY)
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}

@@ -228,6 +228,26 @@ impl Fleet {
                 ),
                 _ => format!("no heartbeat for {silent_for}s"),
             };
+            let mut previous = previous;
+            if previous == NodeStatus::Online && target == NodeStatus::Offline {
+                // Judging resumed (after a hold: a lag, a takeover, a
+                // server loss) past `offline_after`: the node is still
+                // reported degraded first, so alerting keyed on
+                // `node.degraded` hears of every incident. Both ids come
+                // from the same record version, so a standby repeating the
+                // judgement raises the same two.
+                let mut degraded = self.alert(
+                    AlertType::Degraded,
+                    node,
+                    Some(previous),
+                    now,
+                    &cause,
+                    message.clone(),
+                );
+                degraded.status = Some(NodeStatus::Degraded.to_string());
+                effects.alerts.push(degraded);
+                previous = NodeStatus::Degraded;
+            }
             effects
                 .alerts
                 .push(self.alert(kind, node, Some(previous), now, &cause, message));

@@ -149,13 +149,34 @@ fn silence_degrades_then_offlines_then_a_heartbeat_recovers() {
 }
 
 #[test]
-fn a_long_sweep_gap_goes_straight_to_offline_once() {
+fn a_long_sweep_gap_reports_degraded_then_offline_once_each() {
+    // Judging resumes past `offline_after` (after a lag, a takeover, a
+    // server loss): alerting keyed on `node.degraded` still hears of it.
     let mut sim = Sim::new();
     sim.send(EventType::Register, "n1", t0());
     let e = sim.sweep(t0() + secs(1000));
-    assert_eq!(e.alerts.len(), 1);
-    assert_eq!(e.alerts[0].r#type, NODE_OFFLINE);
-    assert_eq!(e.alerts[0].previous_status.as_deref(), Some("online"));
+    let seen: Vec<_> = e
+        .alerts
+        .iter()
+        .map(|a| {
+            (
+                a.r#type.as_str(),
+                a.previous_status.as_deref(),
+                a.status.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (NODE_DEGRADED, Some("online"), Some("degraded")),
+            (NODE_OFFLINE, Some("degraded"), Some("offline")),
+        ]
+    );
+    assert_ne!(e.alerts[0].id, e.alerts[1].id);
+    assert_eq!(e.writes.len(), 1, "one write, of the final status");
+    assert_eq!(sim.status("n1"), Some(NodeStatus::Offline));
+    assert!(sim.sweep(t0() + secs(2000)).alerts.is_empty());
 }
 
 #[test]
