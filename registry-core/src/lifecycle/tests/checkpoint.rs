@@ -33,26 +33,40 @@ fn the_interval_follows_the_fleet_above_the_budget_only() {
 }
 
 #[test]
-fn heartbeats_are_checkpointed_at_the_fleets_interval_and_a_takeover_waits_as_long() {
+fn heartbeats_are_checkpointed_once_per_interval_spread_over_the_fleet_and_a_takeover_waits_as_long(
+) {
+    let ids: Vec<String> = (0..30).map(|n| format!("n{n}")).collect();
     let mut sim = Sim::new();
-    sim.fleet = Fleet::new(tight());
-    for id in ["n1", "n2", "n3"] {
+    sim.fleet = Fleet::new(LifecycleSettings {
+        checkpoint_writes_per_s: 10,
+        ..tight()
+    });
+    // The whole fleet registers at once, then beats every second.
+    for id in &ids {
         sim.send(EventType::Register, id, t0());
-        // First metrics: written at once, as ever.
-        sim.send(EventType::Heartbeat, id, t0());
     }
     assert_eq!(sim.fleet.checkpoint_interval(), Duration::from_secs(3));
-    // Within 3 s of its last write a heartbeat writes nothing ...
-    let early = sim.send(EventType::Heartbeat, "n1", t0() + secs(2));
-    assert!(early.writes.is_empty(), "{early:?}");
-    // ... at 3 s it is checkpointed.
-    let due = sim.send(EventType::Heartbeat, "n1", t0() + secs(3));
-    assert_eq!(due.writes.len(), 1);
+    let mut per_second = Vec::new();
+    for s in 1..=21 {
+        let mut writes = 0;
+        for id in &ids {
+            writes += sim
+                .send(EventType::Heartbeat, id, t0() + secs(s))
+                .writes
+                .len();
+        }
+        per_second.push(writes);
+    }
+    // After the first metrics (second 1): one write per node per 3 s slot,
+    // spread over the slots' phases rather than all in one second.
+    let steady = &per_second[3..];
+    assert_eq!(steady.iter().sum::<usize>(), 30 * 18 / 3, "{per_second:?}");
+    assert!(steady.iter().all(|w| *w < 30), "not spread: {per_second:?}");
 
-    // A standby takes over at +8 s: n1 checkpointed at +3 s may have been
-    // heard until +6 s (one interval of this fleet, not the configured
-    // 1 s), so it is not degraded before +16 s.
-    let stored: Vec<_> = ["n1", "n2", "n3"]
+    // A standby takes over at +23 s: each node may have been heard up to
+    // one interval (3 s, this fleet's, not the configured 1 s) after its
+    // last checkpoint, so it is degraded 10 s after that and not before.
+    let stored: Vec<_> = ids
         .iter()
         .filter_map(|id| sim.fleet.get(&NodeId::parse(id).expect("id")))
         .map(|n| {
@@ -62,22 +76,38 @@ fn heartbeats_are_checkpointed_at_the_fleets_interval_and_a_takeover_waits_as_lo
             )
         })
         .collect();
-    let mut standby = Fleet::new(tight());
-    standby.restore_with(stored, t0() + secs(8), Grace::SinceCheckpoint);
-    let degraded = |effects: &Effects, id: &str| {
-        effects
-            .alerts
-            .iter()
-            .any(|a| a.r#type == NODE_DEGRADED && a.node_id.as_deref() == Some(id))
-    };
-    // n2 and n3 (checkpointed at 0, so heard until +3 s at the latest) are
-    // judged at +13 s; n1 is not yet.
-    let at_13 = standby.sweep(t0() + secs(13));
-    assert!(
-        degraded(&at_13, "n2") && degraded(&at_13, "n3"),
-        "{at_13:?}"
-    );
-    assert!(!degraded(&at_13, "n1"));
-    assert!(!degraded(&standby.sweep(t0() + secs(15)), "n1"));
-    assert!(degraded(&standby.sweep(t0() + secs(16)), "n1"));
+    let checkpointed: std::collections::HashMap<String, DateTime<Utc>> = ids
+        .iter()
+        .filter_map(|id| sim.fleet.get(&NodeId::parse(id).expect("id")))
+        .filter_map(|n| {
+            Some((
+                n.id.to_string(),
+                schemas::time::parse(&n.record().last_heartbeat)?,
+            ))
+        })
+        .collect();
+    let mut standby = Fleet::new(LifecycleSettings {
+        checkpoint_writes_per_s: 10,
+        // Silence of the whole fleet at once is the point here.
+        self_preservation_min_fleet: 1000,
+        ..tight()
+    });
+    standby.restore_with(stored, t0() + secs(23), Grace::SinceCheckpoint);
+    let mut degraded_at = std::collections::HashMap::new();
+    for s in 23..=40 {
+        for alert in standby.sweep(t0() + secs(s)).alerts {
+            if alert.r#type == NODE_DEGRADED {
+                degraded_at.insert(alert.node_id.unwrap_or_default(), t0() + secs(s));
+            }
+        }
+    }
+    for (id, last) in &checkpointed {
+        assert!(*last >= t0() + secs(19), "{id} checkpointed at {last}");
+        let due = (*last + secs(3)).min(t0() + secs(23)) + secs(10);
+        assert_eq!(
+            degraded_at.get(id),
+            Some(&due),
+            "{id} (checkpointed at {last})"
+        );
+    }
 }
