@@ -20,7 +20,8 @@ use crate::keys::NodeKeys;
 use crate::tasks::NatsTasks;
 use crate::worker::{Term, Worker};
 
-/// Keeps the lease: renews or takes it every third of its TTL, and says on
+/// Keeps the lease: renews it every third of its TTL (takes it within
+/// 250 ms of its expiry, as a standby), and says on
 /// `leading` whether this instance leads. Releases it at shutdown.
 pub async fn hold_lease(
     mut lease: registry_kv::lease::Lease,
@@ -29,12 +30,19 @@ pub async fn hold_lease(
     connected: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(lease.tick_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
+        // The first tick at once; then a renewal every third of the TTL, or
+        // a standby's read of the lease every 250 ms.
+        let wait = if first {
+            Duration::ZERO
+        } else {
+            lease.tick_interval()
+        };
+        first = false;
         tokio::select! {
             () = cancel.cancelled() => break,
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(wait) => {}
         }
         // A standby that cannot reach NATS must not take over; a leader that
         // cannot renew counts down its own TTL.

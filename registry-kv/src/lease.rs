@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+/// How often a standby reads the lease (one KV get each).
+pub const STANDBY_POLL: Duration = Duration::from_millis(250);
+
 /// The key of the lease in `registry_meta`.
 pub const LEASE_KEY: &str = subjects::meta_keys::LEADER;
 
@@ -87,9 +90,17 @@ impl Lease {
         &self.holder
     }
 
-    /// How often to call [`Lease::tick`].
+    /// How long until the next [`Lease::tick`]: a third of the TTL while
+    /// held (a renewal), at most [`STANDBY_POLL`] while not, so a standby
+    /// hears each renewal, and then its absence, within that: it takes over
+    /// at most TTL + 2 × `STANDBY_POLL` after the leader's last renewal,
+    /// which is no later than TTL + 0.5 s after the leader died.
     pub fn tick_interval(&self) -> Duration {
-        self.ttl / 3
+        if self.held.is_some() {
+            self.ttl / 3
+        } else {
+            (self.ttl / 3).min(STANDBY_POLL)
+        }
     }
 
     /// Whether this instance holds the lease now (by its own clock: a TTL

@@ -122,6 +122,7 @@ async fn a_standby_takes_over_within_the_ttl_without_false_or_repeated_alerts() 
     assert_eq!(record.status, "online");
     wait_holder(&js, "b", SOON).await;
     let took = killed.elapsed();
+    println!("the standby took over {took:?} after the leader was killed (TTL {TTL:?})");
     assert!(
         took <= TTL + TTL / 3 + Duration::from_secs(1),
         "took over after {took:?} (TTL {TTL:?})"

@@ -273,8 +273,7 @@ impl Fleet {
             e.services.iter().map(String::as_str),
         );
         let usage_changed = usage != node.usage;
-        let checkpoint_due = checkpoint_slot(&node.id, at, checkpoint)
-            > checkpoint_slot(&node.id, node.last_written, checkpoint);
+        let checkpoint_due = at.signed_duration_since(node.last_written) >= checkpoint;
         // The first metrics after a registration are worth a write: until
         // then discovery cannot rank the node by load.
         // (Under a backlog they wait for its checkpoint: see `set_backlogged`.)

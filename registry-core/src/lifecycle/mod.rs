@@ -230,23 +230,6 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// The checkpoint slot `at` falls in for node `id`: a node is checkpointed
-/// when its heartbeat is the first in a new slot. Each node's slots are
-/// shifted by a phase of its own (from its id), so a fleet that registered
-/// at once (after a NATS restart) spreads its checkpoints evenly instead of
-/// writing them all one interval later. A heartbeat heard without a write
-/// is in the slot of the last write, so it is less than one `interval`
-/// after it: the bound a takeover relies on.
-fn checkpoint_slot(id: &NodeId, at: DateTime<Utc>, interval: chrono::Duration) -> i64 {
-    let every = interval.num_milliseconds().max(1);
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    id.as_str().hash(&mut hasher);
-    let phase = i64::try_from(hasher.finish() % every.unsigned_abs()).unwrap_or(0);
-    at.timestamp_millis()
-        .saturating_add(phase)
-        .div_euclid(every)
-}
-
 fn seconds(d: chrono::Duration) -> i64 {
     d.num_seconds().max(0)
 }
