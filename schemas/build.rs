@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         ".fleet.v1.Gpu.mig_instances",
         ".fleet.v1.Alert.reasons",
         ".fleet.v1.DiscoverReply.placements",
+        ".fleet.v1.DiscoverReply.latency_ms",
         // Rare operator and profile state: absent on most records.
         ".fleet.v1.NodeEvent.profile_mismatch",
         ".fleet.v1.NodeRecord.gpu_cordons",

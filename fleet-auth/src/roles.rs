@@ -161,13 +161,15 @@ fn read_only_jetstream() -> Vec<String> {
     allow
 }
 
-/// What a node may publish: its events, discovery requests, and the reads
-/// of its role's profile.
+/// What a node may publish: its events, discovery requests, the reads of
+/// its role's profile, and the echo through its own inbox that measures
+/// its round trip to its server (only it can subscribe there).
 fn node_publishes(id: &NodeId, role: Option<&str>) -> Vec<String> {
     let mut allow = vec![
         subjects::node_events(id),
         subjects::REGISTRY_DISCOVER.to_owned(),
         subjects::REGISTRY_GET.to_owned(),
+        format!("{}.rtt", node_inbox_prefix(id)),
     ];
     allow.extend(role.map(profile_reader).unwrap_or_default());
     allow

@@ -235,11 +235,38 @@ impl Client {
         }
     }
 
+    /// Where this client is attached to NATS, as `near: "me"` needs it in
+    /// a query's `requester` (its connection's INFO; no round trip).
+    pub fn requester(&self) -> schemas::NatsLink {
+        let info = self.nats.server_info();
+        schemas::NatsLink {
+            server: if info.server_name.is_empty() {
+                info.server_id
+            } else {
+                info.server_name
+            },
+            cluster: info.cluster.filter(|c| !c.is_empty()),
+            domain: info.domain.filter(|d| !d.is_empty()),
+            rtt_ms: None,
+        }
+    }
+
     async fn query(
         &self,
         subject: &str,
         request: &DiscoverRequest,
     ) -> Result<DiscoverReply, ClientError> {
+        // `near: "me"` is this client's own server.
+        let filled;
+        let request = if request.near.as_deref() == Some("me") && request.requester.is_none() {
+            filled = DiscoverRequest {
+                requester: Some(self.requester()),
+                ..request.clone()
+            };
+            &filled
+        } else {
+            request
+        };
         let Some(cache) = &self.stale_cache else {
             return self.request(subject, request).await;
         };

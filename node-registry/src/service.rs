@@ -291,6 +291,7 @@ fn encode_within(
         let fits = reply.nodes.len() * budget / body.len().max(1);
         reply.nodes.truncate(fits.min(reply.nodes.len() - 1));
         reply.placements.truncate(reply.nodes.len());
+        reply.latency_ms.truncate(reply.nodes.len());
         reply.truncated = Some(true);
         if query.sort == SortOrder::NodeId {
             reply.next_cursor = reply.nodes.last().map(|n| n.node_id.clone());
@@ -313,6 +314,7 @@ fn splice_json(
     body.extend_from_slice(b"{\"nodes\":[");
     let mut truncated = false;
     let mut last: Option<u32> = None;
+    let mut written = 0;
     for slot in &selection.slots {
         let Some(stored) = catalog.json(*slot) else {
             continue;
@@ -325,8 +327,14 @@ fn splice_json(
                 &projected[..]
             }
         };
-        // Room for this record, a comma and the tail (total, revision, cursor).
-        if body.len() + json.len() + 256 > budget {
+        // Room for this record, a comma and the tail (total, revision,
+        // cursor, and with near a latency per node).
+        let latencies = if selection.latency_ms.is_empty() {
+            0
+        } else {
+            (written + 1) * 24
+        };
+        if body.len() + json.len() + 256 + latencies > budget {
             truncated = true;
             break;
         }
@@ -335,6 +343,7 @@ fn splice_json(
         }
         body.extend_from_slice(json);
         last = Some(*slot);
+        written += 1;
     }
     let next_cursor = if truncated {
         (query.sort == SortOrder::NodeId)
@@ -359,6 +368,12 @@ fn splice_json(
     }
     if truncated {
         body.extend_from_slice(b",\"truncated\":true");
+    }
+    if !selection.latency_ms.is_empty() {
+        // One estimate per node written, in the same order.
+        let latency: Vec<f64> = selection.latency_ms.into_iter().take(written).collect();
+        body.extend_from_slice(b",\"latency_ms\":");
+        body.extend_from_slice(&serde_json::to_vec(&latency).unwrap_or_else(|_| b"[]".to_vec()));
     }
     body.push(b'}');
     body

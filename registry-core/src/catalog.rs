@@ -44,6 +44,9 @@ pub struct Facts {
     pub gpus: u32,
     /// The node has GPUs and none of them counts (all failed or out).
     pub gpus_out: bool,
+    /// The node's round trip to its NATS server in ms; +∞ when unknown
+    /// (ranks last within its `near` tier).
+    pub nats_rtt_ms: f64,
 }
 
 impl Facts {
@@ -84,6 +87,12 @@ impl Facts {
             cpu_cores: caps.map_or(0, |c| c.cpu_cores),
             gpus: u32::try_from(gpus.len()).unwrap_or(u32::MAX),
             gpus_out: listed > 0 && gpus.is_empty(),
+            nats_rtt_ms: record
+                .nats
+                .as_ref()
+                .and_then(|n| n.rtt_ms)
+                .filter(|v| v.is_finite())
+                .unwrap_or(f64::INFINITY),
         }
     }
 }
@@ -175,6 +184,11 @@ fn shape(record: &NodeRecord) -> u64 {
         caps.tags.hash(&mut hasher);
         caps.models.hash(&mut hasher);
     }
+    if let Some(nats) = &record.nats {
+        nats.server.hash(&mut hasher);
+        nats.cluster.hash(&mut hasher);
+        nats.domain.hash(&mut hasher);
+    }
     hasher.finish()
 }
 
@@ -194,6 +208,11 @@ pub struct Catalog {
     label_values: HashMap<String, Postings>,
     models: Postings,
     roles: Postings,
+    /// Where nodes are attached to NATS: by server, cluster and domain
+    /// (discovery's `near` tiers).
+    nats_servers: Postings,
+    nats_clusters: Postings,
+    nats_domains: Postings,
     /// Largest size of each model in the nodes' Ollama listings, in bytes
     /// (what a fit by model name needs).
     model_sizes: HashMap<String, u64>,
@@ -408,6 +427,15 @@ impl Catalog {
         if let Some(role) = &record.role {
             add(&mut self.roles, role, slot);
         }
+        if let Some(nats) = &record.nats {
+            add(&mut self.nats_servers, &nats.server, slot);
+            if let Some(cluster) = &nats.cluster {
+                add(&mut self.nats_clusters, cluster, slot);
+            }
+            if let Some(domain) = &nats.domain {
+                add(&mut self.nats_domains, domain, slot);
+            }
+        }
     }
 
     fn unindex(&mut self, slot: u32) {
@@ -439,6 +467,15 @@ impl Catalog {
         }
         if let Some(role) = &record.role {
             remove(&mut self.roles, role, slot);
+        }
+        if let Some(nats) = &record.nats {
+            remove(&mut self.nats_servers, &nats.server, slot);
+            if let Some(cluster) = &nats.cluster {
+                remove(&mut self.nats_clusters, cluster, slot);
+            }
+            if let Some(domain) = &nats.domain {
+                remove(&mut self.nats_domains, domain, slot);
+            }
         }
     }
 
@@ -510,6 +547,29 @@ impl Catalog {
     /// Slots with this role.
     pub fn with_role(&self, role: &str) -> RoaringBitmap {
         Self::posting(&self.roles, role)
+    }
+
+    /// Slots attached to this NATS server.
+    pub fn on_nats_server(&self, server: &str) -> RoaringBitmap {
+        Self::posting(&self.nats_servers, server)
+    }
+
+    /// Slots attached to a server of this NATS cluster.
+    pub fn in_nats_cluster(&self, cluster: &str) -> RoaringBitmap {
+        Self::posting(&self.nats_clusters, cluster)
+    }
+
+    /// Slots attached to a server of this JetStream domain.
+    pub fn in_nats_domain(&self, domain: &str) -> RoaringBitmap {
+        Self::posting(&self.nats_domains, domain)
+    }
+
+    /// The cluster and domain of a NATS server, as a node attached to it
+    /// reported them (`None` when no node is attached to it).
+    pub fn nats_server_place(&self, server: &str) -> Option<(Option<String>, Option<String>)> {
+        let slot = self.nats_servers.get(server)?.min()?;
+        let nats = self.record(slot)?.nats?;
+        Some((nats.cluster, nats.domain))
     }
 
     /// Every role present, with its slots (for figures by role).

@@ -14,9 +14,11 @@ use schemas::{DiscoverReply, DiscoverRequest, NodeRecord};
 use crate::catalog::{Catalog, Facts, GpusCounted};
 
 mod fit;
+mod near;
 
 use crate::selector::{Requirement, Selector};
 pub use fit::{model_size_in, place, FitNeed, FitStrategy, FIT_OVERHEAD, MAX_FIT_GPUS};
+pub use near::{Near, Origin, Tiers, HOP_MS};
 
 /// Default number of nodes in a reply.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -52,6 +54,7 @@ pub const RECORD_FIELDS: &[&str] = &[
     "profile_revision",
     "profile_error",
     "profile_mismatch",
+    "nats",
 ];
 
 /// Why a discovery request is invalid (answered with 400).
@@ -75,6 +78,50 @@ fn field(field: &'static str, reason: impl Into<String>) -> QueryError {
         field,
         reason: reason.into(),
     }
+}
+
+/// The `near` of a request, checked: `"me"` needs `requester`; a name is
+/// short text; neither goes with a fit (ranked by its strategy) or a cursor
+/// (pages are in node id order).
+fn near_of(
+    near: Option<String>,
+    requester: Option<schemas::NatsLink>,
+    fit: &Option<FitNeed>,
+    cursor: bool,
+) -> Result<Option<Near>, QueryError> {
+    let Some(near) = near else {
+        if requester.is_some() {
+            return Err(field("requester", "is read only with near \"me\""));
+        }
+        return Ok(None);
+    };
+    if fit.is_some() {
+        return Err(field("near", "cannot be combined with fit (yet)"));
+    }
+    if cursor {
+        return Err(field(
+            "near",
+            "ranks by distance: pages with a cursor need sort \"node_id\" without near",
+        ));
+    }
+    if near == "me" {
+        let Some(requester) = requester.filter(|r| !r.server.is_empty()) else {
+            return Err(field(
+                "near",
+                "\"me\" needs `requester`, the requester's own NATS server (fleet-client and nodectl fill it in from their connection)",
+            ));
+        };
+        schemas::validate::validate_nats_link("requester", &requester)
+            .map_err(|e| field("requester", e.to_string()))?;
+        return Ok(Some(Near::Me(requester)));
+    }
+    if near.trim().is_empty() || near.len() > 256 || near.chars().any(char::is_control) {
+        return Err(field(
+            "near",
+            "expected \"me\" or the name of a NATS server, cluster, domain or region",
+        ));
+    }
+    Ok(Some(Near::Named(near)))
 }
 
 /// A validated discovery query.
@@ -116,6 +163,8 @@ pub struct Query {
     pub fit: Option<FitNeed>,
     /// Labels that rank a node first without excluding the others.
     pub prefer_labels: BTreeMap<String, String>,
+    /// Rank by estimated round trip from here first.
+    pub near: Option<Near>,
     /// Order of the reply.
     pub sort: SortOrder,
     /// Most nodes in the reply.
@@ -201,6 +250,12 @@ impl Query {
             request.strategy.as_deref(),
             request.cursor.is_some(),
         )?;
+        let near = near_of(
+            request.near,
+            request.requester,
+            &fit,
+            request.cursor.is_some(),
+        )?;
         let selector = Selector::parse(request.selector.as_deref().unwrap_or(""))?;
         if request.cursor.is_some() && sort != SortOrder::NodeId {
             return Err(field(
@@ -246,6 +301,7 @@ impl Query {
             gpus_counted,
             fit,
             prefer_labels: request.prefer_labels,
+            near,
             sort,
             limit,
             cursor: request.cursor,
@@ -438,6 +494,7 @@ impl Query {
             total: selection.total,
             revision: catalog.revision,
             next_cursor: selection.next_cursor,
+            latency_ms: selection.latency_ms,
             ..DiscoverReply::default()
         }
     }
@@ -448,9 +505,12 @@ impl Query {
         if matches!(self.sort, SortOrder::LeastLoaded | SortOrder::MostFreeVram)
             && self.cursor.is_none()
             && self.gpus_counted == GpusCounted::InService
+            && self.near.is_none()
         {
             return self.select_ranked(catalog);
         }
+        let origin = self.near.as_ref().map(|n| n.origin(catalog));
+        let tiers = origin.as_ref().map(|o| o.tiers(catalog));
         let prefer: Vec<RoaringBitmap> = self
             .prefer_labels
             .iter()
@@ -466,6 +526,9 @@ impl Query {
                 }
                 let score = prefer.iter().filter(|b| b.contains(slot)).count();
                 Some(Ranked {
+                    near: tiers
+                        .as_ref()
+                        .map_or((0, 0.0), |t| (t.of(slot), facts.nats_rtt_ms)),
                     score: u32::try_from(score).unwrap_or(u32::MAX),
                     key: sort_key(self.sort, &facts),
                     node_id: catalog.node_id(slot)?,
@@ -474,10 +537,23 @@ impl Query {
             })
             .collect();
         let (slots, total, next_cursor) = self.rank_and_cut(hits);
+        let latency_ms = match (&origin, &tiers) {
+            (Some(origin), Some(tiers)) => slots
+                .iter()
+                .map(|slot| {
+                    let rtt = catalog
+                        .facts(*slot)
+                        .map_or(f64::INFINITY, |f| f.nats_rtt_ms);
+                    origin.latency_ms(tiers.of(*slot), rtt)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Selection {
             slots,
             total,
             next_cursor,
+            latency_ms,
         }
     }
 
@@ -544,6 +620,7 @@ impl Query {
             slots: chosen.into_iter().map(|(_, slot)| slot).collect(),
             total,
             next_cursor: None,
+            latency_ms: Vec::new(),
         }
     }
 
@@ -556,6 +633,7 @@ impl Query {
         if let Some(need) = &self.fit {
             return self.answer_fit_scan(need, records);
         }
+        let origin = self.near.as_ref().map(|n| n.origin_among(records.clone()));
         let hits: Vec<Ranked<'a, &'a NodeRecord>> = records
             .into_iter()
             .filter(|r| self.matches(r))
@@ -565,19 +643,33 @@ impl Query {
                     .iter()
                     .filter(|(k, v)| r.labels.get(*k) == Some(*v))
                     .count();
+                let facts = Facts::over(r, self.gpus_counted);
                 Ranked {
+                    near: origin
+                        .as_ref()
+                        .map_or((0, 0.0), |o| (o.tier_of(r), facts.nats_rtt_ms)),
                     score: u32::try_from(score).unwrap_or(u32::MAX),
-                    key: sort_key(self.sort, &Facts::over(r, self.gpus_counted)),
+                    key: sort_key(self.sort, &facts),
                     node_id: r.node_id.as_str(),
                     item: r,
                 }
             })
             .collect();
         let (records, total, next_cursor) = self.rank_and_cut(hits);
+        let latency_ms = origin.map_or_else(Vec::new, |o| {
+            records
+                .iter()
+                .map(|r| {
+                    let rtt = Facts::over(r, self.gpus_counted).nats_rtt_ms;
+                    o.latency_ms(o.tier_of(r), rtt)
+                })
+                .collect()
+        });
         DiscoverReply {
             nodes: records.into_iter().map(|r| self.project(r)).collect(),
             total,
             next_cursor,
+            latency_ms,
             ..DiscoverReply::default()
         }
     }
@@ -592,7 +684,7 @@ impl Query {
         let more = hits.len() > self.limit;
         if self.sort == SortOrder::Random {
             let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
-            if self.prefer_labels.is_empty() {
+            if self.prefer_labels.is_empty() && self.near.is_none() {
                 let (chosen, _) = hits.partial_shuffle(&mut rng, self.limit);
                 let chosen: Vec<T> = chosen.iter().map(|h| h.item).collect();
                 return (chosen, total, None);
@@ -600,6 +692,10 @@ impl Query {
             hits.shuffle(&mut rng);
             // Stable: equal scores keep their random order.
             hits.sort_by_key(|h| std::cmp::Reverse(h.score));
+            if self.near.is_some() {
+                // Random within a tier, nearer tiers first.
+                hits.sort_by_key(|h| h.near.0);
+            }
             hits.truncate(self.limit);
         } else {
             let order = compare::<T>;
@@ -693,6 +789,7 @@ impl Query {
             } else {
                 Vec::new()
             },
+            nats: record.nats.clone().filter(|_| keep("nats")),
         }
     }
 }
@@ -706,6 +803,8 @@ pub struct Selection {
     pub total: u64,
     /// Where the next page starts (sort `node_id` only).
     pub next_cursor: Option<String>,
+    /// With `near`: the estimated round trip to each slot, in order.
+    pub latency_ms: Vec<f64>,
 }
 
 /// A match being ranked: its preference score, its sort key, its id, and
@@ -713,6 +812,8 @@ pub struct Selection {
 /// partial sorting moves little memory.
 #[derive(Debug, Clone, Copy)]
 struct Ranked<'a, T> {
+    /// With `near`: the tier, then the node's round trip to its server.
+    near: (u8, f64),
     score: u32,
     key: (f64, f64),
     node_id: &'a str,
@@ -741,8 +842,11 @@ fn sort_key(sort: SortOrder, f: &Facts) -> (f64, f64) {
 }
 
 fn compare<T>(a: &Ranked<'_, T>, b: &Ranked<'_, T>) -> Ordering {
-    b.score
-        .cmp(&a.score)
+    a.near
+        .0
+        .cmp(&b.near.0)
+        .then(a.near.1.total_cmp(&b.near.1))
+        .then(b.score.cmp(&a.score))
         .then(a.key.0.total_cmp(&b.key.0))
         .then(a.key.1.total_cmp(&b.key.1))
         .then_with(|| a.node_id.cmp(b.node_id))

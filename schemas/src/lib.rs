@@ -49,6 +49,6 @@ pub use codec::Encoding;
 pub use v1::{
     Alert, Capabilities, DetectReply, DiscoverReply, DiscoverRequest, ErrorBody, ErrorReply,
     EventsLost, Fit, GetRequest, Gpu, GpuCordon, GpuHealth, GpuState, GpuUsage, Maintenance,
-    Metrics, MigInstance, NodeEvent, NodeGpuHealth, NodeRecord, Ollama, OllamaModel, PingReply,
-    Placement, ReannounceReply, SelfPreservationFigures, TaskRequest,
+    Metrics, MigInstance, NatsLink, NodeEvent, NodeGpuHealth, NodeRecord, Ollama, OllamaModel,
+    PingReply, Placement, ReannounceReply, SelfPreservationFigures, TaskRequest,
 };

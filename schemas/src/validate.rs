@@ -101,11 +101,34 @@ pub fn validate_event(
     check_list("models_loaded", &event.models_loaded)?;
     check_list("services", &event.services)?;
     check_list("profile_mismatch", &event.profile_mismatch)?;
+    if let Some(link) = &event.nats {
+        validate_nats_link("nats", link)?;
+    }
     Ok(ValidEvent {
         kind,
         node_id,
         event,
     })
+}
+
+/// Checks where a node or a requester says it is attached to NATS: names
+/// as short text, a finite non-negative round trip.
+pub fn validate_nats_link(field: &str, link: &crate::NatsLink) -> Result<(), ValidationError> {
+    check_text(&format!("{field}.server"), &link.server)?;
+    for (name, value) in [("cluster", &link.cluster), ("domain", &link.domain)] {
+        if let Some(value) = value {
+            check_text(&format!("{field}.{name}"), value)?;
+        }
+    }
+    if let Some(rtt) = link.rtt_ms {
+        if !rtt.is_finite() || rtt < 0.0 {
+            return Err(field_error(
+                format!("{field}.rtt_ms"),
+                format!("{rtt} is not a non-negative number"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks label keys and values against the limits.

@@ -14,6 +14,7 @@ use async_nats::HeaderMap;
 use chrono::Utc;
 use fleet_client::{AuditQuery, AuditSource};
 use fleet_tests::{eventually, spawn_agent_on, spawn_registry_on, AlertTap, NatsCluster, Proc};
+use registry_core::discovery::HOP_MS;
 use schemas::{DiscoverRequest, NodeEvent};
 use tokio::sync::watch;
 
@@ -505,4 +506,98 @@ async fn a_cluster_without_quorum_for_longer_than_degraded_after_raises_no_false
     println!("quorum lost for 14 s: self-preservation {held:?}");
     assert!(judged.is_empty(), "live agents judged: {judged:?}");
     wait_online(&client, fleet.agent_ids.len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_me_puts_the_nodes_on_the_requesters_own_server_first() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = NatsCluster::start(3).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _registry = spawn_registry_on(
+        &cluster.urls(),
+        dir.path().join("registry.log"),
+        "registry",
+        &["--replicas", "3"],
+        &[],
+    );
+    // Two agents on n0, one on n1, one on n2 (each given only its server).
+    let on = [0usize, 0, 1, 2];
+    let _agents: Vec<Proc> = on
+        .iter()
+        .enumerate()
+        .map(|(i, server)| {
+            spawn_agent_on(
+                &cluster.servers[*server].url(),
+                &dir.path().join(format!("agent{i}")),
+                &["--ollama-url", "http://127.0.0.1:9"],
+            )
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for i in 0..on.len() {
+        ids.push(fleet_tests::stored_node_id(&dir.path().join(format!("agent{i}"))).await);
+    }
+    let near_me = DiscoverRequest {
+        near: Some("me".to_owned()),
+        ..DiscoverRequest::default()
+    };
+    let asked_on = |i: usize| {
+        let cluster = &cluster;
+        let near_me = near_me.clone();
+        async move {
+            let client = fleet_client::Client::new(
+                cluster.servers[i].client().await,
+                subjects::Names::default(),
+            );
+            eventually("four nodes that say where they are", SOON, || async {
+                let reply = client.discover(&near_me).await.ok()?;
+                (reply.nodes.len() == 4 && reply.nodes.iter().all(|n| n.nats.is_some()))
+                    .then_some(reply)
+            })
+            .await
+        }
+    };
+
+    // Asked on n1: its one node first, then the rest of the cluster.
+    let reply = asked_on(1).await;
+    let order: Vec<&str> = reply.nodes.iter().map(|n| n.node_id.as_str()).collect();
+    assert_eq!(order[0], ids[2], "{order:?}");
+    let first = reply.nodes[0].nats.as_ref().expect("nats");
+    assert_eq!(first.server, "n1");
+    assert_eq!(first.cluster.as_deref(), Some("fleet"));
+    assert!(first.rtt_ms.is_some_and(|rtt| rtt >= 0.0), "{first:?}");
+    assert_eq!(reply.latency_ms.len(), 4);
+    // The rest are a cluster hop further.
+    assert!(
+        reply.latency_ms[1..]
+            .iter()
+            .all(|l| *l >= reply.latency_ms[0] + HOP_MS[1] - 0.5),
+        "{:?}",
+        reply.latency_ms
+    );
+
+    // Asked on n0: its two nodes first.
+    let reply = asked_on(0).await;
+    let mut nearest: Vec<&str> = reply.nodes[..2]
+        .iter()
+        .map(|n| n.node_id.as_str())
+        .collect();
+    nearest.sort_unstable();
+    let mut on_n0 = vec![ids[0].as_str(), ids[1].as_str()];
+    on_n0.sort_unstable();
+    assert_eq!(nearest, on_n0);
+
+    // Or by name, from anywhere: n2's node first.
+    let client = fleet_client::Client::new(
+        cluster.servers[0].client().await,
+        subjects::Names::default(),
+    );
+    let reply = client
+        .discover(&DiscoverRequest {
+            near: Some("n2".to_owned()),
+            ..DiscoverRequest::default()
+        })
+        .await
+        .expect("discover");
+    assert_eq!(reply.nodes[0].node_id, ids[3]);
 }

@@ -85,6 +85,7 @@ impl Fleet {
             profile_revision: e.profile_revision,
             profile_error: e.profile_error.clone(),
             profile_mismatch: e.profile_mismatch.clone(),
+            nats: e.nats.clone(),
             ..NodeRecord::default()
         };
         let mut kept = None;

@@ -368,6 +368,11 @@ pub struct DiscoverArgs {
     /// least_loaded (default), most_free_vram, random, node_id.
     #[arg(long)]
     pub sort: Option<String>,
+    /// Nearest first: "me" (this connection's NATS server) or a NATS
+    /// server, cluster, domain or region name; adds an estimated round trip
+    /// per node (LATENCY).
+    #[arg(long)]
+    pub near: Option<String>,
     /// Most nodes to return (default 100).
     #[arg(long)]
     pub limit: Option<u32>,
@@ -425,6 +430,8 @@ impl DiscoverArgs {
             min_gpus: self.min_gpus,
             fit: None,
             strategy: None,
+            near: self.near.clone(),
+            requester: None,
         })
     }
 }

@@ -92,6 +92,15 @@ pub async fn discover(client: &Client, args: &DiscoverArgs) -> Result<(), Error>
     let reply = client.discover(&args.request()?).await?;
     match args.output {
         Output::Json => println!("{}", json_pretty(&reply)?),
+        Output::Table if !reply.latency_ms.is_empty() => {
+            // Nearest first: where each node is attached, and how far.
+            println!("{:<40} {:<20} {:>12}", "NODE", "NATS SERVER", "LATENCY");
+            for (node, latency) in reply.nodes.iter().zip(&reply.latency_ms) {
+                let server = node.nats.as_ref().map_or("-", |n| n.server.as_str());
+                println!("{:<40} {:<20} {:>9.2} ms", node.node_id, server, latency);
+            }
+            println!("({} shown, {} matched)", reply.nodes.len(), reply.total);
+        }
         Output::Table => {
             print!("{}", nodectl::table::nodes(&reply.nodes, Utc::now()));
             println!(

@@ -715,3 +715,4 @@ fn fit_a_model_on_healthy_gpus_packing_tightly() {
         assert!(err.to_string().contains(what), "{bad}: {err}");
     }
 }
+mod near;
