@@ -228,13 +228,16 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                 }
                                 Some(None) => {
                                     messages = None;
+                                    rewind_due = true;
                                     break;
                                 }
                                 None => break,
                             }
                         }
                         let (done, applied) = self.on_messages(batch, &js, &lifecycle_stream, acking).await;
-                        caught_up = done;
+                        // A dropped pull may have been handed events this
+                        // term has not seen: not caught up until rewound.
+                        caught_up = done && !rewind_due;
                         if !applied {
                             // Nothing after the failed events may be acked
                             // before they are applied: read them again.
@@ -244,8 +247,16 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                             pull_after = tokio::time::Instant::now() + RETRY_DELAY;
                         }
                     }
-                    Some(Err(e)) => if pull_is_lost(&e) { messages = None; rewind_due = true; },
-                    None => messages = None,
+                    Some(Err(e)) => if pull_is_lost(&e) {
+                        messages = None;
+                        rewind_due = true;
+                        caught_up = false;
+                    },
+                    None => {
+                        messages = None;
+                        rewind_due = true;
+                        caught_up = false;
+                    }
                 },
                 Some(message) = async {
                     match links.as_mut() {
@@ -342,14 +353,18 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                             Ok(info) => {
                                 backlog_seen = std::time::Instant::now();
                                 state.set_backlog(info.num_pending + info.num_ack_pending as u64);
-                                info.num_pending == 0
+                                // Nothing waiting, and nothing handed out
+                                // and not yet applied.
+                                info.num_pending == 0 && info.num_ack_pending == 0
                             }
                             Err(e) => {
                                 debug!(error = %e, "reading consumer info");
                                 false
                             }
                         };
-                        if !caught_up {
+                        // Only a live pull can be caught up: events handed
+                        // to a dropped one come again after the rewind.
+                        if !caught_up && messages.is_some() && !rewind_due {
                             caught_up = looked;
                         }
                     }
