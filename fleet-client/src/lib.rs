@@ -236,19 +236,10 @@ impl Client {
     }
 
     /// Where this client is attached to NATS, as `near: "me"` needs it in
-    /// a query's `requester` (its connection's INFO; no round trip).
-    pub fn requester(&self) -> schemas::NatsLink {
-        let info = self.nats.server_info();
-        schemas::NatsLink {
-            server: if info.server_name.is_empty() {
-                info.server_id
-            } else {
-                info.server_name
-            },
-            cluster: info.cluster.filter(|c| !c.is_empty()),
-            domain: info.domain.filter(|d| !d.is_empty()),
-            rtt_ms: None,
-        }
+    /// a query's `requester` (its connection's INFO; no round trip); `None`
+    /// before it has connected.
+    pub fn requester(&self) -> Option<schemas::NatsLink> {
+        schemas::nats::link_of(&self.nats.server_info(), None)
     }
 
     async fn query(
@@ -260,7 +251,7 @@ impl Client {
         let filled;
         let request = if request.near.as_deref() == Some("me") && request.requester.is_none() {
             filled = DiscoverRequest {
-                requester: Some(self.requester()),
+                requester: self.requester(),
                 ..request.clone()
             };
             &filled

@@ -13,10 +13,12 @@ use schemas::{DiscoverReply, DiscoverRequest, NodeRecord};
 
 use crate::catalog::{Catalog, Facts, GpusCounted};
 
+mod fields;
 mod fit;
 mod near;
 
 use crate::selector::{Requirement, Selector};
+pub use fields::RECORD_FIELDS;
 pub use fit::{model_size_in, place, FitNeed, FitStrategy, FIT_OVERHEAD, MAX_FIT_GPUS};
 pub use near::{Near, Origin, Tiers, HOP_MS};
 
@@ -28,35 +30,6 @@ pub const MAX_LIMIT: usize = 10_000;
 pub const GPU_CAPABILITY: &str = "gpu";
 /// The label value that matches any value.
 pub const ANY_VALUE: &str = "*";
-/// Top-level fields of a node record, for `fields` projections.
-pub const RECORD_FIELDS: &[&str] = &[
-    "node_id",
-    "node_name",
-    "role",
-    "labels",
-    "hostname",
-    "ip_address",
-    "local_ip",
-    "capabilities",
-    "agent_version",
-    "seq",
-    "status",
-    "last_heartbeat",
-    "registered_at",
-    "updated_at",
-    "metrics",
-    "models_loaded",
-    "services",
-    "caps_hash",
-    "gpu_health",
-    "maintenance",
-    "gpu_cordons",
-    "profile_revision",
-    "profile_error",
-    "profile_mismatch",
-    "nats",
-];
-
 /// Why a discovery request is invalid (answered with 400).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QueryError {
@@ -78,50 +51,6 @@ fn field(field: &'static str, reason: impl Into<String>) -> QueryError {
         field,
         reason: reason.into(),
     }
-}
-
-/// The `near` of a request, checked: `"me"` needs `requester`; a name is
-/// short text; neither goes with a fit (ranked by its strategy) or a cursor
-/// (pages are in node id order).
-fn near_of(
-    near: Option<String>,
-    requester: Option<schemas::NatsLink>,
-    fit: &Option<FitNeed>,
-    cursor: bool,
-) -> Result<Option<Near>, QueryError> {
-    let Some(near) = near else {
-        if requester.is_some() {
-            return Err(field("requester", "is read only with near \"me\""));
-        }
-        return Ok(None);
-    };
-    if fit.is_some() {
-        return Err(field("near", "cannot be combined with fit (yet)"));
-    }
-    if cursor {
-        return Err(field(
-            "near",
-            "ranks by distance: pages with a cursor need sort \"node_id\" without near",
-        ));
-    }
-    if near == "me" {
-        let Some(requester) = requester.filter(|r| !r.server.is_empty()) else {
-            return Err(field(
-                "near",
-                "\"me\" needs `requester`, the requester's own NATS server (fleet-client and nodectl fill it in from their connection)",
-            ));
-        };
-        schemas::validate::validate_nats_link("requester", &requester)
-            .map_err(|e| field("requester", e.to_string()))?;
-        return Ok(Some(Near::Me(requester)));
-    }
-    if near.trim().is_empty() || near.len() > 256 || near.chars().any(char::is_control) {
-        return Err(field(
-            "near",
-            "expected \"me\" or the name of a NATS server, cluster, domain or region",
-        ));
-    }
-    Ok(Some(Near::Named(near)))
 }
 
 /// A validated discovery query.
@@ -250,7 +179,7 @@ impl Query {
             request.strategy.as_deref(),
             request.cursor.is_some(),
         )?;
-        let near = near_of(
+        let near = near::near_of(
             request.near,
             request.requester,
             &fit,
@@ -714,83 +643,6 @@ impl Query {
             total,
             next_cursor,
         )
-    }
-
-    /// The record with only the requested fields (all when none are named).
-    pub fn project(&self, record: &NodeRecord) -> NodeRecord {
-        let Some(fields) = &self.fields else {
-            return record.clone();
-        };
-        let keep = |name: &str| fields.contains(name);
-        NodeRecord {
-            node_id: record.node_id.clone(),
-            node_name: record.node_name.clone().filter(|_| keep("node_name")),
-            role: record.role.clone().filter(|_| keep("role")),
-            labels: if keep("labels") {
-                record.labels.clone()
-            } else {
-                BTreeMap::new()
-            },
-            hostname: record.hostname.clone().filter(|_| keep("hostname")),
-            ip_address: record.ip_address.clone().filter(|_| keep("ip_address")),
-            local_ip: record.local_ip.clone().filter(|_| keep("local_ip")),
-            capabilities: record.capabilities.clone().filter(|_| keep("capabilities")),
-            agent_version: record
-                .agent_version
-                .clone()
-                .filter(|_| keep("agent_version")),
-            seq: record.seq.filter(|_| keep("seq")),
-            status: if keep("status") {
-                record.status.clone()
-            } else {
-                String::new()
-            },
-            last_heartbeat: if keep("last_heartbeat") {
-                record.last_heartbeat.clone()
-            } else {
-                String::new()
-            },
-            registered_at: if keep("registered_at") {
-                record.registered_at.clone()
-            } else {
-                String::new()
-            },
-            updated_at: if keep("updated_at") {
-                record.updated_at.clone()
-            } else {
-                String::new()
-            },
-            metrics: record.metrics.clone().filter(|_| keep("metrics")),
-            models_loaded: if keep("models_loaded") {
-                record.models_loaded.clone()
-            } else {
-                Vec::new()
-            },
-            services: if keep("services") {
-                record.services.clone()
-            } else {
-                Vec::new()
-            },
-            caps_hash: record.caps_hash.clone().filter(|_| keep("caps_hash")),
-            gpu_health: record.gpu_health.clone().filter(|_| keep("gpu_health")),
-            maintenance: record.maintenance.clone().filter(|_| keep("maintenance")),
-            gpu_cordons: if keep("gpu_cordons") {
-                record.gpu_cordons.clone()
-            } else {
-                Vec::new()
-            },
-            profile_revision: record.profile_revision.filter(|_| keep("profile_revision")),
-            profile_error: record
-                .profile_error
-                .clone()
-                .filter(|_| keep("profile_error")),
-            profile_mismatch: if keep("profile_mismatch") {
-                record.profile_mismatch.clone()
-            } else {
-                Vec::new()
-            },
-            nats: record.nats.clone().filter(|_| keep("nats")),
-        }
     }
 }
 

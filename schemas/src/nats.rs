@@ -1,5 +1,6 @@
-//! The NATS side of a message: the encoding named by its headers, and the
-//! headers and body of a reply (a success, or a coded error).
+//! The NATS side of a message: the encoding named by its headers, the
+//! headers and body of a reply (a success, or a coded error), and where a
+//! connection is attached.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -45,6 +46,26 @@ pub fn error_of(headers: Option<&HeaderMap>, body: &[u8]) -> Option<ServiceError
         headers.get(HEADER_ERROR).map(|v| v.as_str()),
         body,
     )
+}
+
+/// Where a connection is attached, from its server's INFO: the server's
+/// name (its id when unnamed), cluster and JetStream domain, with the round
+/// trip measured to it. `None` before the first INFO (not connected yet).
+pub fn link_of(info: &async_nats::ServerInfo, rtt_ms: Option<f64>) -> Option<crate::NatsLink> {
+    let server = if info.server_name.is_empty() {
+        info.server_id.clone()
+    } else {
+        info.server_name.clone()
+    };
+    if server.is_empty() {
+        return None;
+    }
+    Some(crate::NatsLink {
+        server,
+        cluster: info.cluster.clone().filter(|c| !c.is_empty()),
+        domain: info.domain.clone().filter(|d| !d.is_empty()),
+        rtt_ms,
+    })
 }
 
 #[cfg(test)]

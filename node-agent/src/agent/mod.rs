@@ -24,6 +24,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::detect::{local_ip_towards, Detector};
 use crate::profile::{self, ProfileState};
 
+mod link;
 mod settings;
 mod tasks;
 use settings::{apply_config, apply_profile, apply_reload, watch_profile};
@@ -577,68 +578,9 @@ async fn register_event(agent: &Arc<Shared>) -> NodeEvent {
             .map(|c| profile.missing_models(&c.models))
             .unwrap_or_default();
     }
-    event.nats = nats_link(&agent.client, &fleet_auth::node_inbox_prefix(&agent.id)).await;
+    event.nats = link::nats_link(&agent.client, &fleet_auth::node_inbox_prefix(&agent.id)).await;
     event.caps_hash = Some(caps_hash(&event));
     event
-}
-
-/// Where this agent is attached to NATS (its connection's INFO) and its
-/// round trip to that server, for discovery's `near`.
-/// `None` while not connected (no server to name).
-async fn nats_link(client: &async_nats::Client, inbox_prefix: &str) -> Option<schemas::NatsLink> {
-    // The echo comes back only once connected: the INFO read after it is
-    // the server's.
-    let rtt_ms = round_trip(client, inbox_prefix)
-        .await
-        .map(|rtt| (rtt.as_secs_f64() * 100_000.0).round() / 100.0);
-    let info = client.server_info();
-    let name = if info.server_name.is_empty() {
-        info.server_id
-    } else {
-        info.server_name
-    };
-    if name.is_empty() {
-        return None;
-    }
-    Some(schemas::NatsLink {
-        server: name,
-        cluster: info.cluster.filter(|c| !c.is_empty()),
-        domain: info.domain.filter(|d| !d.is_empty()),
-        rtt_ms,
-    })
-}
-
-/// One message through the agent's own inbox and back (`<prefix>.rtt`,
-/// which only it subscribes to): a round trip to its server, the best of
-/// three. `None` when none comes back within a second (or the credentials
-/// do not allow the echo, or the connection is not up within 3 s).
-async fn round_trip(client: &async_nats::Client, inbox_prefix: &str) -> Option<Duration> {
-    use futures::StreamExt as _;
-    let subject = format!("{inbox_prefix}.rtt");
-    let mut echo = client.subscribe(subject.clone()).await.ok()?;
-    // The subscription is in place on the server before the first probe
-    // (while connecting, this waits for the connection, up to a bound).
-    tokio::time::timeout(Duration::from_secs(3), client.flush())
-        .await
-        .ok()?
-        .ok()?;
-    let mut best: Option<Duration> = None;
-    for _ in 0..3 {
-        let started = Instant::now();
-        client
-            .publish(subject.clone(), bytes::Bytes::new())
-            .await
-            .ok()?;
-        match tokio::time::timeout(Duration::from_secs(1), echo.next()).await {
-            Ok(Some(_)) => {
-                let rtt = started.elapsed();
-                best = Some(best.map_or(rtt, |b| b.min(rtt)));
-            }
-            _ => break,
-        }
-    }
-    let _ = echo.unsubscribe().await;
-    best
 }
 
 /// Publishes `register` until JetStream acks it, backing off with jitter.
@@ -721,11 +663,9 @@ async fn heartbeat(agent: Arc<Shared>) {
                 .store(HEARTBEAT_ACK_EVERY, Ordering::Relaxed);
         }
     }
-    // The health file hears of acks and failures; an unacked beat that
-    // left the client is neither.
-    match (result, acked) {
-        (Ok(()), Acked::No) => {}
-        (result, _) => agent.record_health(result.err().map(|e| e.to_string())),
+    // The health file hears of acks and failures, not of unacked beats.
+    if result.is_err() || acked == Acked::Yes {
+        agent.record_health(result.err().map(|e| e.to_string()));
     }
 }
 

@@ -14,6 +14,7 @@
 use roaring::RoaringBitmap;
 use schemas::{NatsLink, NodeRecord};
 
+use super::{field, FitNeed, QueryError};
 use crate::catalog::Catalog;
 
 /// The label that names a node's region.
@@ -52,27 +53,11 @@ impl Near {
     pub fn origin(&self, catalog: &Catalog) -> Origin {
         match self {
             Near::Me(link) => Origin::of_link(link),
-            Near::Named(name) => {
-                if let Some((cluster, domain)) = catalog.nats_server_place(name) {
-                    Origin {
-                        server: Some(name.clone()),
-                        cluster,
-                        domain,
-                        ..Origin::default()
-                    }
-                } else if !catalog.in_nats_cluster(name).is_empty() {
-                    Origin {
-                        cluster: Some(name.clone()),
-                        ..Origin::default()
-                    }
-                } else {
-                    Origin {
-                        domain: Some(name.clone()),
-                        region: Some(name.clone()),
-                        ..Origin::default()
-                    }
-                }
-            }
+            Near::Named(name) => Origin::named(
+                name,
+                catalog.nats_server_place(name),
+                !catalog.in_nats_cluster(name).is_empty(),
+            ),
         }
     }
 
@@ -85,35 +70,46 @@ impl Near {
                     .into_iter()
                     .filter_map(|r| r.nats.as_ref())
                     .collect();
-                let first = links
+                let place = links
                     .iter()
                     .filter(|l| &l.server == name)
-                    .min_by(|a, b| a.cluster.cmp(&b.cluster).then(a.domain.cmp(&b.domain)));
-                if let Some(link) = first {
-                    Origin {
-                        server: Some(name.clone()),
-                        cluster: link.cluster.clone(),
-                        domain: link.domain.clone(),
-                        ..Origin::default()
-                    }
-                } else if links.iter().any(|l| l.cluster.as_ref() == Some(name)) {
-                    Origin {
-                        cluster: Some(name.clone()),
-                        ..Origin::default()
-                    }
-                } else {
-                    Origin {
-                        domain: Some(name.clone()),
-                        region: Some(name.clone()),
-                        ..Origin::default()
-                    }
-                }
+                    .min_by(|a, b| a.cluster.cmp(&b.cluster).then(a.domain.cmp(&b.domain)))
+                    .map(|l| (l.cluster.clone(), l.domain.clone()));
+                let cluster = links.iter().any(|l| l.cluster.as_ref() == Some(name));
+                Origin::named(name, place, cluster)
             }
         }
     }
 }
 
 impl Origin {
+    /// A requester placed by `name`: on that server when a node is attached
+    /// to it (`server_place`: that server's cluster and domain), else in that
+    /// cluster when one is named so, else in that domain or region.
+    fn named(
+        name: &str,
+        server_place: Option<(Option<String>, Option<String>)>,
+        is_cluster: bool,
+    ) -> Self {
+        match server_place {
+            Some((cluster, domain)) => Self {
+                server: Some(name.to_owned()),
+                cluster,
+                domain,
+                ..Self::default()
+            },
+            None if is_cluster => Self {
+                cluster: Some(name.to_owned()),
+                ..Self::default()
+            },
+            None => Self {
+                domain: Some(name.to_owned()),
+                region: Some(name.to_owned()),
+                ..Self::default()
+            },
+        }
+    }
+
     fn of_link(link: &NatsLink) -> Self {
         Self {
             server: Some(link.server.clone()),
@@ -206,4 +202,48 @@ impl Tiers {
             3
         }
     }
+}
+
+/// The `near` of a request, checked: `"me"` needs `requester`; a name is
+/// short text; neither goes with a fit (ranked by its strategy) or a cursor
+/// (pages are in node id order).
+pub(super) fn near_of(
+    near: Option<String>,
+    requester: Option<schemas::NatsLink>,
+    fit: &Option<FitNeed>,
+    cursor: bool,
+) -> Result<Option<Near>, QueryError> {
+    let Some(near) = near else {
+        if requester.is_some() {
+            return Err(field("requester", "is read only with near \"me\""));
+        }
+        return Ok(None);
+    };
+    if fit.is_some() {
+        return Err(field("near", "cannot be combined with fit (yet)"));
+    }
+    if cursor {
+        return Err(field(
+            "near",
+            "ranks by distance: pages with a cursor need sort \"node_id\" without near",
+        ));
+    }
+    if near == "me" {
+        let Some(requester) = requester.filter(|r| !r.server.is_empty()) else {
+            return Err(field(
+                "near",
+                "\"me\" needs `requester`, the requester's own NATS server (fleet-client and nodectl fill it in from their connection)",
+            ));
+        };
+        schemas::validate::validate_nats_link("requester", &requester)
+            .map_err(|e| field("requester", e.to_string()))?;
+        return Ok(Some(Near::Me(requester)));
+    }
+    if near.trim().is_empty() || near.len() > 256 || near.chars().any(char::is_control) {
+        return Err(field(
+            "near",
+            "expected \"me\" or the name of a NATS server, cluster, domain or region",
+        ));
+    }
+    Ok(Some(Near::Named(near)))
 }
