@@ -343,10 +343,14 @@ async fn losing_a_stream_leader_loses_no_event_and_discovery_keeps_answering() {
             status: Some("any".to_owned()),
             ..DiscoverRequest::default()
         };
-        let here = ids(returned
-            .discover(&all)
-            .await
-            .expect("discover via the returned server"));
+        // A server that rejoins learns the registry's subscriptions from its
+        // routes a moment after it is up: wait for it to route discovery.
+        let here = ids(
+            eventually("the returned server to route discovery", SOON, || async {
+                returned.discover(&all).await.ok()
+            })
+            .await,
+        );
         let there = ids(client.discover(&all).await.expect("discover"));
         assert_eq!(here, there);
         assert_eq!(here.len(), 4, "three agents and the probe: {here:?}");

@@ -137,11 +137,11 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         // floor: see `position`.
         consumer = position::ack_all(&js, consumer).await;
         let acking = position::Acking::of(&consumer);
-        // Where this term's consumer stands, to see events the stream
-        // discards before they are read.
         // Set when the pull is dropped with events it was handed and this
         // term did not apply: the next pull starts after the ack floor.
         let mut rewind_due = false;
+        // Where this term's consumer stands, to see events the stream
+        // discards before they are read.
         let high = match consumer.info().await {
             Ok(info) if info.delivered.stream_sequence > info.ack_floor.stream_sequence => {
                 let floor = self.rewind(&mut consumer).await;
