@@ -96,15 +96,21 @@ fn catalog(records: &[NodeRecord]) -> Catalog {
     c
 }
 
-/// Both ways of answering agree, and the indexed answer is returned.
-fn both(json: &str) -> DiscoverReply {
+/// Both ways of answering `json` over `records` agree (nodes, total,
+/// latency estimates), and the indexed answer is returned.
+fn agree(records: &[NodeRecord], json: &str) -> DiscoverReply {
     let q = query(json);
-    let records = fleet();
-    let indexed = q.answer(&catalog(&records));
-    let scanned = q.answer_scan(&records);
+    let indexed = q.answer(&catalog(records));
+    let scanned = q.answer_scan(records);
     assert_eq!(ids(&indexed), ids(&scanned), "{json}");
     assert_eq!(indexed.total, scanned.total, "{json}");
+    assert_eq!(indexed.latency_ms, scanned.latency_ms, "{json}");
     indexed
+}
+
+/// [`agree`] over the test fleet.
+fn both(json: &str) -> DiscoverReply {
+    agree(&fleet(), json)
 }
 
 #[test]

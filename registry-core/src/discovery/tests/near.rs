@@ -28,15 +28,9 @@ fn topology() -> Vec<NodeRecord> {
     ]
 }
 
-/// The indexed answer, checked against the reference scan.
+/// [`agree`] over the topology.
 fn near(json: &str) -> DiscoverReply {
-    let q = query(json);
-    let records = topology();
-    let indexed = q.answer(&catalog(&records));
-    let scanned = q.answer_scan(&records);
-    assert_eq!(ids(&indexed), ids(&scanned), "{json}");
-    assert_eq!(indexed.latency_ms, scanned.latency_ms, "{json}");
-    indexed
+    agree(&topology(), json)
 }
 
 #[test]
