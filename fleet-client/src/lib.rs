@@ -430,7 +430,7 @@ impl Client {
         let replayed = self
             .replay(
                 &self.names.alerts_stream,
-                subjects::SYSTEM_BROADCAST.to_owned(),
+                vec![subjects::SYSTEM_BROADCAST.to_owned()],
                 since,
                 until,
             )
@@ -454,9 +454,10 @@ impl Client {
                         e.to_string(),
                     ))
                 })?;
-                subjects::node_events(&id)
+                subjects::stored_events_filters(Some(&id))
             }
-            None => subjects::NODE_EVENTS_FILTER.to_owned(),
+            // Stored as sent, or with a partition token (`--partitions`).
+            None => subjects::stored_events_filters(None),
         };
         let mut entries = Vec::new();
         for r in self
@@ -494,7 +495,7 @@ impl Client {
         let copies = self
             .replay(
                 &self.names.lifecycle_stream,
-                lifecycle_filter,
+                vec![lifecycle_filter],
                 since,
                 query.until,
             )
@@ -543,7 +544,7 @@ impl Client {
         for r in self
             .replay(
                 &self.names.alerts_stream,
-                subjects::SYSTEM_BROADCAST.to_owned(),
+                vec![subjects::SYSTEM_BROADCAST.to_owned()],
                 since,
                 query.until,
             )
@@ -652,7 +653,7 @@ impl Client {
     async fn replay(
         &self,
         stream: &str,
-        filter: String,
+        mut filters: Vec<String>,
         since: DateTime<Utc>,
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<Replayed>, ClientError> {
@@ -664,7 +665,12 @@ impl Client {
         let mut consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
                 deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time: since },
-                filter_subject: filter,
+                filter_subject: if filters.len() == 1 {
+                    filters.pop().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                filter_subjects: filters,
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 memory_storage: true,

@@ -65,6 +65,11 @@ pub struct RegistryConfig {
     pub gpu_recovery: Duration,
     /// Replicas of streams and buckets it creates. Default 1 (3 in a cluster).
     pub replicas: usize,
+    /// Shares the event stream is split into by node id, each led by one
+    /// instance under its own lease (docs/SCALING.md). Fixed when the
+    /// stream is created: a registry asking for another count is refused.
+    /// Default 1 (no split).
+    pub partitions: u32,
     /// Max bytes of the `NODE_EVENTS` stream when created: the floor it
     /// grows from (`events_history`). Default 1 GiB; -1 for no limit.
     pub events_max_bytes: i64,
@@ -156,6 +161,7 @@ impl Default for RegistryConfig {
             disconnect_grace: lifecycle.disconnect_grace,
             gpu_recovery: lifecycle.gpu_recovery,
             replicas: 1,
+            partitions: 1,
             events_max_bytes: 1024 * 1024 * 1024,
             events_history: Duration::from_secs(3600),
             events_max_bytes_cap: 64 * 1024 * 1024 * 1024,
@@ -205,6 +211,9 @@ pub struct Overrides {
     /// `--replicas`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
+    /// `--partitions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
     /// `--metrics-addr`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -261,6 +270,12 @@ impl RegistryConfig {
         }
         if self.replicas == 0 || self.replicas > 5 {
             return invalid("replicas must be 1 to 5".into());
+        }
+        if self.partitions == 0 || self.partitions > subjects::PARTITIONS_MAX {
+            return invalid(format!(
+                "partitions must be 1 to {}",
+                subjects::PARTITIONS_MAX
+            ));
         }
         Ok(())
     }

@@ -83,6 +83,8 @@ pub async fn check(sources: &HealthSources) -> HealthReply {
         self_preservation: state.self_preservation(),
         event_history_s: state.event_history().0.map(|h| h.as_secs()),
         event_history_short: state.event_history().1,
+        partitions: (state.partition_count() > 1).then(|| state.led_partitions()),
+        partition_count: Some(state.partition_count()).filter(|c| *c > 1),
     };
     reply.status = reply.judge(BACKLOG_LIMIT);
     if reply.status == schemas::status::HealthStatus::Healthy && !sources.index.is_ready() {

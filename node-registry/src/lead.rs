@@ -17,20 +17,26 @@ use crate::config::RegistryConfig;
 use crate::counters::Counters;
 use crate::index::ReadIndex;
 use crate::keys::NodeKeys;
+use crate::partitions::Share;
 use crate::tasks::NatsTasks;
-use crate::worker::{Term, Worker};
+use crate::worker::{Partition, Term, Worker};
 
-/// Keeps the lease: renews it every third of its TTL (takes it within
-/// 250 ms of its expiry, as a standby), and says on
-/// `leading` whether this instance leads. Releases it at shutdown.
+/// Keeps one partition's lease: renews it every third of its TTL (takes it
+/// within 250 ms of its expiry, as a standby), and says on `leading`
+/// whether this instance leads. With `share`, takes a free lease only while
+/// under its fair share and gives up its highest partition while over
+/// (see [`crate::partitions`]). Releases it at shutdown.
 pub async fn hold_lease(
     mut lease: registry_kv::lease::Lease,
+    partition: Partition,
+    share: Arc<Share>,
     leading: watch::Sender<bool>,
     takeover: Arc<std::sync::atomic::AtomicBool>,
     connected: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
     let mut first = true;
+    let mut held_since: Option<tokio::time::Instant> = None;
     loop {
         // The first tick at once; then a renewal every third of the TTL, or
         // a standby's read of the lease every 250 ms.
@@ -47,23 +53,49 @@ pub async fn hold_lease(
         // A standby that cannot reach NATS must not take over; a leader that
         // cannot renew counts down its own TTL.
         if *connected.borrow() || lease.is_held() {
-            if let Err(e) = lease.tick().await {
-                warn!(error = %e, "lease");
+            if let Err(e) = lease.tick_taking(share.may_take_free()).await {
+                warn!(error = %e, partition = partition.index, "lease");
             }
         }
+        // Over its share, after a TTL in office (no flapping while
+        // instances come and go): give the highest partition up.
+        if lease.is_held()
+            && share.should_release(partition.index)
+            && held_since.is_some_and(|t| t.elapsed() >= lease.ttl())
+        {
+            info!(
+                partition = partition.index,
+                led = share.led(),
+                fair = share.fair(),
+                "leading more than a fair share: releasing this partition"
+            );
+            lease.release().await;
+        }
         let held = lease.is_held();
+        held_since = match (held, held_since) {
+            (true, None) => Some(tokio::time::Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        share.set_led(partition.index, held);
         takeover.store(lease.took_over_live(), std::sync::atomic::Ordering::Relaxed);
         // Sent only on a change: the worker ends its term on any.
         leading.send_if_modified(|leads| {
             if *leads == held {
                 return false;
             }
-            info!(instance = lease.holder(), held, "leadership changed");
+            info!(
+                instance = lease.holder(),
+                partition = partition.index,
+                held,
+                "leadership changed"
+            );
             *leads = held;
             true
         });
     }
     leading.send_replace(false);
+    share.set_led(partition.index, false);
     lease.release().await;
 }
 
@@ -88,16 +120,15 @@ pub struct Leader<'a> {
     pub state: &'a Arc<crate::state::RegistryState>,
     /// Whether the connection to NATS is up.
     pub connected: watch::Receiver<bool>,
-    /// Whether this instance leads.
-    pub leading: watch::Receiver<bool>,
     /// The registry is stopping.
     pub cancel: CancellationToken,
 }
 
 impl Leader<'_> {
-    /// One term as leader: builds the fleet from the read index, then
-    /// consumes and judges until the lease is lost or the registry stops.
-    pub async fn term(&self, grace: Grace) {
+    /// One term as leader of `partition` (whose lease `leading` follows):
+    /// builds its share of the fleet from the read index, then consumes and
+    /// judges until the lease is lost or the registry stops.
+    pub async fn term(&self, partition: Partition, leading: watch::Receiver<bool>, grace: Grace) {
         // The fleet starts from what the read index loaded: one read of the
         // bucket, and the record bytes shared between the two.
         tokio::select! {
@@ -111,19 +142,29 @@ impl Leader<'_> {
         // an outage: every node gets a full window (principle 4).
         let mut fleet = Fleet::new(self.config.lifecycle());
         let (count, skipped) = self.index.read(|catalog| {
-            (
-                catalog.len(),
-                fleet.restore_with(catalog.stored(), chrono::Utc::now(), grace),
-            )
+            let owned = catalog.stored_where(|id| {
+                subjects::NodeId::parse(id).map_or(partition.index == 0, |id| partition.owns(&id))
+            });
+            let skipped = fleet.restore_with(owned, chrono::Utc::now(), grace);
+            (fleet.len(), skipped)
         });
         for id in skipped {
             warn!(node_id = %id, "skipping an unreadable record at start");
         }
         info!(
             nodes = count,
+            partition = partition.index,
+            partitions = partition.count,
             ?grace,
             "leading: fleet restored from the read index"
         );
+        let Some(consumer) = self.provisioned.consumers.get(partition.index as usize) else {
+            warn!(
+                partition = partition.index,
+                "no consumer provisioned for this partition"
+            );
+            return;
+        };
         let worker = Worker::new(
             fleet,
             JetStreamRecords::new(self.provisioned.nodes.clone()),
@@ -133,23 +174,24 @@ impl Leader<'_> {
         )
         .with_index(self.index.clone())
         .with_keys(self.node_keys.clone(), self.config.require_signatures)
-        .with_lifecycle_stream(self.config.names.lifecycle_stream.clone());
+        .with_lifecycle_stream(self.config.names.lifecycle_stream.clone())
+        .with_partition(partition);
         let (lost_tx, lost_rx) = watch::channel(0u32);
         let guard = tokio::spawn(guard_bucket(
             self.config.clone(),
             self.js.clone(),
             lost_tx,
-            self.leading.clone(),
+            leading.clone(),
             self.cancel.clone(),
         ));
         worker
             .run(Term {
-                consumer: self.provisioned.consumer.clone(),
+                consumer: consumer.clone(),
                 client: self.client.clone(),
                 js: self.js.clone(),
                 sweep_interval: self.config.sweep_interval,
                 connected: self.connected.clone(),
-                leading: self.leading.clone(),
+                leading,
                 cancel: self.cancel.clone(),
                 bucket_lost: lost_rx,
                 state: self.state.clone(),

@@ -9,7 +9,9 @@
 //! - [`join`]: `registry.join`, and the housekeeping of join tokens.
 //! - [`keys`]: joined nodes' public keys, for checking event signatures.
 //! - [`tasks`]: control tasks to nodes.
-//! - [`lead`]: one leadership term, and the guard of the `nodes` bucket.
+//! - [`lead`]: a partition's lease, one leadership term, and the guard of
+//!   the `nodes` bucket.
+//! - [`partitions`]: partitions shared among instances (membership, shares).
 //! - [`counters`]: what the registry counts (`$SRV.STATS`).
 //! - [`config`]: the `node-registry` configuration.
 #![deny(missing_docs)]
@@ -22,6 +24,7 @@ pub mod join;
 pub mod keys;
 pub mod lead;
 pub mod metrics;
+pub mod partitions;
 pub mod probe;
 pub mod service;
 pub mod state;
@@ -158,7 +161,10 @@ pub async fn run(
         };
 
         let index = index::spawn_reflector(provisioned.nodes.clone(), cancel.clone());
-        let state = Arc::new(state::RegistryState::new(config.instance_name()));
+        let state = Arc::new(state::RegistryState::with_partitions(
+            config.instance_name(),
+            config.partitions,
+        ));
         tokio::spawn(health::serve(
             client.clone(),
             health::HealthSources {
@@ -191,27 +197,65 @@ pub async fn run(
             ));
         }
 
-        // Every instance answers discovery; the lease holder alone consumes
-        // events and writes records.
-        let (leading_tx, leading) = watch::channel(false);
-        tokio::spawn(join::keep_tokens(
-            provisioned.meta.clone(),
-            config.token_retention,
-            leading.clone(),
-            cancel.clone(),
-        ));
-        let takeover = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let lease_task = tokio::spawn(lead::hold_lease(
-            registry_kv::lease::Lease::new(
+        // Every instance answers discovery; the holder of a partition's
+        // lease alone consumes its events and writes its records.
+        let share = Arc::new(partitions::Share::new(config.partitions));
+        if config.partitions > 1 {
+            tokio::spawn(partitions::keep_membership(
                 provisioned.meta.clone(),
                 config.instance_name(),
                 config.lease_ttl,
-            ),
-            leading_tx,
-            takeover.clone(),
-            connected.clone(),
-            cancel.clone(),
-        ));
+                share.clone(),
+                cancel.clone(),
+            ));
+        }
+        let mut terms = Vec::new();
+        let mut lease_tasks = Vec::new();
+        for index in 0..config.partitions {
+            let partition = worker::Partition {
+                index,
+                count: config.partitions,
+            };
+            let (leading_tx, leading) = watch::channel(false);
+            let takeover = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            lease_tasks.push(tokio::spawn(lead::hold_lease(
+                registry_kv::lease::Lease::for_key(
+                    provisioned.meta.clone(),
+                    subjects::partition_lease_key(index, config.partitions),
+                    config.instance_name(),
+                    config.lease_ttl,
+                ),
+                partition,
+                share.clone(),
+                leading_tx,
+                takeover.clone(),
+                connected.clone(),
+                cancel.clone(),
+            )));
+            // Health and metrics say which partitions this instance leads.
+            {
+                let mut leading = leading.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    loop {
+                        state.set_leader(index, *leading.borrow_and_update());
+                        if leading.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            terms.push((partition, leading, takeover));
+        }
+        // Join tokens are kept by the leader of partition 0.
+        if let Some((_, leading, _)) = terms.first() {
+            tokio::spawn(join::keep_tokens(
+                provisioned.meta.clone(),
+                config.token_retention,
+                leading.clone(),
+                cancel.clone(),
+            ));
+        }
         // Metrics, observed from what the registry keeps anyway (no-ops
         // unless the binary installed the SDK: --metrics-addr or --otlp-endpoint).
         let _metrics =
@@ -223,19 +267,6 @@ pub async fn run(
                     per_node_limit: config.metrics_per_node_limit,
                 })
             });
-        // Health and metrics say whether this instance leads.
-        {
-            let mut leading = leading.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                loop {
-                    state.set_leader(*leading.borrow_and_update());
-                    if leading.changed().await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
         let leader = lead::Leader {
             config: &config,
             provisioned: &provisioned,
@@ -246,27 +277,36 @@ pub async fn run(
             node_keys: &node_keys,
             state: &state,
             connected,
-            leading: leading.clone(),
             cancel: cancel.clone(),
         };
-        loop {
-            let mut waiting = leading.clone();
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                became = waiting.wait_for(|l| *l) => if became.is_err() { break },
+        // One loop of terms per partition, side by side on this task.
+        futures::future::join_all(terms.into_iter().map(|(partition, leading, takeover)| {
+            let leader = &leader;
+            let cancel = cancel.clone();
+            async move {
+                loop {
+                    let mut waiting = leading.clone();
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        became = waiting.wait_for(|l| *l) => if became.is_err() { break },
+                    }
+                    let grace = if takeover.load(std::sync::atomic::Ordering::Relaxed) {
+                        registry_core::lifecycle::Grace::SinceCheckpoint
+                    } else {
+                        registry_core::lifecycle::Grace::Full
+                    };
+                    leader.term(partition, leading.clone(), grace).await;
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                }
             }
-            let grace = if takeover.load(std::sync::atomic::Ordering::Relaxed) {
-                registry_core::lifecycle::Grace::SinceCheckpoint
-            } else {
-                registry_core::lifecycle::Grace::Full
-            };
-            leader.term(grace).await;
-            if cancel.is_cancelled() {
-                break;
+        }))
+        .await;
+        for lease_task in lease_tasks {
+            if let Err(e) = lease_task.await {
+                warn!(error = %e, "lease task");
             }
-        }
-        if let Err(e) = lease_task.await {
-            warn!(error = %e, "lease task");
         }
         match service.await {
             Ok(Ok(())) => {}
@@ -298,6 +338,7 @@ pub async fn run(
 pub(crate) fn stream_settings(config: &RegistryConfig) -> StreamSettings {
     StreamSettings {
         replicas: config.replicas,
+        partitions: config.partitions,
         events_max_bytes: config.events_max_bytes,
         lifecycle_max_age: config.lifecycle_max_age,
         ..StreamSettings::default()

@@ -305,6 +305,19 @@ impl Catalog {
             .map(|s| (s.encoded.clone(), s.revision))
     }
 
+    /// The records of the nodes `keep` accepts by id, as stored, with
+    /// their revisions (a partition's share of the fleet).
+    pub fn stored_where<'a>(
+        &'a self,
+        keep: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = (bytes::Bytes, u64)> + 'a {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(move |s| keep(&s.node_id))
+            .map(|s| (s.encoded.clone(), s.revision))
+    }
+
     /// Every record, in slot order.
     pub fn records(&self) -> impl Iterator<Item = NodeRecord> + '_ {
         self.live.iter().filter_map(|slot| self.record(slot))

@@ -51,6 +51,8 @@ pub enum LeaseError {
 #[derive(Debug)]
 pub struct Lease {
     store: kv::Store,
+    /// The key it lives under ([`LEASE_KEY`], or a partition's).
+    key: String,
     holder: String,
     ttl: Duration,
     /// While held: the revision of our last write and when we sent it.
@@ -67,8 +69,20 @@ pub struct Lease {
 impl Lease {
     /// The lease in `store` for instance `holder`.
     pub fn new(store: kv::Store, holder: impl Into<String>, ttl: Duration) -> Self {
+        Self::for_key(store, LEASE_KEY, holder, ttl)
+    }
+
+    /// The lease under `key` in `store` (a partition's:
+    /// [`subjects::partition_lease_key`]) for instance `holder`.
+    pub fn for_key(
+        store: kv::Store,
+        key: impl Into<String>,
+        holder: impl Into<String>,
+        ttl: Duration,
+    ) -> Self {
         Self {
             store,
+            key: key.into(),
             holder: holder.into(),
             ttl,
             held: None,
@@ -83,6 +97,11 @@ impl Lease {
     /// long expired (a start after an outage).
     pub fn took_over_live(&self) -> bool {
         self.took_over_live
+    }
+
+    /// Its TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// This instance's name.
@@ -129,9 +148,16 @@ impl Lease {
     /// returns whether it is held afterwards. Call it every
     /// [`Lease::tick_interval`].
     pub async fn tick(&mut self) -> Result<bool, LeaseError> {
+        self.tick_taking(true).await
+    }
+
+    /// [`Lease::tick`], taking a *free* lease (never held, or released)
+    /// only when `take_free`; an expired one (its holder gone silent) is
+    /// always taken, so a failover never waits on the balance of shares.
+    pub async fn tick_taking(&mut self, take_free: bool) -> Result<bool, LeaseError> {
         if let Some((revision, _)) = self.held {
             let sent = Instant::now();
-            match self.store.update(LEASE_KEY, self.value(), revision).await {
+            match self.store.update(&self.key, self.value(), revision).await {
                 Ok(revision) => {
                     self.held = Some((revision, sent));
                     return Ok(true);
@@ -154,7 +180,7 @@ impl Lease {
         }
         let entry = self
             .store
-            .entry(LEASE_KEY)
+            .entry(&self.key)
             .await
             .map_err(|e| self.backend(e))?;
         let (revision, free) = match &entry {
@@ -184,22 +210,26 @@ impl Lease {
             debug!(revision, "lease held by another instance");
             return Ok(false);
         }
+        if free && !take_free {
+            debug!(key = %self.key, "lease free, left to an instance with fewer");
+            return Ok(false);
+        }
         let sent = Instant::now();
         let taken = match (free, entry.is_none()) {
             (true, true) => self
                 .store
-                .create(LEASE_KEY, self.value())
+                .create(&self.key, self.value())
                 .await
                 .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
             _ => self
                 .store
-                .update(LEASE_KEY, self.value(), revision)
+                .update(&self.key, self.value(), revision)
                 .await
                 .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
         };
         match taken {
             Ok(revision) => {
-                info!(holder = %self.holder, revision, expired, "took the leader lease");
+                info!(holder = %self.holder, key = %self.key, revision, expired, "took the leader lease");
                 self.held = Some((revision, sent));
                 self.took_over_live = self.saw_renewal && !was_mine;
                 self.seen = None;
@@ -221,12 +251,12 @@ impl Lease {
         if let Some((revision, _)) = self.held.take() {
             if let Err(e) = self
                 .store
-                .delete_expect_revision(LEASE_KEY, Some(revision))
+                .delete_expect_revision(&self.key, Some(revision))
                 .await
             {
                 warn!(error = %e, "releasing the lease");
             } else {
-                info!(holder = %self.holder, "released the leader lease");
+                info!(holder = %self.holder, key = %self.key, "released the leader lease");
             }
         }
     }

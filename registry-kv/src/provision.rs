@@ -27,6 +27,9 @@ pub struct StreamSettings {
     pub ack_wait: Duration,
     /// Most unacked events in flight to the registry.
     pub max_ack_pending: i64,
+    /// Shares the event stream is split into by node id, each with its own
+    /// consumer and lease (1: no split, the contract's one consumer).
+    pub partitions: u32,
 }
 
 impl Default for StreamSettings {
@@ -41,6 +44,7 @@ impl Default for StreamSettings {
             nodes_history: 16,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 10_000,
+            partitions: 1,
         }
     }
 }
@@ -61,8 +65,9 @@ pub struct Provisioned {
     pub meta: kv::Store,
     /// The bucket of role profiles (written by operators, read by agents).
     pub profiles: kv::Store,
-    /// The registry's durable pull consumer on the events stream.
-    pub consumer: consumer::PullConsumer,
+    /// The registry's durable pull consumers on the events stream, one per
+    /// partition, in partition order.
+    pub consumers: Vec<consumer::PullConsumer>,
 }
 
 /// Why provisioning failed.
@@ -124,10 +129,12 @@ pub async fn provision(
             num_replicas: settings.replicas,
             storage: stream::StorageType::File,
             discard: stream::DiscardPolicy::Old,
+            subject_transform: events_transform(settings.partitions),
             ..Default::default()
         },
     )
     .await?;
+    check_partitions(&events, settings.partitions)?;
     let alerts = ensure_stream(
         js,
         stream::Config {
@@ -185,25 +192,10 @@ pub async fn provision(
     )
     .await?;
     let profiles = ensure_bucket(js, profiles_config(settings)).await?;
-    let consumer = events
-        .get_or_create_consumer(
-            &names.consumer,
-            consumer::pull::Config {
-                durable_name: Some(names.consumer.clone()),
-                description: Some("The registry leader's position in the event stream".into()),
-                ack_policy: consumer::AckPolicy::All,
-                ack_wait: settings.ack_wait,
-                max_ack_pending: settings.max_ack_pending,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| ProvisionError::Consumer {
-            name: names.consumer.clone(),
-            stream: names.events_stream.clone(),
-            source: e.into(),
-        })?;
+    let mut consumers = Vec::new();
+    for p in 0..settings.partitions.max(1) {
+        consumers.push(ensure_consumer(&events, names, settings, p).await?);
+    }
     info!("streams, buckets and consumer ready");
     Ok(Provisioned {
         events,
@@ -212,8 +204,102 @@ pub async fn provision(
         nodes,
         meta,
         profiles,
-        consumer,
+        consumers,
     })
+}
+
+/// The event stream's subject transform for `partitions` shares (none for
+/// one).
+fn events_transform(partitions: u32) -> Option<stream::SubjectTransform> {
+    (partitions > 1).then(|| stream::SubjectTransform {
+        source: subjects::NODE_EVENTS_FILTER.to_owned(),
+        destination: subjects::events_transform_destination(partitions),
+    })
+}
+
+/// Refuses a registry whose partition count differs from the one the
+/// event stream was provisioned with: the stored subjects, consumers and
+/// leases all follow the count, so it cannot change in place.
+fn check_partitions(events: &stream::Stream, partitions: u32) -> Result<(), ProvisionError> {
+    let config = &events.cached_info().config;
+    let found = config
+        .subject_transform
+        .as_ref()
+        .map(|t| t.destination.clone());
+    let wanted = events_transform(partitions).map(|t| t.destination);
+    if found == wanted {
+        return Ok(());
+    }
+    let has = |t: &Option<String>| match t {
+        None => "1 partition (no subject transform)".to_owned(),
+        Some(d) => format!("the subject transform {d:?}"),
+    };
+    Err(ProvisionError::Incompatible {
+        name: config.name.clone(),
+        reason: format!(
+            "it was provisioned with {}, and this registry asks for {partitions} partition(s): \
+             the partition count is fixed when the stream is created. Start the registry \
+             with the stream's count, or provision a new event stream (docs/SCALING.md, \
+             \"Changing the partition count\")",
+            has(&found)
+        ),
+    })
+}
+
+/// The durable pull consumer of partition `p`, created if absent.
+async fn ensure_consumer(
+    events: &stream::Stream,
+    names: &Names,
+    settings: &StreamSettings,
+    p: u32,
+) -> Result<consumer::PullConsumer, ProvisionError> {
+    let name = subjects::partition_consumer(&names.consumer, p, settings.partitions);
+    let (description, filter_subject) = if settings.partitions > 1 {
+        (
+            format!(
+                "The position of partition {p} of {}'s leader in the event stream",
+                settings.partitions
+            ),
+            subjects::partition_filter(p),
+        )
+    } else {
+        (
+            "The registry leader's position in the event stream".to_owned(),
+            String::new(),
+        )
+    };
+    let consumer: consumer::PullConsumer = events
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(description),
+                ack_policy: consumer::AckPolicy::All,
+                ack_wait: settings.ack_wait,
+                max_ack_pending: settings.max_ack_pending,
+                deliver_policy: consumer::DeliverPolicy::All,
+                filter_subject: filter_subject.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| ProvisionError::Consumer {
+            name: name.clone(),
+            stream: names.events_stream.clone(),
+            source: e.into(),
+        })?;
+    // One made before, by hand or by another count, must read the same share.
+    let found = &consumer.cached_info().config.filter_subject;
+    if *found != filter_subject {
+        return Err(ProvisionError::Incompatible {
+            name: format!("{} (its consumer {name})", names.events_stream),
+            reason: format!(
+                "the consumer filters {found:?} where this registry reads {filter_subject:?}: \
+                 delete it (nats consumer rm) or start with the partition count it was made for"
+            ),
+        });
+    }
+    Ok(consumer)
 }
 
 /// The `profiles` bucket as the contract has it: one key per role, 16

@@ -40,6 +40,13 @@ pub struct HealthReply {
     /// far loses events unread.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub event_history_short: bool,
+    /// With a partitioned event stream: the partitions this instance leads
+    /// (`leader` is true when it leads any). Absent with one partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<u32>>,
+    /// With a partitioned event stream: how many partitions it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_count: Option<u32>,
 }
 
 impl HealthReply {
@@ -90,6 +97,8 @@ mod tests {
             self_preservation: None,
             event_history_s: Some(3600),
             event_history_short: false,
+            partitions: None,
+            partition_count: None,
         }
     }
 

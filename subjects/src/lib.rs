@@ -13,6 +13,7 @@
 //! - [`Names`]: stream, bucket and consumer names, with the contract's
 //!   defaults and room to configure them (tests use their own).
 //! - [`meta_keys`]: the keys of the `registry_meta` bucket.
+//! - [`partition_of`] and its kin: the event stream split by node id.
 //! - [`SYS_CLAIMS_UPDATE`], [`sys_server_connz`]: the server's system
 //!   subjects the tools use.
 #![deny(missing_docs)]
@@ -21,6 +22,14 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+mod partition;
+
+pub use partition::{
+    events_transform_destination, member_key, parse_stored_node_events, partition_consumer,
+    partition_filter, partition_lease_key, partition_of, registry_admin_partition,
+    stored_events_filters, MEMBER_PREFIX, PARTITIONS_MAX,
+};
 
 /// Prefix token of every per-node subject.
 const NODE_PREFIX: &str = "node";

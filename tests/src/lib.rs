@@ -467,6 +467,11 @@ impl Proc {
         }
     }
 
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`, ...).
     pub fn signal(&self, name: &str) {
         let pid = self.pid().expect("the process is running");

@@ -26,6 +26,11 @@ struct Cli {
     /// cluster; see nats-config/cluster/).
     #[arg(long)]
     replicas: Option<usize>,
+    /// Split the event stream into this many shares by node id, each led
+    /// by one instance under its own lease (1 to 64; default 1). Fixed
+    /// when the stream is created: see docs/SCALING.md.
+    #[arg(long)]
+    partitions: Option<u32>,
     /// Serve Prometheus metrics on this address's /metrics (e.g.
     /// 127.0.0.1:9464). Off by default.
     #[arg(long)]
@@ -72,6 +77,7 @@ async fn main() -> ExitCode {
         degraded_after: cli.degraded_after,
         offline_after: cli.offline_after,
         replicas: cli.replicas,
+        partitions: cli.partitions,
         metrics_addr: cli.metrics_addr,
         otlp_endpoint: cli.otlp_endpoint,
         auth: cli.auth,

@@ -268,9 +268,9 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
     ) {
         let mut acks = Vec::with_capacity(applied.len());
         for delivery in applied {
-            let (Ok(meta), Ok(id)) = (
+            let (Ok(meta), Ok((id, _))) = (
                 &delivery.meta,
-                subjects::parse_node_events(delivery.subject),
+                subjects::parse_stored_node_events(delivery.subject),
             ) else {
                 continue;
             };

@@ -287,7 +287,7 @@ fn step(event: &Span, make: impl FnOnce() -> Span) -> Span {
 /// Decodes and validates one delivery: subject id, encoding, size, fields,
 /// and the payload id against the subject id.
 fn decode(delivery: &Delivery<'_>) -> Result<ValidEvent, Rejection> {
-    let subject_id = subjects::parse_node_events(delivery.subject)?;
+    let (subject_id, _) = subjects::parse_stored_node_events(delivery.subject)?;
     let encoding = schemas::nats::encoding_of(delivery.headers)?;
     let event: NodeEvent = codec::decode(delivery.payload, encoding, MAX_EVENT_BYTES)?;
     Ok(validate_event(event, &subject_id)?)

@@ -58,6 +58,34 @@ pub use ingest::{Delivery, DeliveryMeta, Ingested, Verdict};
 pub use losses::LossWatch;
 pub use run::Term;
 
+/// Which share of the fleet a worker leads: partition `index` of `count`
+/// (the whole fleet with one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// Its number, from 0.
+    pub index: u32,
+    /// How many the event stream has.
+    pub count: u32,
+}
+
+impl Partition {
+    /// The whole fleet: one partition.
+    pub const WHOLE: Self = Self { index: 0, count: 1 };
+
+    /// Whether node `id`'s record is this partition's.
+    pub fn owns(&self, id: &NodeId) -> bool {
+        subjects::partition_of(id, self.count) == self.index
+    }
+
+    /// The partition that owns node `id`.
+    pub fn of(&self, id: &NodeId) -> Self {
+        Self {
+            index: subjects::partition_of(id, self.count),
+            count: self.count,
+        }
+    }
+}
+
 /// Consumes events and judges liveness; the one writer of `nodes`.
 #[derive(Debug)]
 pub struct Worker<S, A, T> {
@@ -87,6 +115,8 @@ pub struct Worker<S, A, T> {
     /// Events up to this stream sequence were delivered before the last
     /// rewind: they come again, and are not replays.
     redelivered_up_to: u64,
+    /// The share of the fleet it leads.
+    partition: Partition,
 }
 
 impl<S, A, T> Worker<S, A, T> {
@@ -110,7 +140,15 @@ impl<S, A, T> Worker<S, A, T> {
             losses: LossWatch::default(),
             lifecycle_stream: subjects::STREAM_NODE_LIFECYCLE.to_owned(),
             redelivered_up_to: 0,
+            partition: Partition::WHOLE,
         }
+    }
+
+    /// Leads `partition` only: operators' requests for other nodes are
+    /// handed to their partition's leader.
+    pub fn with_partition(mut self, partition: Partition) -> Self {
+        self.partition = partition;
+        self
     }
 
     /// Announces every record this worker writes to `index`, which then

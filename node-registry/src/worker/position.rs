@@ -98,6 +98,7 @@ pub async fn ack_all(js: &jetstream::Context, consumer: PullConsumer) -> PullCon
         ack_wait: info.config.ack_wait,
         max_ack_pending: info.config.max_ack_pending,
         deliver_policy: consumer::DeliverPolicy::All,
+        filter_subject: info.config.filter_subject.clone(),
         ..Default::default()
     };
     if floor > 0 {

@@ -12,7 +12,9 @@ use registry_core::lifecycle::OwnFault;
 use registry_kv::alerts::AlertSink;
 use registry_kv::RecordStore;
 use runtime_support::CancellationToken;
+use schemas::admin::AdminRequest;
 use schemas::codec::Encoding;
+use schemas::error::{ErrorCode, ServiceError};
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -45,6 +47,45 @@ fn held_transitions(fleet: &registry_core::lifecycle::Fleet) -> Option<serde_jso
         "regions"
     };
     Some(serde_json::json!({"scope": scope, "reasons": reasons, "regions": regions}))
+}
+
+/// How long the leader of another partition has to answer a handed-on
+/// admin request (the operator's own timeout is longer).
+const HAND_ON_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Hands an operator's request to the leader of partition `owner` and
+/// relays its answer (or a coded error when it has no leader now).
+async fn hand_on(
+    client: async_nats::Client,
+    owner: super::Partition,
+    payload: bytes::Bytes,
+    reply: async_nats::Subject,
+) {
+    let subject = subjects::registry_admin_partition(owner.index);
+    let answer = tokio::time::timeout(HAND_ON_TIMEOUT, client.request(subject, payload)).await;
+    let (headers, body) = match answer {
+        Ok(Ok(answer)) => (answer.headers.unwrap_or_default(), answer.payload),
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer in time".to_owned(),
+            };
+            warn!(partition = owner.index, error = %why, "handing an admin request on");
+            schemas::nats::reply_parts(
+                Err(ServiceError::new(
+                    ErrorCode::NotReady,
+                    format!(
+                        "partition {} of {} has no leader answering now ({why}); retry",
+                        owner.index, owner.count
+                    ),
+                )),
+                Encoding::Json,
+            )
+        }
+    };
+    if let Err(e) = client.publish_with_headers(reply, headers, body).await {
+        warn!(error = %e, "relaying a handed-on admin answer");
+    }
 }
 
 /// What one term runs against.
@@ -161,20 +202,9 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         self.losses_after(high);
         // After a batch that could not be stored: not before then.
         let mut pull_after = tokio::time::Instant::now();
-        // Admin requests are the leader's: only it changes records.
-        let mut admin = match client
-            .queue_subscribe(
-                subjects::REGISTRY_ADMIN,
-                subjects::SERVICE_QUEUE_GROUP.into(),
-            )
-            .await
-        {
-            Ok(admin) => Some(admin),
-            Err(e) => {
-                warn!(error = %e, "not serving admin requests");
-                None
-            }
-        };
+        // Admin requests are the leader's: only it changes records. With
+        // partitions, each leader also takes those another handed on.
+        let mut admin = self.admin_requests(&client).await;
         loop {
             if messages.is_none() && rewind_due && tokio::time::Instant::now() >= pull_after {
                 // Only once the server has rewound: otherwise a later ack
@@ -327,7 +357,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     let probed = probe_event_stream(&js, &events_stream).await;
                     if let Some(info) = &probed {
                         self.look_at_history(&js, &mut history, info).await;
-                        state.set_event_history(history.capacity(), history.is_short());
+                        state.set_event_history(self.partition.index, history.capacity(), history.is_short());
                     }
                     if probed.is_some() {
                         if self.fleet.faults().any(|f| f == OwnFault::EventStream) {
@@ -352,7 +382,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         let looked = match consumer.info().await {
                             Ok(info) => {
                                 backlog_seen = std::time::Instant::now();
-                                state.set_backlog(info.num_pending + info.num_ack_pending as u64);
+                                state.set_backlog(self.partition.index, info.num_pending + info.num_ack_pending as u64);
                                 // Nothing waiting, and nothing handed out
                                 // and not yet applied.
                                 info.num_pending == 0 && info.num_ack_pending == 0
@@ -368,7 +398,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                             caught_up = looked;
                         }
                     }
-                    state.set_self_preservation(held_transitions(&self.fleet));
+                    state.set_self_preservation(self.partition.index, held_transitions(&self.fleet));
                     self.retry_alerts().await;
                     self.say_losses().await;
                     if caught_up {
@@ -455,13 +485,58 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         Some(rewound.floor)
     }
 
-    /// Answers one admin request.
+    /// Subscribes to operators' requests: `registry.admin` (one leader of
+    /// the queue group takes each) and, with partitions, this partition's
+    /// own subject.
+    async fn admin_requests(
+        &self,
+        client: &async_nats::Client,
+    ) -> Option<futures::stream::SelectAll<async_nats::Subscriber>> {
+        let mut all = Vec::new();
+        match client
+            .queue_subscribe(
+                subjects::REGISTRY_ADMIN,
+                subjects::SERVICE_QUEUE_GROUP.into(),
+            )
+            .await
+        {
+            Ok(admin) => all.push(admin),
+            Err(e) => {
+                warn!(error = %e, "not serving admin requests");
+                return None;
+            }
+        }
+        if self.partition.count > 1 {
+            let subject = subjects::registry_admin_partition(self.partition.index);
+            match client.subscribe(subject).await {
+                Ok(own) => all.push(own),
+                Err(e) => {
+                    warn!(error = %e, "not taking admin requests handed on by other partitions")
+                }
+            }
+        }
+        Some(futures::stream::select_all(all))
+    }
+
+    /// Answers one admin request, or hands it to the leader of the
+    /// partition that owns its node.
     async fn on_admin(&mut self, client: &async_nats::Client, message: async_nats::Message) {
         let Some(reply) = message.reply.clone() else {
             return;
         };
         if !subjects::is_safe_reply(&reply) {
             warn!(reply = %reply, "admin request with a reply subject that is not an inbox; ignored");
+            return;
+        }
+        if let Some(owner) = AdminRequest::decode(&message.payload)
+            .ok()
+            .map(|r| self.partition.of(&r.node_id))
+            .filter(|owner| *owner != self.partition)
+        {
+            tokio::spawn(
+                hand_on(client.clone(), owner, message.payload, reply)
+                    .instrument(info_span!("admin_handed_on", partition = owner.index)),
+            );
             return;
         }
         let result = self.answer_admin(&message.payload, reply.as_str()).await;
