@@ -200,6 +200,13 @@ async fn a_killed_partition_leader_is_replaced_and_the_other_partition_is_untouc
         })
         .collect();
     assert!(judged.is_empty(), "live nodes judged: {judged:#?}");
+    // A partition's consumer skips the others' events: no loss is said.
+    let lost: Vec<_> = alerts
+        .seen
+        .iter()
+        .filter(|a| a.r#type == "registry.events_lost")
+        .collect();
+    assert!(lost.is_empty(), "false losses: {lost:#?}");
     // Partition 0 never changed hands: its lease is reg-a's, renewed all along.
     let lease_0_now = meta
         .entry("leader.0")

@@ -120,16 +120,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             caught_up = meta.pending == 0;
             self.clock.observe(meta.received);
             let lost = self.losses.observe(meta.stream_seq, meta.received);
-            if lost > 0 {
-                self.counters
-                    .events_lost
-                    .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
-                warn!(
-                    lost,
-                    seq = meta.stream_seq,
-                    "events discarded by the event stream before the registry read them"
-                );
-            }
+            self.count_lost(lost, meta.stream_seq);
             // An event that carries a trace (the agent's `register`) is
             // followed through decode, lifecycle, KV write and alert.
             let span = event_span(delivery, meta.stream_seq);

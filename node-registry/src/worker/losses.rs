@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use registry_core::lifecycle::alert_id;
 use schemas::status::AlertType;
 use schemas::{Alert, EventsLost};
+use tracing::warn;
 
 /// Least time between two `registry.events_lost` alerts (losses in between
 /// are summed into the next one).
@@ -41,6 +42,9 @@ pub struct LossWatch {
     unsaid: Option<EventsLost>,
     /// When the last alert was made.
     said_at: Option<DateTime<Utc>>,
+    /// With a partitioned stream: the partition, its count, and the
+    /// stream sequence up to which discards were already counted.
+    partition: Option<(u32, u32, u64)>,
 }
 
 impl LossWatch {
@@ -59,6 +63,52 @@ impl LossWatch {
         self.high_at = None;
     }
 
+    /// Watches a consumer of partition `index` of `count`: the sequences
+    /// it is handed skip the other partitions' events, so a jump is no
+    /// loss; [`LossWatch::stream_front`] finds them instead.
+    pub fn partitioned(mut self, index: u32, count: u32) -> Self {
+        if count > 1 {
+            self.partition = Some((index, count, 0));
+        }
+        self
+    }
+
+    /// Partitioned only: the stream's first sequence is `first_seq` while
+    /// the consumer still has `pending` events to read. Events discarded
+    /// past the highest read were discarded unread; this partition's share
+    /// of them is estimated (count / partitions). Returns the estimate.
+    pub fn stream_front(&mut self, first_seq: u64, pending: u64, now: DateTime<Utc>) -> u64 {
+        let (Some(high), Some((index, count, counted))) = (self.high, self.partition) else {
+            return 0;
+        };
+        let from_seq = high.max(counted) + 1;
+        if pending == 0 || first_seq <= from_seq {
+            return 0;
+        }
+        let discarded = first_seq - from_seq;
+        let lost = discarded.div_ceil(u64::from(count));
+        self.partition = Some((index, count, first_seq - 1));
+        let to = schemas::time::format(now);
+        match self.unsaid.as_mut() {
+            Some(unsaid) => {
+                unsaid.count += lost;
+                unsaid.last_seq = first_seq - 1;
+                unsaid.to = to;
+            }
+            None => {
+                self.unsaid = Some(EventsLost {
+                    count: lost,
+                    first_seq: from_seq,
+                    last_seq: first_seq - 1,
+                    from: self.high_at.map(schemas::time::format),
+                    to,
+                    partition: Some(index),
+                })
+            }
+        }
+        lost
+    }
+
     /// Takes one delivery (stream sequence `seq`, received at `received`);
     /// returns how many events were lost just before it. A redelivery
     /// (`seq` not above the highest) loses nothing; the first delivery of a
@@ -70,6 +120,11 @@ impl LossWatch {
             return 0;
         };
         if seq <= high {
+            return 0;
+        }
+        if self.partition.is_some() {
+            self.high = Some(seq);
+            self.high_at = Some(received);
             return 0;
         }
         let lost = seq - high - 1;
@@ -89,6 +144,7 @@ impl LossWatch {
                         last_seq: seq - 1,
                         from,
                         to,
+                        partition: None,
                     })
                 }
             }
@@ -114,6 +170,30 @@ impl LossWatch {
     }
 }
 
+impl<S, A, T> super::Worker<S, A, T> {
+    /// Counts `lost` events found missing before stream sequence `seq`.
+    pub(super) fn count_lost(&mut self, lost: u64, seq: u64) {
+        if lost == 0 {
+            return;
+        }
+        self.counters
+            .events_lost
+            .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+        warn!(
+            lost,
+            seq, "events discarded by the event stream before the registry read them"
+        );
+    }
+
+    /// A partition's look at the stream's front (its first sequence) while
+    /// its consumer has `pending` events to read: see
+    /// [`LossWatch::stream_front`].
+    pub(super) fn count_discarded(&mut self, front: u64, pending: u64) {
+        let lost = self.losses.stream_front(front, pending, self.clock.now());
+        self.count_lost(lost, front);
+    }
+}
+
 /// The `registry.events_lost` alert for `lost`; its id is derived from the
 /// sequences, so a standby that finds the same gap says it once with it.
 fn alert(lost: EventsLost, now: DateTime<Utc>) -> Alert {
@@ -121,17 +201,29 @@ fn alert(lost: EventsLost, now: DateTime<Utc>) -> Alert {
         Some(from) => format!("received between {from} and {}", lost.to),
         None => format!("received before {}", lost.to),
     };
+    let what = match lost.partition {
+        Some(p) => format!(
+            "About {} node events of partition {p} (among stream sequences {}-{}, {span})",
+            lost.count, lost.first_seq, lost.last_seq
+        ),
+        None => format!(
+            "{} node events (stream sequences {}-{}, {span})",
+            lost.count, lost.first_seq, lost.last_seq
+        ),
+    };
     Alert {
         id: alert_id(
             None,
             AlertType::EventsLost,
-            &format!("lost/{}-{}", lost.first_seq, lost.last_seq),
+            &match lost.partition {
+                Some(p) => format!("lost/{p}/{}-{}", lost.first_seq, lost.last_seq),
+                None => format!("lost/{}-{}", lost.first_seq, lost.last_seq),
+            },
         ),
         r#type: AlertType::EventsLost.to_string(),
         at: schemas::time::format(now),
         message: Some(format!(
-            "{} node events (stream sequences {}-{}, {span}) were discarded by the event stream's limits before the registry read them; nodes whose registrations were among them are asked to register again at their next heartbeat",
-            lost.count, lost.first_seq, lost.last_seq
+            "{what} were discarded by the event stream's limits before the registry read them; nodes whose registrations were among them are asked to register again at their next heartbeat"
         )),
         events_lost: Some(lost),
         ..Alert::default()
@@ -173,6 +265,38 @@ mod tests {
         standby.observe(11, at(0));
         standby.observe(20, at(3));
         assert_eq!(standby.alert_due(at(9)).map(|a| a.id), Some(said.id));
+    }
+
+    #[test]
+    fn a_partitions_jumps_are_no_loss_but_a_front_past_its_position_is() {
+        let mut watch = LossWatch::after(10).partitioned(1, 4);
+        assert_eq!(watch.observe(15, at(0)), 0, "events 11-14 are others'");
+        assert_eq!(watch.observe(40, at(1)), 0);
+        assert_eq!(
+            watch.stream_front(30, 5, at(2)),
+            0,
+            "the front behind the position"
+        );
+        assert_eq!(
+            watch.stream_front(60, 0, at(2)),
+            0,
+            "nothing pending: nothing unread"
+        );
+        assert_eq!(
+            watch.stream_front(81, 5, at(3)),
+            10,
+            "40 discarded, a quarter ours"
+        );
+        assert_eq!(watch.stream_front(81, 5, at(4)), 0, "counted once");
+        assert_eq!(watch.stream_front(85, 5, at(5)), 1);
+        let lost = watch
+            .alert_due(at(6))
+            .and_then(|a| a.events_lost)
+            .expect("said");
+        assert_eq!(
+            (lost.count, lost.first_seq, lost.last_seq, lost.partition),
+            (11, 41, 84, Some(1))
+        );
     }
 
     #[test]

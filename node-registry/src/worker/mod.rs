@@ -188,7 +188,10 @@ impl<S, A, T> Worker<S, A, T> {
     /// Starts a term whose consumer had read up to stream sequence `high`
     /// (unknown: the first delivery sets it).
     pub fn losses_after(&mut self, high: Option<u64>) {
-        self.losses = high.map(LossWatch::after).unwrap_or_default();
+        self.losses = high
+            .map(LossWatch::after)
+            .unwrap_or_default()
+            .partitioned(self.partition.index, self.partition.count);
     }
 
     /// The consumer was rewound: delivery resumes after stream sequence

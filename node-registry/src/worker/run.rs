@@ -355,7 +355,9 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     // heartbeats: the silence is NATS's, so judge nothing,
                     // and grant a fresh window once it answers again.
                     let probed = probe_event_stream(&js, &events_stream).await;
-                    if let Some(info) = &probed {
+                    // The stream is one for all partitions: partition 0's
+                    // leader sizes it and warns about its history.
+                    if let Some(info) = probed.as_ref().filter(|_| self.partition.index == 0) {
                         self.look_at_history(&js, &mut history, info).await;
                         state.set_event_history(self.partition.index, history.capacity(), history.is_short());
                     }
@@ -383,6 +385,9 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                             Ok(info) => {
                                 backlog_seen = std::time::Instant::now();
                                 state.set_backlog(self.partition.index, info.num_pending + info.num_ack_pending as u64);
+                                if let Some(front) = probed.as_ref().map(|s| s.state.first_sequence) {
+                                    self.count_discarded(front, info.num_pending);
+                                }
                                 // Nothing waiting, and nothing handed out
                                 // and not yet applied.
                                 info.num_pending == 0 && info.num_ack_pending == 0
