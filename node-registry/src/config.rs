@@ -70,6 +70,11 @@ pub struct RegistryConfig {
     /// stream is created: a registry asking for another count is refused.
     /// Default 1 (no split).
     pub partitions: u32,
+    /// Run as the hub's global view over these regions (their JetStream
+    /// domains): source their `nodes` buckets into this domain's, answer
+    /// discovery across them, judge nothing (docs/SCALING.md). Default
+    /// none: a registry of its own region.
+    pub global_view: Vec<String>,
     /// Max bytes of the `NODE_EVENTS` stream when created: the floor it
     /// grows from (`events_history`). Default 1 GiB; -1 for no limit.
     pub events_max_bytes: i64,
@@ -162,6 +167,7 @@ impl Default for RegistryConfig {
             gpu_recovery: lifecycle.gpu_recovery,
             replicas: 1,
             partitions: 1,
+            global_view: Vec::new(),
             events_max_bytes: 1024 * 1024 * 1024,
             events_history: Duration::from_secs(3600),
             events_max_bytes_cap: 64 * 1024 * 1024 * 1024,
@@ -214,6 +220,9 @@ pub struct Overrides {
     /// `--partitions`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u32>,
+    /// `--global-view`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_view: Option<Vec<String>>,
     /// `--metrics-addr`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -270,6 +279,16 @@ impl RegistryConfig {
         }
         if self.replicas == 0 || self.replicas > 5 {
             return invalid("replicas must be 1 to 5".into());
+        }
+        if let Some(bad) = self.global_view.iter().find(|d| {
+            d.is_empty()
+                || !d
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        }) {
+            return invalid(format!(
+                "global_view: {bad:?} is not a JetStream domain name (letters, digits, - and _)"
+            ));
         }
         if self.partitions == 0 || self.partitions > subjects::PARTITIONS_MAX {
             return invalid(format!(

@@ -33,6 +33,8 @@ pub struct HealthSources {
     pub state: Arc<RegistryState>,
     /// The read index (loaded: discovery can answer).
     pub index: crate::index::ReadIndex,
+    /// A global view's regions (it has no event stream of its own).
+    pub regions: Option<Arc<crate::view::Regions>>,
 }
 
 /// How one stream answers: `ok`, or why not.
@@ -64,12 +66,16 @@ pub async fn check(sources: &HealthSources) -> HealthReply {
     };
     dependencies.insert("jetstream".to_owned(), jetstream);
     let kv_stream = subjects::kv_stream(&sources.names.nodes_bucket);
-    let (kv, events) = tokio::join!(
-        stream_check(&sources.js, &kv_stream),
-        stream_check(&sources.js, &sources.names.events_stream)
-    );
-    dependencies.insert("kv".to_owned(), kv);
-    dependencies.insert("event_stream".to_owned(), events);
+    if sources.regions.is_some() {
+        dependencies.insert("kv".to_owned(), stream_check(&sources.js, &kv_stream).await);
+    } else {
+        let (kv, events) = tokio::join!(
+            stream_check(&sources.js, &kv_stream),
+            stream_check(&sources.js, &sources.names.events_stream)
+        );
+        dependencies.insert("kv".to_owned(), kv);
+        dependencies.insert("event_stream".to_owned(), events);
+    }
     let state = &sources.state;
     let mut reply = HealthReply {
         status: schemas::status::HealthStatus::Healthy,
@@ -85,6 +91,7 @@ pub async fn check(sources: &HealthSources) -> HealthReply {
         event_history_short: state.event_history().1,
         partitions: (state.partition_count() > 1).then(|| state.led_partitions()),
         partition_count: Some(state.partition_count()).filter(|c| *c > 1),
+        regions: sources.regions.as_ref().map(|r| r.report()),
     };
     reply.status = reply.judge(BACKLOG_LIMIT);
     if reply.status == schemas::status::HealthStatus::Healthy && !sources.index.is_ready() {

@@ -12,6 +12,7 @@
 //! - [`lead`]: a partition's lease, one leadership term, and the guard of
 //!   the `nodes` bucket.
 //! - [`partitions`]: partitions shared among instances (membership, shares).
+//! - [`view`]: the hub's global view over regions (`--global-view`).
 //! - [`counters`]: what the registry counts (`$SRV.STATS`).
 //! - [`config`]: the `node-registry` configuration.
 #![deny(missing_docs)]
@@ -29,6 +30,7 @@ pub mod probe;
 pub mod service;
 pub mod state;
 pub mod tasks;
+pub mod view;
 pub mod worker;
 
 use std::future::Future;
@@ -155,6 +157,9 @@ pub async fn run(
         info!(url = %config.nats_url, "connected to NATS");
         let js = async_nats::jetstream::new(client.clone());
         let settings = stream_settings(&config);
+        if !config.global_view.is_empty() {
+            return run_view(&config, &client, &js, &settings, connected, &cancel).await;
+        }
         let Some(provisioned) = provision_with_retry(&js, &config, &settings, &cancel).await?
         else {
             return Ok(());
@@ -173,6 +178,7 @@ pub async fn run(
                 connected: connected.clone(),
                 state: state.clone(),
                 index: index.clone(),
+                regions: None,
             },
             cancel.clone(),
         ));
@@ -181,6 +187,7 @@ pub async fn run(
             client.clone(),
             index.clone(),
             counters.clone(),
+            None,
             cancel.clone(),
         ));
 
@@ -332,6 +339,81 @@ pub async fn run(
         result = body => result,
         () = stopping => Ok(()),
     }
+}
+
+/// Runs the hub's global view until `cancel`: the sourced `nodes` bucket,
+/// its read index, discovery across regions, health with each region's
+/// reachability, metrics. No lease, no events, no judging.
+async fn run_view(
+    config: &RegistryConfig,
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    settings: &StreamSettings,
+    connected: watch::Receiver<bool>,
+    cancel: &CancellationToken,
+) -> Result<(), RegistryError> {
+    let mut backoff = Backoff::constant(Duration::from_millis(500));
+    let mut attempt = 0;
+    let nodes = loop {
+        match registry_kv::provision::provision_view(
+            js,
+            &config.names,
+            settings,
+            &config.global_view,
+        )
+        .await
+        {
+            Ok(nodes) => break nodes,
+            Err(e @ registry_kv::provision::ProvisionError::Incompatible { .. }) => {
+                return Err(e.into())
+            }
+            Err(e) if attempt >= 20 => return Err(e.into()),
+            Err(e) => warn!(error = %e, attempt, "provisioning the global view; retrying"),
+        }
+        attempt += 1;
+        if !backoff.wait(cancel).await {
+            return Ok(());
+        }
+    };
+    info!(regions = ?config.global_view, "global view over the regions' nodes buckets");
+    let regions = Arc::new(view::Regions::new(&config.global_view));
+    tokio::spawn(view::watch_regions(
+        client.clone(),
+        regions.clone(),
+        cancel.clone(),
+    ));
+    let index = index::spawn_reflector(nodes, cancel.clone());
+    let state = Arc::new(state::RegistryState::new(config.instance_name()));
+    tokio::spawn(health::serve(
+        client.clone(),
+        health::HealthSources {
+            js: js.clone(),
+            names: config.names.clone(),
+            connected,
+            state: state.clone(),
+            index: index.clone(),
+            regions: Some(regions.clone()),
+        },
+        cancel.clone(),
+    ));
+    let counters = Arc::new(counters::Counters::default());
+    let _metrics = (config.metrics_addr.is_some() || config.otlp_endpoint.is_some()).then(|| {
+        metrics::register(metrics::MetricSources {
+            index: index.clone(),
+            state,
+            counters: counters.clone(),
+            per_node_limit: config.metrics_per_node_limit,
+        })
+    });
+    service::serve(
+        client.clone(),
+        index,
+        counters,
+        Some(regions),
+        cancel.clone(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The stream settings the configuration asks for.

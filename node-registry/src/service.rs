@@ -53,6 +53,7 @@ pub async fn serve(
     client: async_nats::Client,
     index: ReadIndex,
     counters: Arc<Counters>,
+    regions: Option<Arc<crate::view::Regions>>,
     cancel: CancellationToken,
 ) -> Result<(), ServiceStartError> {
     let stats_counters = counters.clone();
@@ -90,6 +91,7 @@ pub async fn serve(
             .map_err(ServiceStartError)?;
         let index = index.clone();
         let client = client.clone();
+        let regions = regions.clone();
         // Requests are answered concurrently (one may wait for
         // min_revision), at most MAX_IN_FLIGHT at once per endpoint.
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -112,10 +114,22 @@ pub async fn serve(
                 // which we do not peek into) gets its own task; every other
                 // one is answered here, from memory, without a task switch.
                 let may_wait = !is_plain_json(&request.message);
+                // A global view lists the nodes of regions out of reach.
+                let unreachable = regions
+                    .as_ref()
+                    .map(|r| r.unreachable())
+                    .unwrap_or_default();
                 if !may_wait {
-                    handle(&client, &index, endpoint, request, max_payload)
-                        .instrument(span)
-                        .await;
+                    handle(
+                        &client,
+                        &index,
+                        endpoint,
+                        request,
+                        max_payload,
+                        &unreachable,
+                    )
+                    .instrument(span)
+                    .await;
                     continue;
                 }
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -124,7 +138,15 @@ pub async fn serve(
                 let (client, index) = (client.clone(), index.clone());
                 tokio::spawn(
                     async move {
-                        handle(&client, &index, endpoint, request, max_payload).await;
+                        handle(
+                            &client,
+                            &index,
+                            endpoint,
+                            request,
+                            max_payload,
+                            &unreachable,
+                        )
+                        .await;
                         drop(permit);
                     }
                     .instrument(span),
@@ -146,6 +168,7 @@ async fn handle(
     endpoint: Endpoint,
     request: service::Request,
     max_payload: usize,
+    unreachable: &[String],
 ) {
     let message = &request.message;
     let Some(reply) = message.reply.clone() else {
@@ -161,7 +184,15 @@ async fn handle(
         Err(e) => (Encoding::Json, Err(bad_request(e))),
         Ok(encoding) => (
             encoding,
-            answer(index, endpoint, &message.payload, encoding, max_payload).await,
+            answer(
+                index,
+                endpoint,
+                &message.payload,
+                encoding,
+                max_payload,
+                unreachable,
+            )
+            .await,
         ),
     };
     if let Err(error) = &result {
@@ -207,6 +238,7 @@ async fn answer(
     payload: &[u8],
     encoding: Encoding,
     max_payload: usize,
+    unreachable: &[String],
 ) -> Result<(Vec<u8>, u64), ServiceError> {
     match endpoint {
         Endpoint::Discover | Endpoint::List => {
@@ -236,13 +268,25 @@ async fn answer(
                 return Ok(index.read(|catalog| {
                     let selection = query.select(catalog);
                     let revision = catalog.revision;
+                    let cut_off = cut_off(catalog, unreachable);
                     (
-                        splice_json(catalog, selection, &query, max_payload),
+                        splice_json(catalog, selection, &query, max_payload, &cut_off),
                         revision,
                     )
                 }));
             }
-            let reply: DiscoverReply = index.read(|catalog| query.answer(catalog));
+            let mut reply: DiscoverReply = index.read(|catalog| query.answer(catalog));
+            reply.unreachable = reply
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.nats
+                        .as_ref()
+                        .and_then(|l| l.domain.as_ref())
+                        .is_some_and(|d| unreachable.contains(d))
+                })
+                .map(|n| n.node_id.clone())
+                .collect();
             let revision = reply.revision;
             Ok((
                 encode_within(reply, &query, encoding, max_payload),
@@ -301,6 +345,15 @@ fn encode_within(
     body
 }
 
+/// The slots of the nodes attached to the regions (JetStream domains)
+/// out of reach.
+fn cut_off(catalog: &Catalog, unreachable: &[String]) -> roaring::RoaringBitmap {
+    unreachable
+        .iter()
+        .map(|d| catalog.in_nats_domain(d))
+        .fold(roaring::RoaringBitmap::new(), |all, d| all | d)
+}
+
 /// The JSON reply built from the records' stored JSON, cut to fit under the
 /// server's max payload like [`encode_within`].
 fn splice_json(
@@ -308,6 +361,7 @@ fn splice_json(
     selection: Selection,
     query: &Query,
     max_payload: usize,
+    cut_off: &roaring::RoaringBitmap,
 ) -> Vec<u8> {
     let budget = max_payload.saturating_sub(4096).max(1024);
     let mut body = Vec::with_capacity(budget.min(256 * 1024));
@@ -315,6 +369,7 @@ fn splice_json(
     let mut truncated = false;
     let mut last: Option<u32> = None;
     let mut written = 0;
+    let mut unreachable: Vec<&str> = Vec::new();
     for slot in &selection.slots {
         let Some(stored) = catalog.json(*slot) else {
             continue;
@@ -328,11 +383,15 @@ fn splice_json(
             }
         };
         // Room for this record, a comma and the tail (total, revision,
-        // cursor, and with near a latency per node).
+        // cursor, with near a latency per node, and the ids out of reach).
         let latencies = if selection.latency_ms.is_empty() {
             0
         } else {
             (written + 1) * 24
+        } + if cut_off.is_empty() {
+            0
+        } else {
+            (written + 1) * 66
         };
         if body.len() + json.len() + 256 + latencies > budget {
             truncated = true;
@@ -344,6 +403,11 @@ fn splice_json(
         body.extend_from_slice(json);
         last = Some(*slot);
         written += 1;
+        if cut_off.contains(*slot) {
+            if let Some(id) = catalog.node_id(*slot) {
+                unreachable.push(id);
+            }
+        }
     }
     let next_cursor = if truncated {
         (query.sort == SortOrder::NodeId)
@@ -374,6 +438,12 @@ fn splice_json(
         let latency: Vec<f64> = selection.latency_ms.into_iter().take(written).collect();
         body.extend_from_slice(b",\"latency_ms\":");
         body.extend_from_slice(&serde_json::to_vec(&latency).unwrap_or_else(|_| b"[]".to_vec()));
+    }
+    if !unreachable.is_empty() {
+        body.extend_from_slice(b",\"unreachable\":");
+        body.extend_from_slice(
+            &serde_json::to_vec(&unreachable).unwrap_or_else(|_| b"[]".to_vec()),
+        );
     }
     body.push(b'}');
     body

@@ -302,6 +302,98 @@ async fn ensure_consumer(
     Ok(consumer)
 }
 
+/// Provisions a global view at the hub: the `nodes` bucket of this domain
+/// as the union of every region's (`domains`: their JetStream domains),
+/// by stream sourcing across domains, and `ALERTS`, which stores the
+/// regions' alerts as they cross to the hub. A bucket made for fewer
+/// regions gets the new ones added to its sources.
+#[instrument(skip_all, fields(nodes = %names.nodes_bucket, regions = ?domains))]
+pub async fn provision_view(
+    js: &jetstream::Context,
+    names: &Names,
+    settings: &StreamSettings,
+    domains: &[String],
+) -> Result<kv::Store, ProvisionError> {
+    let sources: Vec<stream::Source> = domains
+        .iter()
+        .map(|domain| stream::Source {
+            name: subjects::kv_stream(&names.nodes_bucket),
+            external: Some(stream::External {
+                api_prefix: format!("$JS.{domain}.API"),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ensure_stream(
+        js,
+        stream::Config {
+            name: names.alerts_stream.clone(),
+            description: Some("Every region's alerts, as they reach the hub".into()),
+            subjects: vec![subjects::SYSTEM_BROADCAST.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: settings.alerts_max_age,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let bucket_error = |e: async_nats::Error| ProvisionError::Bucket {
+        name: names.nodes_bucket.clone(),
+        source: e,
+    };
+    let stream_name = subjects::kv_stream(&names.nodes_bucket);
+    if let Ok(mut stream) = js.get_stream(&stream_name).await {
+        let info = stream.info().await.map_err(|e| bucket_error(e.into()))?;
+        let mut config = info.config.clone();
+        if !config.subjects.is_empty() {
+            return Err(ProvisionError::Incompatible {
+                name: stream_name,
+                reason: "it is a regional bucket with its own subjects, not a view: run the \
+                         global view in the hub's own JetStream domain"
+                    .into(),
+            });
+        }
+        let mut have = config.sources.clone().unwrap_or_default();
+        let missing: Vec<stream::Source> = sources
+            .into_iter()
+            .filter(|s| {
+                !have
+                    .iter()
+                    .any(|h| h.external == s.external && h.name == s.name)
+            })
+            .collect();
+        if !missing.is_empty() {
+            info!(
+                added = missing.len(),
+                "adding regions to the view's sources"
+            );
+            have.extend(missing);
+            config.sources = Some(have);
+            js.update_stream(config)
+                .await
+                .map_err(|e| bucket_error(e.into()))?;
+        }
+        return js
+            .get_key_value(&names.nodes_bucket)
+            .await
+            .map_err(|e| bucket_error(e.into()));
+    }
+    js.create_key_value(kv::Config {
+        bucket: names.nodes_bucket.clone(),
+        description: "Every region's node records, sourced (the global view)".into(),
+        history: settings.nodes_history,
+        num_replicas: settings.replicas,
+        storage: stream::StorageType::File,
+        sources: Some(sources),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| bucket_error(e.into()))
+}
+
 /// The `profiles` bucket as the contract has it: one key per role, 16
 /// revisions each (so `nodectl profile history` can show what changed).
 pub fn profiles_config(settings: &StreamSettings) -> kv::Config {

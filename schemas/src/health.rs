@@ -47,13 +47,18 @@ pub struct HealthReply {
     /// With a partitioned event stream: how many partitions it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_count: Option<u32>,
+    /// A global view: each region (JetStream domain) it sources, and
+    /// whether it reaches it now (`reachable`, or `unreachable since
+    /// <RFC 3339>`). Absent on a regional registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<BTreeMap<String, String>>,
 }
 
 impl HealthReply {
     /// The status its dependencies and state call for: unhealthy when a
     /// dependency is not `ok`/`connected`, degraded in self-preservation,
-    /// with a short event history or with a backlog of `backlog_limit` or
-    /// more, else healthy.
+    /// with a short event history, with a backlog of `backlog_limit` or
+    /// more, or (a global view) with a region out of reach, else healthy.
     pub fn judge(&self, backlog_limit: u64) -> HealthStatus {
         if self
             .dependencies
@@ -64,6 +69,10 @@ impl HealthReply {
         } else if self.self_preservation.is_some()
             || self.event_history_short
             || self.backlog.is_some_and(|b| b >= backlog_limit)
+            || self
+                .regions
+                .as_ref()
+                .is_some_and(|r| r.values().any(|v| v != "reachable"))
         {
             HealthStatus::Degraded
         } else {
@@ -99,6 +108,7 @@ mod tests {
             event_history_short: false,
             partitions: None,
             partition_count: None,
+            regions: None,
         }
     }
 

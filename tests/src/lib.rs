@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod browser;
+pub mod link;
 pub mod otlp;
 
 use std::future::Future;

@@ -31,6 +31,12 @@ struct Cli {
     /// when the stream is created: see docs/SCALING.md.
     #[arg(long)]
     partitions: Option<u32>,
+    /// Run as the hub's global view over these regions' JetStream domains
+    /// (e.g. eu,us): their `nodes` buckets sourced into this domain's,
+    /// discovery across them, nothing judged here (see
+    /// nats-config/leaf/ and docs/SCALING.md).
+    #[arg(long, value_delimiter = ',')]
+    global_view: Option<Vec<String>>,
     /// Serve Prometheus metrics on this address's /metrics (e.g.
     /// 127.0.0.1:9464). Off by default.
     #[arg(long)]
@@ -78,6 +84,7 @@ async fn main() -> ExitCode {
         offline_after: cli.offline_after,
         replicas: cli.replicas,
         partitions: cli.partitions,
+        global_view: cli.global_view,
         metrics_addr: cli.metrics_addr,
         otlp_endpoint: cli.otlp_endpoint,
         auth: cli.auth,
