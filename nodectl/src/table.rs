@@ -104,6 +104,31 @@ pub fn nodes(records: &[NodeRecord], now: DateTime<Utc>) -> String {
     render(&header, &rows)
 }
 
+/// What an instance does: `leader`, `standby`, the partitions it leads
+/// (`leader of 0,2/4`), or `view` with the regions out of its reach.
+fn role(r: &schemas::health::HealthReply) -> String {
+    if let Some(regions) = &r.regions {
+        let cut: Vec<&str> = regions
+            .iter()
+            .filter(|(_, how)| *how != "reachable")
+            .map(|(region, _)| region.as_str())
+            .collect();
+        return if cut.is_empty() {
+            "view".to_owned()
+        } else {
+            format!("view (cut off: {})", cut.join(","))
+        };
+    }
+    match (&r.partitions, r.partition_count) {
+        (Some(led), Some(count)) if !led.is_empty() => {
+            let led: Vec<String> = led.iter().map(u32::to_string).collect();
+            format!("leader of {}/{count}", led.join(","))
+        }
+        _ if r.leader => "leader".to_owned(),
+        _ => "standby".to_owned(),
+    }
+}
+
 /// The instances' health as a table.
 pub fn health(replies: &[schemas::health::HealthReply]) -> String {
     let dep = |r: &schemas::health::HealthReply, k: &str| {
@@ -118,7 +143,7 @@ pub fn health(replies: &[schemas::health::HealthReply]) -> String {
             vec![
                 r.instance.clone(),
                 r.status.to_string(),
-                if r.leader { "leader" } else { "standby" }.to_owned(),
+                role(r),
                 r.backlog.map_or_else(|| "-".to_owned(), |b| b.to_string()),
                 format!("{}s", r.uptime_s),
                 dep(r, "nats"),

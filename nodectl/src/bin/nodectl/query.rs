@@ -114,6 +114,13 @@ pub async fn discover(client: &Client, args: &DiscoverArgs) -> Result<(), Error>
             }
         }
     }
+    if !reply.unreachable.is_empty() && args.output != Output::Json {
+        // A global view: these are the last records of a region cut off.
+        println!(
+            "(out of reach, last known: {})",
+            reply.unreachable.join(", ")
+        );
+    }
     Ok(())
 }
 
