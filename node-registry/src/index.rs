@@ -141,13 +141,13 @@ async fn reflect(
         }
     }
     let mut changes = Box::pin(watch_raw(store, ALL_KEYS, resume).await?);
-    let mut buffer = Catalog::new();
     let mut live = resume.is_some();
-    // The initial replay is decoded in chunks on a blocking thread (the
-    // other core), while this task receives the next chunk and indexes the
-    // previous one.
+    // The initial replay is decoded and indexed in chunks on a blocking
+    // thread (the other core), one chunk after the other into the same
+    // catalog, while this task keeps receiving (and answering discovery
+    // from the old view, if any).
     let mut chunk: Vec<RawChange> = Vec::new();
-    let mut decoding: Option<tokio::task::JoinHandle<Vec<Decoded>>> = None;
+    let mut loading = Loading::default();
     // A watch is not lossless: one that stalls (its consumer lost with a
     // server and not recreated) says nothing. While live, the bucket's last
     // sequence is compared with the index's revision now and then; behind
@@ -185,20 +185,19 @@ async fn reflect(
         if !matches!(change, RawChange::Current) {
             chunk.push(change);
             if chunk.len() >= LOAD_CHUNK {
-                index_decoded(&mut buffer, decoding.take()).await;
-                decoding = Some(decode_chunk(std::mem::take(&mut chunk)));
+                loading.add(std::mem::take(&mut chunk), store).await?;
             }
             continue;
         }
-        index_decoded(&mut buffer, decoding.take()).await;
-        index_decoded(&mut buffer, Some(decode_chunk(std::mem::take(&mut chunk)))).await;
+        loading.add(std::mem::take(&mut chunk), store).await?;
+        let buffer = std::mem::take(&mut loading).finish(store).await?;
         info!(
             nodes = buffer.len(),
             revision = buffer.revision,
             "read index loaded"
         );
         let now = buffer.revision;
-        *state.write().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut buffer);
+        *state.write().unwrap_or_else(|p| p.into_inner()) = buffer;
         *born.lock().unwrap_or_else(|p| p.into_inner()) = Some(created);
         live = true;
         revision.send_replace(now);
@@ -216,33 +215,65 @@ const LOAD_CHUNK: usize = 4096;
 /// A change with its record, when it is a put that decodes.
 type Decoded = (RawChange, Option<NodeRecord>);
 
-fn decode_chunk(chunk: Vec<RawChange>) -> tokio::task::JoinHandle<Vec<Decoded>> {
-    tokio::task::spawn_blocking(move || {
-        let empty = Catalog::new();
-        chunk
-            .into_iter()
-            .map(|change| {
-                let record = decode_put(&empty, &change);
-                (change, record)
-            })
-            .collect()
-    })
+/// The initial replay being indexed, in a pipeline of chunks: while this
+/// task receives chunk k + 2, a blocking thread decodes chunk k + 1 and
+/// another indexes chunk k into the catalog (one chunk after the other).
+#[derive(Default)]
+struct Loading {
+    idle: Option<Catalog>,
+    decoding: Option<tokio::task::JoinHandle<Vec<Decoded>>>,
+    indexing: Option<tokio::task::JoinHandle<Catalog>>,
 }
 
-async fn index_decoded(
-    buffer: &mut Catalog,
-    decoding: Option<tokio::task::JoinHandle<Vec<Decoded>>>,
-) {
-    let Some(decoding) = decoding else {
-        return;
-    };
-    match decoding.await {
-        Ok(decoded) => {
-            for (change, record) in decoded {
-                apply(buffer, change, record.map(|r| (r, None)));
-            }
+fn failed(store: &kv::Store, e: &tokio::task::JoinError) -> WatchError {
+    WatchError {
+        bucket: store.name.clone(),
+        source: format!("indexing the initial replay: {e}").into(),
+    }
+}
+
+impl Loading {
+    /// The catalog, once the chunk being indexed is in.
+    async fn catalog(&mut self, store: &kv::Store) -> Result<Catalog, WatchError> {
+        match self.indexing.take() {
+            Some(task) => task.await.map_err(|e| failed(store, &e)),
+            None => Ok(self.idle.take().unwrap_or_default()),
         }
-        Err(e) => warn!(error = %e, "decoding a chunk of the initial replay"),
+    }
+
+    /// Indexes the chunk decoded last (after what came before), and starts
+    /// decoding `chunk`.
+    async fn add(&mut self, chunk: Vec<RawChange>, store: &kv::Store) -> Result<(), WatchError> {
+        let previous = self.decoding.replace(tokio::task::spawn_blocking(move || {
+            let empty = Catalog::new();
+            chunk
+                .into_iter()
+                .map(|change| {
+                    let record = decode_put(&empty, &change);
+                    (change, record)
+                })
+                .collect()
+        }));
+        if let Some(previous) = previous {
+            let decoded = previous.await.map_err(|e| failed(store, &e))?;
+            let mut catalog = self.catalog(store).await?;
+            self.indexing = Some(tokio::task::spawn_blocking(move || {
+                for (change, record) in decoded {
+                    apply(&mut catalog, change, record.map(|r| (r, None)));
+                }
+                catalog
+            }));
+        }
+        Ok(())
+    }
+
+    /// The whole replay, indexed.
+    async fn finish(mut self, store: &kv::Store) -> Result<Catalog, WatchError> {
+        self.add(Vec::new(), store).await?;
+        if let Some(last) = self.decoding.take() {
+            last.await.map_err(|e| failed(store, &e))?;
+        }
+        self.catalog(store).await
     }
 }
 

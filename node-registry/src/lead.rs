@@ -140,14 +140,33 @@ impl Leader<'_> {
         // checkpoint interval (what that leader heard but did not checkpoint
         // is no later). A lease found free or long expired is a start after
         // an outage: every node gets a full window (principle 4).
-        let mut fleet = Fleet::new(self.config.lifecycle());
-        let (count, skipped) = self.index.read(|catalog| {
-            let owned = catalog.stored_where(|id| {
-                subjects::NodeId::parse(id).map_or(partition.index == 0, |id| partition.owns(&id))
-            });
-            let skipped = fleet.restore_with(owned, chrono::Utc::now(), grace);
-            (fleet.len(), skipped)
+        // The records are taken under the read lock (shared bytes, no
+        // copy) and parsed on a blocking thread: at a million nodes that
+        // takes seconds, during which this thread keeps answering discovery.
+        let owned: Vec<(bytes::Bytes, u64)> = self.index.read(|catalog| {
+            catalog
+                .stored_where(|id| {
+                    subjects::NodeId::parse(id)
+                        .map_or(partition.index == 0, |id| partition.owns(&id))
+                })
+                .collect()
         });
+        let mut fleet = Fleet::new(self.config.lifecycle());
+        let restored = tokio::task::spawn_blocking(move || {
+            let skipped = fleet.restore_with(owned, chrono::Utc::now(), grace);
+            (fleet, skipped)
+        });
+        let (fleet, skipped) = tokio::select! {
+            () = self.cancel.cancelled() => return,
+            restored = restored => match restored {
+                Ok(restored) => restored,
+                Err(e) => {
+                    warn!(error = %e, "restoring the fleet failed; this term ends");
+                    return;
+                }
+            },
+        };
+        let count = fleet.len();
         for id in skipped {
             warn!(node_id = %id, "skipping an unreadable record at start");
         }

@@ -9,7 +9,11 @@
 //! nodes that have it; selector requirements, negations included, are set
 //! algebra over them ([`Catalog::exists`], [`Catalog::equals`]).
 
-use std::collections::HashMap;
+/// The catalog's maps: keyed by node ids and label values, looked up for
+/// every record indexed and every query; foldhash (randomly seeded per
+/// process) instead of SipHash, which was a tenth of a cold start's
+/// indexing.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use roaring::RoaringBitmap;
 use schemas::status::NodeStatus;
@@ -176,8 +180,9 @@ struct Slot {
 
 /// A digest of the indexed fields of a record other than its status.
 fn shape(record: &NodeRecord) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // A digest compared within this process only: fixed seed, fast.
+    let mut hasher = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
     record.labels.hash(&mut hasher);
     record.role.hash(&mut hasher);
     if let Some(caps) = &record.capabilities {
@@ -423,11 +428,14 @@ impl Catalog {
         }
         for (key, value) in &record.labels {
             add(&mut self.label_keys, key, slot);
-            add(
-                self.label_values.entry(key.clone()).or_default(),
-                value,
-                slot,
-            );
+            match self.label_values.get_mut(key) {
+                Some(values) => add(values, value, slot),
+                None => {
+                    let mut values = Postings::default();
+                    add(&mut values, value, slot);
+                    self.label_values.insert(key.clone(), values);
+                }
+            }
         }
         if let Some(caps) = &record.capabilities {
             for tag in &caps.tags {

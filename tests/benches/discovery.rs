@@ -159,6 +159,27 @@ async fn main() {
         catalog.upsert(r);
     }
     let build_time = build.elapsed();
+    // The index's own share of that: records made and encoded first, then
+    // inserted into a fresh catalog (a sample).
+    let sample: Vec<(NodeRecord, bytes::Bytes)> = (0..nodes.min(50_000))
+        .map(|i| {
+            let r = record(i, &mut rng);
+            let json = bytes::Bytes::from(encode(&r, Encoding::Json));
+            (r, json)
+        })
+        .collect();
+    let sampled = sample.len();
+    let mut fresh = Catalog::new();
+    let insert = Instant::now();
+    for (revision, (r, json)) in (1..).zip(sample) {
+        fresh.insert(&r, json, revision);
+    }
+    let insert_per_record = insert.elapsed() / sampled.max(1) as u32;
+    drop(fresh);
+    println!(
+        "index insert alone: {:.1} µs per record",
+        insert_per_record.as_secs_f64() * 1e6
+    );
     let catalog_kib = rss_kib(self_pid).saturating_sub(before);
     let per_node_index = catalog_kib as f64 * 1024.0 / nodes as f64;
     // In-process query cost, without NATS.
@@ -236,13 +257,46 @@ async fn main() {
         fill.elapsed().as_secs_f64()
     );
 
+    // Where a cold start's time goes: the bucket delivered by the watch the
+    // read index uses, with nothing done to the records; and their JSON
+    // decoded, with no NATS.
+    let raw = Instant::now();
+    let mut watch = provisioned
+        .nodes
+        .watch_with_history(">")
+        .await
+        .expect("watch");
+    let mut seen = 0u64;
+    let mut values = Vec::new();
+    while seen < nodes {
+        let entry = watch.next().await.expect("entry").expect("entry");
+        if values.len() < 10_000 {
+            values.push(entry.value);
+        }
+        seen += 1;
+    }
+    drop(watch);
+    let raw_delivery = raw.elapsed();
+    let decode = Instant::now();
+    for value in &values {
+        let _: NodeRecord =
+            schemas::codec::decode(value, Encoding::Json, 1 << 20).expect("a record");
+    }
+    let decode_per_record = decode.elapsed() / values.len().max(1) as u32;
+    println!(
+        "cold start parts: the bucket delivered raw by a KV watch in {:.1} s; JSON decode {:.1} µs per record; index insert {:.1} µs per record",
+        raw_delivery.as_secs_f64(),
+        decode_per_record.as_secs_f64() * 1e6,
+        insert_per_record.as_secs_f64() * 1e6,
+    );
+
     let registry_bin = release_bin("node-registry", "node-registry");
     let started = Instant::now();
     let registry = Proc::spawn(
         "registry",
         &registry_bin,
         &["--nats-url".to_owned(), server.url()],
-        &[("RUST_LOG", "warn".to_owned())],
+        &[("RUST_LOG", "info".to_owned())],
         server.temp_path("registry.log"),
     );
     let client = fleet_tests::registry_client(&server)
@@ -250,6 +304,24 @@ async fn main() {
         .with_timeout(Duration::from_secs(30));
     fleet_tests::wait_total(&client, nodes, Duration::from_secs(300)).await;
     let ready_after = started.elapsed();
+    // The start's steps, as the registry logged them. The leader restores
+    // its fleet on another thread once the index is loaded, while it
+    // already answers: wait for it, so latencies are measured without it.
+    let log_path = server.temp_path("registry.log");
+    let restored = Instant::now();
+    while restored.elapsed() < Duration::from_secs(120)
+        && !std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("fleet restored")
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    for step in ["connected to NATS", "read index loaded", "fleet restored"] {
+        if let Some(line) = log.lines().find(|l| l.contains(step)) {
+            println!("registry log: {}", &line[..line.len().min(160)]);
+        }
+    }
     let registry_rss = registry.pid().map(rss_kib).unwrap_or(0);
 
     // 3. Latency, all over the same client connection.
