@@ -160,7 +160,10 @@ pub async fn run(
         if !config.global_view.is_empty() {
             return run_view(&config, &client, &js, &settings, connected, &cancel).await;
         }
-        let Some(provisioned) = provision_with_retry(&js, &config, &settings, &cancel).await?
+        let Some(provisioned) = provision_with_retry(&cancel, || {
+            registry_kv::provision(&js, &config.names, &settings)
+        })
+        .await?
         else {
             return Ok(());
         };
@@ -352,28 +355,12 @@ async fn run_view(
     connected: watch::Receiver<bool>,
     cancel: &CancellationToken,
 ) -> Result<(), RegistryError> {
-    let mut backoff = Backoff::constant(Duration::from_millis(500));
-    let mut attempt = 0;
-    let nodes = loop {
-        match registry_kv::provision::provision_view(
-            js,
-            &config.names,
-            settings,
-            &config.global_view,
-        )
-        .await
-        {
-            Ok(nodes) => break nodes,
-            Err(e @ registry_kv::provision::ProvisionError::Incompatible { .. }) => {
-                return Err(e.into())
-            }
-            Err(e) if attempt >= 20 => return Err(e.into()),
-            Err(e) => warn!(error = %e, attempt, "provisioning the global view; retrying"),
-        }
-        attempt += 1;
-        if !backoff.wait(cancel).await {
-            return Ok(());
-        }
+    let Some(nodes) = provision_with_retry(cancel, || {
+        registry_kv::provision::provision_view(js, &config.names, settings, &config.global_view)
+    })
+    .await?
+    else {
+        return Ok(());
     };
     info!(regions = ?config.global_view, "global view over the regions' nodes buckets");
     let regions = Arc::new(view::Regions::new(&config.global_view));
@@ -427,18 +414,21 @@ pub(crate) fn stream_settings(config: &RegistryConfig) -> StreamSettings {
     }
 }
 
-/// Provisions streams and buckets, retrying a while (the server may be
-/// electing its JetStream leaders); an incompatible existing one is fatal.
-async fn provision_with_retry(
-    js: &async_nats::jetstream::Context,
-    config: &RegistryConfig,
-    settings: &StreamSettings,
+/// Provisions with `provision`, retrying a while (the server may be
+/// electing its JetStream leaders); an incompatible existing stream or
+/// bucket is fatal. `None`: cancelled meanwhile.
+async fn provision_with_retry<T, F, Fut>(
     cancel: &CancellationToken,
-) -> Result<Option<registry_kv::Provisioned>, RegistryError> {
+    mut provision: F,
+) -> Result<Option<T>, RegistryError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, registry_kv::provision::ProvisionError>>,
+{
     let mut backoff = Backoff::constant(Duration::from_millis(500));
     let mut attempt = 0;
     loop {
-        match registry_kv::provision(js, &config.names, settings).await {
+        match provision().await {
             Ok(p) => return Ok(Some(p)),
             Err(e @ registry_kv::provision::ProvisionError::Incompatible { .. }) => {
                 return Err(e.into())

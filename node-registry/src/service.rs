@@ -119,24 +119,8 @@ pub async fn serve(
                     .as_ref()
                     .map(|r| r.unreachable())
                     .unwrap_or_default();
-                if !may_wait {
-                    handle(
-                        &client,
-                        &index,
-                        endpoint,
-                        request,
-                        max_payload,
-                        &unreachable,
-                    )
-                    .instrument(span)
-                    .await;
-                    continue;
-                }
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let (client, index) = (client.clone(), index.clone());
-                tokio::spawn(
+                let answer = {
+                    let (client, index) = (client.clone(), index.clone());
                     async move {
                         handle(
                             &client,
@@ -147,6 +131,18 @@ pub async fn serve(
                             &unreachable,
                         )
                         .await;
+                    }
+                };
+                if !may_wait {
+                    answer.instrument(span).await;
+                    continue;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                tokio::spawn(
+                    async move {
+                        answer.await;
                         drop(permit);
                     }
                     .instrument(span),

@@ -137,17 +137,7 @@ pub async fn provision(
     check_partitions(&events, settings.partitions)?;
     let alerts = ensure_stream(
         js,
-        stream::Config {
-            name: names.alerts_stream.clone(),
-            description: Some("Every alert published on system.broadcast".into()),
-            subjects: vec![subjects::SYSTEM_BROADCAST.to_owned()],
-            retention: stream::RetentionPolicy::Limits,
-            max_age: settings.alerts_max_age,
-            duplicate_window: settings.duplicate_window,
-            num_replicas: settings.replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
+        alerts_config(names, settings, "Every alert published on system.broadcast"),
     )
     .await?;
     let lifecycle = ensure_stream(
@@ -327,17 +317,11 @@ pub async fn provision_view(
         .collect();
     ensure_stream(
         js,
-        stream::Config {
-            name: names.alerts_stream.clone(),
-            description: Some("Every region's alerts, as they reach the hub".into()),
-            subjects: vec![subjects::SYSTEM_BROADCAST.to_owned()],
-            retention: stream::RetentionPolicy::Limits,
-            max_age: settings.alerts_max_age,
-            duplicate_window: settings.duplicate_window,
-            num_replicas: settings.replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
+        alerts_config(
+            names,
+            settings,
+            "Every region's alerts, as they reach the hub",
+        ),
     )
     .await?;
     let bucket_error = |e: async_nats::Error| ProvisionError::Bucket {
@@ -392,6 +376,22 @@ pub async fn provision_view(
     })
     .await
     .map_err(|e| bucket_error(e.into()))
+}
+
+/// The `ALERTS` stream: every alert on `system.broadcast`, kept
+/// `alerts_max_age`.
+fn alerts_config(names: &Names, settings: &StreamSettings, description: &str) -> stream::Config {
+    stream::Config {
+        name: names.alerts_stream.clone(),
+        description: Some(description.to_owned()),
+        subjects: vec![subjects::SYSTEM_BROADCAST.to_owned()],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: settings.alerts_max_age,
+        duplicate_window: settings.duplicate_window,
+        num_replicas: settings.replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
 }
 
 /// The `profiles` bucket as the contract has it: one key per role, 16

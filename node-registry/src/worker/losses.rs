@@ -88,24 +88,14 @@ impl LossWatch {
         let discarded = first_seq - from_seq;
         let lost = discarded.div_ceil(u64::from(count));
         self.partition = Some((index, count, first_seq - 1));
-        let to = schemas::time::format(now);
-        match self.unsaid.as_mut() {
-            Some(unsaid) => {
-                unsaid.count += lost;
-                unsaid.last_seq = first_seq - 1;
-                unsaid.to = to;
-            }
-            None => {
-                self.unsaid = Some(EventsLost {
-                    count: lost,
-                    first_seq: from_seq,
-                    last_seq: first_seq - 1,
-                    from: self.high_at.map(schemas::time::format),
-                    to,
-                    partition: Some(index),
-                })
-            }
-        }
+        self.unsay(EventsLost {
+            count: lost,
+            first_seq: from_seq,
+            last_seq: first_seq - 1,
+            from: self.high_at.map(schemas::time::format),
+            to: schemas::time::format(now),
+            partition: Some(index),
+        });
         lost
     }
 
@@ -129,29 +119,31 @@ impl LossWatch {
         }
         let lost = seq - high - 1;
         if lost > 0 {
-            let from = self.high_at.map(schemas::time::format);
-            let to = schemas::time::format(received);
-            match self.unsaid.as_mut() {
-                Some(unsaid) => {
-                    unsaid.count += lost;
-                    unsaid.last_seq = seq - 1;
-                    unsaid.to = to;
-                }
-                None => {
-                    self.unsaid = Some(EventsLost {
-                        count: lost,
-                        first_seq: high + 1,
-                        last_seq: seq - 1,
-                        from,
-                        to,
-                        partition: None,
-                    })
-                }
-            }
+            self.unsay(EventsLost {
+                count: lost,
+                first_seq: high + 1,
+                last_seq: seq - 1,
+                from: self.high_at.map(schemas::time::format),
+                to: schemas::time::format(received),
+                partition: None,
+            });
         }
         self.high = Some(seq);
         self.high_at = Some(received);
         lost
+    }
+
+    /// Adds `lost` to what is not said yet (one alert sums the losses of
+    /// its window: the first's start, the last's end).
+    fn unsay(&mut self, lost: EventsLost) {
+        match self.unsaid.as_mut() {
+            Some(unsaid) => {
+                unsaid.count += lost.count;
+                unsaid.last_seq = lost.last_seq;
+                unsaid.to = lost.to;
+            }
+            None => self.unsaid = Some(lost),
+        }
     }
 
     /// The alert due at `now`: the losses not said yet, unless one was said
