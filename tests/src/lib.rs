@@ -519,9 +519,23 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail_from = lines.len().saturating_sub(40);
+            // Before the tail, the warnings (at most 60): what went wrong
+            // earlier is often what explains the end.
+            let warnings: Vec<&str> = lines[..tail_from]
+                .iter()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .copied()
+                .collect();
+            if !warnings.is_empty() {
+                eprintln!("----- earlier warnings of {} -----", self.name);
+                for line in &warnings[warnings.len().saturating_sub(60)..] {
+                    eprintln!("{line}");
+                }
+            }
             eprintln!("----- last lines of {} -----", self.name);
-            for line in tail.iter().rev() {
+            for line in &lines[tail_from..] {
                 eprintln!("{line}");
             }
         }
