@@ -194,8 +194,13 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 .await
                 .ok()
                 .map(|s| position::read_up_to(info, s.cached_info())),
+            // Not knowing whether an earlier term's pull was handed events
+            // it never applied (they would wait out the ack wait before
+            // coming again, while later ones are applied and the term
+            // believes itself caught up): rewind before the first pull.
             Err(e) => {
-                debug!(error = %e, "reading consumer info at the start of a term");
+                warn!(error = %e, "reading the event consumer at the start of a term; rewinding it before pulling");
+                rewind_due = true;
                 None
             }
         };
