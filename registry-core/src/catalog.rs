@@ -15,6 +15,7 @@
 /// indexing.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+use crate::slot_ids::SlotIds;
 use roaring::RoaringBitmap;
 use schemas::status::NodeStatus;
 use schemas::NodeRecord;
@@ -165,7 +166,7 @@ pub(crate) fn max_of(acc: Option<f64>, v: f64) -> Option<f64> {
 /// One occupied slot.
 #[derive(Debug, Clone)]
 struct Slot {
-    node_id: String,
+    node_id: Box<str>,
     /// The record as stored in KV; shared with the lifecycle's copy.
     encoded: bytes::Bytes,
     facts: Facts,
@@ -204,7 +205,7 @@ pub struct Catalog {
     /// Per slot: CPU use, GPU use, most free VRAM; dense, so ranking a
     /// broad query reads 24 bytes per match instead of a whole slot.
     hot: Vec<[f64; 3]>,
-    by_id: HashMap<String, u32>,
+    by_id: SlotIds,
     free: Vec<u32>,
     live: RoaringBitmap,
     status: HashMap<NodeStatus, RoaringBitmap>,
@@ -223,6 +224,11 @@ pub struct Catalog {
     model_sizes: HashMap<String, u64>,
     /// The highest KV revision applied.
     pub revision: u64,
+}
+
+/// The node id a slot holds.
+fn id_in(slots: &[Option<Slot>], slot: u32) -> Option<&str> {
+    slots.get(slot as usize)?.as_ref().map(|s| &*s.node_id)
 }
 
 fn add(postings: &mut Postings, key: &str, slot: u32) {
@@ -261,9 +267,14 @@ impl Catalog {
         self.by_id.is_empty()
     }
 
+    /// The slot of a node.
+    fn slot_of(&self, node_id: &str) -> Option<u32> {
+        self.by_id.get(node_id, |s| id_in(&self.slots, s))
+    }
+
     /// The record of a node.
     pub fn get(&self, node_id: &str) -> Option<NodeRecord> {
-        self.record(*self.by_id.get(node_id)?)
+        self.record(self.slot_of(node_id)?)
     }
 
     /// The record in a slot.
@@ -273,7 +284,7 @@ impl Catalog {
 
     /// The record of a node, as the JSON of the contract.
     pub fn json_of(&self, node_id: &str) -> Option<&[u8]> {
-        self.json(*self.by_id.get(node_id)?)
+        self.json(self.slot_of(node_id)?)
     }
 
     /// The record in a slot, as the JSON of the contract.
@@ -283,10 +294,7 @@ impl Catalog {
 
     /// The node id in a slot.
     pub fn node_id(&self, slot: u32) -> Option<&str> {
-        self.slots
-            .get(slot as usize)?
-            .as_ref()
-            .map(|s| s.node_id.as_str())
+        self.slots.get(slot as usize)?.as_ref().map(|s| &*s.node_id)
     }
 
     /// The ranking and bound figures of a slot.
@@ -337,7 +345,7 @@ impl Catalog {
 
     /// The KV revision held for a node.
     pub fn revision_of(&self, node_id: &str) -> Option<u64> {
-        let slot = *self.by_id.get(node_id)?;
+        let slot = self.slot_of(node_id)?;
         self.slots.get(slot as usize)?.as_ref().map(|s| s.revision)
     }
 
@@ -346,8 +354,8 @@ impl Catalog {
     pub fn insert(&mut self, record: &NodeRecord, encoded: bytes::Bytes, revision: u64) {
         let status = record.status.parse::<NodeStatus>().ok();
         let shape = shape(record);
-        let slot = match self.by_id.get(&record.node_id) {
-            Some(&slot) => {
+        let slot = match self.slot_of(&record.node_id) {
+            Some(slot) => {
                 let old = self.slots.get(slot as usize).and_then(Option::as_ref);
                 match old.map(|o| (o.shape, o.status)) {
                     Some((old_shape, old_status)) if old_shape == shape => {
@@ -368,7 +376,9 @@ impl Catalog {
                     self.hot.push([0.0; 3]);
                     u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
                 });
-                self.by_id.insert(record.node_id.clone(), slot);
+                let slots = &self.slots;
+                self.by_id
+                    .insert(&record.node_id, slot, |s| id_in(slots, s));
                 self.index(slot, record);
                 slot
             }
@@ -393,7 +403,7 @@ impl Catalog {
             *entry = Some(Slot {
                 facts,
                 encoded,
-                node_id: record.node_id.clone(),
+                node_id: record.node_id.as_str().into(),
                 revision,
                 status,
                 shape,
@@ -412,7 +422,8 @@ impl Catalog {
 
     /// Removes a node's record, if present.
     pub fn remove(&mut self, node_id: &str) {
-        if let Some(slot) = self.by_id.remove(node_id) {
+        let slots = &self.slots;
+        if let Some(slot) = self.by_id.remove(node_id, |s| id_in(slots, s)) {
             self.unindex(slot);
             if let Some(entry) = self.slots.get_mut(slot as usize) {
                 *entry = None;

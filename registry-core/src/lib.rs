@@ -17,4 +17,5 @@
 pub mod catalog;
 pub mod discovery;
 pub mod lifecycle;
+pub mod slot_ids;
 pub use schemas::selector;

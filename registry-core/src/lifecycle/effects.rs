@@ -106,7 +106,7 @@ impl Fleet {
     /// Records that a write failed; `current` is the revision the key is at
     /// now, when known (after a conflict). The next sweep writes it again.
     pub fn write_failed(&mut self, id: &NodeId, current: Option<Option<u64>>) {
-        let Some(&slot) = self.ids.get(id) else {
+        let Some(slot) = self.slot_of_id(id) else {
             return;
         };
         if let Some(node) = self.slot_mut(slot) {

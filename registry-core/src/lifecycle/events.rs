@@ -28,7 +28,7 @@ impl Fleet {
         if self.settings.disconnect_grace.is_zero() {
             return false;
         }
-        let Some(&slot) = self.ids.get(id) else {
+        let Some(slot) = self.slot_of_id(id) else {
             return false;
         };
         let Some(node) = self.slot_mut(slot) else {
@@ -89,7 +89,7 @@ impl Fleet {
             ..NodeRecord::default()
         };
         let mut kept = None;
-        let slot = match self.ids.get(id).copied() {
+        let slot = match self.slot_of_id(id) {
             None => {
                 record.status = NodeStatus::Online.to_string();
                 record.registered_at = schemas::time::format(at);
@@ -244,7 +244,7 @@ impl Fleet {
         let id = &event.node_id;
         let e = &event.event;
         let mut effects = Effects::default();
-        let Some(slot) = self.ids.get(id).copied() else {
+        let Some(slot) = self.slot_of_id(id) else {
             // A heartbeat from a node we don't know (its record was lost, or
             // it registered before this registry existed): ask it to register.
             if self.reannounce_due(id, at) {

@@ -59,6 +59,8 @@ use schemas::validate::ValidEvent;
 use schemas::{Alert, NodeRecord, SelfPreservationFigures};
 use subjects::NodeId;
 use tracing::warn;
+
+use crate::slot_ids::SlotIds;
 use uuid::Uuid;
 
 /// The label whose value groups nodes for self-preservation per region.
@@ -191,11 +193,16 @@ impl Tracked {
     }
 }
 
+/// The node id a slot holds.
+fn id_in(slots: &[Option<Tracked>], slot: u32) -> Option<&str> {
+    slots.get(slot as usize)?.as_ref().map(|t| t.id.as_str())
+}
+
 /// Every known node, and the registry's own judgement state.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     settings: LifecycleSettings,
-    ids: HashMap<NodeId, u32>,
+    ids: SlotIds,
     slots: Vec<Option<Tracked>>,
     free: Vec<u32>,
     /// Deadline wheel: bucket (`GRAIN_MS` wide) → slots to look at then.
@@ -273,7 +280,7 @@ impl Fleet {
     pub fn new(settings: LifecycleSettings) -> Self {
         Self {
             settings,
-            ids: HashMap::new(),
+            ids: SlotIds::default(),
             slots: Vec::new(),
             free: Vec::new(),
             wheel: BTreeMap::new(),
@@ -332,9 +339,14 @@ impl Fleet {
         n
     }
 
+    /// The slot of a known node.
+    fn slot_of_id(&self, id: &NodeId) -> Option<u32> {
+        self.ids.get(id.as_str(), |s| id_in(&self.slots, s))
+    }
+
     /// A known node.
     pub fn get(&self, id: &NodeId) -> Option<&Tracked> {
-        let slot = *self.ids.get(id)?;
+        let slot = self.slot_of_id(id)?;
         self.slots.get(slot as usize)?.as_ref()
     }
 
@@ -357,13 +369,14 @@ impl Fleet {
     }
 
     fn node_mut(&mut self, id: &NodeId) -> Option<&mut Tracked> {
-        let slot = *self.ids.get(id)?;
+        let slot = self.slot_of_id(id)?;
         self.slot_mut(slot)
     }
 
     /// Removes a node, keeping the counts right.
     fn take(&mut self, id: &NodeId) -> Option<Tracked> {
-        let slot = self.ids.remove(id)?;
+        let slots = &self.slots;
+        let slot = self.ids.remove(id.as_str(), |s| id_in(slots, s))?;
         let node = self.slots.get_mut(slot as usize)?.take()?;
         self.count(node.status, node.region, -1);
         self.free.push(slot);
@@ -373,7 +386,6 @@ impl Fleet {
     /// Adds a node (not present), queues it and returns its slot.
     fn put(&mut self, node: Tracked) -> u32 {
         self.count(node.status, node.region, 1);
-        let id = node.id.clone();
         let slot = match self.free.pop() {
             Some(slot) => {
                 if let Some(entry) = self.slots.get_mut(slot as usize) {
@@ -386,7 +398,10 @@ impl Fleet {
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.ids.insert(id, slot);
+        let slots = &self.slots;
+        if let Some(id) = id_in(slots, slot) {
+            self.ids.insert(id, slot, |s| id_in(slots, s));
+        }
         self.schedule(slot);
         slot
     }

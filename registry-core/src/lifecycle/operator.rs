@@ -81,9 +81,7 @@ impl Fleet {
     }
 
     fn slot_of(&self, id: &NodeId) -> Result<u32, OperatorError> {
-        self.ids
-            .get(id)
-            .copied()
+        self.slot_of_id(id)
             .ok_or_else(|| OperatorError::UnknownNode(id.clone()))
     }
 
