@@ -23,6 +23,13 @@ use crate::tasks::TaskSender;
 
 /// Most events handled as one batch.
 const MAX_BATCH: usize = 1000;
+/// A batch smaller than this waits [`COALESCE`] once for more events: at
+/// a steady trickle (3 300 events/s at 100 000 nodes) that is one wakeup
+/// and one ack per batch of dozens instead of per event or two.
+const COALESCE_BELOW: usize = 64;
+/// How long a small batch waits for more events; what it adds to an
+/// event's handling is nothing to judging by deadlines of seconds.
+const COALESCE: Duration = Duration::from_millis(20);
 /// How long the event stream may take to answer the probe of each sweep.
 const STREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a retried event waits before it is delivered again.
@@ -250,6 +257,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         // Take what else is ready now, up to a batch: its
                         // writes go out together, one per node.
                         let mut batch = vec![message];
+                        let mut waited = false;
                         while batch.len() < MAX_BATCH {
                             let Some(stream) = messages.as_mut() else { break };
                             match stream.next().now_or_never() {
@@ -265,6 +273,13 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                     messages = None;
                                     rewind_due = true;
                                     break;
+                                }
+                                None if !waited && batch.len() < COALESCE_BELOW => {
+                                    // A trickle: let more arrive before
+                                    // handling it, without polling meanwhile
+                                    // (each poll that waits is a wakeup).
+                                    waited = true;
+                                    tokio::time::sleep(COALESCE).await;
                                 }
                                 None => break,
                             }
