@@ -20,7 +20,7 @@ use runtime_support::CancellationToken;
 use schemas::NodeRecord;
 use tokio::sync::watch;
 
-use registry_core::catalog::Catalog;
+use registry_core::catalog::{Catalog, Indexable, RecordView};
 use tracing::{info, instrument, warn};
 
 /// Writes announced by this process, by key: the bytes and the record.
@@ -209,19 +209,15 @@ async fn reflect(
 /// How often a live index compares its revision with the bucket's.
 const STALL_CHECK: Duration = Duration::from_secs(5);
 
-/// Changes of the initial replay decoded per chunk.
+/// Changes of the initial replay indexed per chunk.
 const LOAD_CHUNK: usize = 4096;
 
-/// A change with its record, when it is a put that decodes.
-type Decoded = (RawChange, Option<NodeRecord>);
-
 /// The initial replay being indexed, in a pipeline of chunks: while this
-/// task receives chunk k + 2, a blocking thread decodes chunk k + 1 and
-/// another indexes chunk k into the catalog (one chunk after the other).
+/// task receives chunk k + 1, a blocking thread reads chunk k's records
+/// straight into the catalog (one chunk after the other).
 #[derive(Default)]
 struct Loading {
     idle: Option<Catalog>,
-    decoding: Option<tokio::task::JoinHandle<Vec<Decoded>>>,
     indexing: Option<tokio::task::JoinHandle<Catalog>>,
 }
 
@@ -241,130 +237,137 @@ impl Loading {
         }
     }
 
-    /// Indexes the chunk decoded last (after what came before), and starts
-    /// decoding `chunk`.
+    /// Starts indexing `chunk`, after what came before.
     async fn add(&mut self, chunk: Vec<RawChange>, store: &kv::Store) -> Result<(), WatchError> {
-        let previous = self.decoding.replace(tokio::task::spawn_blocking(move || {
-            let empty = Catalog::new();
-            chunk
-                .into_iter()
-                .map(|change| {
-                    let record = decode_put(&empty, &change);
-                    (change, record)
-                })
-                .collect()
+        let mut catalog = self.catalog(store).await?;
+        self.indexing = Some(tokio::task::spawn_blocking(move || {
+            for change in chunk {
+                load(&mut catalog, change);
+            }
+            catalog
         }));
-        if let Some(previous) = previous {
-            let decoded = previous.await.map_err(|e| failed(store, &e))?;
-            let mut catalog = self.catalog(store).await?;
-            self.indexing = Some(tokio::task::spawn_blocking(move || {
-                for (change, record) in decoded {
-                    apply(&mut catalog, change, record.map(|r| (r, None)));
-                }
-                catalog
-            }));
-        }
         Ok(())
     }
 
     /// The whole replay, indexed.
     async fn finish(mut self, store: &kv::Store) -> Result<Catalog, WatchError> {
-        self.add(Vec::new(), store).await?;
-        if let Some(last) = self.decoding.take() {
-            last.await.map_err(|e| failed(store, &e))?;
-        }
         self.catalog(store).await
     }
 }
 
-/// Decodes a put the catalog does not hold yet; `None` for anything else
-/// (a put already held, as after a write-through, is not decoded again).
-fn decode_put(catalog: &Catalog, change: &RawChange) -> Option<NodeRecord> {
-    let RawChange::Put {
-        key,
-        value,
-        revision,
-    } = change
-    else {
-        return None;
-    };
+/// Reads a put the catalog does not hold yet, for indexing, borrowing from
+/// `value`; `None` for one it holds (or newer), and for a value that is not
+/// the record of `key` (logged and skipped).
+fn view_put<'v>(
+    catalog: &Catalog,
+    key: &str,
+    value: &'v [u8],
+    revision: u64,
+) -> Option<RecordView<'v>> {
     if catalog
         .revision_of(key)
-        .is_some_and(|held| held >= *revision)
+        .is_some_and(|held| held >= revision)
     {
         return None;
     }
-    match registry_kv::records::decode_record(key, value) {
-        Ok(record) if record.node_id == *key => Some(record),
+    match RecordView::of(value) {
+        Ok(record) if record.node_id() == key => Some(record),
         Ok(record) => {
-            warn!(%key, node_id = %record.node_id, "skipping a record stored under another node's key");
+            warn!(%key, node_id = %record.node_id(), "skipping a record stored under another node's key");
             None
         }
         Err(e) => {
-            warn!(error = %e, "skipping a value that is not a node record");
+            warn!(%key, error = %e, "skipping a value that is not a node record");
             None
         }
     }
 }
 
-/// Applies one live change: a write this process announced is taken as it
-/// is; anything else is decoded outside the lock, so readers are held only
-/// for the insert.
-fn apply_live(state: &RwLock<Catalog>, expected: &Mutex<Expected>, change: RawChange) -> u64 {
-    let announced = match &change {
-        RawChange::Put { key, value, .. } => {
-            let mut expected = expected.lock().unwrap_or_else(|p| p.into_inner());
-            match expected.remove(key) {
-                Some((bytes, record)) if bytes == *value => Some((record, Some(bytes))),
-                Some(other) => {
-                    // Not (yet) ours: keep waiting for it.
-                    expected.insert(key.clone(), other);
-                    None
-                }
-                None => None,
-            }
-        }
-        _ => None,
-    };
-    let decoded = match announced {
-        Some(announced) => Some(announced),
-        None => {
-            let catalog = state.read().unwrap_or_else(|p| p.into_inner());
-            decode_put(&catalog, &change).map(|r| (r, None))
-        }
-    };
-    let mut catalog = state.write().unwrap_or_else(|p| p.into_inner());
-    apply(&mut catalog, change, decoded);
-    catalog.revision
-}
-
-/// Applies a change; a put comes with its record, and with the bytes to
-/// keep when they are already held elsewhere.
-fn apply(
-    catalog: &mut Catalog,
-    change: RawChange,
-    decoded: Option<(NodeRecord, Option<bytes::Bytes>)>,
-) {
+/// Applies one change of the initial replay.
+fn load(catalog: &mut Catalog, change: RawChange) {
     match change {
         RawChange::Put {
             key,
             value,
             revision,
         } => {
-            catalog.revision = catalog.revision.max(revision);
-            let newer = catalog.revision_of(&key).is_none_or(|held| held < revision);
-            if let (Some((record, kept)), true) = (decoded, newer) {
-                // Received bytes share the connection's buffer: keep a copy.
-                let kept = kept.unwrap_or_else(|| bytes::Bytes::copy_from_slice(&value));
-                catalog.insert(&record, kept, revision);
-            }
+            let record = view_put(catalog, &key, &value, revision);
+            // Received bytes share the connection's buffer: keep a copy.
+            let record = record
+                .as_ref()
+                .map(|r| (r, bytes::Bytes::copy_from_slice(&value)));
+            put(catalog, &key, revision, record);
         }
-        RawChange::Delete { key, revision } => {
-            catalog.revision = catalog.revision.max(revision);
-            if catalog.revision_of(&key).is_none_or(|held| held < revision) {
-                catalog.remove(&key);
-            }
-        }
+        RawChange::Delete { key, revision } => delete(catalog, &key, revision),
         RawChange::Current => {}
+    }
+}
+
+/// Applies one live change: a write this process announced is taken as it
+/// is; anything else is read outside the lock, so readers are held only for
+/// the insert.
+fn apply_live(state: &RwLock<Catalog>, expected: &Mutex<Expected>, change: RawChange) -> u64 {
+    let (key, value, revision) = match change {
+        RawChange::Put {
+            key,
+            value,
+            revision,
+        } => (key, value, revision),
+        RawChange::Delete { key, revision } => {
+            let mut catalog = state.write().unwrap_or_else(|p| p.into_inner());
+            delete(&mut catalog, &key, revision);
+            return catalog.revision;
+        }
+        RawChange::Current => return state.read().unwrap_or_else(|p| p.into_inner()).revision,
+    };
+    let announced = {
+        let mut expected = expected.lock().unwrap_or_else(|p| p.into_inner());
+        match expected.remove(&key) {
+            Some((bytes, record)) if bytes == value => Some((record, bytes)),
+            Some(other) => {
+                // Not (yet) ours: keep waiting for it.
+                expected.insert(key.clone(), other);
+                None
+            }
+            None => None,
+        }
+    };
+    if let Some((record, bytes)) = announced {
+        let mut catalog = state.write().unwrap_or_else(|p| p.into_inner());
+        put(&mut catalog, &key, revision, Some((&record, bytes)));
+        return catalog.revision;
+    }
+    let record = {
+        let catalog = state.read().unwrap_or_else(|p| p.into_inner());
+        view_put(&catalog, &key, &value, revision)
+    };
+    let record = record
+        .as_ref()
+        .map(|r| (r, bytes::Bytes::copy_from_slice(&value)));
+    let mut catalog = state.write().unwrap_or_else(|p| p.into_inner());
+    put(&mut catalog, &key, revision, record);
+    catalog.revision
+}
+
+/// Applies a put of `key` at `revision`: `record`, kept as the bytes given
+/// with it, replaces what the catalog holds unless that is as new.
+fn put(
+    catalog: &mut Catalog,
+    key: &str,
+    revision: u64,
+    record: Option<(&impl Indexable, bytes::Bytes)>,
+) {
+    catalog.revision = catalog.revision.max(revision);
+    let newer = catalog.revision_of(key).is_none_or(|held| held < revision);
+    if let (Some((record, kept)), true) = (record, newer) {
+        catalog.insert(record, kept, revision);
+    }
+}
+
+/// Applies a delete of `key` at `revision`.
+fn delete(catalog: &mut Catalog, key: &str, revision: u64) {
+    catalog.revision = catalog.revision.max(revision);
+    if catalog.revision_of(key).is_none_or(|held| held < revision) {
+        catalog.remove(key);
     }
 }

@@ -15,6 +15,10 @@
 /// indexing.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+mod indexable;
+
+pub use indexable::{GpuVerdict, Indexable, NatsPlace, RecordView};
+
 use crate::slot_ids::SlotIds;
 use roaring::RoaringBitmap;
 use schemas::status::NodeStatus;
@@ -57,44 +61,41 @@ pub struct Facts {
 impl Facts {
     /// The facts of a record, over its GPUs in service (neither failed nor
     /// quarantined): what discovery counts by default.
-    pub fn of(record: &NodeRecord) -> Self {
+    pub fn of(record: &impl Indexable) -> Self {
         Self::over(record, GpusCounted::InService)
     }
 
     /// The facts of a record over the GPUs `counted`.
-    pub fn over(record: &NodeRecord, counted: GpusCounted) -> Self {
-        let m = record.metrics.as_ref();
-        let caps = record.capabilities.as_ref();
-        let listed = caps.map_or(0, |c| c.gpus.len());
-        let gpus: Vec<&schemas::Gpu> = caps
-            .map(|c| c.gpus.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| counted.counts(record, *i))
-            .map(|(_, g)| g)
-            .collect();
+    pub fn over(record: &impl Indexable, counted: GpusCounted) -> Self {
+        let mut listed = false;
+        let mut gpus = 0u32;
+        let mut best_vram_gb = None;
+        let mut total_vram_gb = 0.0;
+        for (i, vram) in record.gpu_vram_gb().enumerate() {
+            listed = true;
+            if counted.counts(record, i) {
+                gpus = gpus.saturating_add(1);
+                best_vram_gb = max_of(best_vram_gb, vram);
+                total_vram_gb += vram;
+            }
+        }
         Self {
-            has_capabilities: caps.is_some(),
-            cpu_pct: m
-                .and_then(|m| m.cpu_pct)
+            has_capabilities: record.has_capabilities(),
+            cpu_pct: record
+                .cpu_pct()
                 .filter(|v| v.is_finite())
                 .unwrap_or(f64::INFINITY),
-            gpu_pct: m
-                .and_then(|m| m.gpu_pct)
-                .filter(|v| v.is_finite())
-                .unwrap_or(0.0),
+            gpu_pct: record.gpu_pct().filter(|v| v.is_finite()).unwrap_or(0.0),
             free_vram_gb: free_vram_over(record, counted).unwrap_or(-1.0),
-            best_vram_gb: gpus.iter().map(|g| g.vram_gb).reduce(f64::max),
-            total_vram_gb: gpus.iter().map(|g| g.vram_gb).sum(),
-            ram_gb: caps.map_or(0.0, |c| c.ram_gb),
-            disk_gb: caps.map_or(0.0, |c| c.disk_gb),
-            cpu_cores: caps.map_or(0, |c| c.cpu_cores),
-            gpus: u32::try_from(gpus.len()).unwrap_or(u32::MAX),
-            gpus_out: listed > 0 && gpus.is_empty(),
+            best_vram_gb,
+            total_vram_gb,
+            ram_gb: record.ram_gb(),
+            disk_gb: record.disk_gb(),
+            cpu_cores: record.cpu_cores(),
+            gpus,
+            gpus_out: listed && gpus == 0,
             nats_rtt_ms: record
-                .nats
-                .as_ref()
+                .nats()
                 .and_then(|n| n.rtt_ms)
                 .filter(|v| v.is_finite())
                 .unwrap_or(f64::INFINITY),
@@ -115,46 +116,28 @@ pub enum GpusCounted {
 
 impl GpusCounted {
     /// Whether GPU `index` (its position in capabilities) of `record` counts.
-    pub fn counts(self, record: &NodeRecord, index: usize) -> bool {
+    pub fn counts(self, record: &impl Indexable, index: usize) -> bool {
         self == Self::All
             || (record
-                .gpu_health
-                .as_ref()
-                .and_then(|h| h.gpus.iter().find(|g| g.index as usize == index))
+                .gpu_verdict(index)
                 .is_none_or(|g| !g.quarantined && g.state != "failed")
-                && !record.gpu_cordons.iter().any(|c| c.index as usize == index))
+                && !record.gpu_cordoned(index))
     }
 }
 
 /// The most VRAM free on one GPU in service: total minus the heartbeat's
 /// used figure (a GPU without a used figure counts as entirely free).
-pub fn free_vram(record: &NodeRecord) -> Option<f64> {
+pub fn free_vram(record: &impl Indexable) -> Option<f64> {
     free_vram_over(record, GpusCounted::InService)
 }
 
 /// The most VRAM free on one of the GPUs `counted`.
-pub fn free_vram_over(record: &NodeRecord, counted: GpusCounted) -> Option<f64> {
-    let gpus = record
-        .capabilities
-        .as_ref()
-        .map(|c| c.gpus.as_slice())
-        .unwrap_or_default();
-    let usage = record
-        .metrics
-        .as_ref()
-        .map(|m| m.gpus.as_slice())
-        .unwrap_or_default();
-    gpus.iter()
+pub fn free_vram_over(record: &impl Indexable, counted: GpusCounted) -> Option<f64> {
+    record
+        .gpu_vram_gb()
         .enumerate()
         .filter(|(i, _)| counted.counts(record, *i))
-        .map(|(i, g)| {
-            let used = usage
-                .iter()
-                .find(|u| u.index as usize == i)
-                .and_then(|u| u.vram_used_gb)
-                .unwrap_or(0.0);
-            (g.vram_gb - used).max(0.0)
-        })
+        .map(|(i, vram)| (vram - record.vram_used_gb(i).unwrap_or(0.0)).max(0.0))
         .fold(None, max_of)
 }
 
@@ -180,17 +163,30 @@ struct Slot {
 }
 
 /// A digest of the indexed fields of a record other than its status.
-fn shape(record: &NodeRecord) -> u64 {
+fn shape(record: &impl Indexable) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
-    // A digest compared within this process only: fixed seed, fast.
+    // A digest compared within this process only: fixed seed, fast. Each
+    // field is tagged, so one cannot stand for another.
     let mut hasher = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
-    record.labels.hash(&mut hasher);
-    record.role.hash(&mut hasher);
-    if let Some(caps) = &record.capabilities {
-        caps.tags.hash(&mut hasher);
-        caps.models.hash(&mut hasher);
+    for (key, value) in record.labels() {
+        hasher.write_u8(1);
+        key.hash(&mut hasher);
+        value.hash(&mut hasher);
     }
-    if let Some(nats) = &record.nats {
+    if let Some(role) = record.role() {
+        hasher.write_u8(2);
+        role.hash(&mut hasher);
+    }
+    for tag in record.tags() {
+        hasher.write_u8(3);
+        tag.hash(&mut hasher);
+    }
+    for model in record.models() {
+        hasher.write_u8(4);
+        model.hash(&mut hasher);
+    }
+    if let Some(nats) = record.nats() {
+        hasher.write_u8(5);
         nats.server.hash(&mut hasher);
         nats.cluster.hash(&mut hasher);
         nats.domain.hash(&mut hasher);
@@ -349,12 +345,12 @@ impl Catalog {
         self.slots.get(slot as usize)?.as_ref().map(|s| s.revision)
     }
 
-    /// Inserts or replaces the record of `record.node_id`, stored as
+    /// Inserts or replaces the record of `record`'s node, stored as
     /// `encoded` (its JSON, kept as it is) at KV `revision`.
-    pub fn insert(&mut self, record: &NodeRecord, encoded: bytes::Bytes, revision: u64) {
-        let status = record.status.parse::<NodeStatus>().ok();
+    pub fn insert(&mut self, record: &impl Indexable, encoded: bytes::Bytes, revision: u64) {
+        let status = record.status().parse::<NodeStatus>().ok();
         let shape = shape(record);
-        let slot = match self.slot_of(&record.node_id) {
+        let slot = match self.slot_of(record.node_id()) {
             Some(slot) => {
                 let old = self.slots.get(slot as usize).and_then(Option::as_ref);
                 match old.map(|o| (o.shape, o.status)) {
@@ -378,21 +374,20 @@ impl Catalog {
                 });
                 let slots = &self.slots;
                 self.by_id
-                    .insert(&record.node_id, slot, |s| id_in(slots, s));
+                    .insert(record.node_id(), slot, |s| id_in(slots, s));
                 self.index(slot, record);
                 slot
             }
         };
-        for model in record
-            .capabilities
-            .as_ref()
-            .and_then(|c| c.ollama.as_ref())
-            .map(|o| o.models.as_slice())
-            .unwrap_or_default()
-        {
-            if model.size_bytes > 0 {
-                let size = self.model_sizes.entry(model.name.clone()).or_default();
-                *size = (*size).max(model.size_bytes);
+        for (name, bytes) in record.ollama_models() {
+            if bytes == 0 {
+                continue;
+            }
+            match self.model_sizes.get_mut(name) {
+                Some(size) => *size = (*size).max(bytes),
+                None => {
+                    self.model_sizes.insert(name.to_owned(), bytes);
+                }
             }
         }
         let facts = Facts::of(record);
@@ -403,7 +398,7 @@ impl Catalog {
             *entry = Some(Slot {
                 facts,
                 encoded,
-                node_id: record.node_id.as_str().into(),
+                node_id: record.node_id().into(),
                 revision,
                 status,
                 shape,
@@ -432,55 +427,62 @@ impl Catalog {
         }
     }
 
-    fn index(&mut self, slot: u32, record: &NodeRecord) {
+    fn index(&mut self, slot: u32, record: &impl Indexable) {
         self.live.insert(slot);
-        if let Ok(status) = record.status.parse::<NodeStatus>() {
+        if let Ok(status) = record.status().parse::<NodeStatus>() {
             self.status.entry(status).or_default().insert(slot);
         }
-        for (key, value) in &record.labels {
+        for (key, value) in record.labels() {
             add(&mut self.label_keys, key, slot);
             match self.label_values.get_mut(key) {
                 Some(values) => add(values, value, slot),
                 None => {
                     let mut values = Postings::default();
                     add(&mut values, value, slot);
-                    self.label_values.insert(key.clone(), values);
+                    self.label_values.insert(key.to_owned(), values);
                 }
             }
         }
-        if let Some(caps) = &record.capabilities {
-            for tag in &caps.tags {
-                add(&mut self.tags, tag, slot);
-            }
-            for model in &caps.models {
-                add(&mut self.models, model, slot);
-            }
+        for tag in record.tags() {
+            add(&mut self.tags, tag, slot);
         }
-        if let Some(role) = &record.role {
+        for model in record.models() {
+            add(&mut self.models, model, slot);
+        }
+        if let Some(role) = record.role() {
             add(&mut self.roles, role, slot);
         }
-        if let Some(nats) = &record.nats {
-            add(&mut self.nats_servers, &nats.server, slot);
-            if let Some(cluster) = &nats.cluster {
+        if let Some(nats) = record.nats() {
+            add(&mut self.nats_servers, nats.server, slot);
+            if let Some(cluster) = nats.cluster {
                 add(&mut self.nats_clusters, cluster, slot);
             }
-            if let Some(domain) = &nats.domain {
+            if let Some(domain) = nats.domain {
                 add(&mut self.nats_domains, domain, slot);
             }
         }
     }
 
+    /// Takes a slot's record out of the posting lists, as read from its
+    /// stored value (the same reading [`Catalog::index`] was given, or its
+    /// equal).
     fn unindex(&mut self, slot: u32) {
-        let Some(record) = self.record(slot) else {
+        let Some((encoded, status)) = self
+            .slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map(|s| (s.encoded.clone(), s.status))
+        else {
             return;
         };
         self.live.remove(slot);
-        if let Ok(status) = record.status.parse::<NodeStatus>() {
-            if let Some(bitmap) = self.status.get_mut(&status) {
-                bitmap.remove(slot);
-            }
+        if let Some(bitmap) = status.and_then(|s| self.status.get_mut(&s)) {
+            bitmap.remove(slot);
         }
-        for (key, value) in &record.labels {
+        let Ok(record) = RecordView::of(&encoded) else {
+            return;
+        };
+        for (key, value) in record.labels() {
             remove(&mut self.label_keys, key, slot);
             if let Some(values) = self.label_values.get_mut(key) {
                 remove(values, value, slot);
@@ -489,23 +491,21 @@ impl Catalog {
                 }
             }
         }
-        if let Some(caps) = &record.capabilities {
-            for tag in &caps.tags {
-                remove(&mut self.tags, tag, slot);
-            }
-            for model in &caps.models {
-                remove(&mut self.models, model, slot);
-            }
+        for tag in record.tags() {
+            remove(&mut self.tags, tag, slot);
         }
-        if let Some(role) = &record.role {
+        for model in record.models() {
+            remove(&mut self.models, model, slot);
+        }
+        if let Some(role) = record.role() {
             remove(&mut self.roles, role, slot);
         }
-        if let Some(nats) = &record.nats {
-            remove(&mut self.nats_servers, &nats.server, slot);
-            if let Some(cluster) = &nats.cluster {
+        if let Some(nats) = record.nats() {
+            remove(&mut self.nats_servers, nats.server, slot);
+            if let Some(cluster) = nats.cluster {
                 remove(&mut self.nats_clusters, cluster, slot);
             }
-            if let Some(domain) = &nats.domain {
+            if let Some(domain) = nats.domain {
                 remove(&mut self.nats_domains, domain, slot);
             }
         }
@@ -676,6 +676,23 @@ mod tests {
         assert_eq!(c.revision_of("a"), Some(6));
         assert_eq!(c.get("a").map(|r| r.status), Some("degraded".to_owned()));
         assert_eq!(c.stored().count(), 1);
+    }
+
+    #[test]
+    fn a_record_indexed_from_its_view_is_unindexed_when_replaced() {
+        let mut c = Catalog::new();
+        let a = record("a", "online", &[("region", "eu")], &["gpu"]);
+        let stored = schemas::record::encode_record(&a);
+        let view = RecordView::of(&stored).expect("reads");
+        c.insert(&view, stored.clone(), 3);
+        assert_eq!(c.equals("region", "eu").len(), 1);
+        assert_eq!(c.get("a"), Some(a));
+        let moved = record("a", "online", &[("region", "us")], &[]);
+        c.upsert(moved);
+        assert!(c.equals("region", "eu").is_empty());
+        assert!(c.exists("gpu").is_empty());
+        assert_eq!(c.equals("region", "us").len(), 1);
+        assert_eq!(c.with_status(NodeStatus::Online).len(), 1);
     }
 
     #[test]

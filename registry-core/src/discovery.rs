@@ -589,7 +589,7 @@ impl Query {
             records
                 .iter()
                 .map(|r| {
-                    let rtt = Facts::over(r, self.gpus_counted).nats_rtt_ms;
+                    let rtt = Facts::over(*r, self.gpus_counted).nats_rtt_ms;
                     o.latency_ms(o.tier_of(r), rtt)
                 })
                 .collect()
