@@ -118,15 +118,15 @@ async fn reflect(
     // election has reported a last sequence of 0, which emptied the index.
     // A bucket that does not answer is no answer: retry, still serving the
     // old view.
-    let created = store
+    let info = store
         .status()
         .await
         .map_err(|e| WatchError {
             bucket: store.name.clone(),
             source: e.into(),
         })?
-        .info
-        .created;
+        .info;
+    let created = info.created;
     let mut resume = ready
         .borrow()
         .then(|| state.read().unwrap_or_else(|p| p.into_inner()).revision);
@@ -146,8 +146,8 @@ async fn reflect(
     // thread (the other core), one chunk after the other into the same
     // catalog, while this task keeps receiving (and answering discovery
     // from the old view, if any).
-    let mut chunk: Vec<RawChange> = Vec::new();
-    let mut loading = Loading::default();
+    let mut chunk: Vec<RawChange> = Vec::with_capacity(LOAD_CHUNK);
+    let mut loading = Loading::for_keys(if live { 0 } else { info.state.subjects_count });
     // A watch is not lossless: one that stalls (its consumer lost with a
     // server and not recreated) says nothing. While live, the bucket's last
     // sequence is compared with the index's revision now and then; behind
@@ -183,9 +183,10 @@ async fn reflect(
             continue;
         }
         if !matches!(change, RawChange::Current) {
-            chunk.push(change);
+            chunk.push(detached(change));
             if chunk.len() >= LOAD_CHUNK {
-                loading.add(std::mem::take(&mut chunk), store).await?;
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
+                loading.add(full, store).await?;
             }
             continue;
         }
@@ -228,7 +229,20 @@ fn failed(store: &kv::Store, e: &tokio::task::JoinError) -> WatchError {
     }
 }
 
+/// Most keys a catalog is sized for before its first record (a bound on a
+/// figure read from the bucket, not a limit on the fleet).
+const MAX_PRESIZE: u64 = 20_000_000;
+
 impl Loading {
+    /// A load into a catalog sized for a bucket of `keys` keys.
+    fn for_keys(keys: u64) -> Self {
+        let keys = usize::try_from(keys.min(MAX_PRESIZE)).unwrap_or_default();
+        Self {
+            idle: Some(Catalog::with_capacity(keys)),
+            indexing: None,
+        }
+    }
+
     /// The catalog, once the chunk being indexed is in.
     async fn catalog(&mut self, store: &kv::Store) -> Result<Catalog, WatchError> {
         match self.indexing.take() {
@@ -283,7 +297,26 @@ fn view_put<'v>(
     }
 }
 
-/// Applies one change of the initial replay.
+/// A change whose value no longer shares the connection's receive buffer:
+/// copied out as soon as it arrives, so the client reuses its buffers
+/// instead of taking fresh memory for each (which costs a page fault per
+/// 4 KiB, and a cold start receives a gigabyte).
+fn detached(change: RawChange) -> RawChange {
+    match change {
+        RawChange::Put {
+            key,
+            value,
+            revision,
+        } => RawChange::Put {
+            key,
+            value: bytes::Bytes::copy_from_slice(&value),
+            revision,
+        },
+        other => other,
+    }
+}
+
+/// Applies one change of the initial replay (its value [`detached`]).
 fn load(catalog: &mut Catalog, change: RawChange) {
     match change {
         RawChange::Put {
@@ -292,11 +325,7 @@ fn load(catalog: &mut Catalog, change: RawChange) {
             revision,
         } => {
             let record = view_put(catalog, &key, &value, revision);
-            // Received bytes share the connection's buffer: keep a copy.
-            let record = record
-                .as_ref()
-                .map(|r| (r, bytes::Bytes::copy_from_slice(&value)));
-            put(catalog, &key, revision, record);
+            put(catalog, &key, revision, record.as_ref().map(|r| (r, value.clone())));
         }
         RawChange::Delete { key, revision } => delete(catalog, &key, revision),
         RawChange::Current => {}

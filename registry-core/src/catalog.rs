@@ -253,6 +253,18 @@ impl Catalog {
         Self::default()
     }
 
+    /// An empty catalog with room for `nodes` records without growing its
+    /// tables (a cold start knows the bucket's size: growing by doubling
+    /// would copy each table into fresh memory a score of times).
+    pub fn with_capacity(nodes: usize) -> Self {
+        Self {
+            slots: Vec::with_capacity(nodes),
+            hot: Vec::with_capacity(nodes),
+            by_id: SlotIds::with_capacity(nodes),
+            ..Self::default()
+        }
+    }
+
     /// How many records it holds.
     pub fn len(&self) -> usize {
         self.by_id.len()

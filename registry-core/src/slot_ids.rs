@@ -15,6 +15,14 @@ pub struct SlotIds {
 }
 
 impl SlotIds {
+    /// An empty table with room for `capacity` ids.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            table: HashTable::with_capacity(capacity),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
     /// How many ids it holds.
     pub fn len(&self) -> usize {
         self.table.len()

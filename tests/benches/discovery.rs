@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use fleet_sim::generate::{self, Rng};
-use fleet_tests::procfs::{percentile, rss_kib};
+use fleet_tests::procfs::{clock_ticks, cpu_ticks, percentile, rss_kib};
 use fleet_tests::{release_bin, NatsServer, Proc};
 use futures::StreamExt;
 use registry_core::catalog::{Catalog, RecordView};
@@ -302,6 +302,21 @@ async fn main() {
     );
 
     let registry_bin = release_bin("node-registry", "node-registry");
+    // With `BENCH_PERF=<folder>`, the whole machine's CPU profile of the
+    // start (read it with `perf report -i <folder>/cold-start.data`).
+    let perf = std::env::var("BENCH_PERF").ok().and_then(|dir| {
+        let _ = std::fs::create_dir_all(&dir);
+        std::process::Command::new("perf")
+            .args(["record", "-a", "-F", "499", "-g", "-o"])
+            .arg(format!("{dir}/cold-start.data"))
+            .args(["--", "sleep", "12"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("perf: {e}"))
+            .ok()
+    });
+    let server_ticks = server.pid().map(cpu_ticks).unwrap_or(0);
     let started = Instant::now();
     let registry = Proc::spawn(
         "registry",
@@ -315,6 +330,21 @@ async fn main() {
         .with_timeout(Duration::from_secs(30));
     fleet_tests::wait_total(&client, nodes, Duration::from_secs(300)).await;
     let ready_after = started.elapsed();
+    let hz = clock_ticks();
+    println!(
+        "CPU until ready: registry {:.1} s, nats-server {:.1} s, in {:.1} s",
+        registry.pid().map(cpu_ticks).unwrap_or(0) as f64 / hz,
+        server
+            .pid()
+            .map(cpu_ticks)
+            .unwrap_or(0)
+            .saturating_sub(server_ticks) as f64
+            / hz,
+        ready_after.as_secs_f64()
+    );
+    if let Some(mut perf) = perf {
+        let _ = perf.wait();
+    }
     // The start's steps, as the registry logged them. The leader restores
     // its fleet on another thread once the index is loaded, while it
     // already answers: wait for it, so latencies are measured without it.
