@@ -325,7 +325,12 @@ fn load(catalog: &mut Catalog, change: RawChange) {
             revision,
         } => {
             let record = view_put(catalog, &key, &value, revision);
-            put(catalog, &key, revision, record.as_ref().map(|r| (r, value.clone())));
+            put(
+                catalog,
+                &key,
+                revision,
+                record.as_ref().map(|r| (r, value.clone())),
+            );
         }
         RawChange::Delete { key, revision } => delete(catalog, &key, revision),
         RawChange::Current => {}
