@@ -561,6 +561,7 @@ mod tests {
             b"{\"labels\":[]}",
             b"{\"node_id\":5}",
             b"null",
+            b"{\"node_id\":\"\xff\"}",
         ] {
             assert!(
                 RecordView::of(value).is_err(),
