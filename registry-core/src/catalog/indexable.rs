@@ -73,93 +73,110 @@ pub trait Indexable {
     fn gpu_cordoned(&self, index: usize) -> bool;
 }
 
-impl Indexable for NodeRecord {
-    fn node_id(&self) -> &str {
-        &self.node_id
-    }
-    fn status(&self) -> &str {
-        &self.status
-    }
-    fn role(&self) -> Option<&str> {
-        self.role.as_deref()
-    }
-    fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-    fn has_capabilities(&self) -> bool {
-        self.capabilities.is_some()
-    }
-    fn tags(&self) -> impl Iterator<Item = &str> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.tags.iter().map(String::as_str))
-    }
-    fn models(&self) -> impl Iterator<Item = &str> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.models.iter().map(String::as_str))
-    }
-    fn gpu_vram_gb(&self) -> impl Iterator<Item = f64> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.gpus.iter().map(|g| g.vram_gb))
-    }
-    fn ram_gb(&self) -> f64 {
-        self.capabilities.as_ref().map_or(0.0, |c| c.ram_gb)
-    }
-    fn disk_gb(&self) -> f64 {
-        self.capabilities.as_ref().map_or(0.0, |c| c.disk_gb)
-    }
-    fn cpu_cores(&self) -> u32 {
-        self.capabilities.as_ref().map_or(0, |c| c.cpu_cores)
-    }
-    fn ollama_models(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.ollama.iter())
-            .flat_map(|o| o.models.iter().map(|m| (m.name.as_str(), m.size_bytes)))
-    }
-    fn cpu_pct(&self) -> Option<f64> {
-        self.metrics.as_ref()?.cpu_pct
-    }
-    fn gpu_pct(&self) -> Option<f64> {
-        self.metrics.as_ref()?.gpu_pct
-    }
-    fn vram_used_gb(&self, index: usize) -> Option<f64> {
-        self.metrics
-            .as_ref()?
-            .gpus
-            .iter()
-            .find(|u| u.index as usize == index)?
-            .vram_used_gb
-    }
-    fn nats(&self) -> Option<NatsPlace<'_>> {
-        self.nats.as_ref().map(|n| NatsPlace {
-            server: &n.server,
-            cluster: n.cluster.as_deref(),
-            domain: n.domain.as_deref(),
-            rtt_ms: n.rtt_ms,
-        })
-    }
-    fn gpu_verdict(&self, index: usize) -> Option<GpuVerdict<'_>> {
-        self.gpu_health
-            .as_ref()?
-            .gpus
-            .iter()
-            .find(|g| g.index as usize == index)
-            .map(|g| GpuVerdict {
-                quarantined: g.quarantined,
-                state: &g.state,
-            })
-    }
-    fn gpu_cordoned(&self, index: usize) -> bool {
-        self.gpu_cordons.iter().any(|c| c.index as usize == index)
-    }
+/// Implements [`Indexable`] for a record type whose fields have the
+/// names, and the shapes up to string types, of [`NodeRecord`]'s: the
+/// record itself and its [`RecordView`] read alike, from one body.
+macro_rules! indexable_by_fields {
+    ($record:ty) => {
+        impl Indexable for $record {
+            fn node_id(&self) -> &str {
+                &self.node_id
+            }
+            fn status(&self) -> &str {
+                &self.status
+            }
+            fn role(&self) -> Option<&str> {
+                self.role.as_deref()
+            }
+            fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+                self.labels.iter().map(|(k, v)| (&**k, &**v))
+            }
+            fn has_capabilities(&self) -> bool {
+                self.capabilities.is_some()
+            }
+            fn tags(&self) -> impl Iterator<Item = &str> {
+                self.capabilities
+                    .iter()
+                    .flat_map(|c| c.tags.iter().map(|t| &**t))
+            }
+            fn models(&self) -> impl Iterator<Item = &str> {
+                self.capabilities
+                    .iter()
+                    .flat_map(|c| c.models.iter().map(|m| &**m))
+            }
+            fn gpu_vram_gb(&self) -> impl Iterator<Item = f64> {
+                self.capabilities
+                    .iter()
+                    .flat_map(|c| c.gpus.iter().map(|g| g.vram_gb))
+            }
+            fn ram_gb(&self) -> f64 {
+                self.capabilities.as_ref().map_or(0.0, |c| c.ram_gb)
+            }
+            fn disk_gb(&self) -> f64 {
+                self.capabilities.as_ref().map_or(0.0, |c| c.disk_gb)
+            }
+            fn cpu_cores(&self) -> u32 {
+                self.capabilities.as_ref().map_or(0, |c| c.cpu_cores)
+            }
+            fn ollama_models(&self) -> impl Iterator<Item = (&str, u64)> {
+                self.capabilities
+                    .iter()
+                    .flat_map(|c| c.ollama.iter())
+                    .flat_map(|o| o.models.iter().map(|m| (&*m.name, m.size_bytes)))
+            }
+            fn cpu_pct(&self) -> Option<f64> {
+                self.metrics.as_ref()?.cpu_pct
+            }
+            fn gpu_pct(&self) -> Option<f64> {
+                self.metrics.as_ref()?.gpu_pct
+            }
+            fn vram_used_gb(&self, index: usize) -> Option<f64> {
+                self.metrics
+                    .as_ref()?
+                    .gpus
+                    .iter()
+                    .find(|u| u.index as usize == index)?
+                    .vram_used_gb
+            }
+            fn nats(&self) -> Option<NatsPlace<'_>> {
+                self.nats.as_ref().map(|n| NatsPlace {
+                    server: &n.server,
+                    cluster: n.cluster.as_deref(),
+                    domain: n.domain.as_deref(),
+                    rtt_ms: n.rtt_ms,
+                })
+            }
+            fn gpu_verdict(&self, index: usize) -> Option<GpuVerdict<'_>> {
+                self.gpu_health
+                    .as_ref()?
+                    .gpus
+                    .iter()
+                    .find(|g| g.index as usize == index)
+                    .map(|g| GpuVerdict {
+                        quarantined: g.quarantined,
+                        state: &g.state,
+                    })
+            }
+            fn gpu_cordoned(&self, index: usize) -> bool {
+                self.gpu_cordons.iter().any(|c| c.index as usize == index)
+            }
+        }
+    };
 }
+
+indexable_by_fields!(NodeRecord);
+indexable_by_fields!(RecordView<'_>);
 
 /// A string of a stored value: borrowed from it unless it had escapes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -186,6 +203,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 /// A record's labels, in the order stored.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Labels<'a>(pub Vec<(Text<'a>, Text<'a>)>);
+
+impl<'a> std::ops::Deref for Labels<'a> {
+    type Target = [(Text<'a>, Text<'a>)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -328,90 +352,6 @@ struct GpuStateView<'a> {
 #[serde(default)]
 struct Indexed {
     index: u32,
-}
-
-impl Indexable for RecordView<'_> {
-    fn node_id(&self) -> &str {
-        &self.node_id.0
-    }
-    fn status(&self) -> &str {
-        &self.status.0
-    }
-    fn role(&self) -> Option<&str> {
-        self.role.as_ref().map(|r| &*r.0)
-    }
-    fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.labels.0.iter().map(|(k, v)| (&*k.0, &*v.0))
-    }
-    fn has_capabilities(&self) -> bool {
-        self.capabilities.is_some()
-    }
-    fn tags(&self) -> impl Iterator<Item = &str> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.tags.iter().map(|t| &*t.0))
-    }
-    fn models(&self) -> impl Iterator<Item = &str> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.models.iter().map(|t| &*t.0))
-    }
-    fn gpu_vram_gb(&self) -> impl Iterator<Item = f64> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.gpus.iter().map(|g| g.vram_gb))
-    }
-    fn ram_gb(&self) -> f64 {
-        self.capabilities.as_ref().map_or(0.0, |c| c.ram_gb)
-    }
-    fn disk_gb(&self) -> f64 {
-        self.capabilities.as_ref().map_or(0.0, |c| c.disk_gb)
-    }
-    fn cpu_cores(&self) -> u32 {
-        self.capabilities.as_ref().map_or(0, |c| c.cpu_cores)
-    }
-    fn ollama_models(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.capabilities
-            .iter()
-            .flat_map(|c| c.ollama.iter())
-            .flat_map(|o| o.models.iter().map(|m| (&*m.name.0, m.size_bytes)))
-    }
-    fn cpu_pct(&self) -> Option<f64> {
-        self.metrics.as_ref()?.cpu_pct
-    }
-    fn gpu_pct(&self) -> Option<f64> {
-        self.metrics.as_ref()?.gpu_pct
-    }
-    fn vram_used_gb(&self, index: usize) -> Option<f64> {
-        self.metrics
-            .as_ref()?
-            .gpus
-            .iter()
-            .find(|u| u.index as usize == index)?
-            .vram_used_gb
-    }
-    fn nats(&self) -> Option<NatsPlace<'_>> {
-        self.nats.as_ref().map(|n| NatsPlace {
-            server: &n.server.0,
-            cluster: n.cluster.as_ref().map(|c| &*c.0),
-            domain: n.domain.as_ref().map(|d| &*d.0),
-            rtt_ms: n.rtt_ms,
-        })
-    }
-    fn gpu_verdict(&self, index: usize) -> Option<GpuVerdict<'_>> {
-        self.gpu_health
-            .as_ref()?
-            .gpus
-            .iter()
-            .find(|g| g.index as usize == index)
-            .map(|g| GpuVerdict {
-                quarantined: g.quarantined,
-                state: &g.state.0,
-            })
-    }
-    fn gpu_cordoned(&self, index: usize) -> bool {
-        self.gpu_cordons.iter().any(|c| c.index as usize == index)
-    }
 }
 
 #[cfg(test)]
