@@ -287,7 +287,7 @@ impl Catalog {
 
     /// The record in a slot.
     pub fn record(&self, slot: u32) -> Option<NodeRecord> {
-        serde_json::from_slice(self.json(slot)?).ok()
+        schemas::json::from_bytes(self.json(slot)?).ok()
     }
 
     /// The record of a node, as the JSON of the contract.

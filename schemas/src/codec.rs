@@ -99,7 +99,7 @@ where
     match encoding {
         Encoding::Json => match payload.iter().find(|b| !b.is_ascii_whitespace()) {
             None => Ok(T::default()),
-            Some(b'{') => Ok(serde_json::from_slice(payload)?),
+            Some(b'{') => Ok(crate::json::from_bytes(payload)?),
             Some(_) => Err(CodecError::NotAnObject),
         },
         Encoding::Protobuf => Ok(T::decode(payload)?),

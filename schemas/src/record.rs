@@ -18,7 +18,7 @@ pub fn encode_record(record: &NodeRecord) -> Bytes {
 
 /// Decodes a KV value into a record.
 pub fn decode_record(value: &[u8]) -> Result<NodeRecord, serde_json::Error> {
-    serde_json::from_slice(value)
+    crate::json::from_bytes(value)
 }
 
 #[cfg(test)]

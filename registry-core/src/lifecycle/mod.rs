@@ -178,7 +178,7 @@ impl Tracked {
     pub fn record(&self) -> NodeRecord {
         match &self.record {
             RecordState::Pending(record) => (**record).clone(),
-            RecordState::Written(bytes) => match serde_json::from_slice(bytes) {
+            RecordState::Written(bytes) => match schemas::json::from_bytes(bytes) {
                 Ok(record) => record,
                 Err(e) => {
                     // Only bytes that decoded once are kept; this is a bug.

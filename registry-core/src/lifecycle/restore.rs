@@ -76,7 +76,7 @@ impl Fleet {
     ) -> Vec<String> {
         let mut skipped = Vec::new();
         for (bytes, revision) in records {
-            let Ok(live) = serde_json::from_slice::<Liveness<'_>>(&bytes) else {
+            let Ok(live) = schemas::json::from_bytes::<Liveness<'_>>(&bytes) else {
                 skipped.push(String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned());
                 continue;
             };
