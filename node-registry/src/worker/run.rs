@@ -329,8 +329,16 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     if message.subject.as_str().rsplit('.').next() == Some(events_stream.as_str()) {
                         // While the event stream had no leader, nodes could
                         // not store heartbeats: their silence was NATS's.
-                        info!(stream = %events_stream, "the event stream elected a new leader; granting every node a fresh grace window");
+                        info!(stream = %events_stream, "the event stream elected a new leader; granting every node a fresh grace window and pulling afresh");
                         self.fleet.grant_grace(self.clock.now());
+                        // A pull open across the election may stay alive
+                        // (its heartbeats come) yet deliver nothing more:
+                        // seen in the cluster tests, no event applied for
+                        // 16 s after the new leader answered. Read again
+                        // from the ack floor, as after a dropped pull.
+                        messages = None;
+                        rewind_due = true;
+                        caught_up = false;
                     }
                 }
                 Ok(()) = bucket_lost.changed() => {
