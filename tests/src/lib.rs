@@ -763,6 +763,34 @@ pub async fn wait_total(client: &fleet_client::Client, nodes: u64, limit: Durati
     .await;
 }
 
+/// Where [`subscribed`] sends its request: a subject nothing serves.
+const ROUND_TRIP_SUBJECT: &str = "fleet_tests.round_trip";
+
+/// Returns once the server has processed everything `client` sent before,
+/// its subscriptions included, so a message another connection publishes
+/// afterwards reaches them. `client.flush()` is not enough: it only empties
+/// the client's socket buffer, and the server may still be reading it when
+/// another connection's publish arrives.
+pub async fn subscribed(client: &async_nats::Client) {
+    subscribed_via(client, ROUND_TRIP_SUBJECT).await;
+}
+
+/// [`subscribed`] for a connection that may publish only to `subject`: a
+/// request there comes back (answered, refused by a status, or with no
+/// responders) only after the server has read what came before it.
+pub async fn subscribed_via(client: &async_nats::Client, subject: &str) {
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject.to_owned(), bytes::Bytes::new()),
+    )
+    .await;
+    match answered {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+        other => panic!("no round trip to the server on {subject}: {other:?}"),
+    }
+}
+
 /// A live subscription to `system.broadcast`.
 #[derive(Debug)]
 pub struct AlertTap {
@@ -772,13 +800,14 @@ pub struct AlertTap {
 }
 
 impl AlertTap {
-    /// Subscribes (and flushes, so no alert published afterwards is missed).
+    /// Subscribes, and waits until the server has the subscription, so no
+    /// alert published afterwards is missed.
     pub async fn new(client: &async_nats::Client) -> Self {
         let subscription = client
             .subscribe(subjects::SYSTEM_BROADCAST)
             .await
             .expect("subscribing to alerts");
-        client.flush().await.expect("flushing the subscription");
+        subscribed(client).await;
         Self {
             subscription,
             seen: Vec::new(),

@@ -165,7 +165,9 @@ async fn a_node_touches_only_what_is_its_own() {
     violation(&mut errors, "node.node-b.tasks").await;
     // Its own tasks arrive.
     let mut mine = a.subscribe("node.node-a.tasks").await.expect("subscribe");
-    a.flush().await.expect("flush");
+    // No registry serves discovery here: the request's "no responders"
+    // comes back once the server has the subscription.
+    fleet_tests::subscribed_via(&a, subjects::REGISTRY_DISCOVER).await;
     let (admin, _) = connect_as(&s.server, &s.auth, "admin", "_INBOX")
         .await
         .expect("admin connects");
@@ -235,7 +237,7 @@ async fn a_node_reads_only_its_roles_profile_and_writes_none() {
     let value = direct_get(&a, &own).await.expect("its own profile");
     assert!(value.contains("\"a\""), "{value}");
     let mut changes = a.subscribe(own.clone()).await.expect("subscribe");
-    a.flush().await.expect("flush");
+    fleet_tests::subscribed_via(&a, subjects::REGISTRY_DISCOVER).await;
     profiles
         .put("gpu", r#"{"labels":{"tier":"b"}}"#.into())
         .await
