@@ -28,7 +28,7 @@ pub struct HealthSources {
     /// The names of the streams it depends on.
     pub names: subjects::Names,
     /// Whether the connection to NATS is up.
-    pub connected: watch::Receiver<bool>,
+    pub connected: watch::Receiver<crate::link::Link>,
     /// The instance's own state.
     pub state: Arc<RegistryState>,
     /// The read index (loaded: discovery can answer).
@@ -49,7 +49,7 @@ async fn stream_check(js: &async_nats::jetstream::Context, stream: &str) -> Stri
 /// This instance's health now.
 pub async fn check(sources: &HealthSources) -> HealthReply {
     let mut dependencies = BTreeMap::new();
-    let connected = *sources.connected.borrow();
+    let connected = sources.connected.borrow().up;
     dependencies.insert(
         "nats".to_owned(),
         if connected {

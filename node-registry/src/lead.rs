@@ -32,7 +32,7 @@ pub async fn hold_lease(
     share: Arc<Share>,
     leading: watch::Sender<bool>,
     takeover: Arc<std::sync::atomic::AtomicBool>,
-    connected: watch::Receiver<bool>,
+    connected: watch::Receiver<crate::link::Link>,
     cancel: CancellationToken,
 ) {
     let mut first = true;
@@ -52,7 +52,7 @@ pub async fn hold_lease(
         }
         // A standby that cannot reach NATS must not take over; a leader that
         // cannot renew counts down its own TTL.
-        if *connected.borrow() || lease.is_held() {
+        if connected.borrow().up || lease.is_held() {
             if let Err(e) = lease.tick_taking(share.may_take_free()).await {
                 warn!(error = %e, partition = partition.index, "lease");
             }
@@ -119,7 +119,7 @@ pub struct Leader<'a> {
     /// The instance's own state (backlog and self-preservation, for health).
     pub state: &'a Arc<crate::state::RegistryState>,
     /// Whether the connection to NATS is up.
-    pub connected: watch::Receiver<bool>,
+    pub connected: watch::Receiver<crate::link::Link>,
     /// The registry is stopping.
     pub cancel: CancellationToken,
 }

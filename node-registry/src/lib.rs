@@ -24,6 +24,7 @@ pub mod index;
 pub mod join;
 pub mod keys;
 pub mod lead;
+pub mod link;
 pub mod metrics;
 pub mod partitions;
 pub mod probe;
@@ -37,6 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use link::Link;
 use registry_kv::StreamSettings;
 use runtime_support::{Backoff, CancellationToken};
 use tokio::sync::watch;
@@ -80,10 +82,10 @@ async fn connect(
     url: &str,
     auth: &runtime_support::NatsAuth,
     cancel: &CancellationToken,
-) -> Result<Option<(async_nats::Client, watch::Receiver<bool>)>, RegistryError> {
+) -> Result<Option<(async_nats::Client, watch::Receiver<Link>)>, RegistryError> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let (tx, rx) = watch::channel(true);
+        let (tx, rx) = watch::channel(Link::connected());
         let options = async_nats::ConnectOptions::new()
             .name("node-registry")
             .max_reconnects(None)
@@ -92,11 +94,11 @@ async fn connect(
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            tx.send_replace(true);
+                            tx.send_modify(|link| link.up = true);
                         }
                         async_nats::Event::Disconnected => {
                             warn!("disconnected from NATS: judging nothing until back");
-                            tx.send_replace(false);
+                            tx.send_modify(Link::dropped);
                         }
                         other => info!(event = %other, "NATS connection event"),
                     }
@@ -352,7 +354,7 @@ async fn run_view(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     settings: &StreamSettings,
-    connected: watch::Receiver<bool>,
+    connected: watch::Receiver<Link>,
     cancel: &CancellationToken,
 ) -> Result<(), RegistryError> {
     let Some(nodes) = provision_with_retry(cancel, || {

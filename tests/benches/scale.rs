@@ -213,6 +213,11 @@ struct Run {
     cpu_pct: f64,
     /// nats-server's CPU over the same window (% of one core).
     server_cpu_pct: f64,
+    /// This bench's own CPU over the same window (% of one core): the
+    /// simulated fleet publishing, and the measuring. It shares the two
+    /// cores with the registry and nats-server.
+    #[serde(default)]
+    generator_cpu_pct: f64,
     rss_bytes: u64,
     rss_bytes_per_node: f64,
     kv_writes_per_heartbeat: f64,
@@ -271,6 +276,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
     let ticks_before = cpu_ticks(pid);
     let server_pid = server.pid().expect("server running");
     let server_ticks_before = cpu_ticks(server_pid);
+    let generator_ticks_before = cpu_ticks(std::process::id());
     let profiles = [
         profile(pid, &format!("registry-{nodes}"), seconds.min(30)),
         profile(server_pid, &format!("nats-server-{nodes}"), seconds.min(30)),
@@ -319,6 +325,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         println!("  metrics on: /metrics scraped every 15 s during the window");
     }
     let server_ticks = cpu_ticks(server_pid) - server_ticks_before;
+    let generator_ticks = cpu_ticks(std::process::id()) - generator_ticks_before;
     let wall = started.elapsed().as_secs_f64();
     let published = simulator.published() - published_before;
     let heartbeats = published.heartbeats.max(1);
@@ -336,13 +343,14 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
     ages.sort();
     pending.sort();
     println!(
-        "  measured: {:.0} events/s, lag p50 {:.2} s p99 {:.2} s, pending p99 {}, registry CPU {:.1} %, nats-server CPU {:.1} %, RSS {} B/node, KV writes/heartbeat {:.3}",
+        "  measured: {:.0} events/s, lag p50 {:.2} s p99 {:.2} s, pending p99 {}, registry CPU {:.1} %, nats-server CPU {:.1} %, generator CPU {:.1} %, RSS {} B/node, KV writes/heartbeat {:.3}",
         published.total() as f64 / wall,
         percentile(&ages, 0.5) as f64 / 1000.0,
         percentile(&ages, 0.99) as f64 / 1000.0,
         percentile(&pending, 0.99),
         (ticks_after - ticks_before) as f64 / clock_ticks() / wall * 100.0,
         server_ticks as f64 / clock_ticks() / wall * 100.0,
+        generator_ticks as f64 / clock_ticks() / wall * 100.0,
         rss_max / nodes.max(1),
         writes as f64 / heartbeats as f64
     );
@@ -408,6 +416,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         pending_p99: percentile(&pending, 0.99),
         cpu_pct: (ticks_after - ticks_before) as f64 / clock_ticks() / wall * 100.0,
         server_cpu_pct: server_ticks as f64 / clock_ticks() / wall * 100.0,
+        generator_cpu_pct: generator_ticks as f64 / clock_ticks() / wall * 100.0,
         rss_bytes: rss_max,
         rss_bytes_per_node: rss_max as f64 / nodes as f64,
         kv_writes_per_heartbeat: writes as f64 / heartbeats as f64,

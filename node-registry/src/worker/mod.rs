@@ -20,6 +20,8 @@
 //! - `execute`: the fleet's effects carried out; write health;
 //! - `admin`: operators' requests;
 //! - `advisories`: the server's connection advisories;
+//! - `caught_up`: whether every event was applied, on evidence fresh enough
+//!   to judge nodes by (and a pull that went quiet);
 //! - `clock`: the server's clock, as the events show it;
 //! - `losses`: events the stream discarded before they were read;
 //! - `history`: the history the event stream holds at the current rate,
@@ -29,6 +31,7 @@
 
 mod admin;
 mod advisories;
+mod caught_up;
 mod clock;
 mod execute;
 mod history;

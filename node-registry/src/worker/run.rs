@@ -18,6 +18,7 @@ use schemas::error::{ErrorCode, ServiceError};
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::caught_up::CaughtUp;
 use super::{position, Delivery, DeliveryMeta, Verdict, Worker};
 use crate::tasks::TaskSender;
 
@@ -107,7 +108,7 @@ pub struct Term {
     /// How often silence is judged.
     pub sweep_interval: Duration,
     /// Whether the connection to NATS is up.
-    pub connected: watch::Receiver<bool>,
+    pub connected: watch::Receiver<crate::link::Link>,
     /// Whether this instance leads; any change ends the term.
     pub leading: watch::Receiver<bool>,
     /// The registry is stopping.
@@ -164,9 +165,10 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         }
         let mut tick = tokio::time::interval(sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut caught_up = false;
+        let mut caught_up = CaughtUp::new(std::time::Instant::now());
         let mut backlog_seen = std::time::Instant::now() - BACKLOG_EVERY;
-        let mut was_connected = *connected.borrow();
+        let mut was_connected = connected.borrow().up;
+        let mut drops_seen = connected.borrow().drops;
         let mut messages = None;
         let mut links = self.connection_events(&client).await;
         let mut elections = match client
@@ -221,7 +223,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             if messages.is_none() && rewind_due && tokio::time::Instant::now() >= pull_after {
                 // Only once the server has rewound: otherwise a later ack
                 // would cover what the dropped pull was handed.
-                rewind_due = self.rewind(&mut consumer).await.is_none() && *connected.borrow();
+                rewind_due = self.rewind(&mut consumer).await.is_none() && connected.borrow().up;
             }
             if messages.is_none() && !rewind_due && tokio::time::Instant::now() >= pull_after {
                 // Short pulls with idle heartbeats: a pull lost with a server
@@ -234,7 +236,10 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     .messages()
                     .await;
                 match stream {
-                    Ok(stream) => messages = Some(stream),
+                    Ok(stream) => {
+                        messages = Some(stream);
+                        caught_up.pulled_afresh();
+                    }
                     Err(e) => warn!(error = %e, "opening the event consumer; retrying"),
                 }
             }
@@ -254,6 +259,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     }
                 } => match next {
                     Some(Ok(message)) => {
+                        let received = std::time::Instant::now();
                         // Take what else is ready now, up to a batch: its
                         // writes go out together, one per node.
                         let mut batch = vec![message];
@@ -287,25 +293,25 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         let (done, applied) = self.on_messages(batch, &js, &lifecycle_stream, acking).await;
                         // A dropped pull may have been handed events this
                         // term has not seen: not caught up until rewound.
-                        caught_up = done && !rewind_due;
+                        caught_up.after_batch(done && !rewind_due, received);
                         if !applied {
                             // Nothing after the failed events may be acked
                             // before they are applied: read them again.
                             messages = None;
                             rewind_due = true;
-                            caught_up = false;
+                            caught_up.no();
                             pull_after = tokio::time::Instant::now() + RETRY_DELAY;
                         }
                     }
                     Some(Err(e)) => if pull_is_lost(&e) {
                         messages = None;
                         rewind_due = true;
-                        caught_up = false;
+                        caught_up.no();
                     },
                     None => {
                         messages = None;
                         rewind_due = true;
-                        caught_up = false;
+                        caught_up.no();
                     }
                 },
                 Some(message) = async {
@@ -338,7 +344,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         // from the ack floor, as after a dropped pull.
                         messages = None;
                         rewind_due = true;
-                        caught_up = false;
+                        caught_up.no();
                     }
                 }
                 Ok(()) = bucket_lost.changed() => {
@@ -347,13 +353,20 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     self.fleet.rewrite_all();
                 }
                 Ok(()) = connected.changed() => {
-                    let is_connected = *connected.borrow_and_update();
-                    if !is_connected && was_connected {
+                    let link = *connected.borrow_and_update();
+                    let is_connected = link.up;
+                    // A drop and its reconnect may both have come since
+                    // the last look (a server restarts in milliseconds):
+                    // the pull and replies in flight died all the same.
+                    let dropped = link.drops > drops_seen;
+                    drops_seen = link.drops;
+                    if (dropped || !is_connected) && was_connected {
                         // Nothing can be heard now: hold every transition.
                         // The alert goes out once the link is back.
                         warn!("lost the NATS link; holding transitions");
                         let effects = self.fleet.fault(OwnFault::NatsLink, self.clock.now(), 0);
                         self.pending_alerts.extend(effects.alerts);
+                        was_connected = false;
                     }
                     if is_connected && !was_connected {
                         // Whatever happened while we were away is not the
@@ -363,7 +376,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         self.retry_alerts().await;
                         let effects = self.fleet.fault_cleared(OwnFault::NatsLink, self.clock.now());
                         self.execute(effects).await;
-                        caught_up = false;
+                        caught_up.no();
                         messages = None;
                         rewind_due = true;
                     }
@@ -395,7 +408,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                             self.retry_alerts().await;
                             let effects = self.fleet.fault_cleared(OwnFault::EventStream, self.clock.now());
                             self.execute(effects).await;
-                            caught_up = false;
+                            caught_up.no();
                         }
                     } else {
                         if !self.fleet.faults().any(|f| f == OwnFault::EventStream) {
@@ -403,38 +416,54 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                             let effects = self.fleet.fault(OwnFault::EventStream, self.clock.now(), 0);
                             self.pending_alerts.extend(effects.alerts);
                         }
-                        caught_up = false;
+                        caught_up.no();
                         continue;
                     }
                     // The consumer's figures: to know when it caught up, and
                     // every few seconds for health and metrics.
-                    if !caught_up || backlog_seen.elapsed() >= BACKLOG_EVERY {
-                        let looked = match consumer.info().await {
+                    // Judging needs fresh evidence that no event waits: a
+                    // batch whose writes stalled (a stream's failover) let
+                    // heartbeats queue up behind it unseen.
+                    let check = caught_up.needs_reading(std::time::Instant::now());
+                    if check || backlog_seen.elapsed() >= BACKLOG_EVERY {
+                        let asked = std::time::Instant::now();
+                        // Only a live pull can be caught up: events handed
+                        // to a dropped one come again after the rewind.
+                        let live = messages.is_some() && !rewind_due;
+                        match consumer.info().await {
                             Ok(info) => {
                                 backlog_seen = std::time::Instant::now();
                                 state.set_backlog(self.partition.index, info.num_pending + info.num_ack_pending as u64);
                                 if let Some(front) = probed.as_ref().map(|s| s.state.first_sequence) {
                                     self.count_discarded(front, info.num_pending);
                                 }
-                                // Nothing waiting, and nothing handed out
-                                // and not yet applied.
-                                info.num_pending == 0 && info.num_ack_pending == 0
+                                if check {
+                                    // Nothing waiting, and nothing handed
+                                    // out and not yet applied.
+                                    caught_up.read(live && info.num_pending == 0 && info.num_ack_pending == 0, asked);
+                                }
+                                if live && caught_up.pull_is_stuck(info.num_pending, info.delivered.stream_sequence, asked) {
+                                    // Seen after a stream's leader changed:
+                                    // the pull stayed open, delivering
+                                    // nothing. Read again from the ack floor.
+                                    warn!(pending = info.num_pending, quiet_s = super::caught_up::PULL_QUIET.as_secs(), "the event pull delivers nothing while events wait; pulling afresh");
+                                    messages = None;
+                                    rewind_due = true;
+                                    caught_up.pulled_afresh();
+                                }
                             }
                             Err(e) => {
                                 debug!(error = %e, "reading consumer info");
-                                false
+                                if check {
+                                    caught_up.no();
+                                }
                             }
-                        };
-                        // Only a live pull can be caught up: events handed
-                        // to a dropped one come again after the rewind.
-                        if !caught_up && messages.is_some() && !rewind_due {
-                            caught_up = looked;
                         }
                     }
                     state.set_self_preservation(self.partition.index, held_transitions(&self.fleet));
                     self.retry_alerts().await;
                     self.say_losses().await;
-                    if caught_up {
+                    if caught_up.is() {
                         let effects = self.fleet.sweep(self.clock.now());
                         if !effects.is_empty() {
                             self.execute(effects).instrument(info_span!("sweep")).await;

@@ -1,0 +1,134 @@
+//! Whether this term has applied every event the stream holds, and how old
+//! that knowledge is. The sweep judges nodes only on fresh knowledge: a
+//! batch whose writes stalled through a stream's failover, or a pull that
+//! went quiet, leaves heartbeats waiting that the fleet has not seen, and a
+//! node judged then would be judged on NATS's silence, not its own.
+
+use std::time::{Duration, Instant};
+
+/// How old the evidence of being caught up may be when the sweep judges;
+/// older evidence is checked against the consumer first.
+pub const FRESH: Duration = Duration::from_secs(1);
+
+/// How long the server may deliver nothing while events wait for a live
+/// pull before the pull is taken for stuck (a pull expires after 5 s, so a
+/// healthy one delivers well within that).
+pub const PULL_QUIET: Duration = Duration::from_secs(5);
+
+/// What this term knows about its consumer's position.
+#[derive(Debug)]
+pub struct CaughtUp {
+    /// Nothing was waiting when the evidence was taken.
+    yes: bool,
+    /// When the evidence was taken: a batch's delivery, or a consumer read.
+    at: Instant,
+    /// Since when, and at which delivered sequence, the consumer has had
+    /// events waiting with nothing more delivered.
+    quiet: Option<(Instant, u64)>,
+}
+
+impl CaughtUp {
+    /// Not caught up: a term starts not knowing.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            yes: false,
+            at: now,
+            quiet: None,
+        }
+    }
+
+    /// Whether the sweep may judge now.
+    pub fn is(&self) -> bool {
+        self.yes
+    }
+
+    /// Not caught up (a dropped pull, a retried batch, a fault).
+    pub fn no(&mut self) {
+        self.yes = false;
+    }
+
+    /// A batch delivered at `received` left `nothing_left` behind it.
+    pub fn after_batch(&mut self, nothing_left: bool, received: Instant) {
+        self.yes = nothing_left;
+        self.at = received;
+    }
+
+    /// Whether the consumer must be read before the sweep may judge: not
+    /// caught up, or caught up on evidence older than [`FRESH`].
+    pub fn needs_reading(&self, now: Instant) -> bool {
+        !self.yes || now.saturating_duration_since(self.at) > FRESH
+    }
+
+    /// The consumer, read at `asked`, had `nothing_waiting` for a live pull.
+    pub fn read(&mut self, nothing_waiting: bool, asked: Instant) {
+        self.yes = nothing_waiting;
+        self.at = asked;
+    }
+
+    /// Whether the pull looks stuck: the consumer, read at `asked`, has had
+    /// `pending` events waiting and its delivered sequence at `delivered`
+    /// for [`PULL_QUIET`] or longer.
+    pub fn pull_is_stuck(&mut self, pending: u64, delivered: u64, asked: Instant) -> bool {
+        if pending == 0 {
+            self.quiet = None;
+            return false;
+        }
+        match self.quiet {
+            Some((since, seq)) if seq == delivered => {
+                asked.saturating_duration_since(since) >= PULL_QUIET
+            }
+            _ => {
+                self.quiet = Some((asked, delivered));
+                false
+            }
+        }
+    }
+
+    /// A fresh pull: what was seen of the old one says nothing of it.
+    pub fn pulled_afresh(&mut self) {
+        self.yes = false;
+        self.quiet = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_that_left_nothing_behind_is_fresh_evidence_for_a_second() {
+        let t0 = Instant::now();
+        let mut c = CaughtUp::new(t0);
+        assert!(!c.is());
+        assert!(c.needs_reading(t0));
+        c.after_batch(true, t0);
+        assert!(c.is());
+        assert!(!c.needs_reading(t0 + Duration::from_millis(900)));
+        // A batch whose writes stalled for 11 s: its evidence is stale.
+        assert!(c.needs_reading(t0 + Duration::from_secs(11)));
+        c.read(false, t0 + Duration::from_secs(11));
+        assert!(!c.is(), "events waited behind the stalled batch");
+        c.after_batch(false, t0 + Duration::from_secs(12));
+        assert!(!c.is());
+    }
+
+    #[test]
+    fn a_pull_is_stuck_only_after_delivering_nothing_for_the_quiet_time_with_events_waiting() {
+        let t0 = Instant::now();
+        let mut c = CaughtUp::new(t0);
+        assert!(!c.pull_is_stuck(10, 100, t0));
+        assert!(!c.pull_is_stuck(10, 100, t0 + Duration::from_secs(4)));
+        assert!(c.pull_is_stuck(12, 100, t0 + PULL_QUIET));
+        // Something delivered meanwhile: quiet again from then.
+        let mut c = CaughtUp::new(t0);
+        assert!(!c.pull_is_stuck(10, 100, t0));
+        assert!(!c.pull_is_stuck(10, 150, t0 + PULL_QUIET));
+        assert!(!c.pull_is_stuck(10, 150, t0 + PULL_QUIET + Duration::from_secs(4)));
+        // Nothing waiting: never stuck, and the quiet starts over.
+        assert!(!c.pull_is_stuck(0, 150, t0 + Duration::from_secs(20)));
+        assert!(!c.pull_is_stuck(3, 150, t0 + Duration::from_secs(21)));
+        // A fresh pull forgets the old one's quiet.
+        c.pulled_afresh();
+        assert!(!c.pull_is_stuck(3, 150, t0 + Duration::from_secs(30)));
+    }
+}
