@@ -763,8 +763,9 @@ pub async fn wait_total(client: &fleet_client::Client, nodes: u64, limit: Durati
     .await;
 }
 
-/// Where [`subscribed`] sends its request: a subject nothing serves.
-const ROUND_TRIP_SUBJECT: &str = "fleet_tests.round_trip";
+/// Where [`subscribed`] sends its request: JetStream's account info, which
+/// every role but a node's may ask for (fleet_auth's permissions).
+const ROUND_TRIP_SUBJECT: &str = "$JS.API.INFO";
 
 /// Returns once the server has processed everything `client` sent before,
 /// its subscriptions included, so a message another connection publishes
