@@ -151,6 +151,54 @@ async fn wait_replicas_current(js: &jetstream::Context, stream: &str) {
     .await;
 }
 
+/// What the registry and the event consumer show of the probe, for a
+/// failure's message.
+async fn where_the_probe_stands(client: &fleet_client::Client, js: &jetstream::Context) -> String {
+    let record = client
+        .get(PROBE)
+        .await
+        .map(|r| r.map(|r| (r.seq, r.status)));
+    let stream = match js.get_stream(subjects::STREAM_NODE_EVENTS).await {
+        Ok(mut stream) => stream
+            .info()
+            .await
+            .map(|i| {
+                format!(
+                    "first {} last {}",
+                    i.state.first_sequence, i.state.last_sequence
+                )
+            })
+            .unwrap_or_else(|e| e.to_string()),
+        Err(e) => e.to_string(),
+    };
+    let consumer = match js.get_stream(subjects::STREAM_NODE_EVENTS).await {
+        Ok(stream) => match stream
+            .get_consumer::<jetstream::consumer::pull::Config>(subjects::CONSUMER_REGISTRY)
+            .await
+        {
+            Ok(mut consumer) => consumer
+                .info()
+                .await
+                .map(|i| {
+                    format!(
+                        "delivered {} ack floor {} pending {} ack pending {} leader {:?}",
+                        i.delivered.stream_sequence,
+                        i.ack_floor.stream_sequence,
+                        i.num_pending,
+                        i.num_ack_pending,
+                        i.cluster.as_ref().and_then(|c| c.leader.clone())
+                    )
+                })
+                .unwrap_or_else(|e| e.to_string()),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    format!(
+        "the probe's record (seq, status): {record:?}; NODE_EVENTS: {stream}; consumer: {consumer}"
+    )
+}
+
 /// Publishes the probe's events, seq `first` (a register) up, each retried until
 /// the server acks it (with a message id, so a retry is never stored twice),
 /// until `stop`; returns the last seq acked.
@@ -273,15 +321,23 @@ async fn losing_a_stream_leader_loses_no_event_and_discovery_keeps_answering() {
         .expect("publish")
         .await
         .expect("ack");
-        eventually(
-            "the registry to apply the probe's last event",
-            SOON,
-            || async {
-                let record = client.get(PROBE).await.ok()??;
-                (record.seq == Some(final_seq)).then_some(())
-            },
-        )
+        let applied = tokio::time::timeout(SOON, async {
+            loop {
+                if let Ok(Some(record)) = client.get(PROBE).await {
+                    if record.seq == Some(final_seq) {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
         .await;
+        if applied.is_err() {
+            panic!(
+                "the registry did not apply the probe's last event (seq {final_seq}) within {SOON:?} ({stream} failover); {}",
+                where_the_probe_stands(&client, &js).await
+            );
+        }
         let query = AuditQuery {
             node_id: Some(PROBE.to_owned()),
             since: Some(Utc::now() - chrono::Duration::minutes(10)),
