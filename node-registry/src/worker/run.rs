@@ -31,6 +31,11 @@ const COALESCE_BELOW: usize = 64;
 /// How long a small batch waits for more events; what it adds to an
 /// event's handling is nothing to judging by deadlines of seconds.
 const COALESCE: Duration = Duration::from_millis(20);
+/// How long a batch taken from a backlog of a batch or more waits to fill:
+/// fewer, larger rounds of writes and acks work a backlog off faster (a
+/// registration storm: batches of about 130 events without it, the loop
+/// idle half the time between them).
+const FILL_WAIT: Duration = Duration::from_millis(10);
 /// How long the event stream may take to answer the probe of each sweep.
 const STREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a retried event waits before it is delivered again.
@@ -260,13 +265,32 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 } => match next {
                     Some(Ok(message)) => {
                         let received = std::time::Instant::now();
+                        // Behind by a batch or more: fill the batch, so
+                        // each round of writes and acks carries more events.
+                        let fill_until = (message.info().map_or(0, |i| i.pending) >= MAX_BATCH as u64)
+                            .then(|| tokio::time::Instant::now() + FILL_WAIT);
                         // Take what else is ready now, up to a batch: its
                         // writes go out together, one per node.
                         let mut batch = vec![message];
                         let mut waited = false;
                         while batch.len() < MAX_BATCH {
                             let Some(stream) = messages.as_mut() else { break };
-                            match stream.next().now_or_never() {
+                            let next = match stream.next().now_or_never() {
+                                Some(next) => Some(next),
+                                None if !waited && fill_until.is_none() && batch.len() < COALESCE_BELOW => {
+                                    // A trickle: let more arrive before
+                                    // handling it, without polling meanwhile
+                                    // (each poll that waits is a wakeup).
+                                    waited = true;
+                                    tokio::time::sleep(COALESCE).await;
+                                    continue;
+                                }
+                                None => match fill_until {
+                                    Some(until) => tokio::time::timeout_at(until, stream.next()).await.ok(),
+                                    None => None,
+                                },
+                            };
+                            match next {
                                 Some(Some(Ok(more))) => batch.push(more),
                                 Some(Some(Err(e))) => {
                                     if pull_is_lost(&e) {
@@ -279,13 +303,6 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                     messages = None;
                                     rewind_due = true;
                                     break;
-                                }
-                                None if !waited && batch.len() < COALESCE_BELOW => {
-                                    // A trickle: let more arrive before
-                                    // handling it, without polling meanwhile
-                                    // (each poll that waits is a wakeup).
-                                    waited = true;
-                                    tokio::time::sleep(COALESCE).await;
                                 }
                                 None => break,
                             }
