@@ -158,41 +158,39 @@ async fn where_the_probe_stands(client: &fleet_client::Client, js: &jetstream::C
         .get(PROBE)
         .await
         .map(|r| r.map(|r| (r.seq, r.status)));
-    let stream = match js.get_stream(subjects::STREAM_NODE_EVENTS).await {
-        Ok(mut stream) => stream
-            .info()
-            .await
-            .map(|i| {
-                format!(
-                    "first {} last {}",
-                    i.state.first_sequence, i.state.last_sequence
-                )
-            })
-            .unwrap_or_else(|e| e.to_string()),
-        Err(e) => e.to_string(),
-    };
-    let consumer = match js.get_stream(subjects::STREAM_NODE_EVENTS).await {
-        Ok(stream) => match stream
-            .get_consumer::<jetstream::consumer::pull::Config>(subjects::CONSUMER_REGISTRY)
-            .await
-        {
-            Ok(mut consumer) => consumer
-                .info()
-                .await
-                .map(|i| {
+    let (stream, consumer) = match js.get_stream(subjects::STREAM_NODE_EVENTS).await {
+        Ok(mut events) => {
+            let stream = events.info().await.map_or_else(
+                |e| e.to_string(),
+                |i| {
                     format!(
-                        "delivered {} ack floor {} pending {} ack pending {} leader {:?}",
-                        i.delivered.stream_sequence,
-                        i.ack_floor.stream_sequence,
-                        i.num_pending,
-                        i.num_ack_pending,
-                        i.cluster.as_ref().and_then(|c| c.leader.clone())
+                        "first {} last {}",
+                        i.state.first_sequence, i.state.last_sequence
                     )
-                })
-                .unwrap_or_else(|e| e.to_string()),
-            Err(e) => e.to_string(),
-        },
-        Err(e) => e.to_string(),
+                },
+            );
+            let consumer = match events
+                .get_consumer::<jetstream::consumer::pull::Config>(subjects::CONSUMER_REGISTRY)
+                .await
+            {
+                Ok(mut consumer) => consumer.info().await.map_or_else(
+                    |e| e.to_string(),
+                    |i| {
+                        format!(
+                            "delivered {} ack floor {} pending {} ack pending {} leader {:?}",
+                            i.delivered.stream_sequence,
+                            i.ack_floor.stream_sequence,
+                            i.num_pending,
+                            i.num_ack_pending,
+                            i.cluster.as_ref().and_then(|c| c.leader.clone())
+                        )
+                    },
+                ),
+                Err(e) => e.to_string(),
+            };
+            (stream, consumer)
+        }
+        Err(e) => (e.to_string(), String::new()),
     };
     format!(
         "the probe's record (seq, status): {record:?}; NODE_EVENTS: {stream}; consumer: {consumer}"
