@@ -84,7 +84,8 @@ impl CaughtUp {
         }
     }
 
-    /// A fresh pull: what was seen of the old one says nothing of it.
+    /// A fresh pull is open: what was seen of the old one says nothing of
+    /// it.
     pub fn pulled_afresh(&mut self) {
         self.yes = false;
         self.quiet = None;

@@ -466,7 +466,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                     warn!(pending = info.num_pending, quiet_s = super::caught_up::PULL_QUIET.as_secs(), "the event pull delivers nothing while events wait; pulling afresh");
                                     messages = None;
                                     rewind_due = true;
-                                    caught_up.pulled_afresh();
+                                    caught_up.no();
                                 }
                             }
                             Err(e) => {
