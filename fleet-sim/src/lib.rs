@@ -9,13 +9,13 @@
 //! registry's alerts.
 //!
 //! - [`generate`]: deterministic realistic registrations and heartbeats.
-//! - [`Simulator`]: the schedule and the publishing.
+//! - [`schedule`]: when each node publishes next.
+//! - [`Simulator`]: the churn and the publishing.
 #![deny(missing_docs)]
 
 pub mod generate;
+pub mod schedule;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,7 +269,7 @@ impl Simulator {
         let start = Instant::now();
         let end = start + self.config.duration;
         let mut life: Vec<Life> = Vec::new();
-        let mut due: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+        let mut due = schedule::Schedule::new(start);
         let mut seq: Vec<u64> = Vec::new();
 
         // Registrations, spread over the first interval so the start is not
@@ -279,7 +279,7 @@ impl Simulator {
             life.push(if silent { Life::Silent } else { Life::Alive });
             seq.push(1);
             let offset = self.config.heartbeat_interval.mul_f64(rng.unit());
-            due.push(Reverse((start + offset, n)));
+            due.push(start + offset, n);
         }
         let mut registered = vec![false; life.len()];
         let rate = |per_sec: f64| (per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / per_sec));
@@ -305,7 +305,7 @@ impl Simulator {
                     life.push(Life::Alive);
                     seq.push(1);
                     registered.push(false);
-                    due.push(Reverse((now, n)));
+                    due.push(now, n);
                     next_join = Some(at + every);
                 }
             }
@@ -336,11 +336,10 @@ impl Simulator {
             }
             // Heartbeats and registrations due now.
             let mut sent = 0;
-            while let Some(Reverse((at, n))) = due.peek().copied() {
-                if at > now || sent >= 10_000 {
+            while sent < 10_000 {
+                let Some(n) = due.pop_due(now) else {
                     break;
-                }
-                due.pop();
+                };
                 let i = n as usize;
                 if life[i] == Life::Gone {
                     continue;
@@ -362,7 +361,7 @@ impl Simulator {
                 report.published += 1;
                 sent += 1;
                 if life[i] == Life::Alive {
-                    due.push(Reverse((self.next_beat(now, &mut rng), n)));
+                    due.push(self.next_beat(now, &mut rng), n);
                 }
             }
             if now.duration_since(last_report) >= Duration::from_secs(5) {
@@ -376,7 +375,7 @@ impl Simulator {
             }
             // Sleep until the next thing is due (bounded, so churn and the
             // end are seen in time).
-            let next = due.peek().map(|Reverse((at, _))| *at).unwrap_or(end);
+            let next = due.next_due().unwrap_or(end);
             let wake = [Some(next), next_join, next_leave, next_crash, Some(end)]
                 .into_iter()
                 .flatten()

@@ -191,10 +191,12 @@ async fn reflect(
             continue;
         }
         loading.add(std::mem::take(&mut chunk), store).await?;
-        let buffer = std::mem::take(&mut loading).finish(store).await?;
+        let (buffer, busy, waited) = std::mem::take(&mut loading).finish(store).await?;
         info!(
             nodes = buffer.len(),
             revision = buffer.revision,
+            indexing_ms = busy.as_millis(),
+            waited_for_indexing_ms = waited.as_millis(),
             "read index loaded"
         );
         let now = buffer.revision;
@@ -219,7 +221,11 @@ const LOAD_CHUNK: usize = 4096;
 #[derive(Default)]
 struct Loading {
     idle: Option<Catalog>,
-    indexing: Option<tokio::task::JoinHandle<Catalog>>,
+    indexing: Option<tokio::task::JoinHandle<(Catalog, Duration)>>,
+    /// Time the blocking thread spent reading and indexing chunks.
+    indexing_busy: Duration,
+    /// Time the receiving task waited for it (the pipeline's stall).
+    waited: Duration,
 }
 
 fn failed(store: &kv::Store, e: &tokio::task::JoinError) -> WatchError {
@@ -240,13 +246,21 @@ impl Loading {
         Self {
             idle: Some(Catalog::with_capacity(keys)),
             indexing: None,
+            indexing_busy: Duration::ZERO,
+            waited: Duration::ZERO,
         }
     }
 
     /// The catalog, once the chunk being indexed is in.
     async fn catalog(&mut self, store: &kv::Store) -> Result<Catalog, WatchError> {
         match self.indexing.take() {
-            Some(task) => task.await.map_err(|e| failed(store, &e)),
+            Some(task) => {
+                let asked = std::time::Instant::now();
+                let (catalog, busy) = task.await.map_err(|e| failed(store, &e))?;
+                self.waited += asked.elapsed();
+                self.indexing_busy += busy;
+                Ok(catalog)
+            }
             None => Ok(self.idle.take().unwrap_or_default()),
         }
     }
@@ -255,17 +269,23 @@ impl Loading {
     async fn add(&mut self, chunk: Vec<RawChange>, store: &kv::Store) -> Result<(), WatchError> {
         let mut catalog = self.catalog(store).await?;
         self.indexing = Some(tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             for change in chunk {
                 load(&mut catalog, change);
             }
-            catalog
+            (catalog, started.elapsed())
         }));
         Ok(())
     }
 
-    /// The whole replay, indexed.
-    async fn finish(mut self, store: &kv::Store) -> Result<Catalog, WatchError> {
-        self.catalog(store).await
+    /// The whole replay, indexed, with the time the indexing thread was
+    /// busy and the time the receiver waited for it.
+    async fn finish(
+        mut self,
+        store: &kv::Store,
+    ) -> Result<(Catalog, Duration, Duration), WatchError> {
+        let catalog = self.catalog(store).await?;
+        Ok((catalog, self.indexing_busy, self.waited))
     }
 }
 

@@ -302,6 +302,52 @@ async fn main() {
     );
 
     let registry_bin = release_bin("node-registry", "node-registry");
+    // With `BENCH_COLD_STARTS=<n>` (n > 1), n - 1 more cold starts first,
+    // each a fresh registry killed once it answers over the whole fleet:
+    // samples of the same start on a host whose speed varies.
+    let extra_starts: usize = std::env::var("BENCH_COLD_STARTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1usize)
+        .saturating_sub(1);
+    for attempt in 1..=extra_starts {
+        let server_ticks = server.pid().map(cpu_ticks).unwrap_or(0);
+        let started = Instant::now();
+        let log = server.temp_path(&format!("registry-sample-{attempt}.log"));
+        let mut sample = Proc::spawn(
+            "registry",
+            &registry_bin,
+            &["--nats-url".to_owned(), server.url()],
+            &[("RUST_LOG", "info".to_owned())],
+            log.clone(),
+        );
+        let client = fleet_tests::registry_client(&server)
+            .await
+            .with_timeout(Duration::from_secs(30));
+        fleet_tests::wait_total(&client, nodes, Duration::from_secs(300)).await;
+        let ready_after = started.elapsed();
+        let hz = clock_ticks();
+        let registry_cpu = sample.pid().map(cpu_ticks).unwrap_or(0) as f64 / hz;
+        let server_cpu = server
+            .pid()
+            .map(cpu_ticks)
+            .unwrap_or(0)
+            .saturating_sub(server_ticks) as f64
+            / hz;
+        sample.kill9();
+        let loaded = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("read index loaded"))
+            .and_then(|l| l.split("read index loaded").nth(1))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        println!(
+            "cold start sample {attempt}: ready in {:.1} s; CPU registry {registry_cpu:.1} s, nats-server {server_cpu:.1} s; index loaded: {loaded}",
+            ready_after.as_secs_f64()
+        );
+    }
     // With `BENCH_PERF=<folder>`, the whole machine's CPU profile of the
     // start (read it with `perf report -i <folder>/cold-start.data`).
     let perf = std::env::var("BENCH_PERF").ok().and_then(|dir| {
