@@ -274,18 +274,31 @@ impl Fleet {
             e.services.iter().map(String::as_str),
         );
         let usage_changed = usage != node.usage;
-        let checkpoint_due = at.signed_duration_since(node.last_written) >= checkpoint;
+        let checkpoint_due = pacing::checkpoint_due(id.as_str(), node.last_written, at, checkpoint);
         // The first metrics after a registration are worth a write: until
-        // then discovery cannot rank the node by load.
-        // (Under a backlog they wait for its checkpoint: see `set_backlogged`.)
+        // then discovery cannot rank the node by load. They take what the
+        // write budget leaves, and otherwise wait for the node's
+        // checkpoint (as they do under a backlog: see `set_backlogged`).
         let first_metrics = !node.has_metrics && e.metrics.is_some() && !backlogged;
-        if came_back
+        let must = came_back
             || checkpoint_due
-            || first_metrics
             || usage_changed
             || gpu_health.is_some()
-            || node.needs_write
-        {
+            || node.needs_write;
+        // A write that must be made spends the budget too, so first
+        // metrics never add to a fleet's checkpoints beyond it.
+        let write = match (must, first_metrics) {
+            (true, _) => {
+                self.freshening.take(at);
+                true
+            }
+            (false, true) => self.freshening.take(at),
+            (false, false) => false,
+        };
+        if write {
+            let Some(node) = self.slot_mut(slot) else {
+                return effects;
+            };
             let mut record = node.record();
             if gpu_health.is_some() {
                 record.gpu_health = gpu_health;

@@ -38,6 +38,7 @@ mod effects;
 mod events;
 mod gpus;
 mod operator;
+mod pacing;
 mod preservation;
 mod restore;
 mod wheel;
@@ -231,6 +232,9 @@ pub struct Fleet {
     /// The worker is working off a backlog: writes that only freshen a
     /// record wait for the node's next checkpoint.
     backlogged: bool,
+    /// Writes a second left to first metrics, after checkpoints and
+    /// material writes (`checkpoint_writes_per_s`).
+    freshening: pacing::WriteBudget,
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
@@ -278,6 +282,7 @@ fn status_index(status: NodeStatus) -> usize {
 impl Fleet {
     /// An empty fleet.
     pub fn new(settings: LifecycleSettings) -> Self {
+        let freshening = pacing::WriteBudget::new(settings.checkpoint_writes_per_s);
         Self {
             settings,
             ids: SlotIds::default(),
@@ -296,6 +301,7 @@ impl Fleet {
             silent_regions: BTreeSet::new(),
             faults: BTreeMap::new(),
             backlogged: false,
+            freshening,
         }
     }
 
