@@ -134,6 +134,40 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// A release registry started on `server`'s bucket of `nodes` records,
+/// logging to `log`, once it answers over all of them: the process, how
+/// long that took, and the CPU seconds it and nats-server spent meanwhile.
+async fn cold_start(
+    server: &NatsServer,
+    registry_bin: &std::path::Path,
+    nodes: u64,
+    log: std::path::PathBuf,
+) -> (Proc, Duration, f64, f64) {
+    let server_ticks = server.pid().map(cpu_ticks).unwrap_or(0);
+    let started = Instant::now();
+    let registry = Proc::spawn(
+        "registry",
+        registry_bin,
+        &["--nats-url".to_owned(), server.url()],
+        &[("RUST_LOG", "info".to_owned())],
+        log,
+    );
+    let client = fleet_tests::registry_client(server)
+        .await
+        .with_timeout(Duration::from_secs(30));
+    fleet_tests::wait_total(&client, nodes, Duration::from_secs(300)).await;
+    let ready_after = started.elapsed();
+    let hz = clock_ticks();
+    let registry_cpu = registry.pid().map(cpu_ticks).unwrap_or(0) as f64 / hz;
+    let server_cpu = server
+        .pid()
+        .map(cpu_ticks)
+        .unwrap_or(0)
+        .saturating_sub(server_ticks) as f64
+        / hz;
+    (registry, ready_after, registry_cpu, server_cpu)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let nodes: u64 = std::env::var("BENCH_NODES")
@@ -311,29 +345,9 @@ async fn main() {
         .unwrap_or(1usize)
         .saturating_sub(1);
     for attempt in 1..=extra_starts {
-        let server_ticks = server.pid().map(cpu_ticks).unwrap_or(0);
-        let started = Instant::now();
         let log = server.temp_path(&format!("registry-sample-{attempt}.log"));
-        let mut sample = Proc::spawn(
-            "registry",
-            &registry_bin,
-            &["--nats-url".to_owned(), server.url()],
-            &[("RUST_LOG", "info".to_owned())],
-            log.clone(),
-        );
-        let client = fleet_tests::registry_client(&server)
-            .await
-            .with_timeout(Duration::from_secs(30));
-        fleet_tests::wait_total(&client, nodes, Duration::from_secs(300)).await;
-        let ready_after = started.elapsed();
-        let hz = clock_ticks();
-        let registry_cpu = sample.pid().map(cpu_ticks).unwrap_or(0) as f64 / hz;
-        let server_cpu = server
-            .pid()
-            .map(cpu_ticks)
-            .unwrap_or(0)
-            .saturating_sub(server_ticks) as f64
-            / hz;
+        let (mut sample, ready_after, registry_cpu, server_cpu) =
+            cold_start(&server, &registry_bin, nodes, log.clone()).await;
         sample.kill9();
         let loaded = std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -362,30 +376,15 @@ async fn main() {
             .map_err(|e| eprintln!("perf: {e}"))
             .ok()
     });
-    let server_ticks = server.pid().map(cpu_ticks).unwrap_or(0);
-    let started = Instant::now();
-    let registry = Proc::spawn(
-        "registry",
+    let (registry, ready_after, registry_cpu, server_cpu) = cold_start(
+        &server,
         &registry_bin,
-        &["--nats-url".to_owned(), server.url()],
-        &[("RUST_LOG", "info".to_owned())],
+        nodes,
         server.temp_path("registry.log"),
-    );
-    let client = fleet_tests::registry_client(&server)
-        .await
-        .with_timeout(Duration::from_secs(30));
-    fleet_tests::wait_total(&client, nodes, Duration::from_secs(300)).await;
-    let ready_after = started.elapsed();
-    let hz = clock_ticks();
+    )
+    .await;
     println!(
-        "CPU until ready: registry {:.1} s, nats-server {:.1} s, in {:.1} s",
-        registry.pid().map(cpu_ticks).unwrap_or(0) as f64 / hz,
-        server
-            .pid()
-            .map(cpu_ticks)
-            .unwrap_or(0)
-            .saturating_sub(server_ticks) as f64
-            / hz,
+        "CPU until ready: registry {registry_cpu:.1} s, nats-server {server_cpu:.1} s, in {:.1} s",
         ready_after.as_secs_f64()
     );
     if let Some(mut perf) = perf {
