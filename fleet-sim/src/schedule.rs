@@ -37,7 +37,6 @@ pub struct Schedule {
     /// few hundred nodes; growing a fresh one each time cost more than the
     /// filing).
     spare: Vec<Vec<u64>>,
-    len: usize,
 }
 
 impl Schedule {
@@ -47,7 +46,6 @@ impl Schedule {
             origin,
             ticks: BTreeMap::new(),
             spare: Vec::new(),
-            len: 0,
         }
     }
 
@@ -66,17 +64,16 @@ impl Schedule {
             .entry(tick)
             .or_insert_with(|| spare.pop().unwrap_or_default())
             .push(node);
-        self.len += 1;
     }
 
     /// How many nodes wait.
     pub fn len(&self) -> usize {
-        self.len
+        self.ticks.values().map(Vec::len).sum()
     }
 
     /// Whether none waits.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ticks.is_empty()
     }
 
     /// When the earliest waiting node is due.
@@ -99,9 +96,6 @@ impl Schedule {
             if self.spare.len() < MAX_SPARE {
                 self.spare.push(emptied);
             }
-        }
-        if node.is_some() {
-            self.len -= 1;
         }
         node
     }
