@@ -94,6 +94,13 @@ pub struct RegistryConfig {
     /// (`registry.history_short`, health). Default 10m.
     #[serde(with = "humantime_serde")]
     pub events_min_history: Duration,
+    /// How often the leader writes a snapshot of the read index to the
+    /// `registry_snapshots` object store (when the index moved since the
+    /// last one). A registry starting with none of its instances running
+    /// loads it and replays only what came after it, instead of reading
+    /// every record of `nodes`. Default 60s; 0s: none written.
+    #[serde(with = "humantime_serde")]
+    pub index_snapshot_interval: Duration,
     /// Stream, bucket and consumer names. Default: the contract's.
     pub names: Names,
     /// Log format: `text` (default) or `json`.
@@ -172,6 +179,7 @@ impl Default for RegistryConfig {
             events_history: Duration::from_secs(3600),
             events_max_bytes_cap: 64 * 1024 * 1024 * 1024,
             events_min_history: Duration::from_secs(600),
+            index_snapshot_interval: Duration::from_secs(60),
             lifecycle_max_age: Duration::from_secs(30 * 24 * 3600),
             names: Names::default(),
             log_format: "text".to_owned(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use async_nats::jetstream::kv;
 use fleet_auth::EventKey;
 use futures::StreamExt;
-use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError};
+use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError, WatchFrom};
 use runtime_support::CancellationToken;
 use schemas::meta::NodeKeyRecord;
 use subjects::meta_keys;
@@ -70,7 +70,7 @@ pub fn spawn_watcher(meta: kv::Store, cancel: CancellationToken) -> NodeKeys {
 
 /// One watch session: every node key, then live changes, into `keys`.
 async fn follow(meta: &kv::Store, filter: &str, keys: &NodeKeys) -> Result<(), WatchError> {
-    let mut changes = Box::pin(watch_raw(meta, filter, None).await?);
+    let mut changes = Box::pin(watch_raw(meta, filter, WatchFrom::Start).await?);
     while let Some(change) = changes.next().await {
         let (key, value) = match change? {
             RawChange::Put { key, value, .. } => (key, Some(value)),

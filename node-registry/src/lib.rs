@@ -142,6 +142,15 @@ fn join_issuer(config: &RegistryConfig) -> Result<Option<fleet_auth::UserIssuer>
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// Bytes per chunk of an index snapshot: large chunks (fewer messages for
+/// nats-server to store and deliver), within what the server accepts.
+fn snapshot_chunk_size(client: &async_nats::Client) -> usize {
+    const MOST: usize = 1 << 20;
+    let accepted = client.server_info().max_payload;
+    // Room for the chunk's subject and the protocol around it.
+    accepted.saturating_sub(4096).clamp(64 << 10, MOST)
+}
+
 /// Runs the registry until `shutdown` resolves: provisions, restores the
 /// fleet from `nodes`, serves discovery, consumes events, judges liveness.
 pub async fn run(
@@ -170,7 +179,11 @@ pub async fn run(
             return Ok(());
         };
 
-        let index = index::spawn_reflector(provisioned.nodes.clone(), cancel.clone());
+        let index = index::spawn_reflector(
+            provisioned.nodes.clone(),
+            provisioned.snapshots.clone(),
+            cancel.clone(),
+        );
         let state = Arc::new(state::RegistryState::with_partitions(
             config.instance_name(),
             config.partitions,
@@ -259,7 +272,8 @@ pub async fn run(
             }
             terms.push((partition, leading, takeover));
         }
-        // Join tokens are kept by the leader of partition 0.
+        // Join tokens and index snapshots are kept by the leader of
+        // partition 0.
         if let Some((_, leading, _)) = terms.first() {
             tokio::spawn(join::keep_tokens(
                 provisioned.meta.clone(),
@@ -267,6 +281,17 @@ pub async fn run(
                 leading.clone(),
                 cancel.clone(),
             ));
+            if let Some(snapshots) = provisioned.snapshots.clone() {
+                tokio::spawn(index::snapshot::keep_writing(
+                    index.clone(),
+                    snapshots,
+                    config.names.nodes_bucket.clone(),
+                    config.index_snapshot_interval,
+                    snapshot_chunk_size(&client),
+                    leading.clone(),
+                    cancel.clone(),
+                ));
+            }
         }
         // Metrics, observed from what the registry keeps anyway (no-ops
         // unless the binary installed the SDK: --metrics-addr or --otlp-endpoint).
@@ -371,7 +396,7 @@ async fn run_view(
         regions.clone(),
         cancel.clone(),
     ));
-    let index = index::spawn_reflector(nodes, cancel.clone());
+    let index = index::spawn_reflector(nodes, None, cancel.clone());
     let state = Arc::new(state::RegistryState::new(config.instance_name()));
     tokio::spawn(health::serve(
         client.clone(),

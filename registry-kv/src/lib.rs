@@ -13,6 +13,8 @@
 //!   without a shared clock.
 //! - [`meta`]: lists the keys under a prefix of a bucket and forgets a key
 //!   for good (join-token housekeeping).
+//! - [`snapshots`]: the object store of read index snapshots (one object per
+//!   `nodes` bucket, replaced whole by each write).
 //! - [`alerts`]: the [`alerts::AlertSink`] trait; publishes alerts on
 //!   `system.broadcast` with `Nats-Msg-Id`, so a replayed alert is dropped by
 //!   the stream's duplicate window, with an in-memory twin for unit tests.
@@ -23,6 +25,7 @@ pub mod lease;
 pub mod meta;
 pub mod provision;
 pub mod records;
+pub mod snapshots;
 pub mod watch;
 
 pub use provision::{provision, Provisioned, StreamSettings};

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use subjects::Names;
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 /// Retention and replication of what the registry provisions.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +65,9 @@ pub struct Provisioned {
     pub meta: kv::Store,
     /// The bucket of role profiles (written by operators, read by agents).
     pub profiles: kv::Store,
+    /// The object store of read index snapshots; `None` where it could
+    /// not be created or read (then every cold start reads `nodes` whole).
+    pub snapshots: Option<crate::snapshots::SnapshotStore>,
     /// The registry's durable pull consumers on the events stream, one per
     /// partition, in partition order.
     pub consumers: Vec<consumer::PullConsumer>,
@@ -182,6 +185,20 @@ pub async fn provision(
     )
     .await?;
     let profiles = ensure_bucket(js, profiles_config(settings)).await?;
+    let snapshots = ensure_object_store(
+        js,
+        object_store::Config {
+            bucket: names.snapshots_bucket.clone(),
+            description: Some("Snapshots of the registry's read index (faster cold starts)".into()),
+            num_replicas: settings.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await
+    .map(|store| crate::snapshots::SnapshotStore::new(store, names.snapshots_bucket.clone()))
+    .map_err(|e| warn!(error = %e, "no index snapshots: cold starts read the nodes bucket whole"))
+    .ok();
     let mut consumers = Vec::new();
     for p in 0..settings.partitions.max(1) {
         consumers.push(ensure_consumer(&events, names, settings, p).await?);
@@ -194,6 +211,7 @@ pub async fn provision(
         nodes,
         meta,
         profiles,
+        snapshots,
         consumers,
     })
 }
@@ -437,6 +455,27 @@ async fn ensure_stream(
         }
     }
     Ok(stream)
+}
+
+async fn ensure_object_store(
+    js: &jetstream::Context,
+    config: object_store::Config,
+) -> Result<object_store::ObjectStore, ProvisionError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_object_store(&name).await {
+        return Ok(store);
+    }
+    match js.create_object_store(config).await {
+        Ok(store) => Ok(store),
+        // Another instance may have created it in between: take that one.
+        Err(create_err) => js
+            .get_object_store(&name)
+            .await
+            .map_err(|_| ProvisionError::Bucket {
+                name,
+                source: create_err.into(),
+            }),
+    }
 }
 
 async fn ensure_bucket(

@@ -50,10 +50,28 @@ pub enum RawChange {
 /// The key filter of a whole bucket.
 pub const ALL_KEYS: &str = ">";
 
+/// Where a watch starts, and when it says [`RawChange::Current`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFrom {
+    /// The latest value of each key, then `Current`, then live changes.
+    Start,
+    /// Only changes after this revision, with `Current` first: a reader
+    /// that holds everything up to it resumes live.
+    After(u64),
+    /// Every change after revision `after`, then `Current` once the
+    /// bucket's last revision when the watch opened (`through`) is
+    /// delivered: a reader that loaded a snapshot taken at `after` catches
+    /// up before it answers.
+    CatchUp {
+        /// The revision the reader holds everything up to.
+        after: u64,
+        /// The bucket's last revision, read just before the watch opens.
+        through: u64,
+    },
+}
+
 /// Watches the keys of `store` matching `keys` (a subject-style filter,
-/// [`ALL_KEYS`] for all) without decoding: the latest value of each key
-/// first, then [`RawChange::Current`], then live changes. With
-/// `after_revision`, only changes after that revision, and `Current` first.
+/// [`ALL_KEYS`] for all) without decoding, from where `from` says.
 ///
 /// NOTE: `Current` is certain for [`ALL_KEYS`] only. A narrower filter that
 /// matches nothing yields nothing (the server sends no "end of replay"), so
@@ -62,22 +80,31 @@ pub const ALL_KEYS: &str = ">";
 pub async fn watch_raw(
     store: &kv::Store,
     keys: &str,
-    after_revision: Option<u64>,
+    from: WatchFrom,
 ) -> Result<impl Stream<Item = Result<RawChange, WatchError>> + Send + 'static, WatchError> {
     let bucket = store.name.clone();
     let fail = |source: async_nats::Error| WatchError {
         bucket: bucket.clone(),
         source,
     };
-    let (watch, mut current_sent) = match after_revision {
-        Some(revision) => (
+    let (watch, mut current_sent) = match from {
+        WatchFrom::After(revision) => (
             store
                 .watch_from_revision(keys, revision + 1)
                 .await
                 .map_err(|e| fail(e.into()))?,
             true,
         ),
-        None => {
+        // Nothing after the snapshot: caught up already (a watch with
+        // nothing to deliver says nothing until the next write).
+        WatchFrom::CatchUp { after, through } => (
+            store
+                .watch_from_revision(keys, after + 1)
+                .await
+                .map_err(|e| fail(e.into()))?,
+            after >= through,
+        ),
+        WatchFrom::Start => {
             // A watch of an empty bucket yields nothing until the first
             // write, so "current" must come from the bucket's state.
             let empty = keys == ALL_KEYS && {
@@ -103,7 +130,10 @@ pub async fn watch_raw(
                 source: e.into(),
             })),
             Ok(entry) => {
-                let last = entry.delta == 0;
+                // Caught up: the last pending change, or (catching up) the
+                // last revision there was when the watch opened.
+                let last = entry.delta == 0
+                    || matches!(from, WatchFrom::CatchUp { through, .. } if entry.revision >= through);
                 out.push(Ok(match entry.operation {
                     kv::Operation::Put => RawChange::Put {
                         key: entry.key,

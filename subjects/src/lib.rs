@@ -93,6 +93,10 @@ pub const STREAM_ALERTS: &str = "ALERTS";
 pub const BUCKET_NODES: &str = "nodes";
 /// Default name of the KV bucket with registry-wide state (leader lease).
 pub const BUCKET_REGISTRY_META: &str = "registry_meta";
+/// Default name of the object store bucket holding snapshots of the
+/// registry's read index, one object per `nodes` bucket (named after it): a
+/// cold start loads one and catches up from the KV revision it was taken at.
+pub const BUCKET_INDEX_SNAPSHOTS: &str = "registry_snapshots";
 /// Default name of the registry's durable pull consumer on `NODE_EVENTS`.
 pub const CONSUMER_REGISTRY: &str = "registry";
 /// Default name of the stream that keeps every node's registrations and
@@ -198,6 +202,9 @@ pub struct Names {
     /// Stream of the registry's copies of registrations and deregistrations
     /// (default `NODE_LIFECYCLE`).
     pub lifecycle_stream: String,
+    /// Object store bucket of read index snapshots (default
+    /// `registry_snapshots`).
+    pub snapshots_bucket: String,
 }
 
 impl Default for Names {
@@ -209,6 +216,7 @@ impl Default for Names {
             meta_bucket: BUCKET_REGISTRY_META.to_owned(),
             consumer: CONSUMER_REGISTRY.to_owned(),
             lifecycle_stream: STREAM_NODE_LIFECYCLE.to_owned(),
+            snapshots_bucket: BUCKET_INDEX_SNAPSHOTS.to_owned(),
         }
     }
 }

@@ -135,12 +135,14 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// A release registry started on `server`'s bucket of `nodes` records,
+/// writing index snapshots every `snapshot_interval` (`0s`: none),
 /// logging to `log`, once it answers over all of them: the process, how
 /// long that took, and the CPU seconds it and nats-server spent meanwhile.
 async fn cold_start(
     server: &NatsServer,
     registry_bin: &std::path::Path,
     nodes: u64,
+    snapshot_interval: &str,
     log: std::path::PathBuf,
 ) -> (Proc, Duration, f64, f64) {
     let server_ticks = server.pid().map(cpu_ticks).unwrap_or(0);
@@ -149,7 +151,13 @@ async fn cold_start(
         "registry",
         registry_bin,
         &["--nats-url".to_owned(), server.url()],
-        &[("RUST_LOG", "info".to_owned())],
+        &[
+            ("RUST_LOG", "info".to_owned()),
+            (
+                "NODE_REGISTRY_INDEX_SNAPSHOT_INTERVAL",
+                snapshot_interval.to_owned(),
+            ),
+        ],
         log,
     );
     let client = fleet_tests::registry_client(server)
@@ -166,6 +174,36 @@ async fn cold_start(
         .saturating_sub(server_ticks) as f64
         / hz;
     (registry, ready_after, registry_cpu, server_cpu)
+}
+
+/// One sampled cold start (its registry killed once it answers, with no
+/// snapshots written): how long it took, and a line saying so.
+async fn sampled_start(
+    server: &NatsServer,
+    registry_bin: &std::path::Path,
+    nodes: u64,
+    name: &str,
+) -> (Duration, String) {
+    let log = server.temp_path(&format!("registry-{name}.log"));
+    let (mut sample, ready_after, registry_cpu, server_cpu) =
+        cold_start(server, registry_bin, nodes, "0s", log.clone()).await;
+    sample.kill9();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let after = |step: &str| {
+        text.lines()
+            .find(|l| l.contains(step))
+            .and_then(|l| l.split(step).nth(1))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let line = format!(
+        "ready in {:.1} s; CPU registry {registry_cpu:.1} s, nats-server {server_cpu:.1} s; snapshot read: {}; index loaded: {}",
+        ready_after.as_secs_f64(),
+        after("index snapshot read"),
+        after("read index loaded"),
+    );
+    (ready_after, line)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -336,31 +374,55 @@ async fn main() {
     );
 
     let registry_bin = release_bin("node-registry", "node-registry");
-    // With `BENCH_COLD_STARTS=<n>` (n > 1), n - 1 more cold starts first,
-    // each a fresh registry killed once it answers over the whole fleet:
-    // samples of the same start on a host whose speed varies.
-    let extra_starts: usize = std::env::var("BENCH_COLD_STARTS")
+    // Cold starts, each a fresh registry killed once it answers over the
+    // whole fleet: first reading the bucket whole (no snapshot yet), then
+    // from an index snapshot. With `BENCH_COLD_STARTS=<n>`, n of each
+    // (the last from a snapshot is the measured one): samples of the same
+    // start on a host whose speed varies.
+    let starts: usize = std::env::var("BENCH_COLD_STARTS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1usize)
-        .saturating_sub(1);
-    for attempt in 1..=extra_starts {
-        let log = server.temp_path(&format!("registry-sample-{attempt}.log"));
-        let (mut sample, ready_after, registry_cpu, server_cpu) =
-            cold_start(&server, &registry_bin, nodes, log.clone()).await;
-        sample.kill9();
-        let loaded = std::fs::read_to_string(&log)
+        .max(1);
+    let mut whole = Vec::new();
+    for attempt in 1..=starts {
+        let (ready, text) =
+            sampled_start(&server, &registry_bin, nodes, &format!("whole-{attempt}")).await;
+        println!("cold start reading the bucket whole, {attempt}: {text}");
+        whole.push(ready);
+    }
+    // A snapshot, written by a leader (the lease is free once the last
+    // sample's has expired).
+    let log = server.temp_path("registry-snapshot-writer.log");
+    let (mut writer, _, _, _) = cold_start(&server, &registry_bin, nodes, "1s", log.clone()).await;
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(120)
+        && !std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .lines()
-            .find(|l| l.contains("read index loaded"))
-            .and_then(|l| l.split("read index loaded").nth(1))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+            .contains("index snapshot written")
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(line) = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("index snapshot written"))
+    {
         println!(
-            "cold start sample {attempt}: ready in {:.1} s; CPU registry {registry_cpu:.1} s, nats-server {server_cpu:.1} s; index loaded: {loaded}",
-            ready_after.as_secs_f64()
+            "snapshot: {}",
+            line.split("written").nth(1).unwrap_or_default().trim()
         );
+    }
+    let _ = writer.terminate(Duration::from_secs(30)).await;
+    for attempt in 1..starts {
+        let (_, text) = sampled_start(
+            &server,
+            &registry_bin,
+            nodes,
+            &format!("snapshot-{attempt}"),
+        )
+        .await;
+        println!("cold start from the snapshot, {attempt}: {text}");
     }
     // With `BENCH_PERF=<folder>`, the whole machine's CPU profile of the
     // start (read it with `perf report -i <folder>/cold-start.data`).
@@ -380,12 +442,18 @@ async fn main() {
         &server,
         &registry_bin,
         nodes,
+        "0s",
         server.temp_path("registry.log"),
     )
     .await;
     println!(
-        "CPU until ready: registry {registry_cpu:.1} s, nats-server {server_cpu:.1} s, in {:.1} s",
-        ready_after.as_secs_f64()
+        "cold start from the snapshot (measured): CPU until ready: registry {registry_cpu:.1} s, nats-server {server_cpu:.1} s, in {:.1} s; reading the bucket whole in the same run: {}",
+        ready_after.as_secs_f64(),
+        whole
+            .iter()
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if let Some(mut perf) = perf {
         let _ = perf.wait();
@@ -403,7 +471,12 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    for step in ["connected to NATS", "read index loaded", "fleet restored"] {
+    for step in [
+        "connected to NATS",
+        "index snapshot read",
+        "read index loaded",
+        "fleet restored",
+    ] {
         if let Some(line) = log.lines().find(|l| l.contains(step)) {
             println!("registry log: {}", &line[..line.len().min(160)]);
         }
@@ -524,6 +597,7 @@ async fn main() {
             "index_bytes_per_node": per_node_index,
             "registry_rss_bytes_per_node": registry_rss as f64 * 1024.0 / nodes as f64,
             "registry_ready_s": ready_after.as_secs_f64(),
+            "registry_ready_reading_whole_bucket_s": whole.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
         })
     );
     drop(registry);

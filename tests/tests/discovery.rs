@@ -328,3 +328,101 @@ async fn the_client_watches_a_selector_and_falls_back_to_stale_answers() {
         Err(fleet_client::ClientError::NoRegistry(_))
     ));
 }
+
+/// Waits until `registry`'s log has a line holding every one of `parts`.
+async fn logged(registry: &Proc, parts: &[&str]) -> String {
+    eventually(&format!("a log line with {parts:?}"), SOON, || async {
+        registry
+            .log()
+            .lines()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .map(str::to_owned)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let often = [("NODE_REGISTRY_INDEX_SNAPSHOT_INTERVAL", "1s")];
+    let mut first = spawn_registry(&server, "registry-a", &[], &often);
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let events: Vec<NodeEvent> = (0..40)
+        .map(|i| register(&format!("n-{i}"), &[("zone", "a")], &["gpu"], &[]))
+        .collect();
+    publish_all(&server, &events).await;
+    wait_total(&client, r#"{"selector":"zone=a"}"#, 40).await;
+
+    // The leader writes a snapshot of everything the bucket holds.
+    let nodes = js.get_key_value("nodes").await.expect("nodes bucket");
+    let snapshots = js
+        .get_object_store("registry_snapshots")
+        .await
+        .expect("snapshot bucket");
+    eventually("a snapshot at the bucket's last revision", SOON, || async {
+        let last = nodes.status().await.ok()?.info.state.last_sequence;
+        let info = snapshots.info("nodes").await.ok()?;
+        let revision: u64 = info.metadata.get("revision")?.parse().ok()?;
+        (revision == last && info.metadata.get("records")? == "40").then_some(())
+    })
+    .await;
+    first
+        .terminate(Duration::from_secs(15))
+        .await
+        .expect("the registry stops");
+
+    // After the snapshot, while no registry runs: one record changed, one
+    // deleted, one added (a copy of another under a new id).
+    let record = |id: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let bytes = nodes.get(id).await.expect("get").expect("stored");
+            serde_json::from_slice::<serde_json::Value>(&bytes).expect("a record")
+        }
+    };
+    let mut moved = record("n-0").await;
+    moved["labels"]["zone"] = "b".into();
+    nodes
+        .put("n-0", serde_json::to_vec(&moved).expect("JSON").into())
+        .await
+        .expect("put");
+    nodes.delete("n-1").await.expect("delete");
+    let mut added = record("n-2").await;
+    added["node_id"] = "n-new".into();
+    nodes
+        .put("n-new", serde_json::to_vec(&added).expect("JSON").into())
+        .await
+        .expect("put");
+
+    let second = spawn_registry(&server, "registry-b", &[], &often);
+    wait_registry(&client).await;
+    let read = logged(&second, &["index snapshot read", "records=40"]).await;
+    assert!(read.contains("behind=3"), "{read}");
+    logged(
+        &second,
+        &["read index loaded", "from_snapshot=true", "nodes=40"],
+    )
+    .await;
+    wait_total(&client, r#"{"selector":"zone=a"}"#, 39).await;
+    assert_eq!(ids(&client, r#"{"selector":"zone=b"}"#).await, vec!["n-0"]);
+    assert!(client.get("n-1").await.expect("get answers").is_none());
+    assert!(client.get("n-new").await.expect("get answers").is_some());
+    drop(second);
+
+    // Bytes that are not a snapshot are said, and the bucket is read whole.
+    snapshots
+        .put(
+            "nodes",
+            &mut &b"not a snapshot at all, though long enough for a header"[..],
+        )
+        .await
+        .expect("put garbage");
+    let third = spawn_registry(&server, "registry-c", &[], &[]);
+    wait_registry(&client).await;
+    logged(&third, &["index snapshot not used", "bad magic"]).await;
+    logged(&third, &["read index loaded", "from_snapshot=false"]).await;
+    wait_total(&client, r#"{"selector":"zone=a"}"#, 39).await;
+    assert_eq!(ids(&client, r#"{"selector":"zone=b"}"#).await, vec!["n-0"]);
+}

@@ -15,13 +15,17 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError, ALL_KEYS};
+use registry_kv::snapshots::SnapshotStore;
+use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError, WatchFrom, ALL_KEYS};
 use runtime_support::CancellationToken;
 use schemas::NodeRecord;
 use tokio::sync::watch;
 
 use registry_core::catalog::{Catalog, Indexable, RecordView};
 use tracing::{info, instrument, warn};
+
+pub mod snapshot;
+pub mod snapshot_format;
 
 /// Writes announced by this process, by key: the bytes and the record.
 type Expected = HashMap<String, (bytes::Bytes, NodeRecord)>;
@@ -33,6 +37,9 @@ pub struct ReadIndex {
     expected: Arc<Mutex<Expected>>,
     ready: watch::Receiver<bool>,
     revision: watch::Receiver<u64>,
+    /// When the bucket the index holds was created: a bucket created
+    /// later is a new one (deleted and made again), to load anew.
+    born: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
 
 impl ReadIndex {
@@ -69,6 +76,26 @@ impl ReadIndex {
         expected.remove(node_id);
     }
 
+    /// Every record held, as stored, with the revision and bucket they
+    /// were read at (for a snapshot); `None` until the index is loaded.
+    /// The records' bytes are shared, not copied.
+    pub fn take_snapshot(&self) -> Option<snapshot::Taken> {
+        if !self.is_ready() {
+            return None;
+        }
+        let created = (*self.born.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let catalog = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let records: Vec<(bytes::Bytes, u64)> = catalog.stored().collect();
+        Some(snapshot::Taken {
+            header: snapshot_format::Header {
+                bucket_created_ns: snapshot::created_ns(created),
+                revision: catalog.revision,
+                records: records.len() as u64,
+            },
+            records,
+        })
+    }
+
     /// Waits up to `limit` for the index to reach KV revision `revision`;
     /// returns whether it did.
     pub async fn wait_revision(&self, revision: u64, limit: std::time::Duration) -> bool {
@@ -78,39 +105,63 @@ impl ReadIndex {
     }
 }
 
-/// Starts the reflector on `store`; it runs until `cancel`.
-pub fn spawn_reflector(store: kv::Store, cancel: CancellationToken) -> ReadIndex {
+/// Starts the reflector on `store`; it runs until `cancel`. With
+/// `snapshots`, a first load starts from the bucket's snapshot there, if
+/// one fits, and catches up from its revision.
+pub fn spawn_reflector(
+    store: kv::Store,
+    snapshots: Option<SnapshotStore>,
+    cancel: CancellationToken,
+) -> ReadIndex {
     let state = Arc::new(RwLock::new(Catalog::new()));
     let expected = Arc::new(Mutex::new(Expected::new()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (revision_tx, revision_rx) = watch::channel(0);
+    let born = Arc::new(Mutex::new(None));
     let index = ReadIndex {
         state: state.clone(),
         expected: expected.clone(),
         ready: ready_rx,
         revision: revision_rx,
+        born: born.clone(),
     };
     tokio::spawn(async move {
-        // When the bucket the index holds was created: a bucket created
-        // later is a new one (deleted and made again), to load anew.
-        let born = Mutex::new(None);
-        keep_watching("read index", &cancel, || {
-            reflect(&store, &state, &expected, &ready_tx, &revision_tx, &born)
-        })
-        .await;
+        let sources = Sources {
+            store,
+            snapshots,
+            state,
+            expected,
+            ready: ready_tx,
+            revision: revision_tx,
+            born,
+        };
+        keep_watching("read index", &cancel, || reflect(&sources)).await;
     });
     index
 }
 
-#[instrument(skip_all, fields(bucket = %store.name))]
-async fn reflect(
-    store: &kv::Store,
-    state: &Arc<RwLock<Catalog>>,
-    expected: &Mutex<Expected>,
-    ready: &watch::Sender<bool>,
-    revision: &watch::Sender<u64>,
-    born: &Mutex<Option<DateTime<Utc>>>,
-) -> Result<(), WatchError> {
+/// What the reflector reads from and writes to.
+struct Sources {
+    store: kv::Store,
+    snapshots: Option<SnapshotStore>,
+    state: Arc<RwLock<Catalog>>,
+    expected: Arc<Mutex<Expected>>,
+    ready: watch::Sender<bool>,
+    revision: watch::Sender<u64>,
+    born: Arc<Mutex<Option<DateTime<Utc>>>>,
+}
+
+#[instrument(skip_all, fields(bucket = %sources.store.name))]
+async fn reflect(sources: &Sources) -> Result<(), WatchError> {
+    let Sources {
+        store,
+        snapshots,
+        state,
+        expected,
+        ready,
+        revision,
+        born,
+    } = sources;
     // Once loaded, a reopened watch resumes after what the index holds,
     // unless the bucket is not the one loaded (deleted and created again):
     // then it loads everything anew. NOTE: told by the bucket's creation
@@ -140,14 +191,42 @@ async fn reflect(
             resume = None;
         }
     }
-    let mut changes = Box::pin(watch_raw(store, ALL_KEYS, resume).await?);
-    let mut live = resume.is_some();
     // The initial replay is decoded and indexed in chunks on a blocking
     // thread (the other core), one chunk after the other into the same
     // catalog, while this task keeps receiving (and answering discovery
-    // from the old view, if any).
-    let mut chunk: Vec<RawChange> = Vec::with_capacity(LOAD_CHUNK);
-    let mut loading = Loading::for_keys(if live { 0 } else { info.state.subjects_count });
+    // from the old view, if any). A first load starts from the bucket's
+    // snapshot where one fits, and replays only what came after it.
+    let (from, mut loading) = match (resume, snapshots) {
+        (Some(held), _) => (WatchFrom::After(held), Loading::for_keys(0)),
+        (None, Some(snapshots)) => match snapshot::load(snapshots, &store.name, &info).await {
+            Ok(Some((loading, taken))) => (
+                WatchFrom::CatchUp {
+                    after: taken.revision,
+                    through: info.state.last_sequence,
+                },
+                loading,
+            ),
+            Ok(None) => (
+                WatchFrom::Start,
+                Loading::for_keys(info.state.subjects_count),
+            ),
+            Err(e) => {
+                warn!(error = %e, "index snapshot not used: reading the nodes bucket whole");
+                (
+                    WatchFrom::Start,
+                    Loading::for_keys(info.state.subjects_count),
+                )
+            }
+        },
+        (None, None) => (
+            WatchFrom::Start,
+            Loading::for_keys(info.state.subjects_count),
+        ),
+    };
+    let from_snapshot = matches!(from, WatchFrom::CatchUp { .. });
+    let mut changes = Box::pin(watch_raw(store, ALL_KEYS, from).await?);
+    let mut live = resume.is_some();
+    let mut chunk: Vec<Loaded> = Vec::with_capacity(LOAD_CHUNK);
     // A watch is not lossless: one that stalls (its consumer lost with a
     // server and not recreated) says nothing. While live, the bucket's last
     // sequence is compared with the index's revision now and then; behind
@@ -183,20 +262,21 @@ async fn reflect(
             continue;
         }
         if !matches!(change, RawChange::Current) {
-            chunk.push(detached(change));
+            chunk.push(Loaded::Change(detached(change)));
             if chunk.len() >= LOAD_CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
-                loading.add(full, store).await?;
+                loading.add(full, &store.name).await?;
             }
             continue;
         }
-        loading.add(std::mem::take(&mut chunk), store).await?;
-        let (buffer, busy, waited) = std::mem::take(&mut loading).finish(store).await?;
+        loading.add(std::mem::take(&mut chunk), &store.name).await?;
+        let (buffer, busy, waited) = std::mem::take(&mut loading).finish(&store.name).await?;
         info!(
             nodes = buffer.len(),
             revision = buffer.revision,
             indexing_ms = busy.as_millis(),
             waited_for_indexing_ms = waited.as_millis(),
+            from_snapshot,
             "read index loaded"
         );
         let now = buffer.revision;
@@ -220,6 +300,8 @@ const LOAD_CHUNK: usize = 4096;
 /// straight into the catalog (one chunk after the other).
 #[derive(Default)]
 struct Loading {
+    /// The revision held before the first chunk (a snapshot's).
+    floor: u64,
     idle: Option<Catalog>,
     indexing: Option<tokio::task::JoinHandle<(Catalog, Duration)>>,
     /// Time the blocking thread spent reading and indexing chunks.
@@ -228,9 +310,9 @@ struct Loading {
     waited: Duration,
 }
 
-fn failed(store: &kv::Store, e: &tokio::task::JoinError) -> WatchError {
+fn failed(bucket: &str, e: &tokio::task::JoinError) -> WatchError {
     WatchError {
-        bucket: store.name.clone(),
+        bucket: bucket.to_owned(),
         source: format!("indexing the initial replay: {e}").into(),
     }
 }
@@ -244,6 +326,7 @@ impl Loading {
     fn for_keys(keys: u64) -> Self {
         let keys = usize::try_from(keys.min(MAX_PRESIZE)).unwrap_or_default();
         Self {
+            floor: 0,
             idle: Some(Catalog::with_capacity(keys)),
             indexing: None,
             indexing_busy: Duration::ZERO,
@@ -252,11 +335,11 @@ impl Loading {
     }
 
     /// The catalog, once the chunk being indexed is in.
-    async fn catalog(&mut self, store: &kv::Store) -> Result<Catalog, WatchError> {
+    async fn catalog(&mut self, bucket: &str) -> Result<Catalog, WatchError> {
         match self.indexing.take() {
             Some(task) => {
                 let asked = std::time::Instant::now();
-                let (catalog, busy) = task.await.map_err(|e| failed(store, &e))?;
+                let (catalog, busy) = task.await.map_err(|e| failed(bucket, &e))?;
                 self.waited += asked.elapsed();
                 self.indexing_busy += busy;
                 Ok(catalog)
@@ -266,8 +349,8 @@ impl Loading {
     }
 
     /// Starts indexing `chunk`, after what came before.
-    async fn add(&mut self, chunk: Vec<RawChange>, store: &kv::Store) -> Result<(), WatchError> {
-        let mut catalog = self.catalog(store).await?;
+    async fn add(&mut self, chunk: Vec<Loaded>, bucket: &str) -> Result<(), WatchError> {
+        let mut catalog = self.catalog(bucket).await?;
         self.indexing = Some(tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             for change in chunk {
@@ -280,11 +363,9 @@ impl Loading {
 
     /// The whole replay, indexed, with the time the indexing thread was
     /// busy and the time the receiver waited for it.
-    async fn finish(
-        mut self,
-        store: &kv::Store,
-    ) -> Result<(Catalog, Duration, Duration), WatchError> {
-        let catalog = self.catalog(store).await?;
+    async fn finish(mut self, bucket: &str) -> Result<(Catalog, Duration, Duration), WatchError> {
+        let mut catalog = self.catalog(bucket).await?;
+        catalog.revision = catalog.revision.max(self.floor);
         Ok((catalog, self.indexing_busy, self.waited))
     }
 }
@@ -336,8 +417,35 @@ fn detached(change: RawChange) -> RawChange {
     }
 }
 
-/// Applies one change of the initial replay (its value [`detached`]).
-fn load(catalog: &mut Catalog, change: RawChange) {
+/// One item of an initial load.
+enum Loaded {
+    /// A change delivered by the watch (its value [`detached`]).
+    Change(RawChange),
+    /// A record read from a snapshot: its value as stored, at its
+    /// revision; its key is its node id.
+    Stored {
+        /// The value, in memory of its own.
+        value: bytes::Bytes,
+        /// The revision it was stored at.
+        revision: u64,
+    },
+}
+
+/// Applies one item of the initial load.
+fn load(catalog: &mut Catalog, item: Loaded) {
+    let change = match item {
+        Loaded::Change(change) => change,
+        Loaded::Stored { value, revision } => {
+            match RecordView::of(&value) {
+                Ok(record) => {
+                    let key = record.node_id();
+                    put(catalog, key, revision, Some((&record, value.clone())));
+                }
+                Err(e) => warn!(error = %e, "skipping a snapshot value that is not a node record"),
+            }
+            return;
+        }
+    };
     match change {
         RawChange::Put {
             key,

@@ -1,0 +1,264 @@
+//! Snapshots of the read index in an object store: the leader of partition
+//! 0 writes one now and then; a first load reads it instead of the whole
+//! `nodes` bucket and catches up from the revision it was taken at. Reading
+//! a million records through a KV watch costs nats-server a delivery per
+//! record; a snapshot is a few hundred large chunks.
+//!
+//! A snapshot is used only when it is of this bucket (same creation time),
+//! not ahead of it, and not older than the oldest revision the bucket
+//! keeps (what came after it must all still be there to replay). Anything
+//! else, or bytes that do not read, is logged and the load reads the bucket
+//! whole: a snapshot only ever saves time.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream;
+use bytes::{Buf, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use registry_kv::snapshots::{SnapshotError, SnapshotStore};
+use runtime_support::CancellationToken;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::snapshot_format::{Decoder, Encoder, FormatError, Header, Piece};
+use super::{Loaded, Loading, ReadIndex, LOAD_CHUNK};
+
+/// What a snapshot is written from: every record held, at one revision.
+#[derive(Debug)]
+pub struct Taken {
+    /// The bucket and revision, and the count of records.
+    pub header: Header,
+    /// Each record as stored, with its revision.
+    pub records: Vec<(Bytes, u64)>,
+}
+
+/// Why a snapshot was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The object store did not answer.
+    #[error(transparent)]
+    Store(#[from] SnapshotError),
+    /// Reading its bytes failed (their digest included).
+    #[error("reading the snapshot: {0}")]
+    Read(#[source] std::io::Error),
+    /// Its bytes are not a snapshot this build reads.
+    #[error("the snapshot does not read: {0}")]
+    Format(#[from] FormatError),
+    /// It was taken from another bucket of the same name (deleted and
+    /// made again since).
+    #[error("the snapshot is of a bucket created at {snapshot} ns, this one at {bucket} ns")]
+    OtherBucket {
+        /// The snapshot's bucket's creation time (unix ns).
+        snapshot: i64,
+        /// This bucket's.
+        bucket: i64,
+    },
+    /// It holds revisions the bucket does not have.
+    #[error("the snapshot is at revision {snapshot}, ahead of the bucket's last {last}")]
+    Ahead {
+        /// The snapshot's revision.
+        snapshot: u64,
+        /// The bucket's last revision.
+        last: u64,
+    },
+    /// Changes made after it are no longer all in the bucket.
+    #[error(
+        "the snapshot is at revision {snapshot}, before the oldest the bucket keeps ({first})"
+    )]
+    TooOld {
+        /// The snapshot's revision.
+        snapshot: u64,
+        /// The bucket's first kept revision.
+        first: u64,
+    },
+    /// Indexing its records failed.
+    #[error("indexing the snapshot: {0}")]
+    Indexing(#[from] registry_kv::watch::WatchError),
+}
+
+/// The bucket's creation time as a snapshot records it (unix ns).
+pub fn created_ns(created: DateTime<Utc>) -> i64 {
+    created.timestamp_nanos_opt().unwrap_or_default()
+}
+
+/// Bytes asked of the object store per read (at least one chunk, so a
+/// chunk is never split into the reader's own queue).
+const READ_BUFFER: usize = 2 << 20;
+
+/// Loads the snapshot of bucket `bucket` (whose state is `info`), if
+/// there is one that fits: the load, under way, with the snapshot's header.
+pub(super) async fn load(
+    snapshots: &SnapshotStore,
+    bucket: &str,
+    info: &stream::Info,
+) -> Result<Option<(Loading, Header)>, LoadError> {
+    let started = Instant::now();
+    let Some(mut stored) = snapshots.get(bucket).await? else {
+        return Ok(None);
+    };
+    let mut decoder = Decoder::default();
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut loading: Option<Loading> = None;
+    let mut chunk: Vec<Loaded> = Vec::with_capacity(LOAD_CHUNK);
+    loop {
+        if buf.capacity() - buf.len() < READ_BUFFER / 2 {
+            buf.reserve(READ_BUFFER);
+        }
+        let read = stored
+            .reader
+            .read_buf(&mut buf)
+            .await
+            .map_err(LoadError::Read)?;
+        let mut at = 0;
+        while let Some((piece, used)) = decoder.next(&buf[at..])? {
+            at += used;
+            match piece {
+                Piece::Header(header) => {
+                    fits(&header, info)?;
+                    let keys = header.records.max(info.state.subjects_count);
+                    let mut fresh = Loading::for_keys(keys);
+                    fresh.floor = header.revision;
+                    loading = Some(fresh);
+                }
+                Piece::Record { revision, value } => {
+                    // In memory of its own: the index keeps it.
+                    chunk.push(Loaded::Stored {
+                        value: Bytes::copy_from_slice(value),
+                        revision,
+                    });
+                    if chunk.len() >= LOAD_CHUNK {
+                        if let Some(loading) = loading.as_mut() {
+                            let full =
+                                std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
+                            loading.add(full, bucket).await?;
+                        }
+                    }
+                }
+                Piece::End => {}
+            }
+        }
+        buf.advance(at);
+        if read == 0 {
+            break;
+        }
+    }
+    let header = decoder.finish()?;
+    let mut loading = loading.unwrap_or_default();
+    loading.add(chunk, bucket).await?;
+    info!(
+        records = header.records,
+        revision = header.revision,
+        bytes = stored.size,
+        behind = info.state.last_sequence.saturating_sub(header.revision),
+        read_ms = started.elapsed().as_millis(),
+        "index snapshot read"
+    );
+    Ok(Some((loading, header)))
+}
+
+/// Whether a snapshot under `header` can start a load of the bucket in
+/// state `info`.
+fn fits(header: &Header, info: &stream::Info) -> Result<(), LoadError> {
+    let bucket = created_ns(info.created);
+    if header.bucket_created_ns != bucket {
+        return Err(LoadError::OtherBucket {
+            snapshot: header.bucket_created_ns,
+            bucket,
+        });
+    }
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    if header.revision > last {
+        return Err(LoadError::Ahead {
+            snapshot: header.revision,
+            last,
+        });
+    }
+    if header.revision.saturating_add(1) < first {
+        return Err(LoadError::TooOld {
+            snapshot: header.revision,
+            first,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `taken` as the snapshot of bucket `bucket`, in chunks of
+/// `chunk_size`; returns the bytes stored.
+async fn write(
+    snapshots: &SnapshotStore,
+    bucket: &str,
+    taken: Taken,
+    chunk_size: usize,
+) -> Result<u64, SnapshotError> {
+    let header = taken.header;
+    let metadata = [
+        ("revision", header.revision.to_string()),
+        ("records", header.records.to_string()),
+        ("bucket_created_ns", header.bucket_created_ns.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut bytes = Encoder::new(header, taken.records);
+    snapshots
+        .put(bucket, metadata, chunk_size, &mut bytes)
+        .await
+}
+
+/// Keeps the snapshot of bucket `bucket` fresh: every `every`, while
+/// `leading` (the lease of partition 0) and the index has moved since the
+/// last one, writes the index as it is. Runs until `cancel`.
+pub async fn keep_writing(
+    index: ReadIndex,
+    snapshots: SnapshotStore,
+    bucket: String,
+    every: Duration,
+    chunk_size: usize,
+    leading: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written: Option<u64> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !*leading.borrow() {
+            // A term of another instance writes its own.
+            written = None;
+            continue;
+        }
+        let Some(taken) = index.take_snapshot() else {
+            continue;
+        };
+        let revision = taken.header.revision;
+        if written == Some(revision) {
+            continue;
+        }
+        let records = taken.header.records;
+        let started = Instant::now();
+        let span = info_span!("index snapshot", bucket = %bucket, revision, records);
+        match write(&snapshots, &bucket, taken, chunk_size)
+            .instrument(span)
+            .await
+        {
+            Ok(bytes) => {
+                info!(
+                    revision,
+                    records,
+                    bytes,
+                    write_ms = started.elapsed().as_millis(),
+                    "index snapshot written"
+                );
+                written = Some(revision);
+            }
+            Err(e) => warn!(error = %e, "index snapshot not written"),
+        }
+    }
+}
