@@ -226,7 +226,7 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
     let from_snapshot = matches!(from, WatchFrom::CatchUp { .. });
     let mut changes = Box::pin(watch_raw(store, ALL_KEYS, from).await?);
     let mut live = resume.is_some();
-    let mut chunk: Vec<Loaded> = Vec::with_capacity(LOAD_CHUNK);
+    let mut chunk: Vec<RawChange> = Vec::with_capacity(LOAD_CHUNK);
     // A watch is not lossless: one that stalls (its consumer lost with a
     // server and not recreated) says nothing. While live, the bucket's last
     // sequence is compared with the index's revision now and then; behind
@@ -262,7 +262,7 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
             continue;
         }
         if !matches!(change, RawChange::Current) {
-            chunk.push(Loaded::Change(detached(change)));
+            chunk.push(detached(change));
             if chunk.len() >= LOAD_CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
                 loading.add(full, &store.name).await?;
@@ -334,6 +334,18 @@ impl Loading {
         }
     }
 
+    /// A load that goes on from `catalog`, which holds everything up to
+    /// revision `floor` (a snapshot's), indexed in `busy`.
+    fn resuming(catalog: Catalog, floor: u64, busy: Duration) -> Self {
+        Self {
+            floor,
+            idle: Some(catalog),
+            indexing: None,
+            indexing_busy: busy,
+            waited: Duration::ZERO,
+        }
+    }
+
     /// The catalog, once the chunk being indexed is in.
     async fn catalog(&mut self, bucket: &str) -> Result<Catalog, WatchError> {
         match self.indexing.take() {
@@ -349,7 +361,7 @@ impl Loading {
     }
 
     /// Starts indexing `chunk`, after what came before.
-    async fn add(&mut self, chunk: Vec<Loaded>, bucket: &str) -> Result<(), WatchError> {
+    async fn add(&mut self, chunk: Vec<RawChange>, bucket: &str) -> Result<(), WatchError> {
         let mut catalog = self.catalog(bucket).await?;
         self.indexing = Some(tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
@@ -417,35 +429,8 @@ fn detached(change: RawChange) -> RawChange {
     }
 }
 
-/// One item of an initial load.
-enum Loaded {
-    /// A change delivered by the watch (its value [`detached`]).
-    Change(RawChange),
-    /// A record read from a snapshot: its value as stored, at its
-    /// revision; its key is its node id.
-    Stored {
-        /// The value, in memory of its own.
-        value: bytes::Bytes,
-        /// The revision it was stored at.
-        revision: u64,
-    },
-}
-
-/// Applies one item of the initial load.
-fn load(catalog: &mut Catalog, item: Loaded) {
-    let change = match item {
-        Loaded::Change(change) => change,
-        Loaded::Stored { value, revision } => {
-            match RecordView::of(&value) {
-                Ok(record) => {
-                    let key = record.node_id();
-                    put(catalog, key, revision, Some((&record, value.clone())));
-                }
-                Err(e) => warn!(error = %e, "skipping a snapshot value that is not a node record"),
-            }
-            return;
-        }
-    };
+/// Applies one change of the initial replay (its value [`detached`]).
+fn load(catalog: &mut Catalog, change: RawChange) {
     match change {
         RawChange::Put {
             key,

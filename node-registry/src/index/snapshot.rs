@@ -21,8 +21,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
+use registry_core::catalog::{Catalog, Indexable, RecordView};
+
 use super::snapshot_format::{Decoder, Encoder, FormatError, Header, Piece};
-use super::{Loaded, Loading, ReadIndex, LOAD_CHUNK};
+use super::{put, Loading, ReadIndex, LOAD_CHUNK};
 
 /// What a snapshot is written from: every record held, at one revision.
 #[derive(Debug)]
@@ -72,9 +74,9 @@ pub enum LoadError {
         /// The bucket's first kept revision.
         first: u64,
     },
-    /// Indexing its records failed.
-    #[error("indexing the snapshot: {0}")]
-    Indexing(#[from] registry_kv::watch::WatchError),
+    /// The thread indexing its records stopped before the end.
+    #[error("the snapshot's indexing thread stopped")]
+    IndexerStopped,
 }
 
 /// The bucket's creation time as a snapshot records it (unix ns).
@@ -87,7 +89,8 @@ pub fn created_ns(created: DateTime<Utc>) -> i64 {
 const READ_BUFFER: usize = 2 << 20;
 
 /// Loads the snapshot of bucket `bucket` (whose state is `info`), if
-/// there is one that fits: the load, under way, with the snapshot's header.
+/// there is one that fits: the load, to go on from its revision, with the
+/// snapshot's header.
 pub(super) async fn load(
     snapshots: &SnapshotStore,
     bucket: &str,
@@ -99,8 +102,8 @@ pub(super) async fn load(
     };
     let mut decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let mut loading: Option<Loading> = None;
-    let mut chunk: Vec<Loaded> = Vec::with_capacity(LOAD_CHUNK);
+    let mut indexer: Option<Indexer> = None;
+    let mut chunk: Chunk = Vec::with_capacity(LOAD_CHUNK);
     loop {
         if buf.capacity() - buf.len() < READ_BUFFER / 2 {
             buf.reserve(READ_BUFFER);
@@ -116,22 +119,18 @@ pub(super) async fn load(
             match piece {
                 Piece::Header(header) => {
                     fits(&header, info)?;
-                    let keys = header.records.max(info.state.subjects_count);
-                    let mut fresh = Loading::for_keys(keys);
-                    fresh.floor = header.revision;
-                    loading = Some(fresh);
+                    indexer = Some(Indexer::start(
+                        header.records.max(info.state.subjects_count),
+                    ));
                 }
                 Piece::Record { revision, value } => {
                     // In memory of its own: the index keeps it.
-                    chunk.push(Loaded::Stored {
-                        value: Bytes::copy_from_slice(value),
-                        revision,
-                    });
+                    chunk.push((Bytes::copy_from_slice(value), revision));
                     if chunk.len() >= LOAD_CHUNK {
-                        if let Some(loading) = loading.as_mut() {
+                        if let Some(indexer) = indexer.as_ref() {
                             let full =
                                 std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
-                            loading.add(full, bucket).await?;
+                            indexer.add(full).await?;
                         }
                     }
                 }
@@ -144,17 +143,146 @@ pub(super) async fn load(
         }
     }
     let header = decoder.finish()?;
-    let mut loading = loading.unwrap_or_default();
-    loading.add(chunk, bucket).await?;
+    let indexer = indexer.unwrap_or_else(|| Indexer::start(0));
+    indexer.add(chunk).await?;
+    let (catalog, busy) = indexer.finish().await?;
     info!(
         records = header.records,
         revision = header.revision,
         bytes = stored.size,
         behind = info.state.last_sequence.saturating_sub(header.revision),
         read_ms = started.elapsed().as_millis(),
+        indexing_ms = busy.as_millis(),
         "index snapshot read"
     );
-    Ok(Some((loading, header)))
+    Ok(Some((
+        Loading::resuming(catalog, header.revision, busy),
+        header,
+    )))
+}
+
+/// Snapshot records, a chunk of them: each value with its revision.
+type Chunk = Vec<(Bytes, u64)>;
+
+/// Indexes the chunks of a snapshot as they come, on a thread of its own:
+/// while it indexes chunk k, a second thread reads the records of chunk
+/// k + 1 (nats-server has little to do while a snapshot is read, so the
+/// two cores are the registry's).
+struct Indexer {
+    chunks: tokio::sync::mpsc::Sender<Chunk>,
+    done: tokio::task::JoinHandle<(Catalog, Duration)>,
+}
+
+impl Indexer {
+    /// An indexer into a catalog sized for `keys` records.
+    fn start(keys: u64) -> Self {
+        let keys = usize::try_from(keys.min(super::MAX_PRESIZE)).unwrap_or_default();
+        let (chunks, received) = tokio::sync::mpsc::channel(2);
+        let done = tokio::task::spawn_blocking(move || {
+            index_chunks(Catalog::with_capacity(keys), received)
+        });
+        Self { chunks, done }
+    }
+
+    /// Hands it the next chunk (waits while two are queued).
+    async fn add(&self, chunk: Chunk) -> Result<(), LoadError> {
+        self.chunks
+            .send(chunk)
+            .await
+            .map_err(|_| LoadError::IndexerStopped)
+    }
+
+    /// The catalog with every chunk in, and the time its thread was busy.
+    async fn finish(self) -> Result<(Catalog, Duration), LoadError> {
+        drop(self.chunks);
+        self.done.await.map_err(|_| LoadError::IndexerStopped)
+    }
+}
+
+/// The records of `chunk`, read from their values; a value that is not a
+/// record is logged and skipped.
+fn views(chunk: &[(Bytes, u64)]) -> Vec<Option<RecordView<'_>>> {
+    chunk
+        .iter()
+        .map(|(value, _)| {
+            RecordView::of(value)
+                .map_err(
+                    |e| warn!(error = %e, "skipping a snapshot value that is not a node record"),
+                )
+                .ok()
+        })
+        .collect()
+}
+
+/// Indexes `chunk`, whose records `views` has read.
+fn insert(catalog: &mut Catalog, chunk: &[(Bytes, u64)], views: Vec<Option<RecordView<'_>>>) {
+    for ((value, revision), view) in chunk.iter().zip(views) {
+        if let Some(record) = view {
+            put(
+                catalog,
+                record.node_id(),
+                *revision,
+                Some((&record, value.clone())),
+            );
+        }
+    }
+}
+
+/// Reads the records of `next` on a second thread while this one indexes
+/// `current`; returns `next`'s records.
+fn overlapped<'n>(
+    catalog: &mut Catalog,
+    current: &[(Bytes, u64)],
+    current_views: Vec<Option<RecordView<'_>>>,
+    next: &'n [(Bytes, u64)],
+) -> Vec<Option<RecordView<'n>>> {
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(|| views(next));
+        insert(catalog, current, current_views);
+        // A reader that could not finish: read them here.
+        reading.join().unwrap_or_else(|_| views(next))
+    })
+}
+
+/// The indexing thread: chunk k indexed while chunk k + 1 is read, the two
+/// chunks taking turns in `a` and `b` (a chunk stays where it was
+/// received while its records, which borrow from it, are alive).
+fn index_chunks(
+    mut catalog: Catalog,
+    mut received: tokio::sync::mpsc::Receiver<Chunk>,
+) -> (Catalog, Duration) {
+    let started = Instant::now();
+    let mut waited = Duration::ZERO;
+    let mut receive = |received: &mut tokio::sync::mpsc::Receiver<Chunk>| {
+        let asked = Instant::now();
+        let chunk = received.blocking_recv();
+        waited += asked.elapsed();
+        chunk
+    };
+    let Some(mut a) = receive(&mut received) else {
+        return (catalog, Duration::ZERO);
+    };
+    let mut b: Chunk;
+    let mut a_views = views(&a);
+    loop {
+        b = match receive(&mut received) {
+            Some(chunk) => chunk,
+            None => {
+                insert(&mut catalog, &a, a_views);
+                break;
+            }
+        };
+        let b_views = overlapped(&mut catalog, &a, a_views, &b);
+        a = match receive(&mut received) {
+            Some(chunk) => chunk,
+            None => {
+                insert(&mut catalog, &b, b_views);
+                break;
+            }
+        };
+        a_views = overlapped(&mut catalog, &b, b_views, &a);
+    }
+    (catalog, started.elapsed().saturating_sub(waited))
 }
 
 /// Whether a snapshot under `header` can start a load of the bucket in
