@@ -283,12 +283,15 @@ pub async fn run(
             ));
             if let Some(snapshots) = provisioned.snapshots.clone() {
                 tokio::spawn(index::snapshot::keep_writing(
-                    index.clone(),
-                    snapshots,
-                    config.names.nodes_bucket.clone(),
-                    config.index_snapshot_interval,
-                    snapshot_chunk_size(&client),
+                    index::snapshot::Writer {
+                        index: index.clone(),
+                        snapshots,
+                        bucket: config.names.nodes_bucket.clone(),
+                        every: config.index_snapshot_interval,
+                        chunk_size: snapshot_chunk_size(&client),
+                    },
                     leading.clone(),
+                    state.clone(),
                     cancel.clone(),
                 ));
             }

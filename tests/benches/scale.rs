@@ -110,7 +110,9 @@ fn spawn_registry(
         name,
         &release_bin("node-registry", "node-registry"),
         &args,
-        &[("RUST_LOG", "warn".to_owned())],
+        // The read index's steps (snapshots written and read) besides
+        // the warnings.
+        &[("RUST_LOG", "warn,node_registry::index=info".to_owned())],
         server.temp_path(&format!("{name}.log")),
     )
 }
@@ -396,11 +398,37 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         })
         .await
         .map_or(nodes, |r| r.total);
+    let written = registry.log();
     drop(registry);
     let restarted_at = Instant::now();
-    let _second = spawn_registry(&server, "registry-2", degraded_after, None);
+    let second = spawn_registry(&server, "registry-2", degraded_after, None);
     fleet_tests::wait_total(&client, in_kv, Duration::from_secs(600)).await;
     let cold_start_s = restarted_at.elapsed().as_secs_f64();
+    // What the cold start started from: the last index snapshot the
+    // leader wrote, and how far behind the bucket it was.
+    let steps = |log: &str, step: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains(step))
+            .filter_map(|l| l.split(step).nth(1))
+            .map(|rest| rest.trim().to_owned())
+            .collect()
+    };
+    let snapshots = steps(&written, "index snapshot written");
+    println!(
+        "  index snapshots written during the run: {}; last: {}",
+        snapshots.len(),
+        snapshots.last().map_or("none", String::as_str)
+    );
+    let started = second.log();
+    for step in [
+        "index snapshot read",
+        "index snapshot not used",
+        "read index loaded",
+    ] {
+        for line in steps(&started, step) {
+            println!("  cold start, {step}: {line}");
+        }
+    }
 
     let ms = |v: u64| v as f64 / 1000.0;
     Run {

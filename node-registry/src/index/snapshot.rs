@@ -334,18 +334,44 @@ async fn write(
         .await
 }
 
-/// Keeps the snapshot of bucket `bucket` fresh: every `every`, while
-/// `leading` (the lease of partition 0) and the index has moved since the
-/// last one, writes the index as it is. Runs until `cancel`.
+/// Most events waiting for the registry with which a snapshot is still
+/// written: further behind, it is catching up (a registration wave, a
+/// storm), nats-server is the busiest part, and the snapshot would be
+/// stale before it is read.
+const MAX_BACKLOG: u64 = 50_000;
+
+/// What writes a bucket's snapshots, and how often.
+#[derive(Debug)]
+pub struct Writer {
+    /// The index written.
+    pub index: ReadIndex,
+    /// Where to.
+    pub snapshots: SnapshotStore,
+    /// The `nodes` bucket's name (the object's).
+    pub bucket: String,
+    /// How often (zero: never).
+    pub every: Duration,
+    /// Bytes per chunk of the object.
+    pub chunk_size: usize,
+}
+
+/// Keeps the snapshot of the writer's bucket fresh: every `every`, while
+/// `leading` (the lease of partition 0), not behind on events (`state`'s
+/// backlog), and the index has moved since the last one, writes the index
+/// as it is. Runs until `cancel`.
 pub async fn keep_writing(
-    index: ReadIndex,
-    snapshots: SnapshotStore,
-    bucket: String,
-    every: Duration,
-    chunk_size: usize,
+    writer: Writer,
     leading: watch::Receiver<bool>,
+    state: std::sync::Arc<crate::state::RegistryState>,
     cancel: CancellationToken,
 ) {
+    let Writer {
+        index,
+        snapshots,
+        bucket,
+        every,
+        chunk_size,
+    } = writer;
     if every.is_zero() {
         return;
     }
@@ -360,6 +386,9 @@ pub async fn keep_writing(
         if !*leading.borrow() {
             // A term of another instance writes its own.
             written = None;
+            continue;
+        }
+        if state.backlog().is_none_or(|waiting| waiting > MAX_BACKLOG) {
             continue;
         }
         let Some(taken) = index.take_snapshot() else {
