@@ -419,10 +419,29 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
         )
         .await
         .expect("put garbage");
-    let third = spawn_registry(&server, "registry-c", &[], &[]);
+    let mut third = spawn_registry(&server, "registry-c", &[], &often);
     wait_registry(&client).await;
     logged(&third, &["index snapshot not used", "bad magic"]).await;
     logged(&third, &["read index loaded", "from_snapshot=false"]).await;
     wait_total(&client, r#"{"selector":"zone=a"}"#, 39).await;
     assert_eq!(ids(&client, r#"{"selector":"zone=b"}"#).await, vec!["n-0"]);
+
+    // A snapshot of a bucket deleted since is not used: its records went
+    // with the bucket.
+    logged(&third, &["index snapshot written", "records=40"]).await;
+    third
+        .terminate(Duration::from_secs(15))
+        .await
+        .expect("the registry stops");
+    js.delete_key_value("nodes")
+        .await
+        .expect("delete the nodes bucket");
+    let fourth = spawn_registry(&server, "registry-d", &[], &[]);
+    wait_registry(&client).await;
+    logged(
+        &fourth,
+        &["index snapshot not used", "of a bucket created at"],
+    )
+    .await;
+    wait_total(&client, r#"{"status":"any"}"#, 0).await;
 }
