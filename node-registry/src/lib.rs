@@ -289,6 +289,7 @@ pub async fn run(
                         bucket: config.names.nodes_bucket.clone(),
                         every: config.index_snapshot_interval,
                         chunk_size: snapshot_chunk_size(&client),
+                        bytes_per_s: config.index_snapshot_bytes_per_s,
                     },
                     leading.clone(),
                     state.clone(),

@@ -311,13 +311,59 @@ fn fits(header: &Header, info: &stream::Info) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// A reader that hands out `inner`'s bytes at most `bytes_per_s` (0: as
+/// fast as asked): a snapshot's write spread over seconds costs
+/// nats-server the same, but never all of a core at once.
+struct Paced<R> {
+    inner: R,
+    bytes_per_s: u64,
+    started: Option<Instant>,
+    sent: u64,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Paced<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.bytes_per_s > 0 {
+            let started = *this.started.get_or_insert_with(Instant::now);
+            let due = started + Duration::from_secs_f64(this.sent as f64 / this.bytes_per_s as f64);
+            if due > Instant::now() {
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due.into())));
+                if sleep.deadline() != due.into() {
+                    sleep.as_mut().reset(due.into());
+                }
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if read.is_ready() {
+            this.sent += (buf.filled().len() - before) as u64;
+        }
+        read
+    }
+}
+
 /// Writes `taken` as the snapshot of bucket `bucket`, in chunks of
-/// `chunk_size`; returns the bytes stored.
+/// `chunk_size`, at most `bytes_per_s` (0: unpaced); returns the bytes
+/// stored.
 async fn write(
     snapshots: &SnapshotStore,
     bucket: &str,
     taken: Taken,
     chunk_size: usize,
+    bytes_per_s: u64,
 ) -> Result<u64, SnapshotError> {
     let header = taken.header;
     let metadata = [
@@ -328,7 +374,13 @@ async fn write(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let mut bytes = Encoder::new(header, taken.records);
+    let mut bytes = Paced {
+        inner: Encoder::new(header, taken.records),
+        bytes_per_s,
+        started: None,
+        sent: 0,
+        sleep: None,
+    };
     snapshots
         .put(bucket, metadata, chunk_size, &mut bytes)
         .await
@@ -353,6 +405,8 @@ pub struct Writer {
     pub every: Duration,
     /// Bytes per chunk of the object.
     pub chunk_size: usize,
+    /// Most bytes a second a write sends (0: no limit).
+    pub bytes_per_s: u64,
 }
 
 /// Keeps the snapshot of the writer's bucket fresh: every `every`, while
@@ -371,6 +425,7 @@ pub async fn keep_writing(
         bucket,
         every,
         chunk_size,
+        bytes_per_s,
     } = writer;
     if every.is_zero() {
         return;
@@ -401,7 +456,7 @@ pub async fn keep_writing(
         let records = taken.header.records;
         let started = Instant::now();
         let span = info_span!("index snapshot", bucket = %bucket, revision, records);
-        match write(&snapshots, &bucket, taken, chunk_size)
+        match write(&snapshots, &bucket, taken, chunk_size, bytes_per_s)
             .instrument(span)
             .await
         {
@@ -417,5 +472,43 @@ pub async fn keep_writing(
             }
             Err(e) => warn!(error = %e, "index snapshot not written"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(bytes_per_s: u64, data: &[u8]) -> (Vec<u8>, Duration) {
+        let mut paced = Paced {
+            inner: data,
+            bytes_per_s,
+            started: None,
+            sent: 0,
+            sleep: None,
+        };
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = paced.read(&mut buf).await.expect("in memory");
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        (out, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_paced_write_sends_every_byte_no_faster_than_its_rate() {
+        let data: Vec<u8> = (0..256u32 << 10).map(|i| (i % 251) as u8).collect();
+        // Four reads of 64 KiB at 1 MiB/s: the last one is due after the
+        // first three's 192 KiB, 187.5 ms in.
+        let (paced, took) = read_all(1 << 20, &data).await;
+        assert_eq!(paced, data);
+        assert!(took >= Duration::from_millis(180), "took {took:?}");
+        let (unpaced, _) = read_all(0, &data).await;
+        assert_eq!(unpaced, data);
     }
 }
