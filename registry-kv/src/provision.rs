@@ -457,25 +457,44 @@ async fn ensure_stream(
     Ok(stream)
 }
 
+/// The bucket `get` finds, else the one `create` makes; when making it
+/// fails, the one `get` finds then (another instance may have created it
+/// in between).
+async fn get_or_create<T, GetError, CreateError, Get, Got, Create, Made>(
+    name: &str,
+    get: Get,
+    create: Create,
+) -> Result<T, ProvisionError>
+where
+    Get: Fn() -> Got,
+    Got: std::future::Future<Output = Result<T, GetError>>,
+    Create: FnOnce() -> Made,
+    Made: std::future::Future<Output = Result<T, CreateError>>,
+    CreateError: Into<async_nats::Error>,
+{
+    if let Ok(found) = get().await {
+        return Ok(found);
+    }
+    match create().await {
+        Ok(made) => Ok(made),
+        Err(create_err) => get().await.map_err(|_| ProvisionError::Bucket {
+            name: name.to_owned(),
+            source: create_err.into(),
+        }),
+    }
+}
+
 async fn ensure_object_store(
     js: &jetstream::Context,
     config: object_store::Config,
 ) -> Result<object_store::ObjectStore, ProvisionError> {
     let name = config.bucket.clone();
-    if let Ok(store) = js.get_object_store(&name).await {
-        return Ok(store);
-    }
-    match js.create_object_store(config).await {
-        Ok(store) => Ok(store),
-        // Another instance may have created it in between: take that one.
-        Err(create_err) => js
-            .get_object_store(&name)
-            .await
-            .map_err(|_| ProvisionError::Bucket {
-                name,
-                source: create_err.into(),
-            }),
-    }
+    get_or_create(
+        &name,
+        || js.get_object_store(&name),
+        || js.create_object_store(config),
+    )
+    .await
 }
 
 async fn ensure_bucket(
@@ -483,18 +502,10 @@ async fn ensure_bucket(
     config: kv::Config,
 ) -> Result<kv::Store, ProvisionError> {
     let name = config.bucket.clone();
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another instance may have created it in between: take that one.
-        Err(create_err) => js
-            .get_key_value(&name)
-            .await
-            .map_err(|_| ProvisionError::Bucket {
-                name,
-                source: create_err.into(),
-            }),
-    }
+    get_or_create(
+        &name,
+        || js.get_key_value(&name),
+        || js.create_key_value(config),
+    )
+    .await
 }
