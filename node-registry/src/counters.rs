@@ -50,6 +50,15 @@ pub struct Counters {
     pub events_lost: AtomicU64,
     /// Registrations and deregistrations not copied to the lifecycle stream.
     pub lifecycle_copies_failed: AtomicU64,
+    /// Index snapshots written.
+    pub index_snapshots_written: AtomicU64,
+    /// Index snapshots that could not be written.
+    pub index_snapshot_failures: AtomicU64,
+    /// Loads of the read index started from a snapshot.
+    pub index_snapshot_loads: AtomicU64,
+    /// Snapshots found but not used (another bucket, too old or ahead, bytes
+    /// that do not read).
+    pub index_snapshots_refused: AtomicU64,
     /// Alerts published, by type (rare: a lock is fine).
     pub alerts_by_type: Mutex<BTreeMap<String, u64>>,
 }

@@ -179,9 +179,16 @@ pub async fn run(
             return Ok(());
         };
 
+        let counters = Arc::new(counters::Counters::default());
         let index = index::spawn_reflector(
             provisioned.nodes.clone(),
-            provisioned.snapshots.clone(),
+            provisioned
+                .snapshots
+                .clone()
+                .map(|snapshots| index::snapshot::Source {
+                    snapshots,
+                    counters: counters.clone(),
+                }),
             cancel.clone(),
         );
         let state = Arc::new(state::RegistryState::with_partitions(
@@ -200,7 +207,6 @@ pub async fn run(
             },
             cancel.clone(),
         ));
-        let counters = Arc::new(counters::Counters::default());
         let service = tokio::spawn(service::serve(
             client.clone(),
             index.clone(),
@@ -290,6 +296,7 @@ pub async fn run(
                         every: config.index_snapshot_interval,
                         chunk_size: snapshot_chunk_size(&client),
                         bytes_per_s: config.index_snapshot_bytes_per_s,
+                        counters: counters.clone(),
                     },
                     leading.clone(),
                     state.clone(),

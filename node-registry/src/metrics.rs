@@ -631,6 +631,26 @@ pub fn register(sources: MetricSources) -> RegistryMetrics {
         ("registry.joins", "Nodes joined with a token", |c| {
             Counters::get(&c.joins)
         }),
+        (
+            "registry.index.snapshots",
+            "Index snapshots written by this instance",
+            |c| Counters::get(&c.index_snapshots_written),
+        ),
+        (
+            "registry.index.snapshot.failures",
+            "Index snapshots that could not be written",
+            |c| Counters::get(&c.index_snapshot_failures),
+        ),
+        (
+            "registry.index.snapshot.loads",
+            "Loads of the read index started from a snapshot",
+            |c| Counters::get(&c.index_snapshot_loads),
+        ),
+        (
+            "registry.index.snapshot.refused",
+            "Snapshots found at a load but not used (another bucket, too old or ahead, unreadable)",
+            |c| Counters::get(&c.index_snapshots_refused),
+        ),
         ("registry.joins.refused", "Join requests refused", |c| {
             Counters::get(&c.joins_refused)
         }),

@@ -329,6 +329,31 @@ async fn the_client_watches_a_selector_and_falls_back_to_stale_answers() {
     ));
 }
 
+/// The value of the one series of counter `name` the registry serving
+/// metrics at `addr` exports.
+async fn scraped(addr: &str, name: &str) -> f64 {
+    let url = format!("http://{addr}/metrics");
+    eventually(&format!("{name} at {url}"), SOON, || {
+        let url = url.clone();
+        async move {
+            let body = tokio::task::spawn_blocking(move || {
+                ureq::get(&url)
+                    .call()
+                    .ok()?
+                    .body_mut()
+                    .read_to_string()
+                    .ok()
+            })
+            .await
+            .ok()??;
+            body.lines()
+                .find(|l| l.split([' ', '{']).next() == Some(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        }
+    })
+    .await
+}
+
 /// Waits until `registry`'s log has a line holding every one of `parts`.
 async fn logged(registry: &Proc, parts: &[&str]) -> String {
     eventually(&format!("a log line with {parts:?}"), SOON, || async {
@@ -396,7 +421,8 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
         .await
         .expect("put");
 
-    let second = spawn_registry(&server, "registry-b", &[], &often);
+    let metrics = format!("127.0.0.1:{}", fleet_tests::free_port());
+    let second = spawn_registry(&server, "registry-b", &["--metrics-addr", &metrics], &often);
     wait_registry(&client).await;
     let read = logged(&second, &["index snapshot read", "records=40"]).await;
     assert!(read.contains("behind=3"), "{read}");
@@ -409,6 +435,15 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
     assert_eq!(ids(&client, r#"{"selector":"zone=b"}"#).await, vec!["n-0"]);
     assert!(client.get("n-1").await.expect("get answers").is_none());
     assert!(client.get("n-new").await.expect("get answers").is_some());
+    // And its metrics say so.
+    assert_eq!(
+        scraped(&metrics, "registry_index_snapshot_loads_total").await,
+        1.0
+    );
+    assert_eq!(
+        scraped(&metrics, "registry_index_snapshot_refused_total").await,
+        0.0
+    );
     drop(second);
 
     // Bytes that are not a snapshot are said, and the bucket is read whole.

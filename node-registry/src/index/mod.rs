@@ -15,13 +15,14 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use registry_kv::snapshots::SnapshotStore;
 use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError, WatchFrom, ALL_KEYS};
 use runtime_support::CancellationToken;
 use schemas::NodeRecord;
 use tokio::sync::watch;
 
 use registry_core::catalog::{Catalog, Indexable, RecordView};
+
+use crate::counters::Counters;
 use tracing::{info, instrument, warn};
 
 pub mod snapshot;
@@ -110,7 +111,7 @@ impl ReadIndex {
 /// one fits, and catches up from its revision.
 pub fn spawn_reflector(
     store: kv::Store,
-    snapshots: Option<SnapshotStore>,
+    snapshots: Option<snapshot::Source>,
     cancel: CancellationToken,
 ) -> ReadIndex {
     let state = Arc::new(RwLock::new(Catalog::new()));
@@ -143,7 +144,7 @@ pub fn spawn_reflector(
 /// What the reflector reads from and writes to.
 struct Sources {
     store: kv::Store,
-    snapshots: Option<SnapshotStore>,
+    snapshots: Option<snapshot::Source>,
     state: Arc<RwLock<Catalog>>,
     expected: Arc<Mutex<Expected>>,
     ready: watch::Sender<bool>,
@@ -198,19 +199,23 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
     // snapshot where one fits, and replays only what came after it.
     let (from, mut loading) = match (resume, snapshots) {
         (Some(held), _) => (WatchFrom::After(held), Loading::for_keys(0)),
-        (None, Some(snapshots)) => match snapshot::load(snapshots, &store.name, &info).await {
-            Ok(Some((loading, taken))) => (
-                WatchFrom::CatchUp {
-                    after: taken.revision,
-                    through: info.state.last_sequence,
-                },
-                loading,
-            ),
+        (None, Some(source)) => match snapshot::load(&source.snapshots, &store.name, &info).await {
+            Ok(Some((loading, taken))) => {
+                Counters::bump(&source.counters.index_snapshot_loads);
+                (
+                    WatchFrom::CatchUp {
+                        after: taken.revision,
+                        through: info.state.last_sequence,
+                    },
+                    loading,
+                )
+            }
             Ok(None) => (
                 WatchFrom::Start,
                 Loading::for_keys(info.state.subjects_count),
             ),
             Err(e) => {
+                Counters::bump(&source.counters.index_snapshots_refused);
                 warn!(error = %e, "index snapshot not used: reading the nodes bucket whole");
                 (
                     WatchFrom::Start,

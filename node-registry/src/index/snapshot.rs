@@ -25,6 +25,16 @@ use registry_core::catalog::{Catalog, Indexable, RecordView};
 
 use super::snapshot_format::{Decoder, Encoder, FormatError, Header, Piece};
 use super::{put, Loading, ReadIndex, LOAD_CHUNK};
+use crate::counters::Counters;
+
+/// Where a first load looks for a snapshot, and what it counts there.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The object store of snapshots.
+    pub snapshots: SnapshotStore,
+    /// Loads from a snapshot and snapshots refused are counted here.
+    pub counters: std::sync::Arc<crate::counters::Counters>,
+}
 
 /// What a snapshot is written from: every record held, at one revision.
 #[derive(Debug)]
@@ -407,6 +417,8 @@ pub struct Writer {
     pub chunk_size: usize,
     /// Most bytes a second a write sends (0: no limit).
     pub bytes_per_s: u64,
+    /// Writes and failed writes are counted here.
+    pub counters: std::sync::Arc<crate::counters::Counters>,
 }
 
 /// Keeps the snapshot of the writer's bucket fresh: every `every`, while
@@ -426,6 +438,7 @@ pub async fn keep_writing(
         every,
         chunk_size,
         bytes_per_s,
+        counters,
     } = writer;
     if every.is_zero() {
         return;
@@ -469,8 +482,12 @@ pub async fn keep_writing(
                     "index snapshot written"
                 );
                 written = Some(revision);
+                Counters::bump(&counters.index_snapshots_written);
             }
-            Err(e) => warn!(error = %e, "index snapshot not written"),
+            Err(e) => {
+                Counters::bump(&counters.index_snapshot_failures);
+                warn!(error = %e, "index snapshot not written");
+            }
         }
     }
 }
