@@ -381,14 +381,17 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
     wait_total(&client, r#"{"selector":"zone=a"}"#, 40).await;
 
     // The leader writes a snapshot of everything the bucket holds.
-    let nodes = js.get_key_value("nodes").await.expect("nodes bucket");
+    let nodes = js
+        .get_key_value(subjects::BUCKET_NODES)
+        .await
+        .expect("nodes bucket");
     let snapshots = js
-        .get_object_store("registry_snapshots")
+        .get_object_store(subjects::BUCKET_INDEX_SNAPSHOTS)
         .await
         .expect("snapshot bucket");
     eventually("a snapshot at the bucket's last revision", SOON, || async {
         let last = nodes.status().await.ok()?.info.state.last_sequence;
-        let info = snapshots.info("nodes").await.ok()?;
+        let info = snapshots.info(subjects::BUCKET_NODES).await.ok()?;
         let revision: u64 = info.metadata.get("revision")?.parse().ok()?;
         (revision == last && info.metadata.get("records")? == "40").then_some(())
     })
@@ -449,7 +452,7 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
     // Bytes that are not a snapshot are said, and the bucket is read whole.
     snapshots
         .put(
-            "nodes",
+            subjects::BUCKET_NODES,
             &mut &b"not a snapshot at all, though long enough for a header"[..],
         )
         .await
@@ -468,7 +471,7 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
         .terminate(Duration::from_secs(15))
         .await
         .expect("the registry stops");
-    js.delete_key_value("nodes")
+    js.delete_key_value(subjects::BUCKET_NODES)
         .await
         .expect("delete the nodes bucket");
     let fourth = spawn_registry(&server, "registry-d", &[], &[]);
