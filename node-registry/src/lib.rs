@@ -148,7 +148,7 @@ fn snapshot_chunk_size(client: &async_nats::Client) -> usize {
     const MOST: usize = 1 << 20;
     let accepted = client.server_info().max_payload;
     // Room for the chunk's subject and the protocol around it.
-    accepted.saturating_sub(4096).clamp(64 << 10, MOST)
+    accepted.saturating_sub(4096).clamp(1 << 10, MOST)
 }
 
 /// Runs the registry until `shutdown` resolves: provisions, restores the

@@ -24,8 +24,6 @@ pub struct SnapshotError {
 pub struct StoredSnapshot {
     /// Its size in bytes, as stored.
     pub size: u64,
-    /// The metadata it was written with.
-    pub metadata: HashMap<String, String>,
     /// Its bytes (checked against the stored digest as they are read: a
     /// read fails at the end if they differ).
     pub reader: object_store::Object,
@@ -90,7 +88,6 @@ impl SnapshotStore {
         match self.store.get(name).await {
             Ok(reader) => Ok(Some(StoredSnapshot {
                 size: reader.info.size as u64,
-                metadata: reader.info.metadata.clone(),
                 reader,
             })),
             Err(e) if e.kind() == GetErrorKind::NotFound => Ok(None),

@@ -197,36 +197,31 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
     // catalog, while this task keeps receiving (and answering discovery
     // from the old view, if any). A first load starts from the bucket's
     // snapshot where one fits, and replays only what came after it.
+    let whole = || {
+        (
+            WatchFrom::Start,
+            Loading::for_keys(info.state.subjects_count),
+        )
+    };
     let (from, mut loading) = match (resume, snapshots) {
         (Some(held), _) => (WatchFrom::After(held), Loading::for_keys(0)),
+        (None, None) => whole(),
         (None, Some(source)) => match snapshot::load(&source.snapshots, &store.name, &info).await {
             Ok(Some((loading, taken))) => {
                 Counters::bump(&source.counters.index_snapshot_loads);
-                (
-                    WatchFrom::CatchUp {
-                        after: taken.revision,
-                        through: info.state.last_sequence,
-                    },
-                    loading,
-                )
+                let from = WatchFrom::CatchUp {
+                    after: taken.revision,
+                    through: info.state.last_sequence,
+                };
+                (from, loading)
             }
-            Ok(None) => (
-                WatchFrom::Start,
-                Loading::for_keys(info.state.subjects_count),
-            ),
+            Ok(None) => whole(),
             Err(e) => {
                 Counters::bump(&source.counters.index_snapshots_refused);
                 warn!(error = %e, "index snapshot not used: reading the nodes bucket whole");
-                (
-                    WatchFrom::Start,
-                    Loading::for_keys(info.state.subjects_count),
-                )
+                whole()
             }
         },
-        (None, None) => (
-            WatchFrom::Start,
-            Loading::for_keys(info.state.subjects_count),
-        ),
     };
     let from_snapshot = matches!(from, WatchFrom::CatchUp { .. });
     let mut changes = Box::pin(watch_raw(store, ALL_KEYS, from).await?);
