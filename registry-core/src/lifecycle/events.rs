@@ -110,6 +110,7 @@ impl Fleet {
                     last_written: at,
                     revision: None,
                     needs_write: false,
+                    phased: false,
                     queued: None,
                     region: self
                         .region_number(e.labels.get(REGION_LABEL).map_or("", String::as_str)),
@@ -274,7 +275,8 @@ impl Fleet {
             e.services.iter().map(String::as_str),
         );
         let usage_changed = usage != node.usage;
-        let checkpoint_due = pacing::checkpoint_due(id.as_str(), node.last_written, at, checkpoint);
+        let checkpoint_due =
+            pacing::checkpoint_due(id.as_str(), node.last_written, node.phased, at, checkpoint);
         // The first metrics after a registration are worth a write: until
         // then discovery cannot rank the node by load. They take what the
         // write budget leaves, and otherwise wait for the node's
@@ -299,6 +301,7 @@ impl Fleet {
             let Some(node) = self.slot_mut(slot) else {
                 return effects;
             };
+            node.phased |= checkpoint_due;
             let mut record = node.record();
             if gpu_health.is_some() {
                 record.gpu_health = gpu_health;

@@ -145,6 +145,9 @@ pub struct Tracked {
     pub revision: Option<u64>,
     /// A write failed or a checkpoint is owed: write on the next sweep.
     pub needs_write: bool,
+    /// Whether its checkpoints run on its phase yet (since its first one
+    /// after a registration or a restore): see `pacing::checkpoint_due`.
+    phased: bool,
     /// Digest of the `caps_hash` of the register held (0: none).
     caps_hash: u64,
     /// Digest of the loaded models and the services up, as last written.

@@ -115,6 +115,7 @@ impl Fleet {
                 last_written: updated,
                 revision: Some(revision),
                 needs_write: false,
+                phased: false,
                 queued: None,
                 region,
                 link: None,
