@@ -176,6 +176,18 @@ async fn cold_start(
     (registry, ready_after, registry_cpu, server_cpu)
 }
 
+/// Waits (up to two minutes) until the log at `path` holds `step`.
+async fn wait_logged(path: &std::path::Path, step: &str) {
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(120)
+        && !std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(step)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One sampled cold start (its registry killed once it answers, with no
 /// snapshots written): how long it took, and a line saying so.
 async fn sampled_start(
@@ -396,14 +408,7 @@ async fn main() {
     let log = server.temp_path("registry-snapshot-writer.log");
     let (mut writer, _, _, _) = cold_start(&server, &registry_bin, nodes, "1s", log.clone()).await;
     let server_ticks = server.pid().map(cpu_ticks).unwrap_or(0);
-    let waited = Instant::now();
-    while waited.elapsed() < Duration::from_secs(120)
-        && !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("index snapshot written")
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_logged(&log, "index snapshot written").await;
     if let Some(line) = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()
@@ -469,14 +474,7 @@ async fn main() {
     // its fleet on another thread once the index is loaded, while it
     // already answers: wait for it, so latencies are measured without it.
     let log_path = server.temp_path("registry.log");
-    let restored = Instant::now();
-    while restored.elapsed() < Duration::from_secs(120)
-        && !std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .contains("fleet restored")
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_logged(&log_path, "fleet restored").await;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     for step in [
         "connected to NATS",
