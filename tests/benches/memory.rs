@@ -82,7 +82,7 @@ fn main() {
                 if let Write::Put { record, .. } = write {
                     let encoded = schemas::record::encode_record(&record);
                     fleet.confirm_write(&id, seq, encoded.clone());
-                    catalog.insert(&record, encoded.clone(), seq);
+                    catalog.insert(&*record, encoded.clone(), seq);
                     if n == 1 && std::env::var("BENCH_SHOW").is_ok() {
                         println!("{}", String::from_utf8_lossy(&encoded));
                     }

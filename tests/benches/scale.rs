@@ -25,7 +25,8 @@
 //! `--metrics-addr` and scrapes it every 15 s), `SCALE_MERGE` = comma-separated `scale.json` files of
 //! earlier runs to draw in the same plot, `SCALE_SETTLE_MAX` = seconds to
 //! wait for the registration backlog (default 600), `SCALE_PERF=<folder>`
-//! to record `perf` profiles of the registry and nats-server.
+//! to record `perf` profiles of the registry and nats-server
+//! (`SCALE_PERF_GRAPH=dwarf` for whole stacks of the registry).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -176,11 +177,27 @@ async fn settle(js: &jetstream::Context, consumer: &mut PullConsumer, limit: Dur
 
 /// With `SCALE_PERF=<folder>`, records a CPU profile of `pid` for
 /// `seconds` into `<folder>/<name>.data` (read it with `perf report -i`).
+/// The registry's call graphs are read from frame pointers unless
+/// `SCALE_PERF_GRAPH` names another `perf record --call-graph` mode
+/// (`dwarf`: whole stacks from a release build without frame pointers).
 fn profile(pid: u32, name: &str, seconds: u64) -> Option<std::process::Child> {
     let dir = std::env::var("SCALE_PERF").ok()?;
     let _ = std::fs::create_dir_all(&dir);
+    let graph = match std::env::var("SCALE_PERF_GRAPH") {
+        Ok(mode) if name.starts_with("registry") => mode,
+        _ => "fp".to_owned(),
+    };
     std::process::Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+        .args([
+            "record",
+            "-F",
+            "499",
+            "--call-graph",
+            &graph,
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
         .arg(format!("{dir}/{name}.data"))
         .args(["--", "sleep", &seconds.to_string()])
         .stdout(std::process::Stdio::null())

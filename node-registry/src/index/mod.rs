@@ -29,7 +29,7 @@ pub mod snapshot;
 pub mod snapshot_format;
 
 /// Writes announced by this process, by key: the bytes and the record.
-type Expected = HashMap<String, (bytes::Bytes, NodeRecord)>;
+type Expected = HashMap<String, (bytes::Bytes, Arc<NodeRecord>)>;
 
 /// A shared, read-mostly view of the `nodes` bucket.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ impl ReadIndex {
     /// delivers exactly these bytes for its key, the index takes `record` as
     /// it is and keeps `encoded` (shared with the writer) instead of
     /// decoding and copying the delivery.
-    pub fn expect_write(&self, record: NodeRecord, encoded: bytes::Bytes) {
+    pub fn expect_write(&self, record: Arc<NodeRecord>, encoded: bytes::Bytes) {
         let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
         expected.insert(record.node_id.clone(), (encoded, record));
     }
@@ -481,7 +481,7 @@ fn apply_live(state: &RwLock<Catalog>, expected: &Mutex<Expected>, change: RawCh
     };
     if let Some((record, bytes)) = announced {
         let mut catalog = state.write().unwrap_or_else(|p| p.into_inner());
-        put(&mut catalog, &key, revision, Some((&record, bytes)));
+        put(&mut catalog, &key, revision, Some((&*record, bytes)));
         return catalog.revision;
     }
     let record = {

@@ -3,6 +3,8 @@
 //! means for the fleet; and the rule that holds transitions while KV
 //! writes keep failing.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use registry_core::lifecycle::{Effects, OwnFault, Write};
 use registry_kv::alerts::AlertSink;
@@ -127,7 +129,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         Write::Put { record, revision } => {
                             let encoded = EncodedRecord::of(record);
                             if let Some(index) = index {
-                                index.expect_write(record.clone(), encoded.value.clone());
+                                index.expect_write(Arc::clone(record), encoded.value.clone());
                             }
                             let result = match revision {
                                 None => store.create(&encoded).await,

@@ -9,15 +9,13 @@ use super::*;
 pub(super) const ALERT_NAMESPACE: Uuid = Uuid::from_u128(0x6d1f_5e2a_8c1b_4f4e_9a57_0e3c_2b1d_7a90);
 
 /// A record write the worker must make (compare-and-swap).
-// NOTE: Put is large and Delete small, but writes live for one round of the
-// worker loop; boxing every Put would cost an allocation per write for nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Create (`revision` = None) or update the record at `revision`.
     Put {
-        /// The full record to store.
-        record: NodeRecord,
+        /// The full record to store, shared with the fleet's pending state
+        /// (and the read index's expectation) instead of copied for each.
+        record: Arc<NodeRecord>,
         /// The revision the key is expected at.
         revision: Option<u64>,
     },
@@ -138,11 +136,12 @@ impl Fleet {
         node.gpu_quarantine = gpus::any_quarantined(record.gpu_health.as_ref());
         node.last_written = at;
         node.needs_write = false;
+        let record = Arc::new(record);
         effects.writes.push(Write::Put {
-            record: record.clone(),
+            record: Arc::clone(&record),
             revision: node.revision,
         });
-        node.record = RecordState::Pending(Box::new(record));
+        node.record = RecordState::Pending(record);
     }
 
     pub(super) fn alert(

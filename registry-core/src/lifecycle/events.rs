@@ -102,7 +102,7 @@ impl Fleet {
                     has_metrics: false,
                     gpu_digest: 0,
                     gpu_quarantine: false,
-                    record: RecordState::Pending(Box::default()),
+                    record: RecordState::Pending(Arc::default()),
                     status: NodeStatus::Online,
                     last_seen: at,
                     judged_from: at,

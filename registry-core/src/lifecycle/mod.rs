@@ -51,6 +51,7 @@ pub use restore::Grace;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -122,7 +123,7 @@ enum RecordState {
     /// As stored in KV (the JSON value); shared with the read index.
     Written(Bytes),
     /// Decided, handed to the worker, not yet confirmed (or failed).
-    Pending(Box<NodeRecord>),
+    Pending(Arc<NodeRecord>),
 }
 
 /// What the registry knows of one node.
