@@ -245,6 +245,27 @@ struct Run {
     detection_p99_ms: i64,
     false_transitions: usize,
     cold_start_s: f64,
+    /// The measured window second by second: where the backlog's spikes
+    /// fall against the processes' CPU and the registry's KV writes.
+    #[serde(default)]
+    timeline: Vec<Sample>,
+}
+
+/// One second of a run's window.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Sample {
+    /// Seconds since the window began.
+    t_s: f64,
+    /// Events not yet processed.
+    pending: u64,
+    /// Age of the oldest of them.
+    lag_s: f64,
+    /// The registry's CPU over the second before (% of one core).
+    registry_cpu_pct: f64,
+    /// nats-server's CPU over the second before (% of one core).
+    server_cpu_pct: f64,
+    /// Records written to `nodes` in the second before.
+    kv_writes: u64,
 }
 
 async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run {
@@ -330,11 +351,35 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
     let mut ages = Vec::new();
     let mut pending = Vec::new();
     let mut rss_max = 0;
+    let mut timeline = Vec::new();
+    let mut last = (
+        Instant::now(),
+        ticks_before,
+        server_ticks_before,
+        writes_before,
+    );
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let Some((waiting, age)) = lag(&js, &mut consumer).await {
             pending.push(waiting);
             ages.push((age * 1000.0) as u64);
+            let now = (
+                Instant::now(),
+                cpu_ticks(pid),
+                cpu_ticks(server_pid),
+                nodes_stream.info().await.map(sequence).unwrap_or(last.3),
+            );
+            let pct =
+                |ticks: u64| ticks as f64 / clock_ticks() / (now.0 - last.0).as_secs_f64() * 100.0;
+            timeline.push(Sample {
+                t_s: started.elapsed().as_secs_f64(),
+                pending: waiting,
+                lag_s: age,
+                registry_cpu_pct: pct(now.1.saturating_sub(last.1)),
+                server_cpu_pct: pct(now.2.saturating_sub(last.2)),
+                kv_writes: now.3.saturating_sub(last.3),
+            });
+            last = now;
         }
         rss_max = rss_max.max(rss_kib(pid) * 1024);
     }
@@ -470,6 +515,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         detection_p99_ms: percentile_i64(&latencies, 0.99),
         false_transitions,
         cold_start_s,
+        timeline,
     }
 }
 
@@ -721,7 +767,17 @@ async fn main() {
         runs: results,
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-    println!("\n{json}");
+    // The timelines go to the file only: a second each is too long to read here.
+    let mut shown = serde_json::to_value(&report).unwrap_or_default();
+    if let Some(runs) = shown.get_mut("runs").and_then(|r| r.as_array_mut()) {
+        for run in runs.iter_mut().filter_map(|r| r.as_object_mut()) {
+            run.remove("timeline");
+        }
+    }
+    println!(
+        "\n{}",
+        serde_json::to_string_pretty(&shown).unwrap_or_default()
+    );
     if let Err(e) = std::fs::create_dir_all(&out) {
         eprintln!("creating {}: {e}", out.display());
         return;
