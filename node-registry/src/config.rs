@@ -101,10 +101,11 @@ pub struct RegistryConfig {
     /// every record of `nodes`. Default 60s; 0s: none written.
     #[serde(with = "humantime_serde")]
     pub index_snapshot_interval: Duration,
-    /// Most bytes a second a snapshot is sent to nats-server at. Default
-    /// 64 MiB: a million nodes' snapshot (about 1 GB) takes 16 s, and
-    /// nats-server spends a sixth of a core on it meanwhile instead of a
-    /// whole one for a few seconds. 0: no limit.
+    /// Most bytes of records a second a snapshot is encoded at; it is
+    /// stored zstd-compressed, a fraction of them. Default 64 MiB: a
+    /// million nodes' snapshot (about 1 GB of records) takes 16 s, and
+    /// its compressing and storing are spread over them instead of taking
+    /// whole cores for a few seconds. 0: no limit.
     pub index_snapshot_bytes_per_s: u64,
     /// Stream, bucket and consumer names. Default: the contract's.
     pub names: Names,

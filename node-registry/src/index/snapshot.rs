@@ -98,6 +98,31 @@ pub fn created_ns(created: DateTime<Utc>) -> i64 {
 /// chunk is never split into the reader's own queue).
 const READ_BUFFER: usize = 2 << 20;
 
+/// How a zstd frame begins: a snapshot stored compressed (every one this
+/// build writes) starts with it; one written before compression starts
+/// with the format's own magic and is read as it is.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A stored snapshot's bytes as the format reads them: decompressed when
+/// they are a zstd stream, else as stored. Every frame is read, up to
+/// the object's end, so trailing bytes are an error and the store's digest
+/// check (at the end of the object) always runs.
+async fn opened<R>(stored: R) -> std::io::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, stored);
+    let compressed = reader.fill_buf().await?.starts_with(&ZSTD_MAGIC);
+    if compressed {
+        let mut decoder = async_compression::tokio::bufread::ZstdDecoder::new(reader);
+        decoder.multiple_members(true);
+        Ok(Box::new(decoder))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
 /// Loads the snapshot of bucket `bucket` (whose state is `info`), if
 /// there is one that fits: the load, to go on from its revision, with the
 /// snapshot's header.
@@ -107,9 +132,11 @@ pub(super) async fn load(
     info: &stream::Info,
 ) -> Result<Option<(Loading, Header)>, LoadError> {
     let started = Instant::now();
-    let Some(mut stored) = snapshots.get(bucket).await? else {
+    let Some(stored) = snapshots.get(bucket).await? else {
         return Ok(None);
     };
+    let size = stored.size;
+    let mut source = opened(stored.reader).await.map_err(LoadError::Read)?;
     let mut decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut indexer: Option<Indexer> = None;
@@ -118,11 +145,7 @@ pub(super) async fn load(
         if buf.capacity() - buf.len() < READ_BUFFER / 2 {
             buf.reserve(READ_BUFFER);
         }
-        let read = stored
-            .reader
-            .read_buf(&mut buf)
-            .await
-            .map_err(LoadError::Read)?;
+        let read = source.read_buf(&mut buf).await.map_err(LoadError::Read)?;
         let mut at = 0;
         while let Some((piece, used)) = decoder.next(&buf[at..])? {
             at += used;
@@ -159,7 +182,7 @@ pub(super) async fn load(
     info!(
         records = header.records,
         revision = header.revision,
-        bytes = stored.size,
+        bytes = size,
         behind = info.state.last_sequence.saturating_sub(header.revision),
         read_ms = started.elapsed().as_millis(),
         indexing_ms = busy.as_millis(),
@@ -322,8 +345,9 @@ fn fits(header: &Header, info: &stream::Info) -> Result<(), LoadError> {
 }
 
 /// A reader that hands out `inner`'s bytes at most `bytes_per_s` (0: as
-/// fast as asked): a snapshot's write spread over seconds costs
-/// nats-server the same, but never all of a core at once.
+/// fast as asked): a snapshot's write (its encoding and compression here,
+/// its storing in nats-server) spread over seconds costs the same, but
+/// never all of a core at once.
 struct Paced<R> {
     inner: R,
     bytes_per_s: u64,
@@ -365,9 +389,9 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Paced<R> {
     }
 }
 
-/// Writes `taken` as the snapshot of bucket `bucket`, in chunks of
-/// `chunk_size`, at most `bytes_per_s` (0: unpaced); returns the bytes
-/// stored.
+/// Writes `taken` as the snapshot of bucket `bucket`, compressed (zstd),
+/// in chunks of `chunk_size`, encoding at most `bytes_per_s` of records
+/// a second (0: unpaced); returns the bytes stored.
 async fn write(
     snapshots: &SnapshotStore,
     bucket: &str,
@@ -380,20 +404,38 @@ async fn write(
         ("revision", header.revision.to_string()),
         ("records", header.records.to_string()),
         ("bucket_created_ns", header.bucket_created_ns.to_string()),
+        ("encoding", "zstd".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let mut bytes = Paced {
+    let paced = Paced {
         inner: Encoder::new(header, taken.records),
         bytes_per_s,
         started: None,
         sent: 0,
         sleep: None,
     };
+    let mut compressed = compress(paced);
     snapshots
-        .put(bucket, metadata, chunk_size, &mut bytes)
+        .put(bucket, metadata, chunk_size, &mut compressed)
         .await
+}
+
+/// Bytes of records compressed at a time.
+const COMPRESS_BUFFER: usize = 256 << 10;
+
+/// `raw` compressed as a snapshot is stored. Records of one fleet repeat
+/// most of their bytes (labels, models, GPU names): zstd's fastest level
+/// stores a fraction of them for little CPU, and what a snapshot costs
+/// nats-server follows the bytes it stores.
+fn compress<R: tokio::io::AsyncRead + Unpin>(
+    raw: R,
+) -> async_compression::tokio::bufread::ZstdEncoder<tokio::io::BufReader<R>> {
+    async_compression::tokio::bufread::ZstdEncoder::with_quality(
+        tokio::io::BufReader::with_capacity(COMPRESS_BUFFER, raw),
+        async_compression::Level::Fastest,
+    )
 }
 
 /// Most events waiting for the registry with which a snapshot is still
@@ -515,6 +557,64 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         (out, started.elapsed())
+    }
+
+    fn encoded(records: u64) -> Encoder {
+        let header = Header {
+            bucket_created_ns: 1,
+            revision: records,
+            records,
+        };
+        let value = br#"{"node_id":"n","labels":{"region":"eu"},"status":"online"}"#;
+        Encoder::new(
+            header,
+            (1..=records)
+                .map(|r| (Bytes::from_static(value), r))
+                .collect(),
+        )
+    }
+
+    async fn bytes_of(mut reader: impl tokio::io::AsyncRead + Unpin) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_reads_the_same_compressed_or_as_stored_before_compression() {
+        let raw = bytes_of(encoded(2_000)).await.expect("in memory");
+        let stored = bytes_of(compress(encoded(2_000))).await.expect("in memory");
+        assert!(stored.starts_with(&ZSTD_MAGIC));
+        assert!(
+            stored.len() * 10 < raw.len(),
+            "{} bytes stored for {}",
+            stored.len(),
+            raw.len()
+        );
+        let from_compressed = bytes_of(opened(std::io::Cursor::new(stored)).await.expect("opens"))
+            .await
+            .expect("decompresses");
+        assert_eq!(from_compressed, raw);
+        let from_raw = bytes_of(
+            opened(std::io::Cursor::new(raw.clone()))
+                .await
+                .expect("opens"),
+        )
+        .await
+        .expect("reads");
+        assert_eq!(from_raw, raw);
+    }
+
+    #[tokio::test]
+    async fn bytes_after_a_compressed_snapshot_or_a_cut_one_do_not_read() {
+        let stored = bytes_of(compress(encoded(100))).await.expect("in memory");
+        let mut trailing = stored.clone();
+        trailing.extend_from_slice(b"not a zstd frame");
+        let read = bytes_of(opened(std::io::Cursor::new(trailing)).await.expect("opens")).await;
+        assert!(read.is_err(), "trailing bytes were read: {read:?}");
+        let cut = stored[..stored.len() / 2].to_vec();
+        let read = bytes_of(opened(std::io::Cursor::new(cut)).await.expect("opens")).await;
+        assert!(read.is_err(), "a cut stream was read: {read:?}");
     }
 
     #[tokio::test]
