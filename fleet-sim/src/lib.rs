@@ -100,6 +100,8 @@ pub struct SimReport {
     pub failed: u64,
     /// Registrations published.
     pub registers: u64,
+    /// Registrations sent again because the first was not acked.
+    pub registers_retried: u64,
     /// Heartbeats published.
     pub heartbeats: u64,
     /// Deregistrations published.
@@ -164,6 +166,9 @@ pub struct Simulator {
     js: jetstream::Context,
     in_flight: Arc<tokio::sync::Semaphore>,
     failed: Arc<AtomicU64>,
+    /// Nodes whose register was not acked: they register again at their
+    /// next beat, as an agent retries its register.
+    unacked_registers: Arc<std::sync::Mutex<Vec<u64>>>,
     counts: [AtomicU64; 3],
     stop: std::sync::atomic::AtomicBool,
 }
@@ -177,6 +182,7 @@ impl Simulator {
             js,
             in_flight,
             failed: Arc::new(AtomicU64::new(0)),
+            unacked_registers: Arc::default(),
             counts: Default::default(),
             stop: Default::default(),
         }
@@ -210,6 +216,16 @@ impl Simulator {
     /// `max_in_flight`. Heartbeats other than every
     /// `heartbeat_ack_every`-th of a node go without an ack.
     async fn publish(&self, event: &NodeEvent) -> Result<(), SimError> {
+        self.publish_node(event, None).await
+    }
+
+    /// Publishes one event of node `n`; a register of it (`n` given) that
+    /// is not acked is sent again at the node's next beat.
+    async fn publish_node(
+        &self,
+        event: &NodeEvent,
+        register_of: Option<u64>,
+    ) -> Result<(), SimError> {
         let unacked = event.r#type == "heartbeat"
             && event
                 .seq
@@ -245,9 +261,15 @@ impl Simulator {
             .await
             .map_err(|e| SimError(e.into()))?;
         let failed = self.failed.clone();
+        let unacked_registers = self.unacked_registers.clone();
         tokio::spawn(async move {
             if ack.await.is_err() {
                 failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = register_of {
+                    if let Ok(mut nodes) = unacked_registers.lock() {
+                        nodes.push(n);
+                    }
+                }
             }
             drop(permit);
         });
@@ -334,6 +356,18 @@ impl Simulator {
                     next_crash = Some(at + every);
                 }
             }
+            // Registers not acked: sent again at the node's next beat.
+            let unacked: Vec<u64> = self
+                .unacked_registers
+                .lock()
+                .map(|mut nodes| std::mem::take(&mut *nodes))
+                .unwrap_or_default();
+            for n in unacked {
+                if let Some(done) = registered.get_mut(n as usize) {
+                    *done = false;
+                    report.registers_retried += 1;
+                }
+            }
             // Heartbeats and registrations due now.
             let mut sent = 0;
             while sent < 10_000 {
@@ -349,7 +383,7 @@ impl Simulator {
                 seq[i] += 1;
                 if !registered[i] {
                     registered[i] = true;
-                    self.publish(&generate::register(&id, n, s, self.config.seed))
+                    self.publish_node(&generate::register(&id, n, s, self.config.seed), Some(n))
                         .await?;
                     report.registers += 1;
                     self.count(0);

@@ -126,6 +126,7 @@ async fn main() -> ExitCode {
                 total.published += r.published;
                 total.failed += r.failed;
                 total.registers += r.registers;
+                total.registers_retried += r.registers_retried;
                 total.heartbeats += r.heartbeats;
                 total.deregisters += r.deregisters;
                 total.crashes.extend(r.crashes);

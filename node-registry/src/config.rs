@@ -34,11 +34,12 @@ pub struct RegistryConfig {
     /// (at most fleet size / heartbeat interval).
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
-    /// Most checkpoint writes a second for the whole fleet. Default 5000: a
-    /// fleet above `checkpoint_interval` × this (300 000 nodes at 60s)
+    /// Most checkpoint writes a second for the whole fleet. Default 2000: a
+    /// fleet above `checkpoint_interval` × this (120 000 nodes at 60s)
     /// checkpoints each node every `nodes / checkpoint_writes_per_s`
-    /// seconds instead (200 s at a million). That interval also bounds how
-    /// late a detection after a failover can be. 0: no limit.
+    /// seconds instead (500 s at a million). That interval also bounds how
+    /// late a detection after a failover can be: raise this where
+    /// nats-server has cores to spare. 0: no limit.
     pub checkpoint_writes_per_s: u32,
     /// How often silence is judged. Default 1s; the bound on detection
     /// latency beyond `degraded_after`.

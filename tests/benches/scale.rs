@@ -9,7 +9,9 @@
 //!   seconds), registry CPU (% of one core) and RSS (bytes per node), KV
 //!   writes per heartbeat, detection latency of injected crashes beyond
 //!   `degraded_after`, false transitions, and cold start (a restarted
-//!   registry's time to answer with every node in KV).
+//!   registry's time to answer with every node in KV); and, printed only,
+//!   whether every node has a record at the end (the simulator's failed
+//!   publishes, the registry's loss warnings and `reannounce`s).
 //!
 //! It also draws lag and CPU against fleet size into `scale.png`.
 //!
@@ -461,6 +463,18 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         .await
         .map_or(nodes, |r| r.total);
     let written = registry.log();
+    // Whether every node has a record, and if not, what the registry said
+    // about it: events the stream discarded unread, nodes it asked to
+    // register again (the simulator does not answer a `reannounce`).
+    let lines_with = |log: &str, text: &str| log.lines().filter(|l| l.contains(text)).count();
+    println!(
+        "  records in the bucket at the end: {in_kv} of {nodes} nodes; simulator publishes failed: {} (registers sent again: {}); registry log: {} loss warnings, {} stream growths, {} reannounces",
+        report.failed,
+        report.registers_retried,
+        lines_with(&written, "events discarded by the event stream"),
+        lines_with(&written, "grew the event stream"),
+        lines_with(&written, "asked it to reannounce"),
+    );
     drop(registry);
     let restarted_at = Instant::now();
     let second = spawn_registry(&server, "registry-2", degraded_after, None);

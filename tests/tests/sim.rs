@@ -122,3 +122,33 @@ async fn a_simulated_fleet_with_crashes_is_judged_right() {
         }
     }
 }
+
+/// A register that is not acked is sent again at the node's next beat, as an
+/// agent retries it: with no stream to take them, every beat of every node
+/// is a register, and none is a heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_not_acked_is_sent_again() {
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(workspace_bin("fleet-sim"))
+            .args(["--nats-url", &url, "--nodes", "5"])
+            .args(["--heartbeat-interval", "500ms", "--duration", "3s"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("fleet-sim runs")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let count = |key: &str| report[key].as_u64().unwrap_or_default();
+    assert_eq!(count("heartbeats"), 0, "{report}");
+    assert!(count("registers_retried") >= 5, "{report}");
+    assert!(count("registers") >= 10, "{report}");
+    assert!(count("failed") >= count("registers_retried"), "{report}");
+}

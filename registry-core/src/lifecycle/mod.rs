@@ -106,7 +106,11 @@ impl Default for LifecycleSettings {
             degraded_after: Duration::from_secs(90),
             offline_after: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(60),
-            checkpoint_writes_per_s: 5000,
+            // At a million nodes a record write costs nats-server more
+            // than a heartbeat; 2 000 rather than 5 000 a second took the
+            // 10-minute backlog's median from 7.4 s to 0.04 s
+            // (docs/BENCHMARKS.md, issue 17's tenth stop).
+            checkpoint_writes_per_s: 2000,
             reannounce_interval: Duration::from_secs(10),
             self_preservation_threshold: 0.5,
             self_preservation_min_fleet: 10,

@@ -5,7 +5,7 @@
 //! A fleet that registers at once (a first rollout, every agent after a NATS
 //! restart) would otherwise checkpoint at once too, one interval later and
 //! every interval after: at a million nodes, a million KV writes within
-//! the half minute the registrations took, not 5 000 a second. Measured
+//! the half minute the registrations took, not 2 000 a second. Measured
 //! with the scale bench, such waves (the first metrics of a whole fleet
 //! just after a backlog is worked off, then its checkpoints) put
 //! nats-server behind for minutes.

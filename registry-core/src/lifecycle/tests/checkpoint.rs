@@ -20,8 +20,9 @@ fn the_interval_follows_the_fleet_above_the_budget_only() {
     let defaults = LifecycleSettings::default();
     let at = |nodes| checkpoint_interval_for(&defaults, nodes);
     assert_eq!(at(10_000), Duration::from_secs(60));
-    assert_eq!(at(300_000), Duration::from_secs(60));
-    assert_eq!(at(1_000_000), Duration::from_secs(200));
+    assert_eq!(at(120_000), Duration::from_secs(60));
+    assert_eq!(at(300_000), Duration::from_secs(150));
+    assert_eq!(at(1_000_000), Duration::from_secs(500));
     let unlimited = LifecycleSettings {
         checkpoint_writes_per_s: 0,
         ..defaults
