@@ -100,8 +100,11 @@ pub struct SimReport {
     pub failed: u64,
     /// Registrations published.
     pub registers: u64,
-    /// Registrations sent again because the first was not acked.
+    /// Registrations sent again: the last was not acked, or the registry
+    /// asked for one (`reannounce`).
     pub registers_retried: u64,
+    /// `reannounce` tasks to this fleet's nodes that were answered.
+    pub reannounces_answered: u64,
     /// Heartbeats published.
     pub heartbeats: u64,
     /// Deregistrations published.
@@ -166,9 +169,12 @@ pub struct Simulator {
     js: jetstream::Context,
     in_flight: Arc<tokio::sync::Semaphore>,
     failed: Arc<AtomicU64>,
-    /// Nodes whose register was not acked: they register again at their
-    /// next beat, as an agent retries its register.
+    /// Nodes to register again at their next beat: their register was not
+    /// acked (an agent retries it), or the registry asked them to
+    /// (`reannounce`, answered by an agent with a register).
     unacked_registers: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// `reannounce` tasks answered.
+    reannounces: Arc<AtomicU64>,
     counts: [AtomicU64; 3],
     stop: std::sync::atomic::AtomicBool,
 }
@@ -183,6 +189,7 @@ impl Simulator {
             in_flight,
             failed: Arc::new(AtomicU64::new(0)),
             unacked_registers: Arc::default(),
+            reannounces: Arc::default(),
             counts: Default::default(),
             stop: Default::default(),
         }
@@ -217,6 +224,43 @@ impl Simulator {
     /// `heartbeat_ack_every`-th of a node go without an ack.
     async fn publish(&self, event: &NodeEvent) -> Result<(), SimError> {
         self.publish_node(event, None).await
+    }
+
+    /// Listens for `reannounce` tasks to this fleet's nodes: each is
+    /// answered with a register at the node's next beat, until the returned
+    /// task is aborted.
+    async fn answer_reannounces(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut tasks = match self
+            .js
+            .client()
+            .subscribe(subjects::NODE_TASKS_FILTER)
+            .await
+        {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                warn!(error = %e, "not answering reannounce tasks");
+                return None;
+            }
+        };
+        let prefix = format!("{}-", self.config.id_prefix);
+        let to_register = self.unacked_registers.clone();
+        let answered = self.reannounces.clone();
+        Some(tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(task) = tasks.next().await {
+                let reannounce = serde_json::from_slice::<schemas::TaskRequest>(&task.payload)
+                    .is_ok_and(|t| t.r#type == "reannounce");
+                let node = subjects::parse_node_tasks(task.subject.as_str())
+                    .ok()
+                    .and_then(|id| id.as_str().strip_prefix(&prefix)?.parse::<u64>().ok());
+                if let (true, Some(n)) = (reannounce, node) {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut nodes) = to_register.lock() {
+                        nodes.push(n);
+                    }
+                }
+            }
+        }))
     }
 
     /// Publishes one event of node `n`; a register of it (`n` given) that
@@ -304,6 +348,7 @@ impl Simulator {
             due.push(start + offset, n);
         }
         let mut registered = vec![false; life.len()];
+        let answering = self.answer_reannounces().await;
         let rate = |per_sec: f64| (per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / per_sec));
         let (join_every, leave_every, crash_every) = (
             rate(self.config.joins_per_sec),
@@ -363,7 +408,7 @@ impl Simulator {
                 .map(|mut nodes| std::mem::take(&mut *nodes))
                 .unwrap_or_default();
             for n in unacked {
-                if let Some(done) = registered.get_mut(n as usize) {
+                if let Some(done) = registered.get_mut(n as usize).filter(|done| **done) {
                     *done = false;
                     report.registers_retried += 1;
                 }
@@ -434,6 +479,10 @@ impl Simulator {
             warn!("acks still outstanding after 30 s");
         }
         report.failed = self.failed.load(Ordering::Relaxed);
+        report.reannounces_answered = self.reannounces.load(Ordering::Relaxed);
+        if let Some(answering) = answering {
+            answering.abort();
+        }
         report.alive_at_end = life.iter().filter(|l| **l != Life::Gone).count() as u64;
         report.seconds = start.elapsed().as_secs_f64();
         report.events_per_sec = report.published as f64 / report.seconds.max(1e-9);

@@ -127,6 +127,7 @@ async fn main() -> ExitCode {
                 total.failed += r.failed;
                 total.registers += r.registers;
                 total.registers_retried += r.registers_retried;
+                total.reannounces_answered += r.reannounces_answered;
                 total.heartbeats += r.heartbeats;
                 total.deregisters += r.deregisters;
                 total.crashes.extend(r.crashes);

@@ -454,27 +454,76 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
 
     // Cold start: a fresh registry on the same KV, ready to answer with
     // every record there (a lagging registry may not have written them all).
-    let in_kv = client
-        .list(&schemas::DiscoverRequest {
-            status: Some("any".into()),
-            limit: Some(1),
-            ..schemas::DiscoverRequest::default()
-        })
-        .await
-        .map_or(nodes, |r| r.total);
+    // Asked until answered (a busy registry may let a request time out).
+    let mut listed = None;
+    for _ in 0..10 {
+        let reply = client
+            .list(&schemas::DiscoverRequest {
+                status: Some("any".into()),
+                limit: Some(1),
+                ..schemas::DiscoverRequest::default()
+            })
+            .await;
+        if let Ok(reply) = reply {
+            listed = Some(reply.total);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let in_kv = listed.unwrap_or(nodes);
     let written = registry.log();
-    // Whether every node has a record, and if not, what the registry said
-    // about it: events the stream discarded unread, nodes it asked to
-    // register again (the simulator does not answer a `reannounce`).
-    let lines_with = |log: &str, text: &str| log.lines().filter(|l| l.contains(text)).count();
+    // Whether every node has a record, and if not, what the registry and
+    // the stream say about it: events the stream discarded unread (the
+    // registry's loss warnings, summed; the stream's front), whether the
+    // stream grew to its history budget, and the simulator's failed
+    // publishes (it does not answer a `reannounce`).
+    let losses: Vec<&str> = written
+        .lines()
+        .filter(|l| l.contains("events discarded by the event stream"))
+        .collect();
+    let lost: u64 = losses
+        .iter()
+        .filter_map(|l| l.split("lost=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    let events = async {
+        let mut stream = js.get_stream(subjects::STREAM_NODE_EVENTS).await.ok()?;
+        stream.info().await.ok().cloned()
+    }
+    .await;
     println!(
-        "  records in the bucket at the end: {in_kv} of {nodes} nodes; simulator publishes failed: {} (registers sent again: {}); registry log: {} loss warnings, {} stream growths, {} reannounces",
+        "  records in the bucket at the end: {} of {nodes} nodes; simulator publishes failed: {} (registers sent again: {}, reannounces answered: {}); registry: {} loss warnings, {lost} events lost, {} warnings on the stream's growth or history; event stream: first sequence {}, last {}, max_bytes {}",
+        listed.map_or_else(|| "unknown (the registry did not answer)".to_owned(), |n| n.to_string()),
         report.failed,
         report.registers_retried,
-        lines_with(&written, "events discarded by the event stream"),
-        lines_with(&written, "grew the event stream"),
-        lines_with(&written, "asked it to reannounce"),
+        report.reannounces_answered,
+        losses.len(),
+        written
+            .lines()
+            .filter(|l| l.contains("growing the event stream") || l.contains("event stream history"))
+            .count(),
+        events.as_ref().map_or(0, |i| i.state.first_sequence),
+        events.as_ref().map_or(0, |i| i.state.last_sequence),
+        events.as_ref().map_or(0, |i| i.config.max_bytes),
     );
+    // Every kind of warning the registry logged, with how often (the
+    // fields left out).
+    let mut warnings: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in written.lines().filter(|l| l.contains(" WARN ")) {
+        let text = line.split(" WARN ").nth(1).unwrap_or(line);
+        let kind: Vec<&str> = text
+            .split_whitespace()
+            .filter(|w| !w.contains('=') && !w.ends_with('}'))
+            .collect();
+        *warnings.entry(kind.join(" ")).or_default() += 1;
+    }
+    for (kind, count) in &warnings {
+        println!("  registry warning x{count}: {kind}");
+    }
+    if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
+        println!("  first loss warning: {first}\n  last loss warning: {last}");
+    }
     drop(registry);
     let restarted_at = Instant::now();
     let second = spawn_registry(&server, "registry-2", degraded_after, None);

@@ -152,3 +152,50 @@ async fn a_register_not_acked_is_sent_again() {
     assert!(count("registers") >= 10, "{report}");
     assert!(count("failed") >= count("registers_retried"), "{report}");
 }
+
+/// A `reannounce` task to a simulated node is answered as an agent answers
+/// it: with a register at the node's next beat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reannounce_is_answered_with_a_register() {
+    let server = NatsServer::start().await;
+    let _registry = spawn_registry(&server, "registry", &[], &[]);
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let url = server.url();
+    let sim = tokio::task::spawn_blocking(move || {
+        Command::new(workspace_bin("fleet-sim"))
+            .args(["--nats-url", &url, "--nodes", "3"])
+            .args(["--heartbeat-interval", "300ms", "--duration", "4s"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("fleet-sim runs")
+    });
+    // Asked again and again while the simulator runs (it may not listen yet
+    // at the first); a task to a node of another fleet is not answered.
+    let nats = server.client().await;
+    let task = serde_json::json!({ "type": "reannounce" }).to_string();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for node in ["sim-1", "other-1"] {
+            nats.publish(format!("node.{node}.tasks"), task.clone().into())
+                .await
+                .expect("publish");
+        }
+    }
+    let out = sim.await.expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let count = |key: &str| report[key].as_u64().unwrap_or_default();
+    assert_eq!(count("failed"), 0, "{report}");
+    assert!(count("reannounces_answered") >= 5, "{report}");
+    assert!(count("registers_retried") >= 1, "{report}");
+    assert_eq!(
+        count("registers"),
+        3 + count("registers_retried"),
+        "{report}"
+    );
+}

@@ -8,7 +8,9 @@
 //! - grows the stream's `max_bytes` to hold [`HistorySettings::budget`] of
 //!   events (with a quarter of headroom), never past
 //!   [`HistorySettings::max_bytes_cap`] (the disk the operator gives it),
-//!   never shrinking it (that would discard);
+//!   never shrinking it (that would discard); a stream three quarters full
+//!   grows at the rate seen over [`FILLING_WINDOW`] instead of waiting for
+//!   a whole [`RATE_WINDOW`];
 //! - warns, with one `registry.history_short` alert and in its health, when
 //!   the stream holds less than [`HistorySettings::min`] at the current rate
 //!   (the cap binds, or another limit does), and once more when it holds
@@ -24,6 +26,10 @@ use schemas::Alert;
 
 /// The window over which the event rate is measured.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The least time a rate is measured over for a stream about to discard
+/// (three quarters full).
+pub const FILLING_WINDOW: Duration = Duration::from_secs(2);
 
 /// The leader's settings for the event stream's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +81,8 @@ pub struct HistoryWatch {
     short: bool,
     /// The history at the current rate (`None`: unbounded or unknown).
     capacity: Option<Duration>,
+    /// Grown in this window before its end (once per window at most).
+    grew_early: bool,
 }
 
 impl HistoryWatch {
@@ -86,6 +94,7 @@ impl HistoryWatch {
             rate: None,
             short: false,
             capacity: None,
+            grew_early: false,
         }
     }
 
@@ -111,25 +120,28 @@ impl HistoryWatch {
             .signed_duration_since(since)
             .to_std()
             .unwrap_or_default();
-        if elapsed < RATE_WINDOW {
-            return step;
-        }
-        self.window = Some((now, stream.last_seq));
-        let rate = stream.last_seq.saturating_sub(first) as f64 / elapsed.as_secs_f64();
-        self.rate = Some(rate);
+        let rate = stream.last_seq.saturating_sub(first) as f64 / elapsed.as_secs_f64().max(1e-3);
         let average = if stream.messages > 0 {
             stream.bytes as f64 / stream.messages as f64
         } else {
             0.0
         };
-        // Grow to hold the budget, with a quarter of headroom.
-        if !self.settings.budget.is_zero() && rate > 0.0 && average > 0.0 && stream.max_bytes > 0 {
-            let wanted = (rate * average * self.settings.budget.as_secs_f64() * 1.25) as i64;
-            let wanted = wanted.min(self.settings.max_bytes_cap);
-            if wanted > stream.max_bytes + stream.max_bytes / 10 {
-                step.grow_to = Some(wanted);
+        if elapsed < RATE_WINDOW {
+            // A stream about to discard (a fleet's first registrations
+            // fill the 1 GiB it is created with in about 30 s at a
+            // million nodes) grows at the rate seen so far, without
+            // waiting for the window: its oldest events may be unread.
+            let filling = stream.max_bytes > 0 && stream.bytes >= stream.max_bytes as u64 / 4 * 3;
+            if filling && elapsed >= FILLING_WINDOW && !self.grew_early {
+                step.grow_to = self.wanted(rate, average, stream.max_bytes);
+                self.grew_early = step.grow_to.is_some();
             }
+            return step;
         }
+        self.window = Some((now, stream.last_seq));
+        self.grew_early = false;
+        self.rate = Some(rate);
+        step.grow_to = self.wanted(rate, average, stream.max_bytes);
         let max_bytes = step.grow_to.unwrap_or(stream.max_bytes);
         self.capacity = capacity(
             rate,
@@ -144,6 +156,18 @@ impl HistoryWatch {
             step.alert = Some(self.alert(now, rate, max_bytes));
         }
         step
+    }
+
+    /// The max bytes that hold the budget at `rate` events/s of `average`
+    /// bytes, with a quarter of headroom, when that is a tenth more than
+    /// `max_bytes` (within the cap).
+    fn wanted(&self, rate: f64, average: f64, max_bytes: i64) -> Option<i64> {
+        if self.settings.budget.is_zero() || rate <= 0.0 || average <= 0.0 || max_bytes <= 0 {
+            return None;
+        }
+        let wanted = (rate * average * self.settings.budget.as_secs_f64() * 1.25) as i64;
+        let wanted = wanted.min(self.settings.max_bytes_cap);
+        (wanted > max_bytes + max_bytes / 10).then_some(wanted)
     }
 
     fn alert(&self, now: DateTime<Utc>, rate: f64, max_bytes: i64) -> Alert {
@@ -298,6 +322,60 @@ mod tests {
             step.alert.is_some(),
             "1 GiB at a million nodes is under 3 minutes"
         );
+    }
+
+    #[test]
+    fn a_stream_about_to_discard_grows_without_waiting_for_the_window() {
+        let mut watch = HistoryWatch::new(HistorySettings {
+            min: Duration::from_secs(600),
+            budget: Duration::from_secs(3600),
+            max_bytes_cap: 64 * GIB,
+        });
+        let filling = |last_seq: u64, bytes: u64| StreamFigures {
+            last_seq,
+            messages: last_seq,
+            bytes,
+            max_bytes: GIB,
+            max_messages: -1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        };
+        watch.observe(at(0), filling(0, 0));
+        // A burst of 1 KB events: three quarters full 3 s into the window.
+        assert_eq!(
+            watch.observe(at(1), filling(33_333, 34_000_000)).grow_to,
+            None,
+            "not near full"
+        );
+        let step = watch.observe(at(3), filling(900_000, 900_000_000));
+        assert_eq!(
+            step.grow_to,
+            Some(64 * GIB),
+            "an hour at the rate seen, capped"
+        );
+        assert_eq!(
+            watch
+                .observe(at(4), filling(1_000_000, 900_000_000))
+                .grow_to,
+            None,
+            "once a window (a refused growth is not asked again each look)"
+        );
+        // A small fleet's stream at its floor, full at steady state, does
+        // not grow: the rate it sees is far under what the floor holds.
+        let mut small = HistoryWatch::new(HistorySettings {
+            min: Duration::from_secs(600),
+            budget: Duration::from_secs(3600),
+            max_bytes_cap: 64 * GIB,
+        });
+        let full = |last_seq: u64| StreamFigures {
+            last_seq,
+            messages: 4_000_000,
+            bytes: GIB as u64,
+            max_bytes: GIB,
+            max_messages: -1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+        };
+        small.observe(at(0), full(50_000_000));
+        assert_eq!(small.observe(at(3), full(50_001_000)).grow_to, None);
     }
 
     #[test]
