@@ -123,17 +123,13 @@ async fn a_simulated_fleet_with_crashes_is_judged_right() {
     }
 }
 
-/// A register that is not acked is sent again at the node's next beat, as an
-/// agent retries it: with no stream to take them, every beat of every node
-/// is a register, and none is a heartbeat.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_register_not_acked_is_sent_again() {
-    let server = NatsServer::start().await;
-    let url = server.url();
+/// Runs `fleet-sim` against `url` with `args` (nodes, interval, duration)
+/// and returns its JSON report, once it ended well.
+async fn simulate(url: String, args: &'static [&'static str]) -> serde_json::Value {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(workspace_bin("fleet-sim"))
-            .args(["--nats-url", &url, "--nodes", "5"])
-            .args(["--heartbeat-interval", "500ms", "--duration", "3s"])
+            .args(["--nats-url", &url])
+            .args(args)
             .env("RUST_LOG", "warn")
             .output()
             .expect("fleet-sim runs")
@@ -145,7 +141,24 @@ async fn a_register_not_acked_is_sent_again() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+/// A register that is not acked is sent again at the node's next beat, as an
+/// agent retries it: with no stream to take them, every beat of every node
+/// is a register, and none is a heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_not_acked_is_sent_again() {
+    let server = NatsServer::start().await;
+    const ARGS: &[&str] = &[
+        "--nodes",
+        "5",
+        "--heartbeat-interval",
+        "500ms",
+        "--duration",
+        "3s",
+    ];
+    let report = simulate(server.url(), ARGS).await;
     let count = |key: &str| report[key].as_u64().unwrap_or_default();
     assert_eq!(count("heartbeats"), 0, "{report}");
     assert!(count("registers_retried") >= 5, "{report}");
@@ -161,15 +174,15 @@ async fn a_reannounce_is_answered_with_a_register() {
     let _registry = spawn_registry(&server, "registry", &[], &[]);
     let client = registry_client(&server).await;
     wait_registry(&client).await;
-    let url = server.url();
-    let sim = tokio::task::spawn_blocking(move || {
-        Command::new(workspace_bin("fleet-sim"))
-            .args(["--nats-url", &url, "--nodes", "3"])
-            .args(["--heartbeat-interval", "300ms", "--duration", "4s"])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("fleet-sim runs")
-    });
+    const ARGS: &[&str] = &[
+        "--nodes",
+        "3",
+        "--heartbeat-interval",
+        "300ms",
+        "--duration",
+        "4s",
+    ];
+    let sim = tokio::spawn(simulate(server.url(), ARGS));
     // Asked again and again while the simulator runs (it may not listen yet
     // at the first); a task to a node of another fleet is not answered.
     let nats = server.client().await;
@@ -182,13 +195,7 @@ async fn a_reannounce_is_answered_with_a_register() {
                 .expect("publish");
         }
     }
-    let out = sim.await.expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let report = sim.await.expect("join");
     let count = |key: &str| report[key].as_u64().unwrap_or_default();
     assert_eq!(count("failed"), 0, "{report}");
     assert!(count("reannounces_answered") >= 5, "{report}");
