@@ -172,7 +172,7 @@ pub struct Simulator {
     /// Nodes to register again at their next beat: their register was not
     /// acked (an agent retries it), or the registry asked them to
     /// (`reannounce`, answered by an agent with a register).
-    unacked_registers: Arc<std::sync::Mutex<Vec<u64>>>,
+    to_register_again: Arc<std::sync::Mutex<Vec<u64>>>,
     /// `reannounce` tasks answered.
     reannounces: Arc<AtomicU64>,
     counts: [AtomicU64; 3],
@@ -188,7 +188,7 @@ impl Simulator {
             js,
             in_flight,
             failed: Arc::new(AtomicU64::new(0)),
-            unacked_registers: Arc::default(),
+            to_register_again: Arc::default(),
             reannounces: Arc::default(),
             counts: Default::default(),
             stop: Default::default(),
@@ -243,7 +243,7 @@ impl Simulator {
             }
         };
         let prefix = format!("{}-", self.config.id_prefix);
-        let to_register = self.unacked_registers.clone();
+        let to_register = self.to_register_again.clone();
         let answered = self.reannounces.clone();
         Some(tokio::spawn(async move {
             use futures::StreamExt;
@@ -305,12 +305,12 @@ impl Simulator {
             .await
             .map_err(|e| SimError(e.into()))?;
         let failed = self.failed.clone();
-        let unacked_registers = self.unacked_registers.clone();
+        let to_register_again = self.to_register_again.clone();
         tokio::spawn(async move {
             if ack.await.is_err() {
                 failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(n) = register_of {
-                    if let Ok(mut nodes) = unacked_registers.lock() {
+                    if let Ok(mut nodes) = to_register_again.lock() {
                         nodes.push(n);
                     }
                 }
@@ -403,7 +403,7 @@ impl Simulator {
             }
             // Registers not acked: sent again at the node's next beat.
             let unacked: Vec<u64> = self
-                .unacked_registers
+                .to_register_again
                 .lock()
                 .map(|mut nodes| std::mem::take(&mut *nodes))
                 .unwrap_or_default();

@@ -190,7 +190,8 @@ async fn a_reannounce_is_answered_with_a_register() {
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         for node in ["sim-1", "other-1"] {
-            nats.publish(format!("node.{node}.tasks"), task.clone().into())
+            let id = subjects::NodeId::parse(node).expect("a node id");
+            nats.publish(subjects::node_tasks(&id), task.clone().into())
                 .await
                 .expect("publish");
         }
