@@ -70,6 +70,21 @@ pub enum WatchFrom {
     },
 }
 
+/// The bucket's stream info as the server holds it now.
+///
+/// NOTE: async-nats's `kv::Store::status` returns the info cached when the
+/// bucket was opened (its last sequence and creation time never move), so
+/// anything that compares with the bucket's state now asks through here.
+pub async fn bucket_info(
+    store: &kv::Store,
+) -> Result<async_nats::jetstream::stream::Info, WatchError> {
+    let mut stream = store.stream.clone();
+    stream.info().await.cloned().map_err(|e| WatchError {
+        bucket: store.name.clone(),
+        source: e.into(),
+    })
+}
+
 /// Watches the keys of `store` matching `keys` (a subject-style filter,
 /// [`ALL_KEYS`] for all) without decoding, from where `from` says.
 ///
@@ -107,10 +122,7 @@ pub async fn watch_raw(
         WatchFrom::Start => {
             // A watch of an empty bucket yields nothing until the first
             // write, so "current" must come from the bucket's state.
-            let empty = keys == ALL_KEYS && {
-                let status = store.status().await.map_err(|e| fail(e.into()))?;
-                status.info.state.messages == 0
-            };
+            let empty = keys == ALL_KEYS && { bucket_info(store).await?.state.messages == 0 };
             (
                 store
                     .watch_with_history(keys)

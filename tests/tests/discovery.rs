@@ -390,7 +390,11 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
         .await
         .expect("snapshot bucket");
     eventually("a snapshot at the bucket's last revision", SOON, || async {
-        let last = nodes.status().await.ok()?.info.state.last_sequence;
+        let last = registry_kv::watch::bucket_info(&nodes)
+            .await
+            .ok()?
+            .state
+            .last_sequence;
         let info = snapshots.info(subjects::BUCKET_NODES).await.ok()?;
         let revision: u64 = info.metadata.get("revision")?.parse().ok()?;
         (revision == last && info.metadata.get("records")? == "40").then_some(())

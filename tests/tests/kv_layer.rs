@@ -121,3 +121,31 @@ async fn provisioning_is_idempotent_and_refuses_an_incompatible_stream() {
         other => panic!("expected Incompatible, got {other:?}"),
     }
 }
+
+/// The read index compares its revision with the bucket's last sequence to
+/// notice a watch that stalled; async-nats's `Store::status` answers with
+/// the info cached when the bucket was opened, which never moves.
+#[tokio::test]
+async fn bucket_info_sees_writes_made_after_the_bucket_was_opened() {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let p = provision(&js, &Names::default(), &StreamSettings::default())
+        .await
+        .expect("provision");
+    let opened = registry_kv::watch::bucket_info(&p.nodes)
+        .await
+        .expect("info")
+        .state
+        .last_sequence;
+    let mut last = 0;
+    for key in ["a", "b", "c"] {
+        last = p.nodes.put(key, "x".into()).await.expect("put");
+    }
+    let now = registry_kv::watch::bucket_info(&p.nodes)
+        .await
+        .expect("info")
+        .state;
+    assert_eq!(now.last_sequence, last);
+    assert_eq!(now.last_sequence, opened + 3);
+    assert_eq!(now.messages, 3);
+}

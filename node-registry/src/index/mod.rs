@@ -15,7 +15,9 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use registry_kv::watch::{keep_watching, watch_raw, RawChange, WatchError, WatchFrom, ALL_KEYS};
+use registry_kv::watch::{
+    bucket_info, keep_watching, watch_raw, RawChange, WatchError, WatchFrom, ALL_KEYS,
+};
 use runtime_support::CancellationToken;
 use schemas::NodeRecord;
 use tokio::sync::watch;
@@ -170,14 +172,7 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
     // election has reported a last sequence of 0, which emptied the index.
     // A bucket that does not answer is no answer: retry, still serving the
     // old view.
-    let info = store
-        .status()
-        .await
-        .map_err(|e| WatchError {
-            bucket: store.name.clone(),
-            source: e.into(),
-        })?
-        .info;
+    let info = bucket_info(store).await?;
     let created = info.created;
     let mut resume = ready
         .borrow()
@@ -242,12 +237,12 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
             },
             _ = check.tick(), if live => {
                 let held = state.read().unwrap_or_else(|p| p.into_inner()).revision;
-                let Ok(status) = store.status().await else {
+                let Ok(info) = bucket_info(store).await else {
                     // The bucket does not answer: nothing to compare with.
                     behind_at = None;
                     continue;
                 };
-                let last = status.info.state.last_sequence;
+                let last = info.state.last_sequence;
                 if last > held && behind_at == Some(held) {
                     warn!(held, last, "the nodes watch stalled behind the bucket; reopening it");
                     return Ok(());
