@@ -216,47 +216,6 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         false
     }
 
-    /// Takes a look at the event stream's history: grows the stream to its
-    /// budget, and says when the history turns short (or long enough).
-    pub(super) async fn look_at_history(
-        &mut self,
-        js: &async_nats::jetstream::Context,
-        history: &mut super::HistoryWatch,
-        info: &async_nats::jetstream::stream::Info,
-    ) {
-        let figures = super::history::StreamFigures {
-            last_seq: info.state.last_sequence,
-            messages: info.state.messages,
-            bytes: info.state.bytes,
-            max_bytes: info.config.max_bytes,
-            max_messages: info.config.max_messages,
-            max_age: info.config.max_age,
-        };
-        let step = history.observe(self.clock.now(), figures);
-        if let Some(max_bytes) = step.grow_to {
-            let mut config = info.config.clone();
-            let was = config.max_bytes;
-            config.max_bytes = max_bytes;
-            match js.update_stream(config).await {
-                Ok(_) => info!(
-                    stream = %info.config.name,
-                    was,
-                    max_bytes,
-                    "grew the event stream to hold its history budget at the current rate"
-                ),
-                Err(e) => warn!(stream = %info.config.name, error = %e, "growing the event stream"),
-            }
-        }
-        if let Some(alert) = step.alert {
-            warn!(
-                message = alert.message.as_deref().unwrap_or_default(),
-                "event stream history"
-            );
-            let stored = self.alerts.publish(&alert).await.is_ok();
-            self.record_alert(alert, stored);
-        }
-    }
-
     /// Copies applied registrations and deregistrations to the lifecycle
     /// stream (`registry.audit.<id>`, the original bytes, the server's
     /// receive time in `Fleet-Received`, deduplicated by the event's stream
@@ -325,9 +284,15 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 message = alert.message.as_deref().unwrap_or_default(),
                 "events lost"
             );
-            let stored = self.alerts.publish(&alert).await.is_ok();
-            self.record_alert(alert, stored);
+            self.raise(alert).await;
         }
+    }
+
+    /// Publishes one alert of the registry's own; one not stored is kept
+    /// for a retry.
+    pub(super) async fn raise(&mut self, alert: Alert) {
+        let stored = self.alerts.publish(&alert).await.is_ok();
+        self.record_alert(alert, stored);
     }
 
     /// Stores the alerts kept for a retry, in order, until one fails.

@@ -14,7 +14,7 @@
 //! - here: the [`Worker`] and what it holds;
 //! - `run`: one leadership term's select loop over NATS (events, connection
 //!   advisories, admin requests, stream leader elections, the sweep tick and
-//!   the event-stream probe);
+//!   the event-stream probe, the keeper's alerts);
 //! - `ingest`: a batch of deliveries decoded, checked, applied, and the
 //!   verdict for each (ack, retry, terminate);
 //! - `execute`: the fleet's effects carried out; write health;
@@ -26,6 +26,8 @@
 //! - `losses`: events the stream discarded before they were read;
 //! - `history`: the history the event stream holds at the current rate,
 //!   and its size as a budget in time;
+//! - `stream_keeper`: the task that looks at the event stream every second
+//!   and grows it (partition 0's leader), beside the loop;
 //! - `position`: where a term reads the stream from (a rewind to the ack
 //!   floor) and how it acks (per batch).
 
@@ -39,6 +41,7 @@ mod ingest;
 mod losses;
 mod position;
 mod run;
+mod stream_keeper;
 #[cfg(test)]
 mod tests;
 

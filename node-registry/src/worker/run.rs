@@ -162,7 +162,6 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             state,
             history,
         } = term;
-        let mut history = super::HistoryWatch::new(history);
         // This term is for the leadership as it is now: any later change
         // of it ends the term.
         if !*leading.borrow_and_update() {
@@ -187,6 +186,24 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
             }
         };
         let events_stream = consumer.cached_info().stream_name.clone();
+        // The stream is one for all partitions: partition 0's leader sizes
+        // it and warns about its history, on a task of its own that ends
+        // with the term (the JoinSet aborts it when dropped).
+        let mut keeper = tokio::task::JoinSet::new();
+        let (history_alerts_tx, mut history_alerts) = tokio::sync::mpsc::channel(4);
+        if self.partition.index == 0 {
+            let look = super::stream_keeper::StreamKeeper {
+                js: js.clone(),
+                stream: events_stream.clone(),
+                settings: history,
+                state: state.clone(),
+                partition: self.partition.index,
+                alerts: history_alerts_tx,
+            };
+            keeper.spawn(look.run().in_current_span());
+        } else {
+            drop(history_alerts_tx);
+        }
         let lifecycle_stream = self.lifecycle_stream.clone();
         // Ack per batch (an older consumer is recreated to), from the ack
         // floor: see `position`.
@@ -364,6 +381,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                         caught_up.no();
                     }
                 }
+                Some(alert) = history_alerts.recv() => self.raise(alert).await,
                 Ok(()) = bucket_lost.changed() => {
                     bucket_lost.borrow_and_update();
                     warn!(nodes = self.fleet.len(), "nodes bucket lost: writing every record again");
@@ -413,12 +431,6 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     // heartbeats: the silence is NATS's, so judge nothing,
                     // and grant a fresh window once it answers again.
                     let probed = probe_event_stream(&js, &events_stream).await;
-                    // The stream is one for all partitions: partition 0's
-                    // leader sizes it and warns about its history.
-                    if let Some(info) = probed.as_ref().filter(|_| self.partition.index == 0) {
-                        self.look_at_history(&js, &mut history, info).await;
-                        state.set_event_history(self.partition.index, history.capacity(), history.is_short());
-                    }
                     if probed.is_some() {
                         if self.fleet.faults().any(|f| f == OwnFault::EventStream) {
                             info!(stream = %events_stream, "the event stream answers again");
@@ -489,6 +501,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 }
             }
         }
+        keeper.abort_all();
         info!(nodes = self.fleet.len(), "worker stopped");
     }
 

@@ -1,0 +1,120 @@
+//! The event stream's keeper: a task of partition 0's leader that looks at
+//! `NODE_EVENTS` every [`LOOK_EVERY`], grows it to its history budget and
+//! tells health (and, through the worker, an alert) when its history turns
+//! short or long enough again (see `history`).
+//!
+//! It runs beside the worker's loop, not in it: a registration wave fills
+//! the 1 GiB the stream is created with in about 30 s at a million nodes,
+//! and the worker, busy with batches whose writes wait on a swamped server,
+//! looked between them, seconds apart, while the stream discarded
+//! registrations it had not read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use schemas::Alert;
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::history::{HistorySettings, HistoryWatch, StreamFigures};
+use crate::state::RegistryState;
+
+/// How often the keeper looks at the stream.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one look may take (a swamped server answers slowly; a look
+/// that times out is made again at the next).
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the keeper looks after, and where it tells what it sees.
+#[derive(Debug)]
+pub(super) struct StreamKeeper {
+    /// The JetStream context the stream is read and updated through.
+    pub js: jetstream::Context,
+    /// The event stream's name.
+    pub stream: String,
+    /// The minimum history, the budget, the cap.
+    pub settings: HistorySettings,
+    /// Where health reads the history held.
+    pub state: Arc<RegistryState>,
+    /// The partition whose leader runs it (health is told per partition).
+    pub partition: u32,
+    /// The worker publishes the alerts (it retries those not stored).
+    pub alerts: mpsc::Sender<Alert>,
+}
+
+impl StreamKeeper {
+    /// Looks at the stream until the worker's term ends (the alert channel
+    /// closes) or the task is aborted.
+    pub(super) async fn run(self) {
+        let mut watch = HistoryWatch::new(self.settings);
+        let mut every = tokio::time::interval(LOOK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if self.alerts.is_closed() {
+                return;
+            }
+            let span = info_span!("event_stream_look", stream = %self.stream);
+            let alert = self.look(&mut watch).instrument(span).await;
+            if let Some(alert) = alert {
+                if self.alerts.send(alert).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One look: the stream's figures, a growth when due, health told;
+    /// returns an alert to publish.
+    async fn look(&self, watch: &mut HistoryWatch) -> Option<Alert> {
+        let info = match tokio::time::timeout(LOOK_TIMEOUT, self.js.get_stream(&self.stream)).await
+        {
+            Ok(Ok(handle)) => handle.cached_info().clone(),
+            Ok(Err(e)) => {
+                debug!(error = %e, "reading the event stream");
+                return None;
+            }
+            Err(_) => {
+                debug!(
+                    timeout_s = LOOK_TIMEOUT.as_secs(),
+                    "reading the event stream: no answer in time"
+                );
+                return None;
+            }
+        };
+        let figures = StreamFigures {
+            last_seq: info.state.last_sequence,
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            max_bytes: info.config.max_bytes,
+            max_messages: info.config.max_messages,
+            max_age: info.config.max_age,
+        };
+        let step = watch.observe(Utc::now(), figures);
+        if let Some(max_bytes) = step.grow_to {
+            let mut config = info.config.clone();
+            let was = config.max_bytes;
+            config.max_bytes = max_bytes;
+            match self.js.update_stream(config).await {
+                Ok(_) => info!(
+                    was,
+                    max_bytes,
+                    bytes = info.state.bytes,
+                    "grew the event stream to hold its history budget at the current rate"
+                ),
+                Err(e) => warn!(error = %e, "growing the event stream"),
+            }
+        }
+        self.state
+            .set_event_history(self.partition, watch.capacity(), watch.is_short());
+        let alert = step.alert?;
+        warn!(
+            message = alert.message.as_deref().unwrap_or_default(),
+            "event stream history"
+        );
+        Some(alert)
+    }
+}
