@@ -302,6 +302,8 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         ..SimConfig::default()
     };
     let sim_js = jetstream::new(server.client().await);
+    // The registry's log lines below carry times: this is the wave's start.
+    println!("  the simulated fleet starts at {}", chrono::Utc::now());
     let simulator = std::sync::Arc::new(Simulator::new(config, sim_js));
     let sim = {
         let simulator = simulator.clone();
@@ -507,6 +509,16 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         events.as_ref().map_or(0, |i| i.state.last_sequence),
         events.as_ref().map_or(0, |i| i.config.max_bytes),
     );
+    // When the stream grew, and how full it was then (the registry's
+    // lines, with their times).
+    let growths: Vec<&str> = written
+        .lines()
+        .filter(|l| l.contains("grew the event stream"))
+        .collect();
+    println!("  event stream grown {} times", growths.len());
+    for line in growths.iter().take(3) {
+        println!("    {line}");
+    }
     // Every kind of warning the registry logged, with how often (the
     // fields left out).
     let mut warnings: std::collections::BTreeMap<String, usize> = Default::default();
