@@ -135,6 +135,9 @@ impl Leader<'_> {
             () = self.cancel.cancelled() => return,
             () = self.index.wait_ready() => {}
         }
+        if !self.index_current(leading.clone()).await {
+            return;
+        }
         // Taking over from a leader seen alive keeps each node's deadline
         // from its last checkpointed heartbeat, pushed back by one
         // checkpoint interval (what that leader heard but did not checkpoint
@@ -224,6 +227,81 @@ impl Leader<'_> {
         guard.abort();
     }
 }
+
+impl Leader<'_> {
+    /// Waits until the read index holds every write the `nodes` bucket
+    /// holds now; returns false when the term is over first (stopping, or
+    /// the lease lost). A term started from an older view would decide
+    /// from older records than the bucket's, and its consumer is already
+    /// past the events that made the newer ones: it would write the older
+    /// over them (a standby's index lags by milliseconds; one whose watch
+    /// stalled, until the watch is reopened). A bucket that does not
+    /// answer for [`BUCKET_ANSWER_WAIT`] is not waited for (it may be lost:
+    /// the term's guard provisions it again).
+    async fn index_current(&self, mut leading: watch::Receiver<bool>) -> bool {
+        let mut unanswered_since = tokio::time::Instant::now();
+        loop {
+            if !*leading.borrow_and_update() {
+                return false;
+            }
+            let asked = tokio::time::timeout(
+                BUCKET_ANSWER_WAIT,
+                registry_kv::watch::bucket_info(&self.provisioned.nodes),
+            );
+            let last = tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+                info = asked => match info {
+                    Ok(Ok(info)) => Some(info.state.last_sequence),
+                    _ => None,
+                },
+            };
+            let Some(last) = last else {
+                if unanswered_since.elapsed() >= BUCKET_ANSWER_WAIT {
+                    warn!(
+                        held = self.index.revision(),
+                        "the nodes bucket does not answer at the start of a term; starting from the read index as it is"
+                    );
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            unanswered_since = tokio::time::Instant::now();
+            let reached = tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
+                reached = self.index.wait_revision(last, INDEX_CATCH_UP_WAIT) => reached,
+            };
+            if reached {
+                return true;
+            }
+            warn!(
+                held = self.index.revision(),
+                last,
+                "the read index is behind the nodes bucket at the start of a term; waiting for it"
+            );
+        }
+    }
+}
+
+/// How long a term waits for the `nodes` bucket to answer before it starts
+/// from the read index as it is.
+const BUCKET_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a term waits for the read index to catch up before it says
+/// so (and waits again: a stalled watch is reopened within 15 s).
+const INDEX_CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the leader checks that the `nodes` bucket still exists.
 const BUCKET_CHECK: Duration = Duration::from_secs(2);

@@ -113,9 +113,14 @@ fn spawn_registry(
         name,
         &release_bin("node-registry", "node-registry"),
         &args,
-        // The read index's steps (snapshots written and read) besides
-        // the warnings.
-        &[("RUST_LOG", "warn,node_registry::index=info".to_owned())],
+        // The warnings, and the registry's own steps at info: its start,
+        // leadership, the read index (snapshots written and read) and the
+        // event stream's growths; not the worker's line per alert.
+        &[(
+            "RUST_LOG",
+            "warn,node_registry=info,node_registry::worker=warn,node_registry::worker::stream_keeper=info"
+                .to_owned(),
+        )],
         server.temp_path(&format!("{name}.log")),
     )
 }
@@ -557,6 +562,13 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         snapshots.last().map_or("none", String::as_str)
     );
     let started = second.log();
+    // A slow cold start: where its time went, step by step.
+    if cold_start_s > 10.0 {
+        println!("  cold start took {cold_start_s:.1} s; the restarted registry's first lines:");
+        for line in started.lines().take(25) {
+            println!("    {line}");
+        }
+    }
     for step in [
         "index snapshot read",
         "index snapshot not used",

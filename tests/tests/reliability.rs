@@ -437,6 +437,56 @@ async fn the_event_stream_grows_to_its_budget_and_short_history_is_said() {
     assert!(health.event_history_s.is_some_and(|h| h < 600));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_grows_as_far_as_the_servers_storage_allows() {
+    // 4 MiB of file store: an hour of three fast agents' events (tens of
+    // MiB) does not fit, half of half of it does.
+    let server = NatsServer::start_with_config("jetstream { max_file_store: 4MB }").await;
+    let registry = spawn_registry(
+        &server,
+        "registry-a",
+        &["--degraded-after", "4s", "--offline-after", "60s"],
+        &[
+            ("NODE_REGISTRY_SWEEP_INTERVAL", "200ms"),
+            ("NODE_REGISTRY_EVENTS_MAX_BYTES", "65536"),
+            ("NODE_REGISTRY_EVENTS_HISTORY", "1h"),
+        ],
+    );
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let _agents: Vec<Proc> = (0..3)
+        .map(|i| {
+            spawn_agent(
+                &server,
+                &format!("fast-{i}"),
+                &[
+                    "--heartbeat-interval",
+                    "200ms",
+                    "--ollama-url",
+                    "http://127.0.0.1:9",
+                ],
+            )
+        })
+        .collect();
+    let js = async_nats::jetstream::new(client.nats().clone());
+    let grown = eventually("the event stream to grow", SOON, || async {
+        let mut stream = js.get_stream(subjects::STREAM_NODE_EVENTS).await.ok()?;
+        let max_bytes = stream.info().await.ok()?.config.max_bytes;
+        (max_bytes > 65_536).then_some(max_bytes)
+    })
+    .await;
+    assert!(grown <= 4 * 1024 * 1024, "grew past the store: {grown}");
+    let log = registry.log();
+    assert!(
+        log.contains("grew the event stream"),
+        "no growth said in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("growing the event stream"),
+        "a growth was refused and not retried smaller:\n{log}"
+    );
+}
+
 /// The types `nodectl audit --node <id> -o json` lists, in order.
 fn audited(server: &NatsServer, id: &str) -> Vec<String> {
     let url = server.url();

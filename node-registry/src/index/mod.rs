@@ -99,6 +99,11 @@ impl ReadIndex {
         })
     }
 
+    /// The last KV revision the index holds.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
     /// Waits up to `limit` for the index to reach KV revision `revision`;
     /// returns whether it did.
     pub async fn wait_revision(&self, revision: u64, limit: std::time::Duration) -> bool {

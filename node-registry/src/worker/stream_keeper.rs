@@ -28,6 +28,18 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// that times out is made again at the next).
 const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether the server refused a size for want of storage (its
+/// `max_file_store`, or the account's limit): a smaller one may fit.
+fn lacks_storage(e: &jetstream::context::UpdateStreamError) -> bool {
+    use async_nats::jetstream::{context::CreateStreamErrorKind, ErrorCode};
+    matches!(
+        e.kind(),
+        CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                || e.error_code() == ErrorCode::INSUFFICIENT_RESOURCES
+    )
+}
+
 /// What the keeper looks after, and where it tells what it sees.
 #[derive(Debug)]
 pub(super) struct StreamKeeper {
@@ -94,19 +106,8 @@ impl StreamKeeper {
             max_age: info.config.max_age,
         };
         let step = watch.observe(Utc::now(), figures);
-        if let Some(max_bytes) = step.grow_to {
-            let mut config = info.config.clone();
-            let was = config.max_bytes;
-            config.max_bytes = max_bytes;
-            match self.js.update_stream(config).await {
-                Ok(_) => info!(
-                    was,
-                    max_bytes,
-                    bytes = info.state.bytes,
-                    "grew the event stream to hold its history budget at the current rate"
-                ),
-                Err(e) => warn!(error = %e, "growing the event stream"),
-            }
+        if let Some(wanted) = step.grow_to {
+            self.grow(&info, wanted).await;
         }
         self.state
             .set_event_history(self.partition, watch.capacity(), watch.is_short());
@@ -116,5 +117,39 @@ impl StreamKeeper {
             "event stream history"
         );
         Some(alert)
+    }
+
+    /// Sets the stream's `max_bytes` to `wanted`, or to the largest half of
+    /// it the server has storage for: an hour of a million nodes'
+    /// registration wave is far more than most disks, and a stream left at
+    /// its first size while the wave fills it discards events not yet read.
+    /// Halves down to the least growth the history rule makes (a tenth).
+    async fn grow(&self, info: &jetstream::stream::Info, wanted: i64) {
+        let was = info.config.max_bytes;
+        let mut size = wanted;
+        loop {
+            let mut config = info.config.clone();
+            config.max_bytes = size;
+            match self.js.update_stream(config).await {
+                Ok(_) => {
+                    info!(
+                        was,
+                        max_bytes = size,
+                        wanted,
+                        bytes = info.state.bytes,
+                        "grew the event stream to hold its history budget at the current rate"
+                    );
+                    return;
+                }
+                Err(e) if lacks_storage(&e) && size / 2 > was + was / 10 => {
+                    debug!(size, error = %e, "no storage for this size of the event stream; asking for half");
+                    size /= 2;
+                }
+                Err(e) => {
+                    warn!(error = %e, was, max_bytes = size, wanted, "growing the event stream");
+                    return;
+                }
+            }
+        }
     }
 }
