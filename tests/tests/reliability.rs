@@ -476,14 +476,15 @@ async fn the_event_stream_grows_as_far_as_the_servers_storage_allows() {
     })
     .await;
     assert!(grown <= 4 * 1024 * 1024, "grew past the store: {grown}");
+    // The first growth asked for was made, at a smaller size (a later
+    // window may ask for more than the store has left, and say so).
     let log = registry.log();
+    let first = log
+        .lines()
+        .find(|l| l.contains("grew the event stream") || l.contains("growing the event stream"));
     assert!(
-        log.contains("grew the event stream"),
-        "no growth said in the log:\n{log}"
-    );
-    assert!(
-        !log.contains("growing the event stream"),
-        "a growth was refused and not retried smaller:\n{log}"
+        first.is_some_and(|l| l.contains("grew the event stream")),
+        "the first growth was refused, not made smaller:\n{log}"
     );
 }
 

@@ -10,7 +10,7 @@
 //! registrations it had not read.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use chrono::Utc;
@@ -23,6 +23,10 @@ use crate::state::RegistryState;
 
 /// How often the keeper looks at the stream.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a stream no growth fitted is left at its size before a growth
+/// is asked again (storage may have been freed meanwhile).
+const REFUSED_WAIT: Duration = Duration::from_secs(300);
 
 /// How long one look may take (a swamped server answers slowly; a look
 /// that times out is made again at the next).
@@ -62,6 +66,7 @@ impl StreamKeeper {
     /// closes) or the task is aborted.
     pub(super) async fn run(self) {
         let mut watch = HistoryWatch::new(self.settings);
+        let mut refused = None;
         let mut every = tokio::time::interval(LOOK_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -70,7 +75,7 @@ impl StreamKeeper {
                 return;
             }
             let span = info_span!("event_stream_look", stream = %self.stream);
-            let alert = self.look(&mut watch).instrument(span).await;
+            let alert = self.look(&mut watch, &mut refused).instrument(span).await;
             if let Some(alert) = alert {
                 if self.alerts.send(alert).await.is_err() {
                     return;
@@ -79,9 +84,14 @@ impl StreamKeeper {
         }
     }
 
-    /// One look: the stream's figures, a growth when due, health told;
-    /// returns an alert to publish.
-    async fn look(&self, watch: &mut HistoryWatch) -> Option<Alert> {
+    /// One look: the stream's figures, a growth when due (not again for
+    /// [`REFUSED_WAIT`] from a size at which none fitted: `refused`),
+    /// health told; returns an alert to publish.
+    async fn look(
+        &self,
+        watch: &mut HistoryWatch,
+        refused: &mut Option<(i64, Instant)>,
+    ) -> Option<Alert> {
         let info = match tokio::time::timeout(LOOK_TIMEOUT, self.js.get_stream(&self.stream)).await
         {
             Ok(Ok(handle)) => handle.cached_info().clone(),
@@ -106,8 +116,17 @@ impl StreamKeeper {
             max_age: info.config.max_age,
         };
         let step = watch.observe(Utc::now(), figures);
+        let was = info.config.max_bytes;
+        let waiting = refused.is_some_and(|(at, when)| at == was && when.elapsed() < REFUSED_WAIT);
         if let Some(wanted) = step.grow_to {
-            self.grow(&info, wanted).await;
+            if waiting {
+                debug!(
+                    wanted,
+                    "not growing the event stream: no size fitted a moment ago"
+                );
+            } else if !self.grow(&info, wanted).await {
+                *refused = Some((was, Instant::now()));
+            }
         }
         self.state
             .set_event_history(self.partition, watch.capacity(), watch.is_short());
@@ -124,7 +143,8 @@ impl StreamKeeper {
     /// registration wave is far more than most disks, and a stream left at
     /// its first size while the wave fills it discards events not yet read.
     /// Halves down to the least growth the history rule makes (a tenth).
-    async fn grow(&self, info: &jetstream::stream::Info, wanted: i64) {
+    /// Returns whether it grew.
+    async fn grow(&self, info: &jetstream::stream::Info, wanted: i64) -> bool {
         let was = info.config.max_bytes;
         let mut size = wanted;
         loop {
@@ -139,7 +159,7 @@ impl StreamKeeper {
                         bytes = info.state.bytes,
                         "grew the event stream to hold its history budget at the current rate"
                     );
-                    return;
+                    return true;
                 }
                 Err(e) if lacks_storage(&e) && size / 2 > was + was / 10 => {
                     debug!(size, error = %e, "no storage for this size of the event stream; asking for half");
@@ -147,7 +167,7 @@ impl StreamKeeper {
                 }
                 Err(e) => {
                     warn!(error = %e, was, max_bytes = size, wanted, "growing the event stream");
-                    return;
+                    return false;
                 }
             }
         }
