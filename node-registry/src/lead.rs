@@ -248,18 +248,11 @@ impl Leader<'_> {
                 BUCKET_ANSWER_WAIT,
                 registry_kv::watch::bucket_info(&self.provisioned.nodes),
             );
-            let last = tokio::select! {
-                () = self.cancel.cancelled() => return false,
-                changed = leading.changed() => {
-                    if changed.is_err() {
-                        return false;
-                    }
-                    continue;
-                }
-                info = asked => match info {
-                    Ok(Ok(info)) => Some(info.state.last_sequence),
-                    _ => None,
-                },
+            let last = match self.unless_changed(&mut leading, asked).await {
+                Interrupted::Over => return false,
+                Interrupted::Changed => continue,
+                Interrupted::Done(Ok(Ok(info))) => Some(info.state.last_sequence),
+                Interrupted::Done(_) => None,
             };
             let Some(last) = last else {
                 if unanswered_since.elapsed() >= BUCKET_ANSWER_WAIT {
@@ -273,18 +266,12 @@ impl Leader<'_> {
                 continue;
             };
             unanswered_since = tokio::time::Instant::now();
-            let reached = tokio::select! {
-                () = self.cancel.cancelled() => return false,
-                changed = leading.changed() => {
-                    if changed.is_err() {
-                        return false;
-                    }
-                    continue;
-                }
-                reached = self.index.wait_revision(last, INDEX_CATCH_UP_WAIT) => reached,
-            };
-            if reached {
-                return true;
+            let wait = self.index.wait_revision(last, INDEX_CATCH_UP_WAIT);
+            match self.unless_changed(&mut leading, wait).await {
+                Interrupted::Over => return false,
+                Interrupted::Changed => continue,
+                Interrupted::Done(true) => return true,
+                Interrupted::Done(false) => {}
             }
             warn!(
                 held = self.index.revision(),
@@ -293,6 +280,32 @@ impl Leader<'_> {
             );
         }
     }
+
+    /// Runs `work` unless the registry stops or `leading` changes first.
+    async fn unless_changed<T>(
+        &self,
+        leading: &mut watch::Receiver<bool>,
+        work: impl std::future::Future<Output = T>,
+    ) -> Interrupted<T> {
+        tokio::select! {
+            () = self.cancel.cancelled() => Interrupted::Over,
+            changed = leading.changed() => match changed {
+                Ok(()) => Interrupted::Changed,
+                Err(_) => Interrupted::Over,
+            },
+            done = work => Interrupted::Done(done),
+        }
+    }
+}
+
+/// How a piece of a term's start ended.
+enum Interrupted<T> {
+    /// The registry is stopping (or leadership is no longer followed).
+    Over,
+    /// Leadership changed: look again.
+    Changed,
+    /// The work ended with this.
+    Done(T),
 }
 
 /// How long a term waits for the `nodes` bucket to answer before it starts

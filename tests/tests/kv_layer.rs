@@ -63,6 +63,16 @@ async fn cas_contract(store: &impl RecordStore) {
         .expect("create after delete");
 }
 
+/// A fresh server with the registry's streams and buckets.
+async fn provisioned() -> (NatsServer, registry_kv::Provisioned) {
+    let server = NatsServer::start().await;
+    let js = async_nats::jetstream::new(server.client().await);
+    let p = provision(&js, &Names::default(), &StreamSettings::default())
+        .await
+        .expect("provision");
+    (server, p)
+}
+
 #[tokio::test]
 async fn memory_records_keep_the_cas_contract() {
     cas_contract(&MemoryRecords::new()).await;
@@ -70,11 +80,7 @@ async fn memory_records_keep_the_cas_contract() {
 
 #[tokio::test]
 async fn jetstream_records_keep_the_cas_contract() {
-    let server = NatsServer::start().await;
-    let js = async_nats::jetstream::new(server.client().await);
-    let p = provision(&js, &Names::default(), &StreamSettings::default())
-        .await
-        .expect("provision");
+    let (_server, p) = provisioned().await;
     cas_contract(&JetStreamRecords::new(p.nodes)).await;
 }
 
@@ -127,11 +133,7 @@ async fn provisioning_is_idempotent_and_refuses_an_incompatible_stream() {
 /// the info cached when the bucket was opened, which never moves.
 #[tokio::test]
 async fn bucket_info_sees_writes_made_after_the_bucket_was_opened() {
-    let server = NatsServer::start().await;
-    let js = async_nats::jetstream::new(server.client().await);
-    let p = provision(&js, &Names::default(), &StreamSettings::default())
-        .await
-        .expect("provision");
+    let (_server, p) = provisioned().await;
     let opened = registry_kv::watch::bucket_info(&p.nodes)
         .await
         .expect("info")

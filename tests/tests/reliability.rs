@@ -375,6 +375,24 @@ async fn events_the_stream_discards_unread_are_counted_said_and_recovered() {
     .await;
 }
 
+/// Three agents beating every 200 ms: they fill a small event stream fast.
+fn fast_agents(server: &NatsServer) -> Vec<Proc> {
+    (0..3)
+        .map(|i| {
+            spawn_agent(
+                server,
+                &format!("fast-{i}"),
+                &[
+                    "--heartbeat-interval",
+                    "200ms",
+                    "--ollama-url",
+                    "http://127.0.0.1:9",
+                ],
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_grows_to_its_budget_and_short_history_is_said() {
     let server = NatsServer::start().await;
@@ -395,20 +413,7 @@ async fn the_event_stream_grows_to_its_budget_and_short_history_is_said() {
     let client = registry_client(&server).await;
     wait_registry(&client).await;
     let mut alerts = AlertTap::new(client.nats()).await;
-    let _agents: Vec<Proc> = (0..3)
-        .map(|i| {
-            spawn_agent(
-                &server,
-                &format!("fast-{i}"),
-                &[
-                    "--heartbeat-interval",
-                    "200ms",
-                    "--ollama-url",
-                    "http://127.0.0.1:9",
-                ],
-            )
-        })
-        .collect();
+    let _agents = fast_agents(&server);
     let short = alerts
         .expect("registry.history_short", Duration::from_secs(60), |a| {
             a.r#type == subjects::alert_types::REGISTRY_HISTORY_SHORT
@@ -454,20 +459,7 @@ async fn the_event_stream_grows_as_far_as_the_servers_storage_allows() {
     );
     let client = registry_client(&server).await;
     wait_registry(&client).await;
-    let _agents: Vec<Proc> = (0..3)
-        .map(|i| {
-            spawn_agent(
-                &server,
-                &format!("fast-{i}"),
-                &[
-                    "--heartbeat-interval",
-                    "200ms",
-                    "--ollama-url",
-                    "http://127.0.0.1:9",
-                ],
-            )
-        })
-        .collect();
+    let _agents = fast_agents(&server);
     let js = async_nats::jetstream::new(client.nats().clone());
     let grown = eventually("the event stream to grow", SOON, || async {
         let mut stream = js.get_stream(subjects::STREAM_NODE_EVENTS).await.ok()?;
