@@ -59,7 +59,7 @@ use crate::keys::NodeKeys;
 pub use admin::read_admin_request;
 pub use advisories::read_connection_advisory;
 pub use clock::ServerClock;
-pub use history::{HistorySettings, HistoryWatch};
+pub use history::HistorySettings;
 pub use ingest::{Delivery, DeliveryMeta, Ingested, Verdict};
 pub use losses::LossWatch;
 pub use run::Term;
