@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use fleet_sim::{SimConfig, Simulator};
 use fleet_tests::procfs::{clock_ticks, cpu_ticks, percentile, rss_kib};
-use fleet_tests::{release_bin, AlertTap, NatsServer, Proc};
+use fleet_tests::{release_bin, AlertLog, NatsServer, Proc};
 use schemas::codec::{encode, Encoding, HEADER_CONTENT_TYPE};
 use serde::Serialize;
 
@@ -282,7 +282,9 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
     let degraded_after = (interval * 3).max(Duration::from_secs(5));
     let metrics_port = metrics.then(fleet_tests::free_port);
     let (server, registry, client) = start(degraded_after, metrics_port).await;
-    let mut alerts = AlertTap::new(client.nats()).await;
+    // Read all the time: the registration wave's million `node.registered`
+    // would overflow a subscription read only at the end.
+    let alerts = AlertLog::start(&server.url(), &["node.degraded", "node.offline"]).await;
     let js = jetstream::new(server.client().await);
     let mut nodes_stream = js
         .get_stream(subjects::kv_stream(subjects::BUCKET_NODES))
@@ -304,7 +306,12 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         heartbeat_interval: interval,
         crashes_per_sec: 0.1,
         encoding: encoding(),
-        duration: interval * 2 + settle_limit + Duration::from_secs(seconds),
+        // The wave, the settling, the window, and the judging of its last crashes.
+        duration: interval * 2
+            + settle_limit
+            + Duration::from_secs(seconds)
+            + degraded_after
+            + Duration::from_secs(30),
         seed: 5,
         ..SimConfig::default()
     };
@@ -413,6 +420,18 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         .map(sequence)
         .unwrap_or(0)
         .saturating_sub(writes_before);
+    // The alerts of the window's last crashes are still to come. The fleet
+    // runs on while they are judged: stopped, all of it would go degraded.
+    let window = degraded_after + Duration::from_secs(5);
+    tokio::time::sleep(window).await;
+    let seen = alerts.kept();
+    let sim_end = chrono::Utc::now();
+    println!(
+        "  alerts read: {} ({} degraded or offline); slow-consumer reports on the alert subscription: {}",
+        alerts.read(),
+        seen.len(),
+        alerts.slow_consumer_reports()
+    );
     simulator.stop();
     for mut p in profiles.into_iter().flatten() {
         let _ = p.wait();
@@ -441,11 +460,8 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         .map(|c| (c.node_id.as_str(), c.crashed_at))
         .collect();
     let mut in_wave: Vec<i64> = Vec::new();
-    let window = degraded_after + Duration::from_secs(5);
-    let seen = alerts.collect_for(window).await;
     let mut latencies: Vec<i64> = Vec::new();
     let mut false_transitions = 0;
-    let sim_end = chrono::Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
     for alert in &seen {
         if alert.r#type != "node.degraded" && alert.r#type != "node.offline" {
             continue;

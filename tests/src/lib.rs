@@ -5,7 +5,8 @@
 //!   store, killed on drop; [`NatsServer::restart`] keeps the store.
 //! - [`Proc`]: a child process (registry, agent) with SIGTERM and SIGKILL,
 //!   its log kept in a file and printed when a test fails.
-//! - [`AlertTap`]: a subscription to `system.broadcast` to await alerts.
+//! - [`AlertTap`]: a subscription to `system.broadcast` to await alerts;
+//!   [`AlertLog`]: one read all the time, for long runs.
 //! - [`FakeOllama`]: answers `GET /api/tags` with a model list that tests can
 //!   change while it runs.
 //! - [`eventually`]: awaits a condition with a deadline.
@@ -859,6 +860,101 @@ impl AlertTap {
             }
         }
         got
+    }
+}
+
+/// The alerts of the kinds asked for, read all the time by a task of its
+/// own on a connection of its own. An [`AlertTap`] read only at the end of a
+/// long run loses what its subscription's buffer (64 Ki messages) cannot
+/// hold: a million `node.registered` in a registration wave push out the
+/// crashes' alerts that come after. What the client still drops is counted.
+#[derive(Debug)]
+pub struct AlertLog {
+    kept: Arc<Mutex<Vec<Alert>>>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AlertLog {
+    /// Subscribes on `server_url` and starts reading; returns once the
+    /// server has the subscription. Keeps alerts whose type is in `kinds`.
+    pub async fn start(server_url: &str, kinds: &'static [&'static str]) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = dropped.clone();
+        let client = async_nats::ConnectOptions::new()
+            .subscription_capacity(1 << 20)
+            .event_callback(move |event| {
+                let counted = counted.clone();
+                async move {
+                    if matches!(event, async_nats::Event::SlowConsumer(_)) {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .connect(server_url)
+            .await
+            .expect("connecting the alert log");
+        let mut subscription = client
+            .subscribe(subjects::SYSTEM_BROADCAST)
+            .await
+            .expect("subscribing to alerts");
+        subscribed(&client).await;
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let read = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (kept, read) = (kept.clone(), read.clone());
+            tokio::spawn(async move {
+                // The connection lives as long as the task.
+                let _client = client;
+                while let Some(message) = subscription.next().await {
+                    read.fetch_add(1, Ordering::Relaxed);
+                    let wanted = kinds.iter().any(|kind| {
+                        message
+                            .payload
+                            .windows(kind.len())
+                            .any(|w| w == kind.as_bytes())
+                    });
+                    if !wanted {
+                        continue;
+                    }
+                    if let Ok(alert) = serde_json::from_slice::<Alert>(&message.payload) {
+                        if kinds.contains(&alert.r#type.as_str()) {
+                            kept.lock().unwrap_or_else(|p| p.into_inner()).push(alert);
+                        }
+                    }
+                }
+            })
+        };
+        Self {
+            kept,
+            read,
+            dropped,
+            task,
+        }
+    }
+
+    /// The alerts kept so far, in the order received.
+    pub fn kept(&self) -> Vec<Alert> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many alerts of any kind were read.
+    pub fn read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many times the client reported the subscription too slow (each
+    /// report is one or more alerts lost).
+    pub fn slow_consumer_reports(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for AlertLog {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
