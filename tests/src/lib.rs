@@ -863,6 +863,9 @@ impl AlertTap {
     }
 }
 
+/// An alert, and when it arrived (this host's clock).
+pub type Received = (Alert, chrono::DateTime<chrono::Utc>);
+
 /// The alerts of the kinds asked for, read all the time by a task of its
 /// own on a connection of its own. An [`AlertTap`] read only at the end of a
 /// long run loses what its subscription's buffer (64 Ki messages) cannot
@@ -870,7 +873,7 @@ impl AlertTap {
 /// crashes' alerts that come after. What the client still drops is counted.
 #[derive(Debug)]
 pub struct AlertLog {
-    kept: Arc<Mutex<Vec<Alert>>>,
+    kept: Arc<Mutex<Vec<Received>>>,
     read: Arc<std::sync::atomic::AtomicU64>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -919,9 +922,12 @@ impl AlertLog {
                     if !wanted {
                         continue;
                     }
+                    let received = chrono::Utc::now();
                     if let Ok(alert) = serde_json::from_slice::<Alert>(&message.payload) {
                         if kinds.contains(&alert.r#type.as_str()) {
-                            kept.lock().unwrap_or_else(|p| p.into_inner()).push(alert);
+                            kept.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((alert, received));
                         }
                     }
                 }
@@ -935,8 +941,9 @@ impl AlertLog {
         }
     }
 
-    /// The alerts kept so far, in the order received.
-    pub fn kept(&self) -> Vec<Alert> {
+    /// The alerts kept so far, in the order received, each with when it
+    /// was received (this host's clock).
+    pub fn kept(&self) -> Vec<Received> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

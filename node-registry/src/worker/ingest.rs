@@ -67,6 +67,8 @@ pub struct Ingested {
     pub verdicts: Vec<Verdict>,
     /// Whether the consumer had nothing left after the batch.
     pub caught_up: bool,
+    /// The server's receive time of the batch's last event.
+    pub last_received: Option<DateTime<Utc>>,
     /// The deliveries whose copy goes to the lifecycle stream: the
     /// registrations and deregistrations applied (not redeliveries).
     pub lifecycle: Vec<usize>,
@@ -101,6 +103,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let mut accepted = Vec::with_capacity(deliveries.len());
         let mut traced = Traced::default();
         let mut caught_up = false;
+        let mut last_received = None;
         let mut lifecycle = Vec::new();
         // A full batch with more waiting: the fleet defers what only
         // freshens records until it has caught up.
@@ -118,6 +121,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 }
             };
             caught_up = meta.pending == 0;
+            last_received = Some(meta.received);
             self.clock.observe(meta.received);
             let lost = self.losses.observe(meta.stream_seq, meta.received);
             self.count_lost(lost, meta.stream_seq);
@@ -173,6 +177,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         Ingested {
             verdicts,
             caught_up,
+            last_received,
             lifecycle,
         }
     }

@@ -170,6 +170,8 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         let mut tick = tokio::time::interval(sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut caught_up = CaughtUp::new(std::time::Instant::now());
+        // The server time the last sweep judged at.
+        let mut swept_to: Option<chrono::DateTime<chrono::Utc>> = None;
         let mut backlog_seen = std::time::Instant::now() - BACKLOG_EVERY;
         let mut was_connected = connected.borrow().up;
         let mut drops_seen = connected.borrow().drops;
@@ -324,10 +326,10 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                                 None => break,
                             }
                         }
-                        let (done, applied) = self.on_messages(batch, &js, &lifecycle_stream, acking).await;
+                        let (done, applied, through) = self.on_messages(batch, &js, &lifecycle_stream, acking).await;
                         // A dropped pull may have been handed events this
                         // term has not seen: not caught up until rewound.
-                        caught_up.after_batch(done && !rewind_due, received);
+                        caught_up.after_batch(done && !rewind_due, received, through.filter(|_| !rewind_due));
                         if !applied {
                             // Nothing after the failed events may be acked
                             // before they are applied: read them again.
@@ -492,8 +494,13 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     state.set_self_preservation(self.partition.index, held_transitions(&self.fleet));
                     self.retry_alerts().await;
                     self.say_losses().await;
-                    if caught_up.is() {
-                        let effects = self.fleet.sweep(self.clock.now());
+                    // As of now when nothing waits, else as of the last
+                    // event applied; never twice as of the same moment or
+                    // back in time (a sweep as of now, then one as of an
+                    // event before it).
+                    if let Some(at) = caught_up.judge_at(self.clock.now()).filter(|at| swept_to.is_none_or(|s| *at > s)) {
+                        swept_to = Some(at);
+                        let effects = self.fleet.sweep(at);
                         if !effects.is_empty() {
                             self.execute(effects).instrument(info_span!("sweep")).await;
                         }
@@ -506,15 +513,16 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
     }
 
     /// Ingests a batch of messages and tells the stream what was done;
-    /// returns whether the consumer is caught up, and whether every event
-    /// was applied (or rejected for good).
+    /// returns whether the consumer is caught up, whether every event
+    /// was applied (or rejected for good), and if so the server's receive
+    /// time of the last.
     async fn on_messages(
         &mut self,
         batch: Vec<jetstream::Message>,
         js: &jetstream::Context,
         lifecycle_stream: &str,
         acking: position::Acking,
-    ) -> (bool, bool) {
+    ) -> (bool, bool, Option<chrono::DateTime<chrono::Utc>>) {
         let started = std::time::Instant::now();
         crate::metrics::batch_size().record(batch.len() as u64, &[]);
         let deliveries: Vec<Delivery<'_>> = batch.iter().map(Delivery::of).collect();
@@ -558,9 +566,11 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         }
         crate::metrics::batch_duration().record(started.elapsed().as_secs_f64(), &[]);
         // Per event, a retried event comes back by itself.
+        let applied = all_done || acking == position::Acking::PerEvent;
         (
             ingested.caught_up,
-            all_done || acking == position::Acking::PerEvent,
+            applied,
+            ingested.last_received.filter(|_| all_done),
         )
     }
 
