@@ -371,6 +371,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         })
     });
     let started = Instant::now();
+    let window_wall = chrono::Utc::now();
     let mut ages = Vec::new();
     let mut pending = Vec::new();
     let mut rss_max = 0;
@@ -590,6 +591,9 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         .collect();
     let mut in_wave: Vec<i64> = Vec::new();
     let mut latencies: Vec<i64> = Vec::new();
+    // The window's detections with each one's deadline, to set the
+    // slowest against the lag of their second.
+    let mut slowest: Vec<(i64, chrono::DateTime<chrono::Utc>)> = Vec::new();
     let mut false_transitions = 0;
     for (alert, received) in &seen {
         if alert.r#type != "node.degraded" && alert.r#type != "node.offline" {
@@ -610,6 +614,10 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
                     (*received - last).num_milliseconds() - degraded_after.as_millis() as i64;
                 if *crashed_at >= measured_from {
                     latencies.push(late);
+                    slowest.push((
+                        late,
+                        last + chrono::Duration::from_std(degraded_after).unwrap_or_default(),
+                    ));
                 } else {
                     in_wave.push(late);
                 }
@@ -630,6 +638,20 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         in_wave.get(in_wave.len() / 2).copied().unwrap_or(-1),
         percentile_i64(&in_wave, 0.99),
     );
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
+    for (late, deadline) in slowest.iter().take(3) {
+        let t_s = (*deadline - window_wall).num_milliseconds() as f64 / 1000.0;
+        let lag_then = timeline
+            .iter()
+            .filter(|s| s.t_s >= t_s)
+            .take(3)
+            .map(|s| format!("{:.1}", s.lag_s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "    a slow detection: {late} ms late, deadline {t_s:.0} s into the window; lag in the seconds after it: {lag_then} s"
+        );
+    }
 
     let ms = |v: u64| v as f64 / 1000.0;
     Run {
