@@ -595,6 +595,7 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
     // slowest against the lag of their second.
     let mut slowest: Vec<(i64, chrono::DateTime<chrono::Utc>)> = Vec::new();
     let mut false_transitions = 0;
+    let mut false_seen = Vec::new();
     for (alert, received) in &seen {
         if alert.r#type != "node.degraded" && alert.r#type != "node.offline" {
             continue;
@@ -623,7 +624,10 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
                 }
             }
             Some(_) => {}
-            None if at < sim_end => false_transitions += 1,
+            None if at < sim_end => {
+                false_transitions += 1;
+                false_seen.push((alert, *received));
+            }
             None => {}
         }
     }
@@ -638,6 +642,29 @@ async fn run(nodes: u64, interval: Duration, seconds: u64, metrics: bool) -> Run
         in_wave.get(in_wave.len() / 2).copied().unwrap_or(-1),
         percentile_i64(&in_wave, 0.99),
     );
+    // What a false transition looked like, and whether it fell in the wave.
+    let in_wave_false = false_seen
+        .iter()
+        .filter(|(_, received)| *received < measured_from)
+        .count();
+    if !false_seen.is_empty() {
+        println!(
+            "  false transitions: {} during the registration wave, {} after it; the first ones:",
+            in_wave_false,
+            false_seen.len() - in_wave_false
+        );
+        for (alert, received) in false_seen.iter().take(8) {
+            println!(
+                "    {} {} at {} (received {}), last heartbeat {}: {}",
+                alert.r#type,
+                alert.node_id.as_deref().unwrap_or("-"),
+                alert.at,
+                schemas::time::format(*received),
+                alert.last_heartbeat.as_deref().unwrap_or("-"),
+                alert.message.as_deref().unwrap_or("-")
+            );
+        }
+    }
     slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (late, deadline) in slowest.iter().take(3) {
         let t_s = (*deadline - window_wall).num_milliseconds() as f64 / 1000.0;
