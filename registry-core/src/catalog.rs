@@ -15,8 +15,10 @@
 /// indexing.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+mod image;
 mod indexable;
 
+pub use image::{Image, ImageError, ImageLoader, ImageSlot, LAYOUT as IMAGE_LAYOUT};
 pub use indexable::{GpuVerdict, Indexable, NatsPlace, RecordView};
 
 use crate::slot_ids::SlotIds;

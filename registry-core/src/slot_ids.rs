@@ -51,6 +51,29 @@ impl SlotIds {
         });
     }
 
+    /// Notes that `slot` holds `id` unless another slot is noted holding
+    /// it (then nothing changes); returns whether it was noted.
+    pub fn insert_new<'a>(
+        &mut self,
+        id: &str,
+        slot: u32,
+        id_of: impl Fn(u32) -> Option<&'a str>,
+    ) -> bool {
+        let hash = self.hasher.hash_one(id);
+        let hasher = &self.hasher;
+        match self.table.entry(
+            hash,
+            |&held| id_of(held) == Some(id),
+            |&held| hasher.hash_one(id_of(held).unwrap_or_default()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(slot);
+                true
+            }
+        }
+    }
+
     /// Forgets `id` (while its slot still holds it); returns its slot.
     pub fn remove<'a>(&mut self, id: &str, id_of: impl Fn(u32) -> Option<&'a str>) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
@@ -99,5 +122,16 @@ mod tests {
             None
         );
         assert_eq!(ids.len(), 999);
+        // Noted only where no slot holds the id already.
+        let held = &slots;
+        assert!(!ids.insert_new("node-5", 5000, |s| held.get(s as usize)?.as_deref()));
+        assert_eq!(
+            ids.get("node-5", |s| held.get(s as usize)?.as_deref()),
+            Some(5)
+        );
+        slots[417] = Some("node-417".into());
+        let held = &slots;
+        assert!(ids.insert_new("node-417", 417, |s| held.get(s as usize)?.as_deref()));
+        assert_eq!(ids.len(), 1000);
     }
 }

@@ -475,6 +475,27 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
         .terminate(Duration::from_secs(15))
         .await
         .expect("the registry stops");
+
+    // A snapshot in the format of earlier builds (records only, stored
+    // uncompressed) still loads, its records indexed from their JSON.
+    let earlier = records_only_snapshot(&nodes).await;
+    snapshots
+        .put(subjects::BUCKET_NODES, &mut &earlier[..])
+        .await
+        .expect("put the earlier format");
+    let mut fifth = spawn_registry(&server, "registry-e", &[], &[]);
+    wait_registry(&client).await;
+    logged(
+        &fifth,
+        &["index snapshot read", "version=1", "records=40", "behind=0"],
+    )
+    .await;
+    wait_total(&client, r#"{"selector":"zone=a"}"#, 39).await;
+    assert_eq!(ids(&client, r#"{"selector":"zone=b"}"#).await, vec!["n-0"]);
+    fifth
+        .terminate(Duration::from_secs(15))
+        .await
+        .expect("the registry stops");
     js.delete_key_value(subjects::BUCKET_NODES)
         .await
         .expect("delete the nodes bucket");
@@ -486,4 +507,41 @@ async fn a_cold_start_loads_the_index_snapshot_and_replays_only_what_came_after(
     )
     .await;
     wait_total(&client, r#"{"status":"any"}"#, 0).await;
+}
+
+/// The `nodes` bucket as a snapshot of the format earlier builds wrote
+/// (version 1: each record's JSON with its revision, nothing derived).
+async fn records_only_snapshot(nodes: &async_nats::jetstream::kv::Store) -> Vec<u8> {
+    use node_registry::index::snapshot::created_ns;
+    use node_registry::index::snapshot_format::{Encoder, Header, VERSION_RECORDS_ONLY};
+    use tokio::io::AsyncReadExt;
+    let info = registry_kv::watch::bucket_info(nodes)
+        .await
+        .expect("the bucket answers");
+    let mut keys = nodes.keys().await.expect("keys");
+    let mut slots = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.expect("a key");
+        let entry = nodes.entry(&key).await.expect("entry").expect("stored");
+        slots.push(Some(registry_core::catalog::ImageSlot {
+            value: entry.value,
+            revision: entry.revision,
+            meta: bytes::Bytes::new(),
+        }));
+    }
+    let header = Header {
+        version: VERSION_RECORDS_ONLY,
+        layout: 0,
+        ..Header::new(
+            created_ns(info.created),
+            info.state.last_sequence,
+            slots.len() as u64,
+        )
+    };
+    let mut bytes = Vec::new();
+    Encoder::new(header, slots, bytes::Bytes::new())
+        .read_to_end(&mut bytes)
+        .await
+        .expect("in memory");
+    bytes
 }

@@ -79,23 +79,26 @@ impl ReadIndex {
         expected.remove(node_id);
     }
 
-    /// Every record held, as stored, with the revision and bucket they
-    /// were read at (for a snapshot); `None` until the index is loaded.
-    /// The records' bytes are shared, not copied.
+    /// The catalog's image, with the revision and bucket it was read at
+    /// (for a snapshot); `None` until the index is loaded. The records'
+    /// bytes are shared, not copied.
     pub fn take_snapshot(&self) -> Option<snapshot::Taken> {
         if !self.is_ready() {
             return None;
         }
         let created = (*self.born.lock().unwrap_or_else(|p| p.into_inner()))?;
-        let catalog = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let records: Vec<(bytes::Bytes, u64)> = catalog.stored().collect();
+        let (image, nodes) = {
+            let catalog = self.state.read().unwrap_or_else(|p| p.into_inner());
+            (catalog.image(), catalog.len() as u64)
+        };
         Some(snapshot::Taken {
-            header: snapshot_format::Header {
-                bucket_created_ns: snapshot::created_ns(created),
-                revision: catalog.revision,
-                records: records.len() as u64,
-            },
-            records,
+            header: snapshot_format::Header::new(
+                snapshot::created_ns(created),
+                image.revision,
+                image.slots.len() as u64,
+            ),
+            nodes,
+            image,
         })
     }
 

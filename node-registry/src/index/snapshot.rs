@@ -2,7 +2,11 @@
 //! 0 writes one now and then; a first load reads it instead of the whole
 //! `nodes` bucket and catches up from the revision it was taken at. Reading
 //! a million records through a KV watch costs nats-server a delivery per
-//! record; a snapshot is a few hundred large chunks.
+//! record; a snapshot is a few hundred large chunks. It holds the catalog's
+//! image (what the catalog derived from each record, and its posting
+//! lists), so a load copies the records in instead of reading and indexing
+//! each one's JSON again; a snapshot of the earlier records-only format is
+//! still read, and indexed.
 //!
 //! A snapshot is used only when it is of this bucket (same creation time),
 //! not ahead of it, and not older than the oldest revision the bucket
@@ -21,9 +25,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
-use registry_core::catalog::{Catalog, Indexable, RecordView};
+use registry_core::catalog::{Catalog, Image, ImageError, ImageLoader, Indexable, RecordView};
 
-use super::snapshot_format::{Decoder, Encoder, FormatError, Header, Piece};
+use super::snapshot_format::{Decoder, Encoder, FormatError, Header, Piece, VERSION_RECORDS_ONLY};
 use super::{put, Loading, ReadIndex, LOAD_CHUNK};
 use crate::counters::Counters;
 
@@ -39,10 +43,13 @@ pub struct Source {
 /// What a snapshot is written from: every record held, at one revision.
 #[derive(Debug)]
 pub struct Taken {
-    /// The bucket and revision, and the count of records.
+    /// The bucket and revision, and the count of slots.
     pub header: Header,
-    /// Each record as stored, with its revision.
-    pub records: Vec<(Bytes, u64)>,
+    /// How many of the slots hold a record.
+    pub nodes: u64,
+    /// The catalog's image: each slot's record as stored, with its
+    /// revision and what the catalog derived from it; the posting lists.
+    pub image: Image,
 }
 
 /// Why a snapshot was not loaded.
@@ -57,6 +64,9 @@ pub enum LoadError {
     /// Its bytes are not a snapshot this build reads.
     #[error("the snapshot does not read: {0}")]
     Format(#[from] FormatError),
+    /// Its catalog image does not load.
+    #[error("the snapshot's catalog image does not load: {0}")]
+    Image(#[from] ImageError),
     /// It was taken from another bucket of the same name (deleted and
     /// made again since).
     #[error("the snapshot is of a bucket created at {snapshot} ns, this one at {bucket} ns")]
@@ -136,62 +146,154 @@ pub(super) async fn load(
         return Ok(None);
     };
     let size = stored.size;
-    let mut source = opened(stored.reader).await.map_err(LoadError::Read)?;
+    let keys = info.state.subjects_count;
+    let read = read(stored.reader, |header| fits(header, info), keys).await?;
+    info!(
+        records = read.catalog.len(),
+        slots = read.header.records,
+        version = read.header.version,
+        revision = read.header.revision,
+        bytes = size,
+        behind = info
+            .state
+            .last_sequence
+            .saturating_sub(read.header.revision),
+        read_ms = started.elapsed().as_millis(),
+        indexing_ms = read.busy.as_millis(),
+        "index snapshot read"
+    );
+    Ok(Some((
+        Loading::resuming(read.catalog, read.header.revision, read.busy),
+        read.header,
+    )))
+}
+
+/// A snapshot read into a catalog.
+#[derive(Debug)]
+pub struct Read {
+    /// What it said it holds.
+    pub header: Header,
+    /// Its catalog.
+    pub catalog: Catalog,
+    /// The time spent building the catalog (indexing records, or loading
+    /// the image), besides reading the bytes.
+    pub busy: Duration,
+}
+
+/// Reads a snapshot from `stored` (compressed or not) into a catalog sized
+/// for at least `keys` nodes, if `fits` accepts its header. A version 2 snapshot is the catalog's image,
+/// loaded as it comes; a version 1 snapshot's records are read and indexed
+/// on threads of their own.
+pub async fn read<R>(
+    stored: R,
+    fits: impl FnOnce(&Header) -> Result<(), LoadError>,
+    keys: u64,
+) -> Result<Read, LoadError>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let mut source = opened(stored).await.map_err(LoadError::Read)?;
     let mut decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let mut indexer: Option<Indexer> = None;
+    let mut fits = Some(fits);
+    let mut into = Target::Nothing;
+    let mut busy = Duration::ZERO;
+    let mut revision_of_header = 0;
     let mut chunk: Chunk = Vec::with_capacity(LOAD_CHUNK);
     loop {
-        if buf.capacity() - buf.len() < READ_BUFFER / 2 {
-            buf.reserve(READ_BUFFER);
+        // Room for at least half a read; a piece larger than the buffer
+        // (the posting lists) doubles it.
+        let wanted = (READ_BUFFER / 2).max(buf.len());
+        if buf.capacity() - buf.len() < wanted {
+            buf.reserve(wanted.max(READ_BUFFER));
         }
         let read = source.read_buf(&mut buf).await.map_err(LoadError::Read)?;
         let mut at = 0;
+        let loading = Instant::now();
         while let Some((piece, used)) = decoder.next(&buf[at..])? {
             at += used;
-            match piece {
-                Piece::Header(header) => {
-                    fits(&header, info)?;
-                    indexer = Some(Indexer::start(
-                        header.records.max(info.state.subjects_count),
-                    ));
+            match (piece, &mut into) {
+                (Piece::Header(header), _) => {
+                    if let Some(fits) = fits.take() {
+                        fits(&header)?;
+                    }
+                    revision_of_header = header.revision;
+                    let keys = header.records.max(keys);
+                    let slots = usize::try_from(keys.min(super::MAX_PRESIZE)).unwrap_or_default();
+                    into = if header.version == VERSION_RECORDS_ONLY {
+                        Target::Records(Indexer::start(keys))
+                    } else {
+                        Target::Image(Box::new(ImageLoader::with_capacity(slots)))
+                    };
                 }
-                Piece::Record { revision, value } => {
-                    // In memory of its own: the index keeps it.
+                (
+                    Piece::Record {
+                        revision,
+                        value,
+                        meta,
+                    },
+                    Target::Image(loader),
+                ) => {
+                    let slot = (!value.is_empty())
+                        // In memory of its own: the index keeps it.
+                        .then(|| (Bytes::copy_from_slice(value), revision, meta));
+                    loader.push(slot)?;
+                }
+                (
+                    Piece::Record {
+                        revision, value, ..
+                    },
+                    Target::Records(indexer),
+                ) => {
                     chunk.push((Bytes::copy_from_slice(value), revision));
                     if chunk.len() >= LOAD_CHUNK {
-                        if let Some(indexer) = indexer.as_ref() {
-                            let full =
-                                std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
-                            indexer.add(full).await?;
-                        }
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
+                        indexer.add(full).await?;
                     }
                 }
-                Piece::End => {}
+                (Piece::Postings(postings), Target::Image(_)) => {
+                    if let Target::Image(loader) = std::mem::replace(&mut into, Target::Nothing) {
+                        into =
+                            Target::Loaded(Box::new(loader.finish(revision_of_header, postings)?));
+                    }
+                }
+                (Piece::Record { .. } | Piece::Postings(_), _) | (Piece::End, _) => {}
             }
         }
+        busy += loading.elapsed();
         buf.advance(at);
         if read == 0 {
             break;
         }
     }
     let header = decoder.finish()?;
-    let indexer = indexer.unwrap_or_else(|| Indexer::start(0));
-    indexer.add(chunk).await?;
-    let (catalog, busy) = indexer.finish().await?;
-    info!(
-        records = header.records,
-        revision = header.revision,
-        bytes = size,
-        behind = info.state.last_sequence.saturating_sub(header.revision),
-        read_ms = started.elapsed().as_millis(),
-        indexing_ms = busy.as_millis(),
-        "index snapshot read"
-    );
-    Ok(Some((
-        Loading::resuming(catalog, header.revision, busy),
+    let catalog = match into {
+        Target::Loaded(catalog) => *catalog,
+        Target::Records(indexer) => {
+            indexer.add(chunk).await?;
+            let (catalog, indexing) = indexer.finish().await?;
+            busy = indexing;
+            catalog
+        }
+        Target::Nothing | Target::Image(_) => Catalog::new(),
+    };
+    Ok(Read {
         header,
-    )))
+        catalog,
+        busy,
+    })
+}
+
+/// Where a snapshot's pieces go, by its version.
+enum Target {
+    /// No header read yet.
+    Nothing,
+    /// Version 1: records, indexed from their JSON.
+    Records(Indexer),
+    /// Version 2: the catalog's image, loaded slot by slot.
+    Image(Box<ImageLoader>),
+    /// The image, loaded.
+    Loaded(Box<Catalog>),
 }
 
 /// Snapshot records, a chunk of them: each value with its revision.
@@ -402,7 +504,9 @@ async fn write(
     let header = taken.header;
     let metadata = [
         ("revision", header.revision.to_string()),
-        ("records", header.records.to_string()),
+        ("records", taken.nodes.to_string()),
+        ("slots", header.records.to_string()),
+        ("format", header.version.to_string()),
         ("bucket_created_ns", header.bucket_created_ns.to_string()),
         ("encoding", "zstd".to_owned()),
     ]
@@ -410,7 +514,7 @@ async fn write(
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let paced = Paced {
-        inner: Encoder::new(header, taken.records),
+        inner: Encoder::new(header, taken.image.slots, taken.image.postings),
         bytes_per_s,
         started: None,
         sent: 0,
@@ -508,7 +612,7 @@ pub async fn keep_writing(
         if written == Some(revision) {
             continue;
         }
-        let records = taken.header.records;
+        let records = taken.nodes;
         let started = Instant::now();
         let span = info_span!("index snapshot", bucket = %bucket, revision, records);
         match write(&snapshots, &bucket, taken, chunk_size, bytes_per_s)
@@ -560,17 +664,19 @@ mod tests {
     }
 
     fn encoded(records: u64) -> Encoder {
-        let header = Header {
-            bucket_created_ns: 1,
-            revision: records,
-            records,
-        };
         let value = br#"{"node_id":"n","labels":{"region":"eu"},"status":"online"}"#;
         Encoder::new(
-            header,
+            Header::new(1, records, records),
             (1..=records)
-                .map(|r| (Bytes::from_static(value), r))
+                .map(|revision| {
+                    Some(registry_core::catalog::ImageSlot {
+                        value: Bytes::from_static(value),
+                        revision,
+                        meta: Bytes::from_static(b"n online"),
+                    })
+                })
                 .collect(),
+            Bytes::new(),
         )
     }
 

@@ -1,45 +1,80 @@
-//! The bytes of a read index snapshot: every record as stored in `nodes`,
-//! with its revision, under a header that says which bucket and revision
-//! it was taken at, closed by a trailer that repeats the count (a cut
-//! snapshot is told from a whole one).
+//! The bytes of a read index snapshot: the catalog's image (every slot's
+//! record as stored in `nodes`, with its revision and what the catalog
+//! derived from it, then the posting lists), under a header that says which
+//! bucket and revision it was taken at, closed by a trailer that repeats
+//! the count (a cut snapshot is told from a whole one).
 //!
 //! ```text
-//! header   "FLIDXSNP" | version u32 | bucket created (unix ns) i64 | revision u64 | records u64
-//! record   revision u64 | length u32 | value (the record's JSON, as stored)
-//! trailer  "FLIDXEND" | records u64
+//! header   "FLIDXSNP" | version u32 | bucket created (unix ns) i64 | revision u64 | slots u64 | layout u32
+//! slot     revision u64 | length u32 | meta length u32 | value (the record's JSON, as stored) | meta
+//! postings "FLIDXPST" | length u64 | the catalog's posting lists
+//! trailer  "FLIDXEND" | slots u64
 //! ```
-//! Integers are little-endian. The key of a record is its node id, read
-//! from the value when it is indexed.
+//! Integers are little-endian. A free slot has a value and meta of length
+//! 0. `layout` is the catalog's image layout ([`IMAGE_LAYOUT`]); the meta
+//! and the posting lists are coded by the catalog.
+//!
+//! Version 1, written by earlier builds and still read, has no layout, no
+//! meta, no free slots and no posting lists: a slot is `revision u64 |
+//! length u32 | value`, and a load indexes each record's JSON.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use registry_core::catalog::{ImageSlot, IMAGE_LAYOUT};
 
 const MAGIC: &[u8; 8] = b"FLIDXSNP";
+const POSTINGS: &[u8; 8] = b"FLIDXPST";
 const END: &[u8; 8] = b"FLIDXEND";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
-const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8;
-const RECORD_PREFIX_LEN: usize = 8 + 4;
+/// The format version this build writes.
+pub const VERSION: u32 = 2;
+/// The version of earlier builds, still read.
+pub const VERSION_RECORDS_ONLY: u32 = 1;
+const HEADER_V1_LEN: usize = 8 + 4 + 8 + 8 + 8;
+const HEADER_LEN: usize = HEADER_V1_LEN + 4;
+const RECORD_V1_PREFIX_LEN: usize = 8 + 4;
+const SLOT_PREFIX_LEN: usize = 8 + 4 + 4;
+const POSTINGS_PREFIX_LEN: usize = 8 + 8;
 const TRAILER_LEN: usize = 8 + 8;
-/// Largest record value accepted (a node record is a few KiB; the bound
-/// keeps a corrupt length from asking for gigabytes).
+/// Largest record value, or slot meta, accepted (a node record is a few
+/// KiB; the bound keeps a corrupt length from asking for gigabytes).
 pub const MAX_VALUE_LEN: usize = 1 << 20;
-/// Most records a snapshot may claim (a bound on a figure read from the
+/// Largest posting lists accepted (a million nodes' take a few tens of
+/// MB).
+pub const MAX_POSTINGS_LEN: u64 = 1 << 31;
+/// Most slots a snapshot may claim (a bound on a figure read from the
 /// bytes, far above any fleet).
 pub const MAX_RECORDS: u64 = 100_000_000;
 
 /// What a snapshot says it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The format version it was written in.
+    pub version: u32,
     /// When the `nodes` bucket it was taken from was created (unix ns): a
     /// bucket deleted and made again is another bucket.
     pub bucket_created_ns: i64,
     /// The KV revision it holds everything up to.
     pub revision: u64,
-    /// How many records follow.
+    /// How many slots follow (free ones included).
     pub records: u64,
+    /// The catalog image layout of its metas and posting lists (0 in
+    /// version 1, which has none).
+    pub layout: u32,
+}
+
+impl Header {
+    /// The header of a snapshot this build writes.
+    pub fn new(bucket_created_ns: i64, revision: u64, records: u64) -> Self {
+        Self {
+            version: VERSION,
+            bucket_created_ns,
+            revision,
+            records,
+            layout: IMAGE_LAYOUT,
+        }
+    }
 }
 
 /// Why bytes are not a snapshot this build can read.
@@ -49,12 +84,15 @@ pub enum FormatError {
     #[error("not an index snapshot (bad magic)")]
     BadMagic,
     /// Written by a format this build does not read.
-    #[error("snapshot format {0}, this build reads {VERSION}")]
+    #[error("snapshot format {0}, this build reads {VERSION_RECORDS_ONLY} and {VERSION}")]
     Version(u32),
+    /// Its catalog image is of another layout than this build's.
+    #[error("catalog image layout {0}, this build's is {IMAGE_LAYOUT}")]
+    Layout(u32),
     /// The header claims more records than any fleet has.
     #[error("snapshot claims {0} records, more than {MAX_RECORDS}")]
     TooManyRecords(u64),
-    /// A record's length is over [`MAX_VALUE_LEN`].
+    /// A record's length, or its meta's, is over [`MAX_VALUE_LEN`].
     #[error("record {index} is {len} bytes long, over {MAX_VALUE_LEN}")]
     RecordTooLong {
         /// Its position, from 0.
@@ -62,6 +100,9 @@ pub enum FormatError {
         /// The length it claims.
         len: usize,
     },
+    /// The posting lists are missing or claim more than [`MAX_POSTINGS_LEN`].
+    #[error("bad posting lists: {0}")]
+    BadPostings(String),
     /// The trailer is missing, malformed or counts otherwise.
     #[error("bad trailer: {0}")]
     BadTrailer(String),
@@ -86,13 +127,19 @@ pub enum FormatError {
 pub enum Piece<'b> {
     /// The header (always first).
     Header(Header),
-    /// A record: its revision and value, borrowed from the buffer.
+    /// A slot: its record's revision, value and meta, borrowed from the
+    /// buffer (in version 1, the meta is empty; a free slot's value and
+    /// meta are both empty).
     Record {
         /// The KV revision it was stored at.
         revision: u64,
         /// Its value as stored.
         value: &'b [u8],
+        /// What the catalog derived from it, coded.
+        meta: &'b [u8],
     },
+    /// The catalog's posting lists, after the last slot (version 2).
+    Postings(&'b [u8]),
     /// The trailer: the snapshot is whole.
     End,
 }
@@ -102,6 +149,7 @@ pub enum Piece<'b> {
 pub struct Decoder {
     header: Option<Header>,
     records: u64,
+    postings: bool,
     ended: bool,
 }
 
@@ -128,28 +176,12 @@ impl Decoder {
             };
         }
         let Some(header) = self.header else {
-            if buf.len() < HEADER_LEN {
-                return Ok(None);
-            }
-            if &buf[..8] != MAGIC {
-                return Err(FormatError::BadMagic);
-            }
-            let version = u32_at(buf, 8);
-            if version != VERSION {
-                return Err(FormatError::Version(version));
-            }
-            let header = Header {
-                bucket_created_ns: u64_at(buf, 12) as i64,
-                revision: u64_at(buf, 20),
-                records: u64_at(buf, 28),
-            };
-            if header.records > MAX_RECORDS {
-                return Err(FormatError::TooManyRecords(header.records));
-            }
-            self.header = Some(header);
-            return Ok(Some((Piece::Header(header), HEADER_LEN)));
+            return self.read_header(buf);
         };
         if self.records == header.records {
+            if header.version == VERSION && !self.postings {
+                return self.postings(buf);
+            }
             if buf.len() < TRAILER_LEN {
                 return Ok(None);
             }
@@ -169,25 +201,101 @@ impl Decoder {
             self.ended = true;
             return Ok(Some((Piece::End, TRAILER_LEN)));
         }
-        if buf.len() < RECORD_PREFIX_LEN {
+        let (prefix, meta_len) = match header.version {
+            VERSION_RECORDS_ONLY => (RECORD_V1_PREFIX_LEN, 0),
+            _ if buf.len() < SLOT_PREFIX_LEN => return Ok(None),
+            _ => (SLOT_PREFIX_LEN, u32_at(buf, 12) as usize),
+        };
+        if buf.len() < prefix {
             return Ok(None);
         }
         let revision = u64_at(buf, 0);
         let len = u32_at(buf, 8) as usize;
-        if len > MAX_VALUE_LEN {
+        if len.max(meta_len) > MAX_VALUE_LEN {
             return Err(FormatError::RecordTooLong {
                 index: self.records,
-                len,
+                len: len.max(meta_len),
             });
         }
-        let Some(value) = buf.get(RECORD_PREFIX_LEN..RECORD_PREFIX_LEN + len) else {
+        let Some(value) = buf.get(prefix..prefix + len) else {
+            return Ok(None);
+        };
+        let Some(meta) = buf.get(prefix + len..prefix + len + meta_len) else {
             return Ok(None);
         };
         self.records += 1;
         Ok(Some((
-            Piece::Record { revision, value },
-            RECORD_PREFIX_LEN + len,
+            Piece::Record {
+                revision,
+                value,
+                meta,
+            },
+            prefix + len + meta_len,
         )))
+    }
+
+    fn read_header<'b>(
+        &mut self,
+        buf: &'b [u8],
+    ) -> Result<Option<(Piece<'b>, usize)>, FormatError> {
+        if buf.len() < 12 {
+            return Ok(None);
+        }
+        if &buf[..8] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let version = u32_at(buf, 8);
+        let len = match version {
+            VERSION_RECORDS_ONLY => HEADER_V1_LEN,
+            VERSION => HEADER_LEN,
+            other => return Err(FormatError::Version(other)),
+        };
+        if buf.len() < len {
+            return Ok(None);
+        }
+        let header = Header {
+            version,
+            bucket_created_ns: u64_at(buf, 12) as i64,
+            revision: u64_at(buf, 20),
+            records: u64_at(buf, 28),
+            layout: if version == VERSION {
+                u32_at(buf, 36)
+            } else {
+                0
+            },
+        };
+        if version == VERSION && header.layout != IMAGE_LAYOUT {
+            return Err(FormatError::Layout(header.layout));
+        }
+        if header.records > MAX_RECORDS {
+            return Err(FormatError::TooManyRecords(header.records));
+        }
+        self.header = Some(header);
+        Ok(Some((Piece::Header(header), len)))
+    }
+
+    fn postings<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Piece<'b>, usize)>, FormatError> {
+        if buf.len() < POSTINGS_PREFIX_LEN {
+            return Ok(None);
+        }
+        if &buf[..8] != POSTINGS {
+            return Err(FormatError::BadPostings(format!(
+                "no posting lists after {} records",
+                self.records
+            )));
+        }
+        let len = u64_at(buf, 8);
+        if len > MAX_POSTINGS_LEN {
+            return Err(FormatError::BadPostings(format!(
+                "{len} bytes claimed, over {MAX_POSTINGS_LEN}"
+            )));
+        }
+        let len = len as usize;
+        let Some(postings) = buf.get(POSTINGS_PREFIX_LEN..POSTINGS_PREFIX_LEN + len) else {
+            return Ok(None);
+        };
+        self.postings = true;
+        Ok(Some((Piece::Postings(postings), POSTINGS_PREFIX_LEN + len)))
     }
 
     /// Checks that the bytes ended where a snapshot may end.
@@ -212,30 +320,46 @@ impl Decoder {
 /// asked for (the values are shared with the index, not copied first).
 #[derive(Debug)]
 pub struct Encoder {
+    version: u32,
     pending: Bytes,
-    /// A record's value, due after its prefix.
+    /// A slot's value and meta, due after its prefix.
     value: Option<Bytes>,
-    records: std::vec::IntoIter<(Bytes, u64)>,
+    meta: Option<Bytes>,
+    slots: std::vec::IntoIter<Option<ImageSlot>>,
+    postings: Option<Bytes>,
     trailer: Option<Bytes>,
 }
 
 impl Encoder {
-    /// The snapshot of `records` (values as stored, with their revisions)
-    /// under `header` (whose count must be theirs).
-    pub fn new(header: Header, records: Vec<(Bytes, u64)>) -> Self {
+    /// The snapshot of a catalog's image (its `slots` and `postings`)
+    /// under `header` (whose count must be the slots').
+    pub fn new(header: Header, slots: Vec<Option<ImageSlot>>, postings: Bytes) -> Self {
         let mut head = Vec::with_capacity(HEADER_LEN);
         head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&header.version.to_le_bytes());
         head.extend_from_slice(&header.bucket_created_ns.to_le_bytes());
         head.extend_from_slice(&header.revision.to_le_bytes());
-        head.extend_from_slice(&(records.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(slots.len() as u64).to_le_bytes());
+        let postings = if header.version == VERSION {
+            head.extend_from_slice(&header.layout.to_le_bytes());
+            let mut p = Vec::with_capacity(POSTINGS_PREFIX_LEN + postings.len());
+            p.extend_from_slice(POSTINGS);
+            p.extend_from_slice(&(postings.len() as u64).to_le_bytes());
+            p.extend_from_slice(&postings);
+            Some(Bytes::from(p))
+        } else {
+            None
+        };
         let mut tail = Vec::with_capacity(TRAILER_LEN);
         tail.extend_from_slice(END);
-        tail.extend_from_slice(&(records.len() as u64).to_le_bytes());
+        tail.extend_from_slice(&(slots.len() as u64).to_le_bytes());
         Self {
+            version: header.version,
             pending: Bytes::from(head),
             value: None,
-            records: records.into_iter(),
+            meta: None,
+            slots: slots.into_iter(),
+            postings,
             trailer: Some(Bytes::from(tail)),
         }
     }
@@ -244,15 +368,25 @@ impl Encoder {
         if let Some(value) = self.value.take() {
             return Some(value);
         }
-        match self.records.next() {
-            Some((value, revision)) => {
-                let mut prefix = Vec::with_capacity(RECORD_PREFIX_LEN);
+        if let Some(meta) = self.meta.take() {
+            return Some(meta);
+        }
+        match self.slots.next() {
+            Some(slot) => {
+                let (revision, value, meta) = slot
+                    .map(|s| (s.revision, s.value, s.meta))
+                    .unwrap_or_default();
+                let mut prefix = Vec::with_capacity(SLOT_PREFIX_LEN);
                 prefix.extend_from_slice(&revision.to_le_bytes());
                 prefix.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                if self.version == VERSION {
+                    prefix.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+                    self.meta = Some(meta);
+                }
                 self.value = Some(value);
                 Some(Bytes::from(prefix))
             }
-            None => self.trailer.take(),
+            None => self.postings.take().or_else(|| self.trailer.take()),
         }
     }
 }
@@ -284,77 +418,127 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    fn header(records: u64) -> Header {
+    fn header(version: u32, records: u64) -> Header {
         Header {
+            version,
             bucket_created_ns: 1_700_000_000_123_456_789,
             revision: 42,
             records,
+            layout: if version == VERSION { IMAGE_LAYOUT } else { 0 },
         }
     }
 
-    async fn encoded(records: Vec<(Bytes, u64)>) -> Vec<u8> {
+    /// Slots `n0`… with a meta each, every fifth free.
+    fn slots(n: u64) -> Vec<Option<ImageSlot>> {
+        (0..n)
+            .map(|i| {
+                (i % 5 != 4).then(|| ImageSlot {
+                    value: Bytes::from(format!("{{\"node_id\":\"n{i}\"}}")),
+                    revision: 100 + i,
+                    meta: Bytes::from(format!("meta of n{i}")),
+                })
+            })
+            .collect()
+    }
+
+    async fn encoded(
+        version: u32,
+        slots: Vec<Option<ImageSlot>>,
+        postings: &'static [u8],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
-        Encoder::new(header(records.len() as u64), records)
-            .read_to_end(&mut out)
-            .await
-            .expect("in memory");
+        Encoder::new(
+            header(version, slots.len() as u64),
+            slots,
+            Bytes::from_static(postings),
+        )
+        .read_to_end(&mut out)
+        .await
+        .expect("in memory");
         out
     }
 
-    /// Records as decoded: revision and value.
-    type Records = Vec<(u64, Vec<u8>)>;
+    /// What was decoded: the header, the slots (revision, value, meta) and
+    /// the posting lists.
+    type Decoded = (Header, Vec<(u64, Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
 
     /// Decodes `bytes` fed `step` bytes at a time.
-    fn decode(bytes: &[u8], step: usize) -> Result<(Header, Records), FormatError> {
+    fn decode(bytes: &[u8], step: usize) -> Result<Decoded, FormatError> {
         let mut decoder = Decoder::default();
         let mut buf: Vec<u8> = Vec::new();
         let mut records = Vec::new();
+        let mut postings = None;
         for piece in bytes.chunks(step.max(1)) {
             buf.extend_from_slice(piece);
             let mut at = 0;
             while let Some((piece, used)) = decoder.next(&buf[at..])? {
-                if let Piece::Record { revision, value } = piece {
-                    records.push((revision, value.to_vec()));
+                match piece {
+                    Piece::Record {
+                        revision,
+                        value,
+                        meta,
+                    } => records.push((revision, value.to_vec(), meta.to_vec())),
+                    Piece::Postings(p) => postings = Some(p.to_vec()),
+                    Piece::Header(_) | Piece::End => {}
                 }
                 at += used;
             }
             buf.drain(..at);
         }
-        Ok((decoder.finish()?, records))
+        Ok((decoder.finish()?, records, postings))
     }
 
     #[tokio::test]
-    async fn records_come_back_as_written_whatever_the_read_sizes() {
-        let records: Vec<(Bytes, u64)> = (0..50u64)
-            .map(|i| (Bytes::from(format!("{{\"node_id\":\"n{i}\"}}")), 100 + i))
-            .collect();
-        let bytes = encoded(records.clone()).await;
+    async fn slots_and_postings_come_back_as_written_whatever_the_read_sizes() {
+        let written = slots(50);
+        let bytes = encoded(VERSION, written.clone(), b"the posting lists").await;
         for step in [1, 7, 64, bytes.len()] {
-            let (h, back) = decode(&bytes, step).expect("whole snapshot");
-            assert_eq!(h, header(50));
+            let (h, back, postings) = decode(&bytes, step).expect("whole snapshot");
+            assert_eq!(h, header(VERSION, 50));
+            assert_eq!(postings.as_deref(), Some(&b"the posting lists"[..]));
             assert_eq!(back.len(), 50);
-            for ((value, revision), (r, v)) in records.iter().zip(&back) {
-                assert_eq!((revision, value.as_ref()), (r, v.as_slice()));
+            for (slot, (r, v, m)) in written.iter().zip(&back) {
+                match slot {
+                    Some(s) => assert_eq!(
+                        (s.revision, s.value.as_ref(), s.meta.as_ref()),
+                        (*r, v.as_slice(), m.as_slice())
+                    ),
+                    None => assert!(v.is_empty() && m.is_empty(), "a free slot"),
+                }
             }
         }
     }
 
     #[tokio::test]
+    async fn a_version_1_snapshot_still_reads_as_records_without_meta() {
+        let written: Vec<Option<ImageSlot>> = slots(20).into_iter().flatten().map(Some).collect();
+        let bytes = encoded(VERSION_RECORDS_ONLY, written.clone(), b"ignored").await;
+        let (h, back, postings) = decode(&bytes, 9).expect("whole snapshot");
+        assert_eq!(h, header(VERSION_RECORDS_ONLY, 16));
+        assert_eq!(postings, None);
+        for (slot, (r, v, m)) in written.iter().flatten().zip(&back) {
+            assert_eq!((slot.revision, slot.value.as_ref()), (*r, v.as_slice()));
+            assert!(m.is_empty());
+        }
+    }
+
+    #[tokio::test]
     async fn an_empty_index_is_a_snapshot_too() {
-        let bytes = encoded(Vec::new()).await;
-        let (h, back) = decode(&bytes, 5).expect("whole snapshot");
-        assert_eq!((h.records, back.len()), (0, 0));
+        let bytes = encoded(VERSION, Vec::new(), b"").await;
+        let (h, back, postings) = decode(&bytes, 5).expect("whole snapshot");
+        assert_eq!((h.records, back.len(), postings), (0, 0, Some(Vec::new())));
     }
 
     #[tokio::test]
     async fn a_cut_snapshot_is_refused_at_the_end() {
-        let records = vec![
-            (Bytes::from_static(b"{}"), 1),
-            (Bytes::from_static(b"{}"), 2),
-        ];
-        let bytes = encoded(records).await;
+        let bytes = encoded(VERSION, slots(2), b"p").await;
         assert_eq!(decode(&bytes[..3], 4).err(), Some(FormatError::NoHeader));
-        for cut in [HEADER_LEN, HEADER_LEN + 5, bytes.len() - 1] {
+        for cut in [
+            HEADER_LEN,
+            HEADER_LEN + 5,
+            bytes.len() - 20,
+            bytes.len() - 1,
+        ] {
             assert!(
                 matches!(decode(&bytes[..cut], 4), Err(FormatError::Truncated { .. })),
                 "cut at {cut}"
@@ -364,13 +548,19 @@ mod tests {
 
     #[tokio::test]
     async fn bad_bytes_get_a_reason_not_a_panic() {
-        let bytes = encoded(vec![(Bytes::from_static(b"{}"), 1)]).await;
+        let bytes = encoded(VERSION, slots(1), b"p").await;
         let mut magic = bytes.clone();
         magic[0] = b'X';
         assert_eq!(decode(&magic, 64).err(), Some(FormatError::BadMagic));
         let mut version = bytes.clone();
         version[8] = 9;
         assert_eq!(decode(&version, 64).err(), Some(FormatError::Version(9)));
+        let mut layout = bytes.clone();
+        layout[36..40].copy_from_slice(&(IMAGE_LAYOUT + 1).to_le_bytes());
+        assert_eq!(
+            decode(&layout, 64).err(),
+            Some(FormatError::Layout(IMAGE_LAYOUT + 1))
+        );
         let mut count = bytes.clone();
         count[28..36].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(
@@ -382,6 +572,25 @@ mod tests {
         assert!(matches!(
             decode(&long, 64),
             Err(FormatError::RecordTooLong { index: 0, .. })
+        ));
+        let mut long_meta = bytes.clone();
+        long_meta[HEADER_LEN + 12..HEADER_LEN + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&long_meta, 64),
+            Err(FormatError::RecordTooLong { index: 0, .. })
+        ));
+        let postings_at = bytes.len() - TRAILER_LEN - POSTINGS_PREFIX_LEN - 1;
+        let mut no_postings = bytes.clone();
+        no_postings[postings_at] = b'X';
+        assert!(matches!(
+            decode(&no_postings, 64),
+            Err(FormatError::BadPostings(_))
+        ));
+        let mut huge_postings = bytes.clone();
+        huge_postings[postings_at + 8..postings_at + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&huge_postings, 64),
+            Err(FormatError::BadPostings(_))
         ));
         let mut trailer = bytes.clone();
         let n = trailer.len();
