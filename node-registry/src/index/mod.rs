@@ -199,35 +199,35 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
     // thread (the other core), one chunk after the other into the same
     // catalog, while this task keeps receiving (and answering discovery
     // from the old view, if any). A first load starts from the bucket's
-    // snapshot where one fits, and replays only what came after it.
-    let whole = || {
-        (
-            WatchFrom::Start,
-            Loading::for_keys(info.state.subjects_count),
-        )
+    // snapshot where one fits, and replays only what came after it
+    // (received while the snapshot is read).
+    let caught = match (resume, snapshots) {
+        (None, Some(source)) => load_snapshot(store, source, &info).await?,
+        _ => None,
     };
-    let (from, mut loading) = match (resume, snapshots) {
-        (Some(held), _) => (WatchFrom::After(held), Loading::for_keys(0)),
-        (None, None) => whole(),
-        (None, Some(source)) => match snapshot::load(&source.snapshots, &store.name, &info).await {
-            Ok(Some((loading, taken))) => {
-                Counters::bump(&source.counters.index_snapshot_loads);
-                let from = WatchFrom::CatchUp {
-                    after: taken.revision,
-                    through: info.state.last_sequence,
-                };
-                (from, loading)
-            }
-            Ok(None) => whole(),
-            Err(e) => {
-                Counters::bump(&source.counters.index_snapshots_refused);
-                warn!(error = %e, "index snapshot not used: reading the nodes bucket whole");
-                whole()
-            }
-        },
+    let from_snapshot = caught.is_some();
+    let (mut loading, kept, mut changes) = match caught {
+        Some(Caught {
+            loading,
+            kept,
+            changes,
+        }) => (loading, kept, changes),
+        None => {
+            let (from, loading) = match resume {
+                Some(held) => (WatchFrom::After(held), Loading::for_keys(0)),
+                None => (
+                    WatchFrom::Start,
+                    Loading::for_keys(info.state.subjects_count),
+                ),
+            };
+            let changes: Changes = Box::pin(watch_raw(store, ALL_KEYS, from).await?);
+            (loading, Vec::new(), changes)
+        }
     };
-    let from_snapshot = matches!(from, WatchFrom::CatchUp { .. });
-    let mut changes = Box::pin(watch_raw(store, ALL_KEYS, from).await?);
+    // What the watch delivered while the snapshot was read, copied out
+    // already.
+    let received_while_reading = kept.len();
+    let mut kept = kept.into_iter();
     let mut live = resume.is_some();
     let mut chunk: Vec<RawChange> = Vec::with_capacity(LOAD_CHUNK);
     // A watch is not lossless: one that stalls (its consumer lost with a
@@ -238,26 +238,32 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut behind_at: Option<u64> = None;
     loop {
-        let change = tokio::select! {
-            change = changes.next() => match change {
-                Some(change) => change?,
-                None => break,
-            },
-            _ = check.tick(), if live => {
-                let held = state.read().unwrap_or_else(|p| p.into_inner()).revision;
-                let Ok(info) = bucket_info(store).await else {
-                    // The bucket does not answer: nothing to compare with.
-                    behind_at = None;
-                    continue;
-                };
-                let last = info.state.last_sequence;
-                if last > held && behind_at == Some(held) {
-                    warn!(held, last, "the nodes watch stalled behind the bucket; reopening it");
-                    return Ok(());
-                }
-                behind_at = (last > held).then_some(held);
-                continue;
-            }
+        let (change, copied) = match kept.next() {
+            Some(change) => (change, true),
+            None => (
+                tokio::select! {
+                    change = changes.next() => match change {
+                        Some(change) => change?,
+                        None => break,
+                    },
+                    _ = check.tick(), if live => {
+                        let held = state.read().unwrap_or_else(|p| p.into_inner()).revision;
+                        let Ok(info) = bucket_info(store).await else {
+                            // The bucket does not answer: nothing to compare with.
+                            behind_at = None;
+                            continue;
+                        };
+                        let last = info.state.last_sequence;
+                        if last > held && behind_at == Some(held) {
+                            warn!(held, last, "the nodes watch stalled behind the bucket; reopening it");
+                            return Ok(());
+                        }
+                        behind_at = (last > held).then_some(held);
+                        continue;
+                    }
+                },
+                false,
+            ),
         };
         if live {
             let now = apply_live(state, expected, change);
@@ -265,7 +271,7 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
             continue;
         }
         if !matches!(change, RawChange::Current) {
-            chunk.push(detached(change));
+            chunk.push(if copied { change } else { detached(change) });
             if chunk.len() >= LOAD_CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK));
                 loading.add(full, &store.name).await?;
@@ -280,6 +286,7 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
             indexing_ms = busy.as_millis(),
             waited_for_indexing_ms = waited.as_millis(),
             from_snapshot,
+            received_while_reading,
             "read index loaded"
         );
         let now = buffer.revision;
@@ -290,6 +297,106 @@ async fn reflect(sources: &Sources) -> Result<(), WatchError> {
         ready.send_replace(true);
     }
     Ok(())
+}
+
+/// The changes of a bucket as a watch delivers them.
+type Changes = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RawChange, WatchError>> + Send>>;
+
+/// A snapshot loaded, with the watch of the changes made after it.
+struct Caught {
+    /// The load, to go on from the snapshot's revision.
+    loading: Loading,
+    /// What the watch delivered while the snapshot was read (copied out).
+    kept: Vec<RawChange>,
+    /// The watch, to read on from there.
+    changes: Changes,
+}
+
+/// Most bytes of changes kept while a snapshot is read; past them the
+/// watch waits (nats-server holds the rest until it is read on).
+const OVERLAP_BYTES: usize = 256 << 20;
+
+/// Loads the bucket's snapshot, if one fits (one that does not is counted
+/// and logged: then `None`, and the bucket is read whole). As soon as its
+/// header is read, a watch of the changes made after it opens, and what
+/// it delivers is kept while the rest of the snapshot is read: nats-server
+/// sends the catch-up while the registry reads, not after.
+async fn load_snapshot(
+    store: &kv::Store,
+    source: &snapshot::Source,
+    info: &async_nats::jetstream::stream::Info,
+) -> Result<Option<Caught>, WatchError> {
+    let through = info.state.last_sequence;
+    let (header_read, mut header) = tokio::sync::oneshot::channel::<u64>();
+    let reading = snapshot::load(&source.snapshots, &store.name, info, move |revision| {
+        let _ = header_read.send(revision);
+    });
+    tokio::pin!(reading);
+    let mut waiting_header = true;
+    let mut early: Option<Changes> = None;
+    let mut kept: Vec<RawChange> = Vec::new();
+    let mut kept_bytes = 0usize;
+    let loaded = loop {
+        let watching = early.is_some() && kept_bytes < OVERLAP_BYTES;
+        tokio::select! {
+            loaded = &mut reading => break loaded,
+            after = &mut header, if waiting_header => {
+                waiting_header = false;
+                if let Ok(after) = after {
+                    let from = WatchFrom::CatchUp { after, through };
+                    early = Some(Box::pin(watch_raw(store, ALL_KEYS, from).await?));
+                }
+            }
+            change = next_change(&mut early), if watching => match change {
+                Some(change) => {
+                    let change = detached(change?);
+                    kept_bytes += match &change {
+                        RawChange::Put { key, value, .. } => key.len() + value.len(),
+                        RawChange::Delete { key, .. } => key.len(),
+                        RawChange::Current => 0,
+                    };
+                    kept.push(change);
+                }
+                // Ended: read on from it gives nothing more; the loop after
+                // the load reopens it.
+                None => early = Some(Box::pin(futures::stream::empty())),
+            },
+        }
+    };
+    match loaded {
+        Ok(Some((loading, header))) => {
+            Counters::bump(&source.counters.index_snapshot_loads);
+            let changes = match early {
+                Some(changes) => changes,
+                None => {
+                    let from = WatchFrom::CatchUp {
+                        after: header.revision,
+                        through,
+                    };
+                    Box::pin(watch_raw(store, ALL_KEYS, from).await?)
+                }
+            };
+            Ok(Some(Caught {
+                loading,
+                kept,
+                changes,
+            }))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            Counters::bump(&source.counters.index_snapshots_refused);
+            warn!(error = %e, "index snapshot not used: reading the nodes bucket whole");
+            Ok(None)
+        }
+    }
+}
+
+/// The next change of `watch`; never, without one.
+async fn next_change(watch: &mut Option<Changes>) -> Option<Result<RawChange, WatchError>> {
+    match watch.as_mut() {
+        Some(changes) => changes.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How often a live index compares its revision with the bucket's.

@@ -135,11 +135,13 @@ where
 
 /// Loads the snapshot of bucket `bucket` (whose state is `info`), if
 /// there is one that fits: the load, to go on from its revision, with the
-/// snapshot's header.
+/// snapshot's header. `fitted` is told the snapshot's revision as soon as
+/// its header is read and fits, before the rest is read.
 pub(super) async fn load(
     snapshots: &SnapshotStore,
     bucket: &str,
     info: &stream::Info,
+    fitted: impl FnOnce(u64),
 ) -> Result<Option<(Loading, Header)>, LoadError> {
     let started = Instant::now();
     let Some(stored) = snapshots.get(bucket).await? else {
@@ -147,7 +149,12 @@ pub(super) async fn load(
     };
     let size = stored.size;
     let keys = info.state.subjects_count;
-    let read = read(stored.reader, |header| fits(header, info), keys).await?;
+    let accept = |header: &Header| {
+        fits(header, info)?;
+        fitted(header.revision);
+        Ok(())
+    };
+    let read = read(stored.reader, accept, keys).await?;
     info!(
         records = read.catalog.len(),
         slots = read.header.records,
@@ -181,9 +188,11 @@ pub struct Read {
 }
 
 /// Reads a snapshot from `stored` (compressed or not) into a catalog sized
-/// for at least `keys` nodes, if `fits` accepts its header. A version 2 snapshot is the catalog's image,
-/// loaded as it comes; a version 1 snapshot's records are read and indexed
-/// on threads of their own.
+/// for at least `keys` nodes, if `fits` accepts its header. A version 2
+/// snapshot is the catalog's image: this task reads and decompresses its
+/// bytes while a thread of its own decodes them and loads the image. A
+/// version 1 snapshot's records are read here and indexed on threads of
+/// their own.
 pub async fn read<R>(
     stored: R,
     fits: impl FnOnce(&Header) -> Result<(), LoadError>,
@@ -197,8 +206,6 @@ where
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let mut fits = Some(fits);
     let mut into = Target::Nothing;
-    let mut busy = Duration::ZERO;
-    let mut revision_of_header = 0;
     let mut chunk: Chunk = Vec::with_capacity(LOAD_CHUNK);
     loop {
         // Room for at least half a read; a piece larger than the buffer
@@ -208,8 +215,17 @@ where
             buf.reserve(wanted.max(READ_BUFFER));
         }
         let read = source.read_buf(&mut buf).await.map_err(LoadError::Read)?;
+        if let Target::Image(image) = &into {
+            // Handed over in pieces of half a buffer or more: the thread
+            // frees each after use, and the allocator gives it back here.
+            let hand_over = buf.len() >= READ_BUFFER / 2 || read == 0;
+            let stopped = hand_over && !image.add(buf.split()).await;
+            if stopped || read == 0 {
+                break;
+            }
+            continue;
+        }
         let mut at = 0;
-        let loading = Instant::now();
         while let Some((piece, used)) = decoder.next(&buf[at..])? {
             at += used;
             match (piece, &mut into) {
@@ -217,27 +233,17 @@ where
                     if let Some(fits) = fits.take() {
                         fits(&header)?;
                     }
-                    revision_of_header = header.revision;
                     let keys = header.records.max(keys);
-                    let slots = usize::try_from(keys.min(super::MAX_PRESIZE)).unwrap_or_default();
-                    into = if header.version == VERSION_RECORDS_ONLY {
-                        Target::Records(Indexer::start(keys))
+                    if header.version == VERSION_RECORDS_ONLY {
+                        into = Target::Records(Indexer::start(keys));
                     } else {
-                        Target::Image(Box::new(ImageLoader::with_capacity(slots)))
-                    };
-                }
-                (
-                    Piece::Record {
-                        revision,
-                        value,
-                        meta,
-                    },
-                    Target::Image(loader),
-                ) => {
-                    let slot = (!value.is_empty())
-                        // In memory of its own: the index keeps it.
-                        .then(|| (Bytes::copy_from_slice(value), revision, meta));
-                    loader.push(slot)?;
+                        // The rest goes to the image's thread as it is.
+                        let image = ImageThread::start(header, keys);
+                        // (One that stopped already says why at its end.)
+                        image.add(buf.split_off(at)).await;
+                        into = Target::Image(image);
+                        break;
+                    }
                 }
                 (
                     Piece::Record {
@@ -251,31 +257,28 @@ where
                         indexer.add(full).await?;
                     }
                 }
-                (Piece::Postings(postings), Target::Image(_)) => {
-                    if let Target::Image(loader) = std::mem::replace(&mut into, Target::Nothing) {
-                        into =
-                            Target::Loaded(Box::new(loader.finish(revision_of_header, postings)?));
-                    }
-                }
-                (Piece::Record { .. } | Piece::Postings(_), _) | (Piece::End, _) => {}
+                (Piece::Record { .. } | Piece::Postings(_) | Piece::End, _) => {}
             }
         }
-        busy += loading.elapsed();
-        buf.advance(at);
+        if matches!(into, Target::Image(_)) {
+            // What followed the header went to the image's thread.
+            buf.clear();
+        } else {
+            buf.advance(at);
+        }
         if read == 0 {
             break;
         }
     }
-    let header = decoder.finish()?;
-    let catalog = match into {
-        Target::Loaded(catalog) => *catalog,
+    let (header, catalog, busy) = match into {
+        Target::Image(image) => image.finish().await?,
         Target::Records(indexer) => {
             indexer.add(chunk).await?;
-            let (catalog, indexing) = indexer.finish().await?;
-            busy = indexing;
-            catalog
+            let header = decoder.finish()?;
+            let (catalog, busy) = indexer.finish().await?;
+            (header, catalog, busy)
         }
-        Target::Nothing | Target::Image(_) => Catalog::new(),
+        Target::Nothing => (decoder.finish()?, Catalog::new(), Duration::ZERO),
     };
     Ok(Read {
         header,
@@ -290,10 +293,89 @@ enum Target {
     Nothing,
     /// Version 1: records, indexed from their JSON.
     Records(Indexer),
-    /// Version 2: the catalog's image, loaded slot by slot.
-    Image(Box<ImageLoader>),
-    /// The image, loaded.
-    Loaded(Box<Catalog>),
+    /// Version 2: the catalog's image, its bytes to its thread.
+    Image(ImageThread),
+}
+
+/// Loads a catalog's image on a thread of its own, from the snapshot's
+/// bytes after its header, handed over as they are read.
+struct ImageThread {
+    bytes: tokio::sync::mpsc::Sender<BytesMut>,
+    done: tokio::task::JoinHandle<Result<(Header, Catalog, Duration), LoadError>>,
+}
+
+impl ImageThread {
+    /// A thread loading the image under `header` into a catalog sized for
+    /// `keys` nodes.
+    fn start(header: Header, keys: u64) -> Self {
+        let slots = usize::try_from(keys.min(super::MAX_PRESIZE)).unwrap_or_default();
+        let (bytes, received) = tokio::sync::mpsc::channel(4);
+        let done = tokio::task::spawn_blocking(move || load_image(header, slots, received));
+        Self { bytes, done }
+    }
+
+    /// Hands it the next bytes (waits while four are queued); whether it
+    /// took them. A thread that stopped (on bytes that do not load) takes
+    /// no more; `finish` says why.
+    async fn add(&self, bytes: BytesMut) -> bool {
+        self.bytes.send(bytes).await.is_ok()
+    }
+
+    /// The header, the catalog and the time the thread was busy.
+    async fn finish(self) -> Result<(Header, Catalog, Duration), LoadError> {
+        drop(self.bytes);
+        self.done.await.map_err(|_| LoadError::IndexerStopped)?
+    }
+}
+
+/// The image thread: decodes the slots and the posting lists from the
+/// bytes `received`, loading each as it is decoded.
+fn load_image(
+    header: Header,
+    slots: usize,
+    mut received: tokio::sync::mpsc::Receiver<BytesMut>,
+) -> Result<(Header, Catalog, Duration), LoadError> {
+    let mut decoder = Decoder::after(header);
+    let mut loader = Some(ImageLoader::with_capacity(slots));
+    let mut catalog = None;
+    let mut pending = BytesMut::new();
+    let mut busy = Duration::ZERO;
+    while let Some(bytes) = received.blocking_recv() {
+        let started = Instant::now();
+        if pending.is_empty() {
+            pending = bytes;
+        } else {
+            pending.extend_from_slice(&bytes);
+        }
+        let mut at = 0;
+        while let Some((piece, used)) = decoder.next(&pending[at..])? {
+            at += used;
+            match piece {
+                Piece::Record {
+                    revision,
+                    value,
+                    meta,
+                } => {
+                    let slot = (!value.is_empty())
+                        // In memory of its own: the index keeps it.
+                        .then(|| (Bytes::copy_from_slice(value), revision, meta));
+                    if let Some(loader) = loader.as_mut() {
+                        loader.push(slot)?;
+                    }
+                }
+                Piece::Postings(postings) => {
+                    if let Some(loader) = loader.take() {
+                        catalog = Some(loader.finish(header.revision, postings)?);
+                    }
+                }
+                Piece::Header(_) | Piece::End => {}
+            }
+        }
+        pending.advance(at);
+        busy += started.elapsed();
+    }
+    let header = decoder.finish()?;
+    Ok((header, catalog.unwrap_or_default(), busy))
 }
 
 /// Snapshot records, a chunk of them: each value with its revision.

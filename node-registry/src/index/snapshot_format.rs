@@ -166,6 +166,14 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 }
 
 impl Decoder {
+    /// A decoder of the bytes after `header` (read by another decoder).
+    pub fn after(header: Header) -> Self {
+        Self {
+            header: Some(header),
+            ..Self::default()
+        }
+    }
+
     /// The next piece at the front of `buf` and how many bytes it took;
     /// `None` when `buf` does not hold a whole piece yet.
     pub fn next<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Piece<'b>, usize)>, FormatError> {
