@@ -57,35 +57,35 @@ impl AlertPublisher {
 
 impl AlertSink for AlertPublisher {
     /// Publishes alerts in order on one connection (so `ALERTS` stores them
-    /// in that order), then waits for all their acks together; one result
-    /// per alert.
+    /// in that order), waiting for their acks a window at a time; one
+    /// result per alert.
     async fn publish_all(&self, alerts: &[Alert]) -> Vec<Result<(), AlertError>> {
-        let fail = |alert: &Alert, source: async_nats::Error| AlertError {
-            id: alert.id.clone(),
-            kind: alert.r#type.clone(),
-            source,
-        };
-        let mut sent = Vec::with_capacity(alerts.len());
-        for alert in alerts {
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, alert.id.as_str());
-            let payload = schemas::codec::encode(alert, Encoding::Json);
-            sent.push(
-                self.js
-                    .publish_with_headers(subjects::SYSTEM_BROADCAST, headers, payload.into())
-                    .await,
-            );
-        }
-        let mut results = Vec::with_capacity(alerts.len());
-        for (alert, sent) in alerts.iter().zip(sent) {
-            let result = match sent {
-                Err(e) => Err(fail(alert, e.into())),
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| fail(alert, e.into())),
-            };
-            results.push(result);
-        }
-        results
+        let messages: Vec<crate::publish::Outgoing> = alerts
+            .iter()
+            .map(|alert| {
+                let mut headers = HeaderMap::new();
+                headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, alert.id.as_str());
+                let payload = schemas::codec::encode(alert, Encoding::Json);
+                (
+                    subjects::SYSTEM_BROADCAST.to_owned(),
+                    headers,
+                    payload.into(),
+                )
+            })
+            .collect();
+        crate::publish::publish_acked(&self.js, messages)
+            .await
+            .into_iter()
+            .zip(alerts)
+            .map(|(result, alert)| {
+                result.map_err(|source| AlertError {
+                    id: alert.id.clone(),
+                    kind: alert.r#type.clone(),
+                    source,
+                })
+            })
+            .collect()
     }
 }
 

@@ -24,6 +24,7 @@ pub mod alerts;
 pub mod lease;
 pub mod meta;
 pub mod provision;
+pub mod publish;
 pub mod records;
 pub mod snapshots;
 pub mod watch;

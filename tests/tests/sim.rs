@@ -207,3 +207,76 @@ async fn a_reannounce_is_answered_with_a_register() {
         "{report}"
     );
 }
+
+/// A site of thousands of nodes going quiet at once is judged in one sweep,
+/// every node alerted, and the registry goes on: a sweep raising more
+/// alerts than async-nats lets wait for their acks at once (5 000) once
+/// stopped it for good, publishing the 5 001st.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_nodes_going_quiet_in_one_sweep_are_all_alerted_and_the_registry_goes_on() {
+    let server = NatsServer::start().await;
+    // One sweep after they all went quiet; self-preservation left out of
+    // it (a fleet of only the quiet ones would hold them all).
+    let _registry = spawn_registry(
+        &server,
+        "registry",
+        &["--degraded-after", "2s", "--offline-after", "600s"],
+        &[
+            ("NODE_REGISTRY_SWEEP_INTERVAL", "12s"),
+            ("NODE_REGISTRY_SELF_PRESERVATION_MIN_FLEET", "1000000"),
+        ],
+    );
+    let client = registry_client(&server).await;
+    wait_registry(&client).await;
+    let mut alerts = AlertTap::new(client.nats()).await;
+    const QUIET: &[&str] = &[
+        "--nodes",
+        "6000",
+        "--silent",
+        "6000",
+        "--heartbeat-interval",
+        "1s",
+        "--duration",
+        "2s",
+        "--id-prefix",
+        "quiet",
+    ];
+    let report = simulate(server.url(), QUIET).await;
+    assert_eq!(report["registers"], 6000, "{report}");
+    let mut degraded = HashSet::new();
+    while degraded.len() < 6000 {
+        let alert = alerts
+            .expect("every quiet node degraded", Duration::from_secs(60), |a| {
+                a.r#type == "node.degraded"
+            })
+            .await;
+        degraded.insert(alert.node_id.clone().unwrap_or_default());
+    }
+    // It goes on: a node registering after them is known.
+    const LATE: &[&str] = &[
+        "--nodes",
+        "1",
+        "--heartbeat-interval",
+        "500ms",
+        "--duration",
+        "1s",
+        "--id-prefix",
+        "late",
+    ];
+    let report = simulate(server.url(), LATE).await;
+    assert_eq!(report["registers"], 1, "{report}");
+    let late = alerts
+        .expect("the late node registered", Duration::from_secs(30), |a| {
+            a.r#type == "node.registered"
+                && a.node_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with("late"))
+        })
+        .await;
+    let id = late.node_id.unwrap_or_default();
+    fleet_tests::eventually("the late node is found", Duration::from_secs(30), || {
+        let (client, id) = (&client, id.clone());
+        async move { client.get(&id).await.ok().flatten() }
+    })
+    .await;
+}

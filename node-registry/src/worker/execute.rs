@@ -227,7 +227,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
         stream: &str,
         applied: &[&super::Delivery<'_>],
     ) {
-        let mut acks = Vec::with_capacity(applied.len());
+        let mut copies = Vec::with_capacity(applied.len());
         for delivery in applied {
             let (Ok(meta), Ok((id, _))) = (
                 &delivery.meta,
@@ -250,25 +250,17 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                 subjects::HEADER_RECEIVED,
                 schemas::time::format(meta.received).as_str(),
             );
-            let sent = js
-                .publish_with_headers(
-                    subjects::node_lifecycle(&id),
-                    headers,
-                    bytes::Bytes::copy_from_slice(delivery.payload),
-                )
-                .await;
-            acks.push(sent);
+            copies.push((
+                subjects::node_lifecycle(&id),
+                headers,
+                bytes::Bytes::copy_from_slice(delivery.payload),
+            ));
         }
-        let mut failed = 0u64;
-        for ack in acks {
-            let stored = match ack {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            if !stored {
-                failed += 1;
-            }
-        }
+        let failed = registry_kv::publish::publish_acked(js, copies)
+            .await
+            .iter()
+            .filter(|stored| stored.is_err())
+            .count() as u64;
         if failed > 0 {
             self.counters
                 .lifecycle_copies_failed
