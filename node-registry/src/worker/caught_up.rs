@@ -26,8 +26,16 @@ pub const FRESH: Duration = Duration::from_secs(1);
 /// registry catching up), the server is likely the one overloaded, and
 /// what it did not store then may be its loss, not the nodes' silence: the
 /// sweep waits, as it always did, until it is this close again. One run at
-/// a million without this bound judged 122 live nodes degraded (of 1 M),
-/// the other none; which phase they fell in is not known yet.
+/// a million without this bound judged 122 live nodes degraded (of 1 M).
+///
+/// The bound is checked against the server's time as the registry
+/// estimates it and against this host's clock. The estimate comes from
+/// the events read, so after a minute or more behind it follows the lag
+/// and the bound alone let a registry 3.5 minutes behind judge 5 000 live
+/// nodes degraded in a registration wave. This host's clock, in sync with
+/// the server's (NTP), says how far behind it really is; one ahead of the
+/// server's only holds judging back to moments with nothing waiting, and
+/// neither clock ever hastens a judgement.
 pub const JUDGING_LAG: Duration = Duration::from_secs(10);
 
 /// How long the server may deliver nothing while events wait for a live
@@ -83,17 +91,20 @@ impl CaughtUp {
         }
     }
 
-    /// The server time to judge silence at, given the server's time `now`:
-    /// `now` when nothing waits, else the time up to which every event is
-    /// applied, if that is within [`JUDGING_LAG`] of `now`; `None` when
-    /// neither holds.
-    pub fn judge_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    /// The server time to judge silence at, given the server's time `now`
+    /// (as estimated) and this host's `host_now`: `now` when nothing waits,
+    /// else the time up to which every event is applied, if that is within
+    /// [`JUDGING_LAG`] of both; `None` when neither holds.
+    pub fn judge_at(&self, now: DateTime<Utc>, host_now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if self.yes {
             return Some(now);
         }
         let limit = chrono::Duration::from_std(JUDGING_LAG).unwrap_or_default();
         self.through
-            .filter(|through| now.signed_duration_since(*through) <= limit)
+            .filter(|through| {
+                now.signed_duration_since(*through) <= limit
+                    && host_now.signed_duration_since(*through) <= limit
+            })
             .map(|through| through.min(now))
     }
 
@@ -145,21 +156,21 @@ mod tests {
         let t0 = Instant::now();
         let now = Utc::now();
         let mut c = CaughtUp::new(t0);
-        assert_eq!(c.judge_at(now), None);
+        assert_eq!(c.judge_at(now, now), None);
         assert!(c.needs_reading(t0));
         c.after_batch(true, t0, None);
-        assert_eq!(c.judge_at(now), Some(now));
+        assert_eq!(c.judge_at(now, now), Some(now));
         assert!(!c.needs_reading(t0 + Duration::from_millis(900)));
         // A batch whose writes stalled for 11 s: its evidence is stale.
         assert!(c.needs_reading(t0 + Duration::from_secs(11)));
         c.read(false, t0 + Duration::from_secs(11));
         assert_eq!(
-            c.judge_at(now),
+            c.judge_at(now, now),
             None,
             "events waited behind the stalled batch"
         );
         c.after_batch(false, t0 + Duration::from_secs(12), None);
-        assert_eq!(c.judge_at(now), None);
+        assert_eq!(c.judge_at(now, now), None);
     }
 
     #[test]
@@ -169,31 +180,31 @@ mod tests {
         let stored = |ms: i64| server_now - chrono::Duration::milliseconds(ms);
         let mut c = CaughtUp::new(t0);
         assert_eq!(
-            c.judge_at(server_now),
+            c.judge_at(server_now, server_now),
             None,
             "a term starts judging nothing"
         );
         // Applied with more waiting: judged as of its last event.
         c.after_batch(false, t0, Some(stored(300)));
-        assert_eq!(c.judge_at(server_now), Some(stored(300)));
+        assert_eq!(c.judge_at(server_now, server_now), Some(stored(300)));
         // A batch not applied (or a fault) says nothing of where the term is.
         c.after_batch(false, t0, None);
-        assert_eq!(c.judge_at(server_now), Some(stored(300)));
+        assert_eq!(c.judge_at(server_now, server_now), Some(stored(300)));
         // Never back: a redelivered older event does not move it.
         c.after_batch(false, t0, Some(stored(900)));
-        assert_eq!(c.judge_at(server_now), Some(stored(300)));
+        assert_eq!(c.judge_at(server_now, server_now), Some(stored(300)));
         c.after_batch(false, t0, Some(stored(20)));
-        assert_eq!(c.judge_at(server_now), Some(stored(20)));
+        assert_eq!(c.judge_at(server_now, server_now), Some(stored(20)));
         // Nothing waiting: judged as of now.
         c.after_batch(true, t0, Some(stored(5)));
-        assert_eq!(c.judge_at(server_now), Some(server_now));
+        assert_eq!(c.judge_at(server_now, server_now), Some(server_now));
         // Never ahead of the server's time.
         let mut c = CaughtUp::new(t0);
         c.after_batch(false, t0, Some(server_now + chrono::Duration::seconds(2)));
-        assert_eq!(c.judge_at(server_now), Some(server_now));
+        assert_eq!(c.judge_at(server_now, server_now), Some(server_now));
         // A fault: nothing is judged until a batch is applied again.
         c.no();
-        assert_eq!(c.judge_at(server_now), None);
+        assert_eq!(c.judge_at(server_now, server_now), None);
         // Far behind (a wave): nothing is judged until close again.
         let behind = chrono::Duration::from_std(JUDGING_LAG).unwrap_or_default();
         c.after_batch(
@@ -201,9 +212,20 @@ mod tests {
             t0,
             Some(server_now - behind - chrono::Duration::seconds(1)),
         );
-        assert_eq!(c.judge_at(server_now), None);
+        assert_eq!(c.judge_at(server_now, server_now), None);
         c.after_batch(false, t0, Some(server_now - behind));
-        assert_eq!(c.judge_at(server_now), Some(server_now - behind));
+        assert_eq!(
+            c.judge_at(server_now, server_now),
+            Some(server_now - behind)
+        );
+        // Behind for minutes, the estimate of the server's time follows the
+        // lag: this host's clock still says how far behind it is.
+        let mut c = CaughtUp::new(t0);
+        let through = server_now - chrono::Duration::minutes(3);
+        c.after_batch(false, t0, Some(through));
+        let estimate = through + chrono::Duration::seconds(1);
+        assert_eq!(c.judge_at(estimate, server_now), None);
+        assert_eq!(c.judge_at(estimate, estimate), Some(through));
     }
 
     #[test]

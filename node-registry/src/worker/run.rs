@@ -498,7 +498,7 @@ impl<S: RecordStore, A: AlertSink, T: TaskSender> Worker<S, A, T> {
                     // event applied; never twice as of the same moment or
                     // back in time (a sweep as of now, then one as of an
                     // event before it).
-                    if let Some(at) = caught_up.judge_at(self.clock.now()).filter(|at| swept_to.is_none_or(|s| *at > s)) {
+                    if let Some(at) = caught_up.judge_at(self.clock.now(), chrono::Utc::now()).filter(|at| swept_to.is_none_or(|s| *at > s)) {
                         swept_to = Some(at);
                         let effects = self.fleet.sweep(at);
                         if !effects.is_empty() {

@@ -194,9 +194,22 @@ pub async fn alerts(
     follow: bool,
     output: Output,
 ) -> Result<(), Error> {
-    // Subscribe before replaying so nothing falls between the two.
+    // Subscribe before replaying so nothing falls between the two, and
+    // read the subscription all the time, the replay's included: one left
+    // unread holds 64 Ki messages and drops the rest unsaid (a
+    // registration wave of a large fleet is a million alerts).
     let live = if since.is_none() || follow {
-        Some(client.follow_alerts().await?)
+        let live = client.follow_alerts().await?;
+        let (arrived, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut live = Box::pin(live);
+            while let Some(alert) = live.next().await {
+                if arrived.send(alert).is_err() {
+                    break;
+                }
+            }
+        });
+        Some(received)
     } else {
         None
     };
@@ -207,9 +220,8 @@ pub async fn alerts(
             println!("{}", alert_line(&alert, output)?);
         }
     }
-    if let Some(live) = live {
-        let mut live = Box::pin(live);
-        while let Some(alert) = live.next().await {
+    if let Some(mut live) = live {
+        while let Some(alert) = live.recv().await {
             if seen.remove(&alert.id) {
                 continue;
             }
