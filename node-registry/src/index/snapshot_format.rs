@@ -165,6 +165,16 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// The figure after `marker` at the front of `buf` (the trailer's count,
+/// the posting lists' length): `None` until its 16 bytes are there,
+/// `Some(None)` when another marker is.
+fn marked(buf: &[u8], marker: &[u8; 8]) -> Option<Option<u64>> {
+    if buf.len() < 16 {
+        return None;
+    }
+    Some((&buf[..8] == marker).then(|| u64_at(buf, 8)))
+}
+
 impl Decoder {
     /// A decoder of the bytes after `header` (read by another decoder).
     pub fn after(header: Header) -> Self {
@@ -190,16 +200,15 @@ impl Decoder {
             if header.version == VERSION && !self.postings {
                 return self.postings(buf);
             }
-            if buf.len() < TRAILER_LEN {
+            let Some(counted) = marked(buf, END) else {
                 return Ok(None);
-            }
-            if &buf[..8] != END {
+            };
+            let Some(counted) = counted else {
                 return Err(FormatError::BadTrailer(format!(
                     "no end marker after {} records",
                     self.records
                 )));
-            }
-            let counted = u64_at(buf, 8);
+            };
             if counted != self.records {
                 return Err(FormatError::BadTrailer(format!(
                     "trailer counts {counted} records, the header {}",
@@ -283,16 +292,15 @@ impl Decoder {
     }
 
     fn postings<'b>(&mut self, buf: &'b [u8]) -> Result<Option<(Piece<'b>, usize)>, FormatError> {
-        if buf.len() < POSTINGS_PREFIX_LEN {
+        let Some(len) = marked(buf, POSTINGS) else {
             return Ok(None);
-        }
-        if &buf[..8] != POSTINGS {
+        };
+        let Some(len) = len else {
             return Err(FormatError::BadPostings(format!(
                 "no posting lists after {} records",
                 self.records
             )));
-        }
-        let len = u64_at(buf, 8);
+        };
         if len > MAX_POSTINGS_LEN {
             return Err(FormatError::BadPostings(format!(
                 "{len} bytes claimed, over {MAX_POSTINGS_LEN}"
